@@ -1,0 +1,193 @@
+"""Face alignment.
+
+* ``OpenFaceAligner``: OpenFace's ``AlignDlib`` reimplemented. dlib's 68 landmarks are found
+  in the face box; three of them (``OUTER_EYES_AND_NOSE`` = 36, 45, 33 or
+  ``INNER_EYES_AND_BOTTOM_LIP`` = 39, 42, 57) are mapped by a 2D affine transform onto the
+  same points of OpenFace's mean landmark template, min-max normalised per axis to [0, 1] and
+  scaled to the output size (Amos et al., "OpenFace: A general-purpose face recognition
+  library with mobile applications", CMU-CS-16-118, 2016; template from OpenFace's
+  ``models/dlib/mean.csv``, Apache-2.0).
+* ``DlibChipAligner``: dlib's own 5-point similarity-transform chip (150x150, padding 0.25),
+  the input dlib's ResNet face recogniser was trained on.
+
+Each aligner has an ``AlignmentSpec``; embedders declare the spec they need, and aligned
+folders record it, so faces aligned for one model are never fed to another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Optional, Protocol, Union
+
+import numpy as np
+
+from openface_py import store
+from openface_py.detect import BoundingBox
+
+#: Landmark index triples used by OpenFace (0-based indices into dlib's 68 points).
+OUTER_EYES_AND_NOSE = (36, 45, 33)
+INNER_EYES_AND_BOTTOM_LIP = (39, 42, 57)
+LANDMARK_SETS = {
+    "outerEyesAndNose": OUTER_EYES_AND_NOSE,
+    "innerEyesAndBottomLip": INNER_EYES_AND_BOTTOM_LIP,
+}
+
+OPENFACE_METHOD = "openface-affine"
+DLIB_CHIP_METHOD = "dlib-chip"
+
+
+@dataclass(frozen=True)
+class AlignmentSpec:
+    """What an aligned face is: method, output size, landmark set and padding."""
+
+    method: str
+    size: int
+    landmarks: str
+    padding: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.method not in (OPENFACE_METHOD, DLIB_CHIP_METHOD):
+            raise ValueError(f"unknown alignment method {self.method!r}")
+        if self.method == OPENFACE_METHOD and self.landmarks not in LANDMARK_SETS:
+            raise ValueError(f"unknown landmark set {self.landmarks!r} (choose from {', '.join(LANDMARK_SETS)})")
+        if not 8 <= int(self.size) <= 2048:
+            raise ValueError(f"alignment size {self.size} out of range 8..2048")
+
+    @property
+    def identity(self) -> str:
+        """A short string naming this alignment, written next to aligned faces and embeddings."""
+        text = f"{self.method}/{self.size}/{self.landmarks}"
+        return text + (f"/pad{self.padding:g}" if self.padding else "")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AlignmentSpec:
+        return cls(
+            method=str(data["method"]),
+            size=int(data["size"]),
+            landmarks=str(data["landmarks"]),
+            padding=float(data.get("padding", 0.0)),
+        )
+
+
+def openface_spec(size: int = 96, landmarks: str = "outerEyesAndNose") -> AlignmentSpec:
+    return AlignmentSpec(OPENFACE_METHOD, size, landmarks)
+
+
+def dlib_chip_spec(size: int = 150, padding: float = 0.25) -> AlignmentSpec:
+    return AlignmentSpec(DLIB_CHIP_METHOD, size, "dlib5", padding)
+
+
+@dataclass
+class AlignedFace:
+    """An aligned face: where it was, its landmarks in the photo, and the aligned RGB image."""
+
+    box: BoundingBox
+    landmarks: np.ndarray
+    image: np.ndarray
+    score: float = 0.0
+
+
+@lru_cache(maxsize=1)
+def mean_template() -> np.ndarray:
+    """OpenFace's mean positions of dlib's 68 landmarks, shape (68, 2), as shipped."""
+    text = resources.files("openface_py").joinpath("data/openface-dlib-mean-landmarks.csv").read_text()
+    tpl = np.loadtxt(text.splitlines(), delimiter=",", dtype=np.float64)
+    if tpl.shape != (68, 2):
+        raise ValueError(f"mean landmark template has shape {tpl.shape}, expected (68, 2)")
+    return tpl
+
+
+def minmax_template() -> np.ndarray:
+    """The template min-max normalised per axis to [0, 1] (OpenFace's ``MINMAX_TEMPLATE``)."""
+    tpl = mean_template()
+    lo, hi = tpl.min(axis=0), tpl.max(axis=0)
+    return (tpl - lo) / (hi - lo)
+
+
+def openface_destination(size: int, indices: tuple[int, ...], scale: float = 1.0) -> np.ndarray:
+    """Where the chosen landmarks land in a ``size`` x ``size`` aligned image."""
+    return size * minmax_template()[list(indices)] * scale + size * (1.0 - scale) / 2.0
+
+
+def openface_transform(landmarks: np.ndarray, size: int, indices: tuple[int, ...], scale: float = 1.0) -> np.ndarray:
+    """The 2x3 affine matrix taking three photo landmarks onto the template (OpenFace's H)."""
+    import cv2
+
+    src = np.asarray(landmarks, dtype=np.float32)[list(indices)]
+    dst = openface_destination(size, indices, scale).astype(np.float32)
+    return cv2.getAffineTransform(src, dst)
+
+
+class Aligner(Protocol):
+    spec: AlignmentSpec
+
+    def align(self, rgb: np.ndarray, box: BoundingBox) -> AlignedFace: ...
+
+
+class OpenFaceAligner:
+    """OpenFace's 2D affine alignment onto the mean template (see module docstring)."""
+
+    def __init__(
+        self,
+        size: int = 96,
+        landmarks: str = "outerEyesAndNose",
+        predictor_path: Optional[Union[str, Path]] = None,
+        scale: float = 1.0,
+    ) -> None:
+        import dlib
+
+        self.spec = openface_spec(size, landmarks)
+        self.indices = LANDMARK_SETS[landmarks]
+        self.scale = float(scale)
+        path = predictor_path or store.dlib_model_path(store.DLIB_LANDMARKS_68)
+        self._predictor = dlib.shape_predictor(str(path))
+
+    def find_landmarks(self, rgb: np.ndarray, box: BoundingBox) -> np.ndarray:
+        """dlib's 68 landmarks inside ``box``, shape (68, 2) float64 (x, y)."""
+        shape = self._predictor(np.ascontiguousarray(rgb), box.to_dlib())
+        return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+
+    def warp(self, rgb: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+        import cv2
+
+        H = openface_transform(landmarks, self.spec.size, self.indices, self.scale)
+        return cv2.warpAffine(rgb, H, (self.spec.size, self.spec.size))
+
+    def align(self, rgb: np.ndarray, box: BoundingBox, score: float = 0.0) -> AlignedFace:
+        pts = self.find_landmarks(rgb, box)
+        return AlignedFace(box=box, landmarks=pts, image=self.warp(rgb, pts), score=score)
+
+
+class DlibChipAligner:
+    """dlib's 5-point face chip (``get_face_chip``), the input of dlib's ResNet recogniser."""
+
+    def __init__(
+        self, size: int = 150, padding: float = 0.25, predictor_path: Optional[Union[str, Path]] = None
+    ) -> None:
+        import dlib
+
+        self.spec = dlib_chip_spec(size, padding)
+        path = predictor_path or store.dlib_model_path(store.DLIB_LANDMARKS_5)
+        self._predictor = dlib.shape_predictor(str(path))
+
+    def align(self, rgb: np.ndarray, box: BoundingBox, score: float = 0.0) -> AlignedFace:
+        import dlib
+
+        img = np.ascontiguousarray(rgb)
+        shape = self._predictor(img, box.to_dlib())
+        pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+        chip = dlib.get_face_chip(img, shape, size=self.spec.size, padding=self.spec.padding)
+        return AlignedFace(box=box, landmarks=pts, image=np.asarray(chip), score=score)
+
+
+def make_aligner(spec: AlignmentSpec) -> Aligner:
+    """The aligner that produces faces of ``spec``."""
+    if spec.method == OPENFACE_METHOD:
+        return OpenFaceAligner(size=spec.size, landmarks=spec.landmarks)
+    return DlibChipAligner(size=spec.size, padding=spec.padding)

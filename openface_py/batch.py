@@ -1,0 +1,390 @@
+"""Folder jobs: ``align_folder`` (photos -> aligned PNGs) and ``represent_folder`` (-> embeddings).
+
+Both keep going past bad files and report each failure (path + reason). ``align_folder``
+writes every PNG atomically, journals each finished photo (done or failed) to
+``.openface-py-align.jsonl`` in the output folder, and on a rerun skips what the journal or
+an existing output says is finished, so a job killed half-way resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import io as _io
+import json
+import logging
+import multiprocessing as mp
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from openface_py import __version__
+from openface_py.align import AlignmentSpec, make_aligner
+from openface_py.detect import make_detector, select_faces
+from openface_py.embed import Embedder
+from openface_py.errors import AlignmentMismatchError, ImageLoadError, OpenFacePyError
+from openface_py.io import atomic_write_bytes, atomic_write_text, encode_png, iter_chunks, list_images, load_image
+
+log = logging.getLogger(__name__)
+
+ALIGN_META = "openface-py-align.json"
+ALIGN_JOURNAL = ".openface-py-align.jsonl"
+ALIGN_REPORT = "align-report.json"
+EMBED_META = "embeddings.json"
+
+
+@dataclass
+class Failure:
+    path: str
+    reason: str
+
+
+@dataclass
+class AlignReport:
+    """What an ``align_folder`` run did."""
+
+    total: int = 0
+    aligned: int = 0
+    already_done: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    done_ok_total: int = 0  # aligned photos in the output folder, this run and earlier ones
+
+    def to_json(self) -> dict:
+        return {
+            "total": self.total,
+            "aligned": self.aligned,
+            "already_done": self.already_done,
+            "failed": len(self.failures),
+            "aligned_total": self.done_ok_total,
+            "failures": [{"path": f.path, "reason": f.reason} for f in self.failures],
+        }
+
+
+@dataclass(frozen=True)
+class AlignJob:
+    """Settings shared by every photo of an align run (picklable, sent to workers once)."""
+
+    input_dir: str
+    output_dir: str
+    spec: AlignmentSpec
+    detector: str = "hog"
+    upsample: int = 1
+    skip_multi: bool = False
+
+
+def output_names(rels: list[Path]) -> dict[Path, Path]:
+    """Input path -> output PNG path (same folders; ``x.jpg`` -> ``x.png``, or ``x.jpg.png`` on a clash)."""
+    stems: dict[Path, int] = {}
+    for r in rels:
+        key = r.with_suffix("")
+        stems[key] = stems.get(key, 0) + 1
+    return {r: (r.with_suffix(".png") if stems[r.with_suffix("")] == 1 else r.with_name(r.name + ".png")) for r in rels}
+
+
+class _AlignWorker:
+    """Holds one process's detector and aligner; aligns one photo per call."""
+
+    def __init__(self, job: AlignJob) -> None:
+        self.job = job
+        self.detector = make_detector(job.detector, upsample=job.upsample)
+        self.aligner = make_aligner(job.spec)
+
+    def __call__(self, item: tuple[str, str]) -> tuple[str, str, str]:
+        rel, out_rel = item
+        src = Path(self.job.input_dir) / rel
+        try:
+            rgb = load_image(src)
+            dets = self.detector.detect(rgb)
+            if not dets:
+                return rel, "failed", "no face found"
+            chosen = select_faces(dets, multi=False, skip_multi=self.job.skip_multi)
+            if not chosen:
+                return rel, "failed", f"{len(dets)} faces found and --skip-multi is set"
+            face = self.aligner.align(rgb, chosen[0].box, score=chosen[0].score)
+            atomic_write_bytes(Path(self.job.output_dir) / out_rel, encode_png(face.image))
+            return rel, "ok", ""
+        except ImageLoadError as exc:
+            return rel, "failed", exc.reason
+        except Exception as exc:  # one bad photo must not stop the batch; the reason is reported
+            log.debug("unexpected error on %s", src, exc_info=True)
+            return rel, "failed", f"{type(exc).__name__}: {exc}"
+
+
+# A worker process builds its models once (pool initializer) and keeps them here.
+_PROCESS_WORKER: Optional[_AlignWorker] = None
+
+
+def _init_process(job: AlignJob) -> None:
+    global _PROCESS_WORKER
+    _PROCESS_WORKER = _AlignWorker(job)
+
+
+def _run_in_process(item: tuple[str, str]) -> tuple[str, str, str]:
+    assert _PROCESS_WORKER is not None, "worker process not initialised"
+    return _PROCESS_WORKER(item)
+
+
+def read_journal(path: Path) -> dict[str, dict]:
+    """Entries of an align journal by source path; a torn last line (after a kill) is ignored."""
+    done: dict[str, dict] = {}
+    if not path.is_file():
+        return done
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                entry = json.loads(line)
+                done[entry["src"]] = entry
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return done
+
+
+def check_or_write_align_meta(output_dir: Path, job: AlignJob, model: Optional[str]) -> None:
+    """Record the alignment of ``output_dir``; refuse to mix alignments in one folder."""
+    meta_path = output_dir / ALIGN_META
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        existing = AlignmentSpec.from_dict(meta["alignment"])
+        if existing != job.spec:
+            raise AlignmentMismatchError(
+                f"{output_dir} holds faces aligned as {existing.identity}, not {job.spec.identity}; "
+                "use another output folder"
+            )
+        return
+    meta = {
+        "alignment": job.spec.to_dict(),
+        "alignment_identity": job.spec.identity,
+        "model": model,
+        "detector": job.detector,
+        "upsample": job.upsample,
+        "skip_multi": job.skip_multi,
+        "openface_py_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+
+
+def align_folder(
+    input_dir: os.PathLike | str,
+    output_dir: os.PathLike | str,
+    spec: AlignmentSpec,
+    detector: str = "hog",
+    upsample: int = 1,
+    skip_multi: bool = False,
+    workers: int = 1,
+    model: Optional[str] = None,
+    retry_failed: bool = False,
+    progress: bool = True,
+) -> AlignReport:
+    """Align every photo below ``input_dir`` into ``output_dir`` (class sub-folders mirrored)."""
+    in_dir, out_dir = Path(input_dir), Path(output_dir)
+    if not in_dir.is_dir():
+        raise OpenFacePyError(f"{in_dir}: input folder not found")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job = AlignJob(str(in_dir), str(out_dir), spec, detector, int(upsample), bool(skip_multi))
+    check_or_write_align_meta(out_dir, job, model)
+    remove_stale_temp_files(out_dir)
+
+    rels = list_images(in_dir)
+    names = output_names(rels)
+    journal_path = out_dir / ALIGN_JOURNAL
+    journal = read_journal(journal_path)
+    report = AlignReport(total=len(rels))
+    todo: list[tuple[str, str]] = []
+    for rel in rels:
+        key, out_rel = rel.as_posix(), names[rel]
+        entry = journal.get(key)
+        if (out_dir / out_rel).is_file() or (entry and entry["status"] == "ok"):
+            report.already_done += 1
+            report.done_ok_total += 1
+        elif entry and entry["status"] == "failed" and not retry_failed:
+            report.already_done += 1
+            report.failures.append(Failure(key, entry.get("reason", "failed earlier")))
+        else:
+            todo.append((key, out_rel.as_posix()))
+    log.info("%d photos, %d finished earlier, %d to align", len(rels), report.already_done, len(todo))
+
+    from tqdm import tqdm
+
+    workers = max(1, int(workers))
+    with (
+        open(journal_path, "a", encoding="utf-8") as jfh,
+        tqdm(total=len(todo), unit="photo", desc="align", disable=not progress) as bar,
+    ):
+        if workers == 1 or len(todo) < 2:
+            worker = _AlignWorker(job)
+            results: Iterable = (worker(item) for item in todo)
+            _collect(results, jfh, report, bar)
+        else:
+            ctx = mp.get_context("spawn" if os.name != "posix" else "fork")
+            with ctx.Pool(workers, initializer=_init_process, initargs=(job,)) as pool:
+                _collect(pool.imap_unordered(_run_in_process, todo, chunksize=4), jfh, report, bar)
+    report.failures.sort(key=lambda f: f.path)
+    atomic_write_text(out_dir / ALIGN_REPORT, json.dumps(report.to_json(), indent=2) + "\n")
+    return report
+
+
+def remove_stale_temp_files(out_dir: Path) -> int:
+    """Delete temporary files a killed run left behind (``.<name>.<random>.tmp``, ours alone)."""
+    removed = 0
+    for dirpath, _, filenames in os.walk(out_dir):
+        for fn in filenames:
+            if fn.startswith(".") and fn.endswith(".tmp"):
+                os.unlink(os.path.join(dirpath, fn))
+                removed += 1
+    if removed:
+        log.info("removed %d temporary files left by an interrupted run", removed)
+    return removed
+
+
+def _collect(results: Iterable, jfh, report: AlignReport, bar) -> None:
+    for rel, status, reason in results:
+        jfh.write(json.dumps({"src": rel, "status": status, "reason": reason}, ensure_ascii=False) + "\n")
+        jfh.flush()
+        if status == "ok":
+            report.aligned += 1
+            report.done_ok_total += 1
+        else:
+            report.failures.append(Failure(rel, reason))
+            log.warning("%s: %s", rel, reason)
+        bar.update(1)
+
+
+# ---- represent -------------------------------------------------------------------------
+
+
+@dataclass
+class RepresentResult:
+    """What ``represent_folder`` wrote: embeddings, their labels and paths, and failures."""
+
+    reps: np.ndarray
+    labels: list[str]
+    paths: list[str]
+    failures: list[Failure]
+    identity: str
+
+
+def read_align_meta(aligned_dir: Path) -> Optional[AlignmentSpec]:
+    meta_path = aligned_dir / ALIGN_META
+    if not meta_path.is_file():
+        return None
+    return AlignmentSpec.from_dict(json.loads(meta_path.read_text(encoding="utf-8"))["alignment"])
+
+
+def represent_folder(
+    aligned_dir: os.PathLike | str,
+    output_dir: os.PathLike | str,
+    embedder: Embedder,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> RepresentResult:
+    """Embed every aligned face below ``aligned_dir``; write OpenFace's reps.csv / labels.csv and more.
+
+    Outputs (each written atomically): ``reps.csv`` (one 128-value row per face),
+    ``labels.csv`` (``class_index,path``, 1-based, as OpenFace's batch-represent),
+    ``reps.npy``, ``labels.json`` and ``embeddings.json`` (model identity and alignment).
+    """
+    a_dir, out_dir = Path(aligned_dir), Path(output_dir)
+    if not a_dir.is_dir():
+        raise OpenFacePyError(f"{a_dir}: aligned folder not found")
+    spec = read_align_meta(a_dir)
+    if spec is not None and spec != embedder.alignment:
+        raise AlignmentMismatchError(
+            f"{a_dir} was aligned as {spec.identity} but {embedder.name} needs {embedder.alignment.identity}; "
+            f"run 'openface-py align INPUT_DIR OUTPUT_DIR --model {embedder.name}' first"
+        )
+    if spec is None:
+        log.warning(
+            "%s has no %s: assuming its faces are aligned as %s", a_dir, ALIGN_META, embedder.alignment.identity
+        )
+    rels = list_images(a_dir)
+    if not rels:
+        raise OpenFacePyError(f"{a_dir}: no aligned images found")
+
+    from tqdm import tqdm
+
+    size = embedder.alignment.size
+    reps: list[np.ndarray] = []
+    kept: list[Path] = []
+    failures: list[Failure] = []
+    with tqdm(total=len(rels), unit="face", desc="represent", disable=not progress) as bar:
+        for chunk in iter_chunks(rels, max(1, batch_size)):
+            faces, ok = [], []
+            for rel in chunk:
+                try:
+                    img = load_image(a_dir / rel)
+                except ImageLoadError as exc:
+                    failures.append(Failure(rel.as_posix(), exc.reason))
+                    continue
+                if img.shape[:2] != (size, size):
+                    failures.append(
+                        Failure(rel.as_posix(), f"is {img.shape[1]}x{img.shape[0]}, expected {size}x{size}")
+                    )
+                    continue
+                faces.append(img)
+                ok.append(rel)
+            if faces:
+                reps.append(embedder.embed(faces, batch_size=batch_size))
+                kept.extend(ok)
+            bar.update(len(chunk))
+    for f in failures:
+        log.warning("%s: %s", f.path, f.reason)
+    if not kept:
+        raise OpenFacePyError(f"{a_dir}: none of the {len(rels)} images could be embedded")
+    matrix = np.concatenate(reps, axis=0)
+    labels = [rel.parent.as_posix() if rel.parent != Path(".") else "" for rel in kept]
+    paths = [os.path.join(str(aligned_dir), rel.as_posix()) for rel in kept]
+    write_embeddings(out_dir, matrix, labels, paths, embedder)
+    return RepresentResult(matrix, labels, paths, failures, embedder.identity)
+
+
+def write_embeddings(out_dir: Path, reps: np.ndarray, labels: list[str], paths: list[str], embedder: Embedder) -> None:
+    """Write reps/labels in OpenFace's CSV format and as .npy/.json, plus the identity metadata."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    classes: list[str] = []
+    for lab in labels:
+        if lab not in classes:
+            classes.append(lab)
+    index = {c: i + 1 for i, c in enumerate(classes)}
+    buf = _io.StringIO()
+    np.savetxt(buf, reps, delimiter=",", fmt="%.9g")
+    atomic_write_text(out_dir / "reps.csv", buf.getvalue())
+    lbuf = _io.StringIO()
+    writer = csv.writer(lbuf, lineterminator="\n")
+    for lab, p in zip(labels, paths):
+        writer.writerow([index[lab], p])
+    atomic_write_text(out_dir / "labels.csv", lbuf.getvalue())
+    npy = _io.BytesIO()
+    np.save(npy, reps.astype(np.float32))
+    atomic_write_bytes(out_dir / "reps.npy", npy.getvalue())
+    atomic_write_text(
+        out_dir / "labels.json",
+        json.dumps({"classes": classes, "labels": labels, "paths": paths}, ensure_ascii=False, indent=1) + "\n",
+    )
+    meta = {
+        "identity": embedder.identity,
+        "model": embedder.name,
+        "alignment": embedder.alignment.to_dict(),
+        "count": int(reps.shape[0]),
+        "dim": int(reps.shape[1]),
+        "openface_py_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    atomic_write_text(out_dir / EMBED_META, json.dumps(meta, indent=2) + "\n")
+
+
+def load_embeddings(reps_dir: os.PathLike | str) -> tuple[np.ndarray, list[str], list[str], dict]:
+    """Read what ``represent_folder`` wrote: (reps, labels, paths, metadata)."""
+    d = Path(reps_dir)
+    meta_path = d / EMBED_META
+    if not meta_path.is_file():
+        raise OpenFacePyError(f"{d}: no {EMBED_META} (not an openface-py represent output folder)")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    reps = np.load(d / "reps.npy", allow_pickle=False)
+    lab = json.loads((d / "labels.json").read_text(encoding="utf-8"))
+    if reps.shape[0] != len(lab["labels"]):
+        raise OpenFacePyError(f"{d}: {reps.shape[0]} embeddings but {len(lab['labels'])} labels")
+    return reps, lab["labels"], lab["paths"], meta

@@ -1,0 +1,303 @@
+"""The ``openface-py`` command line (also ``python -m openface_py``).
+
+Exit codes: 0 success; 1 the job failed (nothing could be processed, unreadable input);
+2 bad arguments; 3 a model is not installed (the message says how to get it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from openface_py import __version__
+from openface_py.errors import ModelNotInstalledError, OpenFacePyError
+
+log = logging.getLogger("openface_py")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MODEL = 0, 1, 2, 3
+
+
+def _add_detector_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--detector", choices=("hog", "cnn"), default="hog", help="face detector (default: hog, as OpenFace)"
+    )
+    p.add_argument("--upsample", type=int, default=1, help="times to upsample before detecting (default: 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from openface_py.embed import DEFAULT_MODEL, MODEL_NAMES
+
+    model_help = f"model name ({', '.join(MODEL_NAMES)}) or path to NN4-small2 weights (.pt, .t7, CSV folder)"
+    parser = argparse.ArgumentParser(
+        prog="openface-py",
+        description="OpenFace-style face detection, alignment and embedding.",
+        epilog="Exit codes: 0 ok, 1 job failed, 2 bad arguments, 3 model not installed.",
+    )
+    parser.add_argument("--version", action="version", version=f"openface-py {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings and errors only")
+    # -v/-q are accepted after the sub-command too; SUPPRESS keeps a global flag from being reset
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress bars; warnings and errors only",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add_command(name: str, **kw) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, parents=[common], **kw)
+
+    p = add_command("align", help="detect and align the faces of a folder of photos (resumable)")
+    p.add_argument("input_dir", type=Path)
+    p.add_argument("output_dir", type=Path)
+    p.add_argument("--model", default=DEFAULT_MODEL, help="align for this model's input (" + model_help + ")")
+    p.add_argument("--size", type=int, default=None, help="output size for OpenFace alignment (default 96)")
+    p.add_argument(
+        "--landmarks",
+        choices=("outerEyesAndNose", "innerEyesAndBottomLip"),
+        default=None,
+        help="landmark triple for OpenFace alignment (default outerEyesAndNose)",
+    )
+    _add_detector_args(p)
+    p.add_argument("--skip-multi", action="store_true", help="skip photos with more than one face")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--retry-failed", action="store_true", help="retry photos that failed in an earlier run")
+    p.add_argument("--json", action="store_true", help="print the run report as JSON")
+
+    p = add_command("represent", help="embed a folder of aligned faces; writes reps.csv, labels.csv, reps.npy")
+    p.add_argument("aligned_dir", type=Path)
+    p.add_argument("output_dir", type=Path)
+    p.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+    p = add_command("detect", help="find faces in photos")
+    p.add_argument("images", nargs="+", type=Path)
+    _add_detector_args(p)
+    p.add_argument("--landmarks", action="store_true", help="also report the 68 dlib landmarks")
+    p.add_argument("--json", action="store_true")
+
+    p = add_command("embed", help="detect, align and embed the faces of photos")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
+    p.add_argument("--multi", action="store_true", help="every face, left to right (default: the largest)")
+    _add_detector_args(p)
+    p.add_argument("--json", action="store_true")
+
+    p = add_command("models", help="list or download models")
+    msub = p.add_subparsers(dest="models_command", metavar="ACTION")
+    pl = msub.add_parser("list", parents=[common], help="show which models are installed and which is the default")
+    pl.add_argument("--json", action="store_true")
+    pd = msub.add_parser(
+        "download", parents=[common], help="fetch a model's released weights into the cache (md5-checked)"
+    )
+    pd.add_argument("name", choices=("nn4.small2.v1",))
+    pd.add_argument("--format", choices=("pt", "t7"), default="pt")
+    pd.add_argument("--url", default=None, help="base URL (default: OpenFace's model storage) or a full file URL")
+    pd.add_argument("--from-file", type=Path, default=None, help="install a copy you already have (md5-checked)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    if args.command == "models" and args.models_command is None:
+        parser.parse_args(["models", "--help"])
+    try:
+        return COMMANDS[args.command](args)
+    except ModelNotInstalledError as exc:
+        log.error("%s", exc)
+        return EXIT_NO_MODEL
+    except (OpenFacePyError, ValueError) as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        log.error("interrupted; rerun the same command to resume")
+        return 130
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from openface_py.align import DLIB_CHIP_METHOD, openface_spec
+    from openface_py.batch import align_folder
+    from openface_py.embed import alignment_for
+
+    spec = alignment_for(args.model)
+    if spec.method == DLIB_CHIP_METHOD:
+        if args.size is not None or args.landmarks is not None:
+            raise ValueError(f"--size/--landmarks apply to OpenFace alignment; {args.model} needs {spec.identity}")
+    else:
+        spec = openface_spec(args.size or 96, args.landmarks or "outerEyesAndNose")
+    report = align_folder(
+        args.input_dir,
+        args.output_dir,
+        spec,
+        detector=args.detector,
+        upsample=args.upsample,
+        skip_multi=args.skip_multi,
+        workers=args.workers,
+        model=args.model,
+        retry_failed=args.retry_failed,
+        progress=not args.quiet,
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        for f in report.failures:
+            print(f"FAILED {f.path}: {f.reason}", file=sys.stderr)
+        print(
+            f"{report.total} photos: {report.aligned} aligned now, {report.already_done} finished earlier, "
+            f"{len(report.failures)} failed; report in {args.output_dir / 'align-report.json'}"
+        )
+    return EXIT_OK if report.done_ok_total > 0 else EXIT_FAILED
+
+
+def cmd_represent(args: argparse.Namespace) -> int:
+    from openface_py.batch import represent_folder
+    from openface_py.embed import load_embedder
+
+    embedder = load_embedder(args.model, threads=args.threads)
+    res = represent_folder(
+        args.aligned_dir, args.output_dir, embedder, batch_size=args.batch_size, progress=not args.quiet
+    )
+    for f in res.failures:
+        print(f"FAILED {f.path}: {f.reason}", file=sys.stderr)
+    print(
+        f"{len(res.labels)} faces of {len(set(res.labels))} classes embedded with {res.identity} -> {args.output_dir}"
+    )
+    return EXIT_OK
+
+
+def _per_image(paths: Sequence[Path], fn) -> tuple[list[dict], int]:
+    """Run ``fn(rgb) -> dict`` on each image, collecting errors instead of stopping."""
+    from openface_py.errors import ImageLoadError
+    from openface_py.io import load_image
+
+    out, failed = [], 0
+    for path in paths:
+        try:
+            out.append({"path": str(path), **fn(load_image(path))})
+        except ImageLoadError as exc:
+            failed += 1
+            out.append({"path": str(path), "error": exc.reason})
+    return out, failed
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from openface_py.align import OpenFaceAligner
+    from openface_py.detect import make_detector
+
+    detector = make_detector(args.detector, upsample=args.upsample)
+    aligner = OpenFaceAligner() if args.landmarks else None
+
+    def run(rgb):
+        faces = []
+        for d in detector.detect(rgb):
+            item = {"box": d.box.as_list(), "score": round(d.score, 4)}
+            if aligner is not None:
+                item["landmarks"] = aligner.find_landmarks(rgb, d.box).astype(int).tolist()
+            faces.append(item)
+        return {"width": int(rgb.shape[1]), "height": int(rgb.shape[0]), "faces": faces}
+
+    results, failed = _per_image(args.images, run)
+    _print_results(results, args.json, lambda r: [f"  face box={f['box']} score={f['score']}" for f in r["faces"]])
+    return EXIT_FAILED if failed == len(args.images) else EXIT_OK
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from openface_py.pipeline import FacePipeline
+
+    pipe = FacePipeline.create(args.model, detector=args.detector, upsample=args.upsample)
+
+    def run(rgb):
+        faces = pipe.process(rgb, multi=args.multi)
+        return {"model": pipe.embedder.identity, "faces": [f.to_json() for f in faces]}
+
+    results, failed = _per_image(args.images, run)
+
+    def lines(r):
+        return [f"  box={f['box']} " + " ".join(f"{v:.4f}" for v in f["embedding"]) for f in r["faces"]]
+
+    _print_results(results, args.json, lines)
+    return EXIT_FAILED if failed == len(args.images) else EXIT_OK
+
+
+def _print_results(results: list[dict], as_json: bool, face_lines) -> None:
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    for r in results:
+        if "error" in r:
+            print(f"{r['path']}: ERROR {r['error']}")
+            continue
+        print(f"{r['path']}: {len(r['faces'])} face(s)")
+        for line in face_lines(r):
+            print(line)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from openface_py.embed import best_installed_model, model_statuses
+
+    if args.models_command == "download":
+        return _download(args)
+    statuses = model_statuses()
+    try:
+        best = best_installed_model()
+    except ModelNotInstalledError:
+        best = None
+    if args.json:
+        print(json.dumps([{**st.__dict__, "default": st.name == best} for st in statuses], indent=2))
+        return EXIT_OK
+    for st in statuses:
+        mark = "*" if st.name == best else " "
+        state = f"installed at {st.path}" if st.installed else "NOT INSTALLED"
+        print(f"{mark} {st.name:16s} {st.alignment:40s} {state}")
+        print(f"    {st.note}")
+    print("* = what commands use when no --model is given and the default is not installed (demo)")
+    return EXIT_OK
+
+
+def _download(args: argparse.Namespace) -> int:
+    from openface_py import store
+
+    info = store.NN4_SMALL2_V1_FILES[args.format]
+    dest = store.cache_dir() / info.filename
+    if args.from_file is not None:
+        store.install_local_file(args.from_file, info.md5, dest)
+        print(f"installed {args.from_file} -> {dest} (md5 ok)")
+        return EXIT_OK
+    base = args.url or store.OPENFACE_MODEL_BASE_URL
+    url = base if base.endswith(info.filename) else base.rstrip("/") + "/" + info.filename
+    if dest.is_file() and store.md5sum(dest) == info.md5:
+        print(f"{dest} already installed (md5 ok)")
+        return EXIT_OK
+    try:
+        store.download(url, dest, md5=info.md5, progress=not args.quiet)
+    except store.DownloadError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
+    print(f"downloaded {url} -> {dest} (md5 {info.md5} ok)")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "align": cmd_align,
+    "represent": cmd_represent,
+    "detect": cmd_detect,
+    "embed": cmd_embed,
+    "models": cmd_models,
+}

@@ -1,0 +1,226 @@
+"""Embedders: aligned faces -> (N, 128) float32 unit vectors, behind one interface.
+
+Models by name (``MODEL_NAMES``):
+
+* ``nn4.small2.v1``: OpenFace's NN4-small2 in PyTorch (OpenFace 96x96 alignment,
+  OUTER_EYES_AND_NOSE). Its weights are a download (``openface-py models download``).
+* ``dlib-resnet-v1``: dlib's ResNet face recogniser (``dlib_face_recognition_resnet_model_v1.dat``,
+  dlib's 150x150 5-point chip), installed with ``face_recognition_models``.
+
+Anywhere a model is named, a path to NN4-small2 weights (``.pt``, ``.t7`` or a CSV folder)
+works too. Each embedder states the alignment it needs and an ``identity`` string (model and
+alignment) that is written next to every embedding file.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from openface_py import store
+from openface_py.align import AlignmentSpec, dlib_chip_spec, openface_spec
+from openface_py.errors import ModelNotInstalledError, WeightsError
+from openface_py.io import iter_chunks
+
+log = logging.getLogger(__name__)
+
+NN4_SMALL2_V1 = "nn4.small2.v1"
+DLIB_RESNET_V1 = "dlib-resnet-v1"
+MODEL_NAMES = (NN4_SMALL2_V1, DLIB_RESNET_V1)
+DEFAULT_MODEL = NN4_SMALL2_V1
+
+
+class Embedder(ABC):
+    """Turns aligned faces into 128-D unit vectors."""
+
+    name: str
+    alignment: AlignmentSpec
+    dim: int = 128
+
+    @property
+    def identity(self) -> str:
+        """Model name + alignment: embeddings with different identities never mix."""
+        return f"{self.name}|{self.alignment.identity}"
+
+    def embed(self, faces: Union[np.ndarray, Sequence[np.ndarray]], batch_size: int = 32) -> np.ndarray:
+        """Embed aligned RGB uint8 faces (each ``alignment.size`` square) -> (N, 128) float32."""
+        items = list(faces) if not isinstance(faces, np.ndarray) or faces.ndim == 4 else [faces]
+        size = self.alignment.size
+        for i, f in enumerate(items):
+            if f.shape != (size, size, 3) or f.dtype != np.uint8:
+                raise ValueError(
+                    f"face {i}: expected an aligned RGB uint8 image of shape ({size}, {size}, 3) "
+                    f"for {self.name}, got {f.dtype} {f.shape}"
+                )
+        if not items:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        out = [self._embed_batch(chunk) for chunk in iter_chunks(items, max(1, int(batch_size)))]
+        return np.concatenate(out, axis=0).astype(np.float32, copy=False)
+
+    @abstractmethod
+    def _embed_batch(self, faces: list[np.ndarray]) -> np.ndarray: ...
+
+
+class NN4Embedder(Embedder):
+    """OpenFace's NN4-small2 in PyTorch (``torch.inference_mode``, CPU or CUDA)."""
+
+    def __init__(
+        self,
+        weights: Union[str, Path, dict],
+        name: Optional[str] = None,
+        threads: Optional[int] = None,
+        device: str = "cpu",
+        size: int = 96,
+        landmarks: str = "outerEyesAndNose",
+    ) -> None:
+        import torch
+
+        from openface_py.nn4_weights import build_model
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        if isinstance(weights, dict):
+            self.model = build_model(state=weights)
+            self.name = name or "nn4.small2-custom"
+        else:
+            self.model = build_model(path=weights)
+            self.name = name or f"nn4.small2:{Path(weights).name}"
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self.alignment = openface_spec(size, landmarks)
+
+    def _embed_batch(self, faces: list[np.ndarray]) -> np.ndarray:
+        import torch
+
+        from openface_py.nn4 import preprocess
+
+        x = preprocess(np.stack(faces)).to(self.device)
+        with torch.inference_mode():
+            return self.model(x).cpu().numpy()
+
+
+class DlibResnetEmbedder(Embedder):
+    """dlib's ResNet-29 face recogniser (King, dlib 19.3; LFW 0.9938 as reported by dlib)."""
+
+    name = DLIB_RESNET_V1
+
+    def __init__(self, model_path: Optional[Union[str, Path]] = None) -> None:
+        import dlib
+
+        path = model_path or store.dlib_model_path(store.DLIB_RESNET)
+        self._model = dlib.face_recognition_model_v1(str(path))
+        self.alignment = dlib_chip_spec(150, 0.25)
+
+    def _embed_batch(self, faces: list[np.ndarray]) -> np.ndarray:
+        vecs = self._model.compute_face_descriptor([np.ascontiguousarray(f) for f in faces])
+        return np.array([np.array(v) for v in vecs], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """What ``models list`` reports about one named model."""
+
+    name: str
+    installed: bool
+    path: Optional[str]
+    alignment: str
+    note: str
+
+
+def find_nn4_small2_v1() -> Optional[Path]:
+    """The installed official nn4.small2.v1 weights (.pt preferred over .t7), or None."""
+    for folder in store.search_dirs():
+        for fmt in ("pt", "t7"):
+            cand = folder / store.NN4_SMALL2_V1_FILES[fmt].filename
+            if cand.is_file():
+                return cand
+    return None
+
+
+def nn4_missing_message() -> str:
+    return (
+        f"the {NN4_SMALL2_V1} weights are not installed. Get them with "
+        f"'openface-py models download {NN4_SMALL2_V1}' (fetches OpenFace's released "
+        f"nn4.small2.v1.pt into {store.cache_dir()}), or pass --model PATH to a .pt, .t7 or "
+        f"CSV-folder copy. Installed alternative: '{DLIB_RESNET_V1}'."
+    )
+
+
+def model_statuses() -> list[ModelStatus]:
+    """Every named model, whether it is installed here, and where."""
+    nn4 = find_nn4_small2_v1()
+    try:
+        dlib_path: Optional[Path] = store.dlib_model_path(store.DLIB_RESNET)
+    except ModelNotInstalledError:
+        dlib_path = None
+    return [
+        ModelStatus(
+            NN4_SMALL2_V1,
+            nn4 is not None,
+            str(nn4) if nn4 else None,
+            openface_spec().identity,
+            "OpenFace's released weights (Apache-2.0); LFW 0.9292 +- 0.0134 as published"
+            + ("" if nn4 else "; not installed: 'openface-py models download nn4.small2.v1'"),
+        ),
+        ModelStatus(
+            DLIB_RESNET_V1,
+            dlib_path is not None,
+            str(dlib_path) if dlib_path else None,
+            dlib_chip_spec().identity,
+            "dlib's ResNet (from face_recognition_models); LFW 0.9938 as reported by dlib",
+        ),
+    ]
+
+
+def best_installed_model() -> str:
+    """The preferred installed model name: the default if installed, else the first installed one."""
+    statuses = model_statuses()
+    for st in statuses:
+        if st.name == DEFAULT_MODEL and st.installed:
+            return st.name
+    for st in statuses:
+        if st.installed:
+            return st.name
+    raise ModelNotInstalledError("no embedding model is installed; " + nn4_missing_message())
+
+
+def load_embedder(model: Optional[str] = None, threads: Optional[int] = None) -> Embedder:
+    """An embedder by name (``nn4.small2.v1``, ``dlib-resnet-v1``) or by a path to NN4-small2 weights."""
+    model = model or DEFAULT_MODEL
+    if model == DLIB_RESNET_V1:
+        return DlibResnetEmbedder()
+    if model == NN4_SMALL2_V1:
+        path = find_nn4_small2_v1()
+        if path is None:
+            raise ModelNotInstalledError(nn4_missing_message())
+        _check_official_md5(path)
+        return NN4Embedder(path, name=NN4_SMALL2_V1, threads=threads)
+    p = Path(model)
+    if p.exists():
+        return NN4Embedder(p, threads=threads)
+    raise ModelNotInstalledError(
+        f"unknown model {model!r}: not one of {', '.join(MODEL_NAMES)} and no such weights file or folder"
+    )
+
+
+def alignment_for(model: Optional[str]) -> AlignmentSpec:
+    """The alignment a model needs, without loading its weights."""
+    if model == DLIB_RESNET_V1:
+        return dlib_chip_spec()
+    return openface_spec()
+
+
+def _check_official_md5(path: Path) -> None:
+    fmt = "t7" if path.suffix == ".t7" else "pt"
+    expected = store.NN4_SMALL2_V1_FILES[fmt].md5
+    got = store.md5sum(path)
+    if got != expected:
+        raise WeightsError(
+            f"{path}: md5 {got} does not match OpenFace's published {expected}; "
+            "the file is damaged or not the official release (delete it and download again)"
+        )

@@ -1,0 +1,28 @@
+"""Exceptions raised by openface-py; each names what failed and why."""
+
+from __future__ import annotations
+
+
+class OpenFacePyError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ImageLoadError(OpenFacePyError):
+    """An image could not be read: missing, empty, corrupt, not an image, or too large."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+class WeightsError(OpenFacePyError):
+    """A weights file is missing a tensor, has a wrongly shaped one, or is unreadable."""
+
+
+class ModelNotInstalledError(OpenFacePyError):
+    """A named model's weights are not on this machine (the message says how to get them)."""
+
+
+class AlignmentMismatchError(OpenFacePyError):
+    """Aligned faces were made for a different alignment than the embedder needs."""

@@ -1,0 +1,198 @@
+"""Image loading and atomic file output.
+
+``load_image`` turns a path or encoded bytes into an RGB ``uint8`` array of shape (H, W, 3),
+whatever the file holds: EXIF orientation is applied, gray / gray+alpha / RGBA / palette /
+CMYK / 16-bit images are converted, and anything unreadable raises ``ImageLoadError`` naming
+the file and the reason. Pillow does the decoding because it exposes EXIF, every PNG mode and
+truncation errors, which ``cv2.imread`` hides behind a silent ``None``.
+"""
+
+from __future__ import annotations
+
+import io as _io
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Iterator, Union
+
+import numpy as np
+
+from openface_py.errors import ImageLoadError
+
+#: Default cap on decoded pixels (width x height): 64 MP, about a 9000 x 7000 photo.
+#: A face toolkit has no use for more; the cap stops decompression bombs and OOM kills.
+DEFAULT_MAX_PIXELS = 64_000_000
+
+#: File name endings treated as images when walking folders (compared lower-case).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray]
+
+
+def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read ``source`` (a path or encoded bytes) as an RGB uint8 array, EXIF-rotated.
+
+    Raises ``ImageLoadError`` for a missing, empty, non-image, corrupt or truncated file,
+    and for an image of more than ``max_pixels`` pixels (checked before decoding).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if isinstance(source, (bytes, bytearray)):
+        name = "<bytes>"
+        if len(source) == 0:
+            raise ImageLoadError(name, "empty data (0 bytes)")
+        stream: object = _io.BytesIO(bytes(source))
+    else:
+        path = Path(source)
+        name = str(path)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            raise ImageLoadError(name, "file not found") from None
+        except OSError as exc:
+            raise ImageLoadError(name, f"cannot access file: {exc.strerror or exc}") from None
+        if path.is_dir():
+            raise ImageLoadError(name, "is a directory, not an image file")
+        if size == 0:
+            raise ImageLoadError(name, "empty file (0 bytes)")
+        stream = path
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            old_cap = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None  # our own cap below, checked before decoding
+            try:
+                with Image.open(stream) as im:  # type: ignore[arg-type]
+                    w, h = im.size
+                    if w * h > max_pixels:
+                        raise ImageLoadError(
+                            name,
+                            f"image too large: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the "
+                            f"limit of {max_pixels / 1e6:.1f} MP (max_pixels)",
+                        )
+                    if w == 0 or h == 0:
+                        raise ImageLoadError(name, f"image has zero size ({w}x{h})")
+                    im.load()
+                    im = ImageOps.exif_transpose(im)
+                    return _pil_to_rgb(im)
+            finally:
+                Image.MAX_IMAGE_PIXELS = old_cap
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(name, "not a recognised image format") from None
+    except PermissionError as exc:
+        raise ImageLoadError(name, f"permission denied: {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageLoadError(name, f"corrupt or truncated image data ({exc})") from None
+
+
+def _pil_to_rgb(im) -> np.ndarray:
+    """Convert any Pillow image mode to an RGB uint8 array (alpha composited on white)."""
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(im).astype(np.float64)
+        # 16-bit data lives in 0..65535; 'I' images from 8-bit sources stay in 0..255.
+        scale = 255.0 / 65535.0 if arr.max(initial=0) > 255 or mode.startswith("I;16") else 1.0
+        gray = np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if mode == "F":
+        arr = np.asarray(im).astype(np.float64)
+        if arr.max(initial=0) <= 1.0:
+            arr = arr * 255.0
+        gray = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if mode == "P":
+        im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
+        mode = im.mode
+    if mode in ("LA", "PA", "La"):
+        im = im.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "RGBa"):
+        rgba = np.asarray(im.convert("RGBA")).astype(np.float32)
+        alpha = rgba[:, :, 3:4] / 255.0
+        rgb = rgba[:, :, :3] * alpha + 255.0 * (1.0 - alpha)
+        return np.ascontiguousarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
+    if mode != "RGB":
+        im = im.convert("RGB")
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+
+
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Normalise an in-memory array (gray, gray+1, RGB, RGBA; uint8/uint16/float) to RGB uint8.
+
+    Arrays are taken to be in RGB channel order already; convert OpenCV BGR frames first.
+    """
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.dtype == np.uint16:
+        arr = np.rint(arr.astype(np.float64) * (255.0 / 65535.0)).astype(np.uint8)
+    elif arr.dtype.kind == "f":
+        scale = 255.0 if arr.size and float(np.nanmax(arr)) <= 1.0 else 1.0
+        arr = np.clip(np.rint(np.nan_to_num(arr) * scale), 0, 255).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise ValueError(f"unsupported image dtype {arr.dtype}")
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        alpha = arr[:, :, 3:4].astype(np.float32) / 255.0
+        arr = np.rint(arr[:, :, :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+    elif not (arr.ndim == 3 and arr.shape[2] == 3):
+        raise ValueError(f"expected an image of shape (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def list_images(root: Union[str, os.PathLike]) -> list[Path]:
+    """All image files below ``root`` (recursive, sorted, relative to ``root``); hidden entries skipped."""
+    base = Path(root)
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in filenames:
+            if fn.startswith("."):
+                continue
+            if fn.lower().endswith(IMAGE_EXTENSIONS):
+                found.append((Path(dirpath) / fn).relative_to(base))
+    return sorted(found)
+
+
+def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never half-written."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
+    """Atomically write UTF-8 text (see ``atomic_write_bytes``)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """PNG bytes of an RGB uint8 image."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def iter_chunks(items: list, size: int) -> Iterator[list]:
+    """Consecutive slices of ``items`` of at most ``size`` elements."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

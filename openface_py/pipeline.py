@@ -1,0 +1,73 @@
+"""``FacePipeline``: detect -> align -> embed for one image, used by the CLI and the demos."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from openface_py.align import AlignedFace, Aligner, make_aligner
+from openface_py.detect import BoundingBox, Detector, make_detector, select_faces
+from openface_py.embed import Embedder, load_embedder
+
+
+@dataclass
+class FaceResult:
+    """One face in a photo: box, detector score, landmarks, aligned image and embedding."""
+
+    box: BoundingBox
+    score: float
+    landmarks: np.ndarray
+    aligned: np.ndarray
+    embedding: Optional[np.ndarray] = None
+
+    def to_json(self) -> dict:
+        out = {"box": self.box.as_list(), "score": round(self.score, 4)}
+        if self.embedding is not None:
+            out["embedding"] = [round(float(v), 7) for v in self.embedding]
+        return out
+
+
+class FacePipeline:
+    """Detector, aligner and (optionally) embedder, built once and reused for many images.
+
+    The aligner defaults to the one the embedder needs, so the pieces always match.
+    """
+
+    def __init__(
+        self, detector: Detector, aligner: Optional[Aligner] = None, embedder: Optional[Embedder] = None
+    ) -> None:
+        if aligner is None:
+            if embedder is None:
+                raise ValueError("give an aligner, an embedder, or both")
+            aligner = make_aligner(embedder.alignment)
+        if embedder is not None and aligner.spec != embedder.alignment:
+            raise ValueError(
+                f"aligner makes {aligner.spec.identity} faces but {embedder.name} needs {embedder.alignment.identity}"
+            )
+        self.detector = detector
+        self.aligner = aligner
+        self.embedder = embedder
+
+    @classmethod
+    def create(
+        cls, model: Optional[str] = None, detector: str = "hog", upsample: int = 1, threads: Optional[int] = None
+    ) -> FacePipeline:
+        """A pipeline for a named model (see ``embed.load_embedder``)."""
+        return cls(make_detector(detector, upsample=upsample), embedder=load_embedder(model, threads=threads))
+
+    def faces(self, rgb: np.ndarray, multi: bool = True, skip_multi: bool = False) -> list[AlignedFace]:
+        """Detect and align: every face left to right (``multi``) or the largest one."""
+        dets = select_faces(self.detector.detect(rgb), multi=multi, skip_multi=skip_multi)
+        return [self.aligner.align(rgb, d.box, score=d.score) for d in dets]
+
+    def process(self, rgb: np.ndarray, multi: bool = True, skip_multi: bool = False) -> list[FaceResult]:
+        """Detect, align and embed the faces of one RGB image."""
+        aligned = self.faces(rgb, multi=multi, skip_multi=skip_multi)
+        results = [FaceResult(a.box, a.score, a.landmarks, a.image) for a in aligned]
+        if self.embedder is not None and results:
+            reps = self.embedder.embed([r.aligned for r in results])
+            for r, rep in zip(results, reps):
+                r.embedding = rep
+        return results
