@@ -85,7 +85,8 @@ def main() -> int:
     for up in (0, 1):
         det = HogDetector(upsample=up)
         secs = timed(lambda d=det: [d.detect(p) for p in photos], args.repeat)
-        ref = ref or report(f"HOG detect, upsample {up}", len(photos), secs, ref)
+        rate = report(f"HOG detect, upsample {up}", len(photos), secs, ref)
+        ref = ref or rate
 
     print("\n== align (detect upsample 1 + landmarks + warp, in memory)")
     det = HogDetector(upsample=1)
