@@ -13,8 +13,9 @@ import io as _io
 import os
 import tempfile
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Union
+from typing import BinaryIO, Iterator, Union
 
 import numpy as np
 
@@ -158,14 +159,17 @@ def list_images(root: Union[str, os.PathLike]) -> list[Path]:
     return sorted(found)
 
 
-def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: never half-written."""
+@contextmanager
+def atomic_output(path: Union[str, os.PathLike], suffix: str = ".tmp") -> Iterator[BinaryIO]:
+    """Open a temporary file beside ``path`` for writing; on success it is synced and renamed
+    to ``path``, on any error (or an exception raised inside the block) it is removed. So
+    ``path`` is either absent, the old file, or complete: never half-written."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
@@ -175,6 +179,12 @@ def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: never half-written."""
+    with atomic_output(path) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:

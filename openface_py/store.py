@@ -13,17 +13,18 @@ Two sources:
 from __future__ import annotations
 
 import hashlib
+import http.client
 import importlib.util
 import logging
 import os
 import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 from openface_py.errors import ModelNotInstalledError, OpenFacePyError
+from openface_py.io import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -129,48 +130,32 @@ def download(
     renamed into place, so an interrupted or corrupted transfer never leaves a bad file.
     """
     target = Path(dest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     h = hashlib.md5()
     try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                resp = opener(url, timeout=60)
-            except Exception as exc:  # urllib raises many types (URLError, HTTPError, OSError)
-                raise DownloadError(f"cannot download {url}: {exc}") from exc
-            with resp:
-                total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
-                bar = None
-                if progress:
-                    from tqdm import tqdm
+        resp = opener(url, timeout=60)
+    except Exception as exc:  # urllib raises many types (URLError, HTTPError, OSError)
+        raise DownloadError(f"cannot download {url}: {exc}") from exc
+    from tqdm import tqdm
 
-                    bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=target.name)
-                try:
-                    while True:
-                        block = resp.read(1 << 20)
-                        if not block:
-                            break
-                        out.write(block)
-                        h.update(block)
-                        if bar is not None:
-                            bar.update(len(block))
-                finally:
-                    if bar is not None:
-                        bar.close()
-            out.flush()
-            os.fsync(out.fileno())
-        got = h.hexdigest()
-        if md5 is not None and got != md5.lower():
-            raise DownloadError(f"checksum mismatch for {url}: md5 {got}, expected {md5}; file discarded")
-        os.replace(tmp, target)
-        log.info("downloaded %s -> %s (md5 %s)", url, target, got)
-        return target
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    try:
+        with resp, atomic_output(target, suffix=".part") as out:
+            total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
+            with tqdm(total=total or None, unit="B", unit_scale=True, desc=target.name, disable=not progress) as bar:
+                while True:
+                    block = resp.read(1 << 20)
+                    if not block:
+                        break
+                    out.write(block)
+                    h.update(block)
+                    bar.update(len(block))
+            got = h.hexdigest()
+            if md5 is not None and got != md5.lower():
+                # raising inside atomic_output discards the temporary file
+                raise DownloadError(f"checksum mismatch for {url}: md5 {got}, expected {md5}; file discarded")
+    except (OSError, http.client.HTTPException) as exc:
+        raise DownloadError(f"download of {url} failed part-way: {exc}; nothing was written") from exc
+    log.info("downloaded %s -> %s (md5 %s)", url, target, got)
+    return target
 
 
 def install_local_file(src: os.PathLike | str, md5: Optional[str], dest: os.PathLike | str) -> Path:
@@ -178,15 +163,6 @@ def install_local_file(src: os.PathLike | str, md5: Optional[str], dest: os.Path
     got = md5sum(src)
     if md5 is not None and got != md5:
         raise DownloadError(f"{src}: md5 {got} does not match the published {md5}")
-    target = Path(dest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    with open(src, "rb") as fh, atomic_output(dest, suffix=".part") as out:
+        shutil.copyfileobj(fh, out, 1 << 20)
+    return Path(dest)
