@@ -34,6 +34,16 @@ DLIB_RESNET_V1 = "dlib-resnet-v1"
 MODEL_NAMES = (NN4_SMALL2_V1, DLIB_RESNET_V1)
 DEFAULT_MODEL = NN4_SMALL2_V1
 
+#: Same-person thresholds on the squared L2 distance between embeddings, from LFW:
+#: nn4.small2.v1: OpenFace's mean LFW threshold 0.99 (OpenFace docs, "Demo 2: comparing two images");
+#: dlib-resnet-v1: dlib's / face_recognition's tolerance 0.6 on the L2 distance, i.e. 0.36 squared.
+SAME_PERSON_THRESHOLDS = {NN4_SMALL2_V1: 0.99, DLIB_RESNET_V1: 0.36}
+
+
+def same_person_threshold(model_name: str) -> float:
+    """Default squared-L2 same/different threshold for a model (NN4-small2's for other weights)."""
+    return SAME_PERSON_THRESHOLDS.get(model_name, SAME_PERSON_THRESHOLDS[NN4_SMALL2_V1])
+
 
 class Embedder(ABC):
     """Turns aligned faces into 128-D unit vectors."""

@@ -1,0 +1,580 @@
+"""Classifiers on embeddings, open-set ("unknown") thresholds, and model files.
+
+Every classifier has the same small interface: ``fit(X, y)`` with integer labels and
+``decide(X) -> (predicted index, confidence, score)``. *confidence* is what is shown to users
+(a probability for the probabilistic models); *score* is what the open-set threshold is
+applied to (higher = more sure it is that enrolled person): the class probability for SVMs,
+naive Bayes and trees, the per-class log-likelihood for GMM, minus the squared distance to
+the nearest sample of the predicted person for kNN, and the Joint Bayesian log-likelihood
+ratio for JB.
+
+The threshold is chosen by ``choose_threshold`` from the training data alone: groups of
+people are held out in turn as "strangers" while one photo of each remaining person is held
+out as a "known" probe, so the rejection rate of unseen people is measured rather than
+guessed.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import io as _io
+import logging
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from openface_py import __version__
+from openface_py.errors import OpenFacePyError
+from openface_py.io import atomic_write_bytes, atomic_write_text
+from openface_py.jointbayes import JointBayesian
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+
+
+class ClassifierError(OpenFacePyError):
+    """Training data or a model file cannot be used (the message says why and what to do)."""
+
+
+class Classifier(ABC):
+    """A classifier over embedding vectors (see module docstring)."""
+
+    name: str = ""
+    #: fewest training samples per person this classifier can learn from
+    min_per_class: int = 2
+    #: what ``score`` means, for reports
+    score_kind: str = "probability"
+
+    @abstractmethod
+    def fit(self, X: np.ndarray, y: np.ndarray) -> Classifier: ...
+
+    @abstractmethod
+    def decide(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+class SklearnClassifier(Classifier):
+    """Any scikit-learn estimator with ``predict_proba``; score = confidence = top probability."""
+
+    def __init__(self, name: str, estimator, min_per_class: int = 2) -> None:
+        self.name = name
+        self.estimator = estimator
+        self.min_per_class = min_per_class
+
+    def fit(self, X, y):
+        self.estimator.fit(X, y)
+        return self
+
+    def decide(self, X):
+        proba = self.estimator.predict_proba(X)
+        idx = proba.argmax(axis=1)
+        classes = np.asarray(self.estimator.classes_)
+        conf = proba[np.arange(len(idx)), idx]
+        return classes[idx], conf, conf
+
+
+class GmmClassifier(Classifier):
+    """One Gaussian mixture per person (diagonal covariance); score = that person's log-likelihood."""
+
+    name = "GMM"
+    score_kind = "log-likelihood"
+
+    def __init__(self, n_components: int = 1, reg_covar: float = 1e-4, seed: int = 0) -> None:
+        self.n_components = n_components
+        self.reg_covar = reg_covar
+        self.seed = seed
+
+    def fit(self, X, y):
+        from sklearn.mixture import GaussianMixture
+
+        self.classes_ = np.unique(y)
+        self.models_ = []
+        for c in self.classes_:
+            Xc = X[y == c]
+            k = max(1, min(self.n_components, len(Xc) // 2))
+            gm = GaussianMixture(k, covariance_type="diag", reg_covar=self.reg_covar, random_state=self.seed)
+            self.models_.append(gm.fit(Xc))
+        return self
+
+    def decide(self, X):
+        ll = np.stack([m.score_samples(X) for m in self.models_], axis=1)
+        idx = ll.argmax(axis=1)
+        post = np.exp(ll - ll.max(axis=1, keepdims=True))
+        post /= post.sum(axis=1, keepdims=True)
+        return self.classes_[idx], post[np.arange(len(idx)), idx], ll[np.arange(len(idx)), idx]
+
+
+class KnnClassifier(Classifier):
+    """Distance-weighted k nearest neighbours; works from one photo per person.
+
+    score = minus the squared L2 distance to the nearest enrolled photo of the predicted person.
+    """
+
+    name = "KNN"
+    min_per_class = 1
+    score_kind = "-squared distance"
+
+    def __init__(self, k: int = 5) -> None:
+        self.k = k
+
+    def fit(self, X, y):
+        from sklearn.neighbors import KNeighborsClassifier
+
+        self.X_, self.y_ = np.asarray(X, dtype=np.float64), np.asarray(y)
+        self.model_ = KNeighborsClassifier(n_neighbors=min(self.k, len(X)), weights="distance").fit(X, y)
+        return self
+
+    def decide(self, X):
+        proba = self.model_.predict_proba(X)
+        idx = proba.argmax(axis=1)
+        pred = self.model_.classes_[idx]
+        d = _sq_dists(np.asarray(X, dtype=np.float64), self.X_)
+        d[:, :] = np.where(self.y_[None, :] == pred[:, None], d, np.inf)
+        return pred, proba[np.arange(len(idx)), idx], -d.min(axis=1)
+
+
+class JointBayesianClassifier(Classifier):
+    """Joint Bayesian identification: a probe is scored against each person's mean embedding.
+
+    Training needs some people with two or more photos (to learn within-person variation);
+    enrolment (``enroll``) then works from a single photo per person.
+    """
+
+    name = "JointBayesian"
+    min_per_class = 1
+    score_kind = "log-likelihood ratio"
+
+    def __init__(self, shrinkage: Optional[float] = None) -> None:
+        self.jb = JointBayesian(shrinkage=shrinkage)
+
+    def fit(self, X, y):
+        self.jb.fit(X, y)
+        return self.enroll(X, y)
+
+    def enroll(self, X, y):
+        """Set the gallery (one mean embedding per person) without retraining the covariances."""
+        self.classes_ = np.unique(y)
+        self.centres_ = np.stack([np.asarray(X)[np.asarray(y) == c].mean(axis=0) for c in self.classes_])
+        return self
+
+    def decide(self, X):
+        r = self.jb.score_matrix(X, self.centres_)
+        idx = r.argmax(axis=1)
+        best = r[np.arange(len(idx)), idx]
+        post = np.exp(r - best[:, None])  # relative confidence among the enrolled people
+        return self.classes_[idx], 1.0 / post.sum(axis=1), best
+
+
+class LdaFront(Classifier):
+    """LDA projection to ``dim`` dimensions in front of another classifier (OpenFace's --ldaDim)."""
+
+    def __init__(self, inner: Classifier, dim: int) -> None:
+        self.inner, self.dim = inner, dim
+        self.name = f"{inner.name}+LDA{dim}"
+        self.min_per_class = max(2, inner.min_per_class)
+        self.score_kind = inner.score_kind
+
+    def fit(self, X, y):
+        from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+        n_classes = len(np.unique(y))
+        if self.dim >= n_classes:
+            raise ClassifierError(f"--ldaDim {self.dim} must be below the number of people ({n_classes})")
+        self.lda_ = LinearDiscriminantAnalysis(n_components=self.dim).fit(X, y)
+        self.inner.fit(self.lda_.transform(X), y)
+        return self
+
+    def decide(self, X):
+        return self.inner.decide(self.lda_.transform(X))
+
+
+CLASSIFIER_NAMES = (
+    "LinearSvm",
+    "GridSearchSvm",
+    "RadialSvm",
+    "GaussianNB",
+    "DecisionTree",
+    "GMM",
+    "KNN",
+    "JointBayesian",
+)
+
+
+def make_classifier(name: str, lda_dim: Optional[int] = None, seed: int = 0) -> Classifier:
+    """A fresh classifier by name (settings follow OpenFace's ``classifier.py`` where it has one)."""
+    from sklearn.naive_bayes import GaussianNB
+    from sklearn.tree import DecisionTreeClassifier
+
+    if name == "LinearSvm":
+        clf: Classifier = SvmClassifier(name, dict(C=1, kernel="linear"), seed)
+    elif name == "GridSearchSvm":
+        clf = SvmClassifier(name, None, seed)
+    elif name == "RadialSvm":
+        clf = SvmClassifier(name, dict(C=1, kernel="rbf", gamma=2), seed)
+    elif name == "GaussianNB":
+        clf = SklearnClassifier(name, GaussianNB())
+    elif name == "DecisionTree":
+        clf = SklearnClassifier(name, DecisionTreeClassifier(max_depth=20, random_state=seed))
+    elif name == "GMM":
+        clf = GmmClassifier(seed=seed)
+    elif name == "KNN":
+        clf = KnnClassifier()
+    elif name == "JointBayesian":
+        clf = JointBayesianClassifier()
+    else:
+        raise ClassifierError(f"unknown classifier {name!r}; choose from {', '.join(CLASSIFIER_NAMES)}")
+    return LdaFront(clf, lda_dim) if lda_dim else clf
+
+
+class SvmClassifier(Classifier):
+    """An SVC: Platt-scaled probabilities for display, its decision value for the open set.
+
+    OpenFace used ``SVC(probability=True)``; scikit-learn 1.9 deprecates that, and its
+    documented replacement, ``CalibratedClassifierCV(SVC(), method="sigmoid",
+    ensemble=False)``, is used here with k-fold calibration (k = min(5, fewest photos of a
+    person)). Those calibrated probabilities separate strangers from enrolled people poorly
+    (AUC 0.77 on the sample people, against 0.998 for decision values), so the unknown
+    threshold is applied to the winner's smallest one-vs-one margin instead (see
+    ``pairwise_margin``).
+
+    With ``params=None`` C, kernel and gamma are chosen by cross-validated grid search first:
+    OpenFace searched C in {1, 10, 100, 1000} with a linear kernel and RBF with gamma in
+    {0.001, 0.0001}; for unit-length embeddings (squared distances 0..4) those gammas make the
+    RBF kernel almost constant, so gammas of order 1 are searched as well.
+    """
+
+    score_kind = "smallest one-vs-one SVM margin"
+    GRID = [
+        {"C": [1, 10, 100, 1000], "kernel": ["linear"]},
+        {"C": [1, 10, 100, 1000], "gamma": [0.001, 0.0001, 0.5, 2, 8], "kernel": ["rbf"]},
+    ]
+
+    def __init__(self, name: str, params: Optional[dict], seed: int = 0) -> None:
+        self.name = name
+        self.params = params
+        self.seed = seed
+
+    def fit(self, X, y):
+        from sklearn.calibration import CalibratedClassifierCV
+        from sklearn.model_selection import GridSearchCV, StratifiedKFold
+        from sklearn.svm import SVC
+
+        k = max(2, min(5, int(np.bincount(np.unique(y, return_inverse=True)[1]).min())))
+        cv = StratifiedKFold(k, shuffle=True, random_state=self.seed)
+        params = self.params
+        if params is None:
+            search = GridSearchCV(SVC(random_state=self.seed), self.GRID, cv=cv, n_jobs=1).fit(X, y)
+            params = search.best_params_
+        self.best_params_ = params
+        svc = SVC(random_state=self.seed, **params)
+        self.model_ = CalibratedClassifierCV(svc, method="sigmoid", cv=cv, ensemble=False).fit(X, y)
+        # the SVC fitted on all the data, answering with raw one-vs-one decision values
+        fitted = self.model_.calibrated_classifiers_[0].estimator
+        self.svc_ovo_ = copy.deepcopy(fitted).set_params(decision_function_shape="ovo")
+        return self
+
+    def decide(self, X):
+        proba = self.model_.predict_proba(X)
+        idx = proba.argmax(axis=1)
+        rows = np.arange(len(idx))
+        return self.model_.classes_[idx], proba[rows, idx], self.pairwise_margin(X)[rows, idx]
+
+    def pairwise_margin(self, X) -> np.ndarray:
+        """(N, C): for each class, its smallest one-vs-one SVM margin against any other class.
+
+        Positive only for the class that wins every duel; the winner's value measures how
+        clearly it beats its closest rival, on the same scale whatever the number of classes.
+        """
+        dec = self.svc_ovo_.decision_function(X)
+        n = len(self.model_.classes_)
+        if n == 2:  # binary SVC: one value, positive for classes_[1]
+            return np.stack([-dec, dec], axis=1)
+        pair = np.full((len(dec), n, n), np.inf)
+        k = 0
+        for i in range(n):  # scikit-learn's one-vs-one order; a positive value favours class i
+            for j in range(i + 1, n):
+                pair[:, i, j] = dec[:, k]
+                pair[:, j, i] = -dec[:, k]
+                k += 1
+        return pair.min(axis=2)
+
+
+def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+    return np.maximum(d, 0.0)
+
+
+# ---- training-data checks, cross-validation and the open-set threshold ---------------------
+
+
+def check_training_data(X: np.ndarray, labels: list[str], clf: Classifier, paths: Optional[list[str]] = None) -> None:
+    """Refuse data a classifier cannot learn from, naming the problem and the alternatives."""
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise ClassifierError("no embeddings to train on")
+    if X.shape[0] != len(labels):
+        raise ClassifierError(f"{X.shape[0]} embeddings but {len(labels)} labels")
+    bad = np.where(~np.isfinite(X).all(axis=1))[0]
+    if len(bad):
+        where = ", ".join((paths[i] if paths else f"row {i}") for i in bad[:5])
+        raise ClassifierError(f"{len(bad)} embeddings contain NaN or infinite values ({where}); re-run represent")
+    names, counts = np.unique(np.asarray(labels), return_counts=True)
+    if len(names) < 2:
+        raise ClassifierError(f"only one person ({names[0]!r}) in the training data; a classifier needs two or more")
+    if counts.min() < clf.min_per_class:
+        few = [str(n) for n, c in zip(names, counts) if c < clf.min_per_class]
+        raise ClassifierError(
+            f"{clf.name} needs at least {clf.min_per_class} photos per person, but {len(few)} people have fewer "
+            f"({', '.join(few[:5])}{' ...' if len(few) > 5 else ''}). For one photo per person use "
+            "--classifier KNN, or `openface-py identify` (nearest gallery face)"
+        )
+    if isinstance(clf, (JointBayesianClassifier,)) and counts.max() < 2:
+        raise ClassifierError(
+            "JointBayesian needs some people with two or more photos to learn within-person variation; "
+            "use --classifier KNN for one photo per person"
+        )
+
+
+def cross_validated_accuracy(
+    name: str, X: np.ndarray, y: np.ndarray, lda_dim: Optional[int], seed: int = 0
+) -> Optional[float]:
+    """Stratified k-fold (k <= 5) closed-set accuracy, or None if some person has one photo."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(y)
+    k = int(min(5, counts.min()))
+    if k < 2:
+        return None
+    correct = 0
+    for tr, te in StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y):
+        clf = make_classifier(name, lda_dim, seed).fit(X[tr], y[tr])
+        correct += int((clf.decide(X[te])[0] == y[te]).sum())
+    return correct / len(y)
+
+
+@dataclass
+class OpenSetReport:
+    """How the unknown threshold was chosen and what it does on held-out data."""
+
+    threshold: float
+    unknown_rejection: float  # held-out strangers answered "unknown"
+    known_accuracy: float  # held-out enrolled photos named correctly (and not rejected)
+    known_accuracy_closed: float  # same, with no threshold
+    n_unknown: int
+    n_known: int
+    score_kind: str
+    method: str = "leave-people-out"
+
+    def summary(self) -> str:
+        return (
+            f"unknown threshold {self.threshold:.4g} ({self.score_kind}): rejects "
+            f"{100 * self.unknown_rejection:.1f}% of {self.n_unknown} held-out strangers' photos, names "
+            f"{100 * self.known_accuracy:.1f}% of {self.n_known} held-out enrolled photos correctly "
+            f"({100 * self.known_accuracy_closed:.1f}% with no threshold)"
+        )
+
+
+def choose_threshold(
+    name: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    lda_dim: Optional[int] = None,
+    n_folds: int = 10,
+    seed: int = 0,
+    min_known_fraction: float = 0.9,
+) -> Optional[OpenSetReport]:
+    """Pick the score threshold that best separates enrolled people from strangers.
+
+    People are split into ``n_folds`` groups. For each group: its people are strangers; one
+    photo of every other person (who has a photo to spare) is a known probe; the classifier
+    is trained on the rest. The threshold rejects as many strangers as it can while still naming
+    at least ``min_known_fraction`` of the known probes that the closed-set classifier names
+    correctly. Needs at least three people.
+    """
+    rng = np.random.default_rng(seed)
+    people = np.unique(y)
+    if len(people) < 3:
+        return None
+    order = rng.permutation(people)
+    folds = np.array_split(order, min(n_folds, len(people)))
+    clf_proto = make_classifier(name, lda_dim, seed)
+    known_scores, known_ok, unknown_scores = [], [], []
+    for group in folds:
+        stranger = np.isin(y, group)
+        train = ~stranger
+        probe = np.zeros(len(y), dtype=bool)
+        for p in np.setdiff1d(people, group):
+            idx = np.where(y == p)[0]
+            if len(idx) > clf_proto.min_per_class:
+                probe[rng.choice(idx)] = True
+        train &= ~probe
+        if len(np.unique(y[train])) < 2:
+            continue
+        try:
+            clf = make_classifier(name, lda_dim, seed).fit(X[train], y[train])
+        except (ValueError, ClassifierError) as exc:
+            log.debug("threshold fold skipped: %s", exc)
+            continue
+        if probe.any():
+            pred, _, score = clf.decide(X[probe])
+            known_scores.append(score)
+            known_ok.append(pred == y[probe])
+        unknown_scores.append(clf.decide(X[stranger])[2])
+    if not known_scores or not unknown_scores:
+        return None
+    ks, ok, us = np.concatenate(known_scores), np.concatenate(known_ok), np.concatenate(unknown_scores)
+    cands = np.unique(np.concatenate([ks, us]))
+    mids = np.concatenate([[cands[0] - 1.0], (cands[:-1] + cands[1:]) / 2.0, [cands[-1] + 1.0]])
+    known_acc = np.array([(ok & (ks >= t)).mean() for t in mids])
+    rej = np.array([(us < t).mean() for t in mids])
+    # Reject as many strangers as possible while keeping >= 90% of the closed-set accuracy;
+    # a classifier whose scores cannot tell strangers apart then rejects nobody (and says so).
+    allowed = known_acc >= min_known_fraction * ok.mean() - 1e-12
+    objective = np.where(allowed, rej + 1e-3 * known_acc, -np.inf)
+    best = int(np.argmax(objective))
+    return OpenSetReport(
+        threshold=float(mids[best]),
+        unknown_rejection=float(rej[best]),
+        known_accuracy=float(known_acc[best]),
+        known_accuracy_closed=float(ok.mean()),
+        n_unknown=len(us),
+        n_known=len(ks),
+        score_kind=clf_proto.score_kind,
+    )
+
+
+# ---- the trained model and its file -------------------------------------------------------
+
+
+@dataclass
+class Prediction:
+    name: str
+    confidence: float
+    score: float
+    known: bool
+
+
+@dataclass
+class TrainedModel:
+    """A classifier with everything needed to use it safely later."""
+
+    classifier: Classifier
+    classes: list[str]
+    embedder_name: str
+    embedder_identity: str
+    alignment: dict
+    n_train: int
+    threshold: Optional[float] = None
+    open_set: Optional[OpenSetReport] = None
+    cv_accuracy: Optional[float] = None
+    created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    version: str = __version__
+
+    def check_identity(self, identity: str) -> None:
+        if identity != self.embedder_identity:
+            raise ClassifierError(
+                f"this model was trained on embeddings of {self.embedder_identity}, not {identity}; "
+                "embeddings of different models cannot be mixed (re-train, or use the same --model)"
+            )
+
+    def predict(self, X: np.ndarray, threshold: Optional[float] = None) -> list[Prediction]:
+        """Name each embedding, or ``unknown`` where the score is under the threshold."""
+        X = np.atleast_2d(np.asarray(X, dtype=np.float64))
+        if X.shape[1] != self.dim:
+            raise ClassifierError(f"embeddings have {X.shape[1]} values, the model expects {self.dim}")
+        t = self.threshold if threshold is None else threshold
+        idx, conf, score = self.classifier.decide(X)
+        out = []
+        for i, c, s in zip(idx, conf, score):
+            known = t is None or s >= t
+            out.append(Prediction(self.classes[int(i)] if known else UNKNOWN, float(c), float(s), bool(known)))
+        return out
+
+    @property
+    def dim(self) -> int:
+        return int(self.alignment.get("_dim", 128))
+
+    def save(self, path: os.PathLike | str) -> Path:
+        """joblib file + ``<path>.sha256`` beside it (checked by ``load_model`` before unpickling)."""
+        import joblib
+
+        buf = _io.BytesIO()
+        joblib.dump(self, buf, compress=3)
+        data = buf.getvalue()
+        target = Path(path)
+        atomic_write_bytes(target, data)
+        atomic_write_text(sha256_path(target), f"{hashlib.sha256(data).hexdigest()}  {target.name}\n")
+        return target
+
+
+def sha256_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def load_model(path: os.PathLike | str) -> TrainedModel:
+    """Load a model file after checking its SHA-256 against the ``.sha256`` file beside it.
+
+    A model file is a pickle: loading one runs code. Only load files you made or trust; the
+    checksum catches a file that was damaged or replaced without its checksum being updated.
+    """
+    import joblib
+
+    p = Path(path)
+    if not p.is_file():
+        raise ClassifierError(f"{p}: model file not found")
+    side = sha256_path(p)
+    if not side.is_file():
+        raise ClassifierError(f"{p}: no {side.name} beside it; refusing to unpickle an unverified file")
+    want = side.read_text().split()[0].strip().lower() if side.read_text().strip() else ""
+    data = p.read_bytes()
+    got = hashlib.sha256(data).hexdigest()
+    if got != want:
+        raise ClassifierError(
+            f"{p}: SHA-256 {got} does not match {side.name} ({want}); the file was changed or damaged"
+        )
+    try:
+        model = joblib.load(_io.BytesIO(data))
+    except Exception as exc:  # unpickling raises many types
+        raise ClassifierError(f"{p}: cannot load model ({exc})") from exc
+    if not isinstance(model, TrainedModel):
+        raise ClassifierError(f"{p}: not an openface-py model file (found {type(model).__name__})")
+    return model
+
+
+def train_model(
+    X: np.ndarray,
+    labels: list[str],
+    classifier: str,
+    embedder_name: str,
+    embedder_identity: str,
+    alignment: dict,
+    lda_dim: Optional[int] = None,
+    paths: Optional[list[str]] = None,
+    open_set: bool = True,
+    seed: int = 0,
+) -> TrainedModel:
+    """Check the data, cross-validate, choose the unknown threshold, and fit on everything."""
+    X = np.asarray(X, dtype=np.float64)
+    clf = make_classifier(classifier, lda_dim, seed)
+    check_training_data(X, labels, clf, paths)
+    classes, y = np.unique(np.asarray(labels), return_inverse=True)
+    cv = cross_validated_accuracy(classifier, X, y, lda_dim, seed)
+    report = choose_threshold(classifier, X, y, lda_dim, seed=seed) if open_set else None
+    clf.fit(X, y)
+    return TrainedModel(
+        classifier=clf,
+        classes=[str(c) for c in classes],
+        embedder_name=embedder_name,
+        embedder_identity=embedder_identity,
+        alignment={**alignment, "_dim": int(X.shape[1])},
+        n_train=int(len(X)),
+        threshold=report.threshold if report else None,
+        open_set=report,
+        cv_accuracy=cv,
+    )
