@@ -7,6 +7,10 @@
 4. Enrols photos 1-8 of each person and, for each held-out photo (9 and 10), prints the
    nearest enrolled person and the squared L2 distance (OpenFace's measure).
 5. Does the same for every face in a two-face photo (people not enrolled).
+6. Trains a classifier (LinearSvm by default) on the enrolled photos, with an unknown-person
+   threshold chosen from the training data, and prints OpenFace-style ``Predict NAME ...``
+   lines for the held-out photos and the two-face photo (whose people should come out as
+   ``unknown``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from openface_py.batch import align_folder, represent_folder
+from openface_py.classify import format_prediction, train_model
 from openface_py.detect import make_detector
 from openface_py.embed import best_installed_model, load_embedder, nn4_missing_message
 from openface_py.io import load_image
@@ -32,6 +37,7 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=ROOT / "data" / "lfw-sample")
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "demo")
     ap.add_argument("--model", default=None, help="embedder (default: best installed)")
+    ap.add_argument("--classifier", default="LinearSvm", help="classifier for step 4 (see `openface-py train --help`)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
@@ -43,7 +49,7 @@ def main() -> int:
     aligned = args.out / f"aligned-{model}"
     reps_dir = args.out / f"reps-{model}"
 
-    print(f"[1/3] align {args.data} -> {aligned} ({embedder.alignment.identity})")
+    print(f"[1/4] align {args.data} -> {aligned} ({embedder.alignment.identity})")
     report = align_folder(args.data, aligned, embedder.alignment, model=model, workers=2, progress=False)
     print(
         f"      {report.total} photos, {report.aligned} aligned now, {report.already_done} earlier, "
@@ -52,13 +58,13 @@ def main() -> int:
     for f in report.failures:
         print(f"      FAILED {f.path}: {f.reason}")
 
-    print(f"[2/3] represent -> {reps_dir}/reps.csv, labels.csv")
+    print(f"[2/4] represent -> {reps_dir}/reps.csv, labels.csv")
     res = represent_folder(aligned, reps_dir, embedder, progress=False)
 
     held = np.array([any(Path(p).stem.endswith(h) for h in HELD_OUT) for p in res.paths])
     labels = np.array(res.labels)
     enrolled_reps, enrolled_labels = res.reps[~held], labels[~held]
-    print(f"[3/3] nearest enrolled person ({(~held).sum()} enrolled photos) for {held.sum()} held-out photos")
+    print(f"[3/4] nearest enrolled person ({(~held).sum()} enrolled photos) for {held.sum()} held-out photos")
     correct = 0
     for rep, lab, path in zip(res.reps[held], labels[held], np.array(res.paths)[held]):
         d = ((enrolled_reps - rep) ** 2).sum(axis=1)
@@ -76,7 +82,26 @@ def main() -> int:
         d = ((enrolled_reps - face.embedding) ** 2).sum(axis=1)
         i = int(np.argmin(d))
         print(f"      face at x={face.box.center[0]:.0f}: nearest enrolled {enrolled_labels[i]} at distance {d[i]:.3f}")
+
+    print(f"\n[4/4] train a {args.classifier} on the enrolled photos (with an unknown-person threshold)")
+    model = train_model(
+        enrolled_reps, list(enrolled_labels), args.classifier, embedder.name, embedder.identity,
+        embedder.alignment.to_dict(),
+    )  # fmt: skip
+    model_path = model.save(args.out / f"{args.classifier}-{model_name_safe(model)}.pkl")
+    print(f"      saved {model_path}; cross-validated accuracy {model.cv_accuracy:.3f}")
+    if model.open_set is not None:
+        print(f"      {model.open_set.summary()}")
+    for path, pred in zip(np.array(res.paths)[held], model.predict(res.reps[held])):
+        print(f"      {Path(path).name:34s} {format_prediction(pred)}")
+    print(f"      {photo.name}:")
+    for face, pred in zip(faces, model.predict(np.stack([f.embedding for f in faces]))):
+        print(f"      {format_prediction(pred, face.box.center[0])}")
     return 0
+
+
+def model_name_safe(model) -> str:
+    return model.embedder_name.replace("/", "_")
 
 
 if __name__ == "__main__":

@@ -454,10 +454,24 @@ def choose_threshold(
 
 @dataclass
 class Prediction:
+    """``name`` is the enrolled person or ``unknown``; ``best`` is the closest enrolled person."""
+
     name: str
     confidence: float
     score: float
     known: bool
+    best: str
+
+
+def format_prediction(pred: Prediction, x: Optional[float] = None) -> str:
+    """OpenFace's wording: ``Predict NAME @ x=.. with 0.97 confidence.`` (or why it is unknown)."""
+    where = f" @ x={x:.0f}" if x is not None else ""
+    if pred.known:
+        return f"Predict {pred.name}{where} with {pred.confidence:.2f} confidence."
+    return (
+        f"Predict {UNKNOWN}{where} (closest: {pred.best} with {pred.confidence:.2f} confidence, "
+        f"score {pred.score:.3f} under the threshold)."
+    )
 
 
 @dataclass
@@ -473,6 +487,7 @@ class TrainedModel:
     threshold: Optional[float] = None
     open_set: Optional[OpenSetReport] = None
     cv_accuracy: Optional[float] = None
+    pair_threshold: Optional[float] = None  # Joint Bayesian only: r above this = same person
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     version: str = __version__
 
@@ -493,7 +508,8 @@ class TrainedModel:
         out = []
         for i, c, s in zip(idx, conf, score):
             known = t is None or s >= t
-            out.append(Prediction(self.classes[int(i)] if known else UNKNOWN, float(c), float(s), bool(known)))
+            best = self.classes[int(i)]
+            out.append(Prediction(best if known else UNKNOWN, float(c), float(s), bool(known), best))
         return out
 
     @property
@@ -567,6 +583,7 @@ def train_model(
     cv = cross_validated_accuracy(classifier, X, y, lda_dim, seed)
     report = choose_threshold(classifier, X, y, lda_dim, seed=seed) if open_set else None
     clf.fit(X, y)
+    pair_t = choose_pair_threshold(X, y, seed) if isinstance(clf, JointBayesianClassifier) else None
     return TrainedModel(
         classifier=clf,
         classes=[str(c) for c in classes],
@@ -577,4 +594,56 @@ def train_model(
         threshold=report.threshold if report else None,
         open_set=report,
         cv_accuracy=cv,
+        pair_threshold=pair_t,
     )
+
+
+def best_split_threshold(same: np.ndarray, diff: np.ndarray) -> tuple[float, float]:
+    """Threshold t maximising the accuracy of "same if score > t"; returns (t, accuracy)."""
+    scores = np.concatenate([same, diff])
+    truth = np.concatenate([np.ones(len(same), bool), np.zeros(len(diff), bool)])
+    order = np.argsort(scores)
+    s_sorted, t_sorted = scores[order], truth[order]
+    # with t between s_sorted[k-1] and s_sorted[k]: the k lowest are called "different"
+    diff_below = np.concatenate([[0], np.cumsum(~t_sorted)])
+    same_above = np.concatenate([[0], np.cumsum(t_sorted[::-1])])[::-1]
+    acc = (diff_below + same_above) / len(scores)
+    k = int(np.argmax(acc))
+    lo = s_sorted[k - 1] if k > 0 else s_sorted[0] - 1.0
+    hi = s_sorted[k] if k < len(s_sorted) else s_sorted[-1] + 1.0
+    return float((lo + hi) / 2.0), float(acc[k])
+
+
+def choose_pair_threshold(X: np.ndarray, y: np.ndarray, seed: int = 0, max_pairs: int = 20000) -> Optional[float]:
+    """Joint Bayesian same/different threshold, from pairs of people the model was not fitted on.
+
+    People are split in two halves; a model fitted on one half scores same and different pairs
+    of the other, and the accuracy-maximising thresholds of the two directions are averaged.
+    Needs at least four people with two or more photos.
+    """
+    rng = np.random.default_rng(seed)
+    people, counts = np.unique(y, return_counts=True)
+    multi = people[counts >= 2]
+    if len(multi) < 4:
+        return None
+    halves = np.array_split(rng.permutation(people), 2)
+    thresholds = []
+    for fit_half in halves:
+        fit = np.isin(y, fit_half)
+        test_idx = np.where(~fit)[0]
+        if len(test_idx) > 2000:  # bounds the pair index arrays (2000 photos: 2 million pairs)
+            test_idx = np.sort(rng.choice(test_idx, 2000, replace=False))
+        if len(np.unique(y[fit])) < 2 or np.bincount(np.unique(y[fit], return_inverse=True)[1]).max() < 2:
+            continue
+        jb = JointBayesian().fit(X[fit], y[fit])
+        i, j = np.triu_indices(len(test_idx), 1)
+        same = y[test_idx[i]] == y[test_idx[j]]
+        if same.sum() == 0 or (~same).sum() == 0:
+            continue
+        si, di = np.where(same)[0], np.where(~same)[0]
+        si = rng.choice(si, min(len(si), max_pairs), replace=False)
+        di = rng.choice(di, min(len(di), len(si) * 4, max_pairs), replace=False)
+        same_r = jb.score(X[test_idx[i[si]]], X[test_idx[j[si]]])
+        diff_r = jb.score(X[test_idx[i[di]]], X[test_idx[j[di]]])
+        thresholds.append(best_split_threshold(same_r, diff_r)[0])
+    return float(np.mean(thresholds)) if thresholds else None

@@ -1,0 +1,139 @@
+"""One-shot identification against a folder of people, with cached gallery embeddings.
+
+A gallery is a folder with one sub-folder per person holding one or more photos of them
+(a photo directly in the gallery folder is a person named after the file). Each photo's
+largest face is embedded once; the embeddings are cached under the weights cache
+(``$OPENFACE_PY_HOME/galleries``), keyed by the gallery's path and the embedder identity, and
+a photo is embedded again only when it is added or changed (size or modification time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io as _io
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from openface_py import store
+from openface_py.batch import Failure
+from openface_py.errors import ImageLoadError, OpenFacePyError
+from openface_py.io import atomic_write_bytes, list_images, load_image
+from openface_py.pipeline import FacePipeline
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gallery:
+    """Enrolled embeddings: one row per photo, with the person's name and the photo's path."""
+
+    names: list[str]
+    reps: np.ndarray
+    paths: list[str]
+    identity: str
+    failures: list[Failure] = field(default_factory=list)
+    reused: int = 0
+
+    @property
+    def people(self) -> list[str]:
+        return sorted(set(self.names))
+
+    def nearest(self, probes: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """For each probe row: the person with the closest enrolled photo, and that squared L2 distance."""
+        p = np.atleast_2d(np.asarray(probes, dtype=np.float64))
+        g = self.reps.astype(np.float64)
+        d = np.maximum((p * p).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2 * p @ g.T, 0.0)
+        best = d.argmin(axis=1)
+        return [self.names[i] for i in best], d[np.arange(len(best)), best]
+
+
+def _cache_file(gallery_dir: Path, identity: str) -> Path:
+    key = hashlib.sha1(f"{gallery_dir.resolve()}|{identity}".encode()).hexdigest()[:20]
+    return store.cache_dir() / "galleries" / f"{key}.npz"
+
+
+def _read_cache(path: Path, identity: str) -> dict[str, tuple[int, int, np.ndarray]]:
+    if not path.is_file():
+        return {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            reps = z["reps"]
+        if meta.get("identity") != identity:
+            return {}
+        return {rel: (e["size"], e["mtime_ns"], reps[e["row"]]) for rel, e in meta["entries"].items()}
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("ignoring unreadable gallery cache %s (%s)", path, exc)
+        return {}
+
+
+def build_gallery(gallery_dir: os.PathLike | str, pipeline: FacePipeline, progress: bool = True) -> Gallery:
+    """Embed (or take from the cache) the largest face of every photo in the gallery."""
+    root = Path(gallery_dir)
+    if not root.is_dir():
+        raise OpenFacePyError(f"{root}: gallery folder not found")
+    if pipeline.embedder is None:
+        raise ValueError("the pipeline needs an embedder")
+    identity = pipeline.embedder.identity
+    cache_path = _cache_file(root, identity)
+    cached = _read_cache(cache_path, identity)
+    rels = list_images(root)
+    if not rels:
+        raise OpenFacePyError(f"{root}: no photos in the gallery (expected one sub-folder per person)")
+
+    from tqdm import tqdm
+
+    names, reps, paths, failures, entries = [], [], [], [], {}
+    reused = 0
+    for rel in tqdm(rels, desc="gallery", unit="photo", disable=not progress):
+        key = rel.as_posix()
+        st = (root / rel).stat()
+        person = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        hit = cached.get(key)
+        if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            rep = hit[2]
+            reused += 1
+        else:
+            try:
+                faces = pipeline.process(load_image(root / rel), multi=False)
+            except ImageLoadError as exc:
+                failures.append(Failure(key, exc.reason))
+                continue
+            if not faces:
+                failures.append(Failure(key, "no face found"))
+                continue
+            rep = faces[0].embedding
+        entries[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "row": len(reps)}
+        names.append(person)
+        reps.append(np.asarray(rep, dtype=np.float32))
+        paths.append(str(root / rel))
+    for f in failures:
+        log.warning("gallery photo %s: %s", f.path, f.reason)
+    if not reps:
+        raise OpenFacePyError(f"{root}: no face found in any gallery photo")
+    matrix = np.stack(reps)
+    buf = _io.BytesIO()
+    np.savez(buf, reps=matrix, meta=np.array(json.dumps({"identity": identity, "entries": entries})))
+    atomic_write_bytes(cache_path, buf.getvalue())
+    log.info("gallery: %d photos of %d people (%d from cache)", len(reps), len(set(names)), reused)
+    return Gallery(names, matrix, paths, identity, failures, reused)
+
+
+def identify(
+    gallery: Gallery, probes: np.ndarray, threshold: float, unknown: str = "unknown"
+) -> list[tuple[str, str, float]]:
+    """(answer, nearest person, squared distance) per probe; answer is ``unknown`` past the threshold."""
+    names, dists = gallery.nearest(probes)
+    return [(n if d <= threshold else unknown, n, float(d)) for n, d in zip(names, dists)]
+
+
+def default_threshold(model_name: str, override: Optional[float] = None) -> float:
+    from openface_py.embed import same_person_threshold
+
+    return same_person_threshold(model_name) if override is None else float(override)
