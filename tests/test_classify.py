@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, SAMPLE
+from conftest import EXAMPLES, LFW, SAMPLE, needs_lfw
 from scipy.stats import multivariate_normal
 from test_embed_batch import cli
 
@@ -262,3 +262,24 @@ def test_identify_with_cached_gallery(tmp_path, monkeypatch):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)["results"]
     assert res[0]["faces"][0]["name"] == "Lennon" and res[1]["faces"][0]["name"] == UNKNOWN
+
+
+@needs_lfw
+def test_lfw_strangers_are_rejected(dlib_reps):
+    """60 LFW people outside the 10 enrolled ones (first deep-funneled photo each, seeded pick).
+    Measured: LinearSvm and JointBayesian reject 60/60, KNN 59/60; train's own held-out
+    estimate, and accuracy on enrolled people, are asserted beside it."""
+    res, _ = dlib_reps
+    sample = set(res.labels)
+    people = sorted(p for p in (LFW / "deepfunneled").iterdir() if p.name not in sample)
+    rng = np.random.default_rng(0)
+    pick = [people[i] for i in sorted(rng.choice(len(people), 60, replace=False))]
+    pipe = FacePipeline.create("dlib-resnet-v1")
+    faces = [pipe.process(load_image(sorted(d.iterdir())[0]), multi=False) for d in pick]
+    strangers = np.stack([f[0].embedding for f in faces if f])
+    assert len(strangers) >= 58
+    for name, floor in (("LinearSvm", 0.95), ("JointBayesian", 0.95), ("KNN", 0.95)):
+        model = train_model(res.reps, res.labels, name, "dlib-resnet-v1", "id", {})
+        rejected = np.mean([p.name == UNKNOWN for p in model.predict(strangers)])
+        assert rejected >= floor, (name, rejected)
+        assert model.open_set.unknown_rejection >= 0.9 and model.open_set.known_accuracy >= 0.9

@@ -330,3 +330,22 @@ def test_released_bn_statistics_fit_activations_on_aligned_faces(aligned_openfac
         assert c_mean > 0.95 and c_var > 0.98, (name, c_mean, c_var)
     bgr = fit(faces[..., ::-1].copy())
     assert rgb["bn1"][0] > bgr["bn1"][0] + 0.1
+
+
+@pytest.mark.skipif(
+    __import__("openface_py.embed", fromlist=["x"]).find_nn4_small2_v1() is None,
+    reason="OpenFace's nn4.small2.v1 weights are not installed (openface-py models download nn4.small2.v1)",
+)
+def test_official_weights_reproduce_openface_compare_demo():
+    """Golden values published by OpenFace ("Demo 2: comparing two images", nn4.small2.v1):
+    squared L2 lennon-1/lennon-2 0.763, lennon-1/clapton-1 1.132, clapton-1/clapton-2 0.318."""
+    from conftest import EXAMPLES
+
+    from openface_py.pipeline import FacePipeline
+
+    pipe = FacePipeline.create("nn4.small2.v1")
+    rep = {n: pipe.process(load_image(EXAMPLES / f"{n}.jpg"), multi=False)[0].embedding
+           for n in ("lennon-1", "lennon-2", "clapton-1", "clapton-2")}  # fmt: skip
+    for a, b, want in (("lennon-1", "lennon-2", 0.763), ("lennon-1", "clapton-1", 1.132),
+                       ("clapton-1", "clapton-2", 0.318)):  # fmt: skip
+        assert abs(float(np.sum((rep[a] - rep[b]) ** 2)) - want) < 0.1, (a, b)
