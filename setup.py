@@ -29,6 +29,7 @@ setup(
         "tqdm>=4.60",  # progress bars on folder jobs
         "pillow>=9.1",  # decoding with EXIF orientation, every PNG mode, truncation errors
         "torchfile>=0.1.0",  # reader of OpenFace's original Torch7 .t7 weights
+        "matplotlib>=3.5",  # ROC and accuracy plots of the LFW evaluation
     ],
     extras_require={"test": ["pytest>=7", "ruff>=0.4"]},
     entry_points={"console_scripts": ["openface-py=openface_py.cli:main"]},

@@ -33,6 +33,7 @@ from openface_py import __version__
 from openface_py.errors import OpenFacePyError
 from openface_py.io import atomic_write_bytes, atomic_write_text
 from openface_py.jointbayes import JointBayesian
+from openface_py.metrics import best_split_threshold
 
 log = logging.getLogger(__name__)
 
@@ -596,22 +597,6 @@ def train_model(
         cv_accuracy=cv,
         pair_threshold=pair_t,
     )
-
-
-def best_split_threshold(same: np.ndarray, diff: np.ndarray) -> tuple[float, float]:
-    """Threshold t maximising the accuracy of "same if score > t"; returns (t, accuracy)."""
-    scores = np.concatenate([same, diff])
-    truth = np.concatenate([np.ones(len(same), bool), np.zeros(len(diff), bool)])
-    order = np.argsort(scores)
-    s_sorted, t_sorted = scores[order], truth[order]
-    # with t between s_sorted[k-1] and s_sorted[k]: the k lowest are called "different"
-    diff_below = np.concatenate([[0], np.cumsum(~t_sorted)])
-    same_above = np.concatenate([[0], np.cumsum(t_sorted[::-1])])[::-1]
-    acc = (diff_below + same_above) / len(scores)
-    k = int(np.argmax(acc))
-    lo = s_sorted[k - 1] if k > 0 else s_sorted[0] - 1.0
-    hi = s_sorted[k] if k < len(s_sorted) else s_sorted[-1] + 1.0
-    return float((lo + hi) / 2.0), float(acc[k])
 
 
 def choose_pair_threshold(X: np.ndarray, y: np.ndarray, seed: int = 0, max_pairs: int = 20000) -> Optional[float]:

@@ -17,7 +17,6 @@ from openface_py.classify import (
     UNKNOWN,
     ClassifierError,
     JointBayesianClassifier,
-    best_split_threshold,
     load_model,
     make_classifier,
     train_model,
@@ -26,6 +25,7 @@ from openface_py.gallery import build_gallery
 from openface_py.io import list_images, load_image
 from openface_py.jointbayes import JointBayesian
 from openface_py.lfw import PairsFormatError, parse_pairs
+from openface_py.metrics import best_split_threshold
 from openface_py.pipeline import FacePipeline
 
 HELD_OUT = ("_0009.png", "_0010.png")
