@@ -172,6 +172,7 @@ def atomic_output(path: Union[str, os.PathLike], suffix: str = ".tmp") -> Iterat
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -179,6 +180,12 @@ def atomic_output(path: Union[str, os.PathLike], suffix: str = ".tmp") -> Iterat
         except OSError:
             pass
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:

@@ -132,4 +132,7 @@ def test_list_images_and_atomic_write(tmp_path):
     atomic_write_bytes(tmp_path / "deep" / "f.bin", b"data")
     assert (tmp_path / "deep" / "f.bin").read_bytes() == b"data"
     assert [p.name for p in (tmp_path / "deep").iterdir()] == ["f.bin"]
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert (tmp_path / "deep" / "f.bin").stat().st_mode & 0o777 == 0o666 & ~mask
     assert len(list_images(EXAMPLES)) == 7
