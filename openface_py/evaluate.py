@@ -167,15 +167,29 @@ def write_reports(out_dir: Path, res: LfwResult, model: str, extra: dict) -> Non
     atomic_write_bytes(out_dir / f"roc-{res.tag}.png", roc_png(res, model))
 
 
-def roc_png(res: LfwResult, model: str) -> bytes:
-    import io
-
+def _figure(size: tuple[float, float]):
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 4.5), dpi=110)
+    return plt.subplots(figsize=size, dpi=110)
+
+
+def _png(fig) -> bytes:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def roc_png(res: LfwResult, model: str) -> bytes:
+    fig, ax = _figure((5, 4.5))
     ax.plot(res.fpr, res.tpr, lw=1.5, label=f"{model} ({res.tag}): AUC {res.auc:.3f}")
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set_xlabel("false accept rate")
@@ -183,11 +197,7 @@ def roc_png(res: LfwResult, model: str) -> bytes:
     ax.set_title(f"LFW view 2, {res.n_pairs} pairs: accuracy {res.mean:.4f} +- {res.std:.4f}", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def run_lfw(
@@ -250,15 +260,7 @@ def run_lfw_classify(
     out_dir: os.PathLike | str,
     embedder,
     people_counts: Sequence[int] = (10, 25, 50, 100),
-    classifiers: Sequence[str] = (
-        "LinearSvm",
-        "RadialSvm",
-        "GaussianNB",
-        "DecisionTree",
-        "GMM",
-        "KNN",
-        "JointBayesian",
-    ),
+    classifiers: Optional[Sequence[str]] = None,
     min_images: int = 20,
     train_per_person: int = 10,
     runs: int = 5,
@@ -272,8 +274,10 @@ def run_lfw_classify(
     Returns the rows and the values of N that were skipped (too few eligible people)."""
     import time
 
-    from openface_py.classify import make_classifier
+    from openface_py.classify import CLASSIFIER_NAMES, make_classifier
 
+    # all of them but the grid search, whose cost grows fastest with the number of people
+    classifiers = classifiers or [c for c in CLASSIFIER_NAMES if c != "GridSearchSvm"]
     root, out = Path(lfw_dir) / images, Path(out_dir)
     if train_per_person >= min_images:
         raise ValueError("train_per_person must be below min_images (the rest is the test set)")
@@ -326,14 +330,7 @@ def run_lfw_classify(
 
 
 def classify_png(rows: list[ClassifyRow], model: str, min_images: int, train: int, field: str = "accuracy") -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=110)
+    fig, ax = _figure((6, 4.5))
     for name in sorted({r.classifier for r in rows}):
         rs = [r for r in rows if r.classifier == name]
         x = [r.people for r in rs]
@@ -350,8 +347,4 @@ def classify_png(rows: list[ClassifyRow], model: str, min_images: int, train: in
                  fontsize=9)  # fmt: skip
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
