@@ -176,8 +176,10 @@ def embed_lfw_images(
         with np.load(cache_path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             if meta["identity"] == embedder.identity:
+                # read each array once: every z[...] access decompresses the whole array again
+                reps, reps_flip = np.array(z["reps"]), np.array(z["reps_flip"])
                 for i, n in enumerate(meta["names"]):
-                    have[n] = (z["reps"][i], z["reps_flip"][i])
+                    have[n] = (reps[i], reps_flip[i])
                 fallbacks = set(meta["fallbacks"])
 
     def save() -> None:
