@@ -190,8 +190,13 @@ def _png(fig) -> bytes:
 
 def roc_png(res: LfwResult, model: str) -> bytes:
     fig, ax = _figure((5, 4.5))
-    ax.plot(res.fpr, res.tpr, lw=1.5, label=f"{model} ({res.tag}): AUC {res.auc:.3f}")
-    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    # log-scale false accept rate: the low-FAR end is where face verifiers differ
+    lo = 1.0 / max(2, int(round(1.0 / max(res.fpr[res.fpr > 0].min(initial=1.0), 1e-6))))
+    ax.plot(np.maximum(res.fpr, lo), res.tpr, lw=1.5, label=f"{model} ({res.tag}): AUC {res.auc:.3f}")
+    grid = np.logspace(np.log10(lo), 0, 50)
+    ax.plot(grid, grid, "k--", lw=0.8, label="chance")
+    ax.set_xscale("log")
+    ax.set_xlim(lo, 1.0)
     ax.set_xlabel("false accept rate")
     ax.set_ylabel("true accept rate")
     ax.set_title(f"LFW view 2, {res.n_pairs} pairs: accuracy {res.mean:.4f} +- {res.std:.4f}", fontsize=9)
