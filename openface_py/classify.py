@@ -281,8 +281,11 @@ class SvmClassifier(Classifier):
         return self
 
     def decide(self, X):
+        # The label is the SVC's own (one-vs-one votes): the argmax of the separately
+        # calibrated one-vs-rest probabilities is much worse with many people (0.85 against
+        # 0.99 for 50 LFW people). The confidence is the calibrated probability of that label.
         proba = self.model_.predict_proba(X)
-        idx = proba.argmax(axis=1)
+        idx = np.searchsorted(self.model_.classes_, self.svc_ovo_.predict(X))
         rows = np.arange(len(idx))
         return self.model_.classes_[idx], proba[rows, idx], self.pairwise_margin(X)[rows, idx]
 
