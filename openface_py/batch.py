@@ -13,7 +13,6 @@ import datetime as _dt
 import io as _io
 import json
 import logging
-import multiprocessing as mp
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from openface_py.detect import make_detector, select_faces
 from openface_py.embed import Embedder
 from openface_py.errors import AlignmentMismatchError, ImageLoadError, OpenFacePyError
 from openface_py.io import atomic_write_bytes, atomic_write_text, encode_png, iter_chunks, list_images, load_image
+from openface_py.parallel import mapped
 
 log = logging.getLogger(__name__)
 
@@ -111,20 +111,6 @@ class _AlignWorker:
         except Exception as exc:  # one bad photo must not stop the batch; the reason is reported
             log.debug("unexpected error on %s", src, exc_info=True)
             return rel, "failed", f"{type(exc).__name__}: {exc}"
-
-
-# A worker process builds its models once (pool initializer) and keeps them here.
-_PROCESS_WORKER: Optional[_AlignWorker] = None
-
-
-def _init_process(job: AlignJob) -> None:
-    global _PROCESS_WORKER
-    _PROCESS_WORKER = _AlignWorker(job)
-
-
-def _run_in_process(item: tuple[str, str]) -> tuple[str, str, str]:
-    assert _PROCESS_WORKER is not None, "worker process not initialised"
-    return _PROCESS_WORKER(item)
 
 
 def read_journal(path: Path) -> dict[str, dict]:
@@ -214,14 +200,8 @@ def align_folder(
         open(journal_path, "a", encoding="utf-8") as jfh,
         tqdm(total=len(todo), unit="photo", desc="align", disable=not progress) as bar,
     ):
-        if workers == 1 or len(todo) < 2:
-            worker = _AlignWorker(job)
-            results: Iterable = (worker(item) for item in todo)
+        with mapped(_AlignWorker, (job,), todo, workers, ordered=False) as results:
             _collect(results, jfh, report, bar)
-        else:
-            ctx = mp.get_context("spawn" if os.name != "posix" else "fork")
-            with ctx.Pool(workers, initializer=_init_process, initargs=(job,)) as pool:
-                _collect(pool.imap_unordered(_run_in_process, todo, chunksize=4), jfh, report, bar)
     report.failures.sort(key=lambda f: f.path)
     atomic_write_text(out_dir / ALIGN_REPORT, json.dumps(report.to_json(), indent=2) + "\n")
     return report

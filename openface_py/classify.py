@@ -500,6 +500,7 @@ class TrainedModel:
     open_set: Optional[OpenSetReport] = None
     cv_accuracy: Optional[float] = None
     pair_threshold: Optional[float] = None  # Joint Bayesian only: r above this = same person
+    dim: int = 128  # embedding length the classifier was trained on
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     version: str = __version__
 
@@ -523,10 +524,6 @@ class TrainedModel:
             best = self.classes[int(i)]
             out.append(Prediction(best if known else UNKNOWN, float(c), float(s), bool(known), best))
         return out
-
-    @property
-    def dim(self) -> int:
-        return int(self.alignment.get("_dim", 128))
 
     def save(self, path: os.PathLike | str) -> Path:
         """joblib file + ``<path>.sha256`` beside it (checked by ``load_model`` before unpickling)."""
@@ -601,7 +598,8 @@ def train_model(
         classes=[str(c) for c in classes],
         embedder_name=embedder_name,
         embedder_identity=embedder_identity,
-        alignment={**alignment, "_dim": int(X.shape[1])},
+        alignment=dict(alignment),
+        dim=int(X.shape[1]),
         n_train=int(len(X)),
         threshold=report.threshold if report else None,
         open_set=report,

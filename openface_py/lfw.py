@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from openface_py.errors import OpenFacePyError
+from openface_py.parallel import mapped
 
 
 class PairsFormatError(OpenFacePyError):
@@ -134,18 +135,6 @@ class _LfwAligner:
         return name, face, np.ascontiguousarray(face[:, ::-1]), fallback
 
 
-_WORKER = None  # per-process _LfwAligner, set by the pool initializer
-
-
-def _init_worker(root: str, spec, upsample: int) -> None:
-    global _WORKER
-    _WORKER = _LfwAligner(root, spec, upsample)
-
-
-def _work(name: str):
-    return _WORKER(name)
-
-
 def embed_lfw_images(
     image_root: os.PathLike | str,
     names: list,
@@ -163,7 +152,6 @@ def embed_lfw_images(
     """
     import io as _io
     import json
-    import multiprocessing as mp
 
     from tqdm import tqdm
 
@@ -195,13 +183,6 @@ def embed_lfw_images(
 
     todo = [n for n in dict.fromkeys(names) if n not in have]
     if todo:
-        if workers > 1:
-            pool = mp.get_context("fork").Pool(workers, _init_worker, (str(image_root), embedder.alignment, upsample))
-            results = pool.imap(_work, todo, chunksize=8)
-        else:
-            pool = None
-            local = _LfwAligner(str(image_root), embedder.alignment, upsample)
-            results = (local(n) for n in todo)
         pending: list = []
 
         def flush() -> None:
@@ -213,7 +194,8 @@ def embed_lfw_images(
                     fallbacks.add(p[0])
             pending.clear()
 
-        try:
+        args = (str(image_root), embedder.alignment, upsample)
+        with mapped(_LfwAligner, args, todo, workers, chunksize=8) as results:
             done = 0
             for item in tqdm(results, total=len(todo), desc="lfw embed", unit="img", disable=not progress):
                 pending.append(item)
@@ -226,9 +208,6 @@ def embed_lfw_images(
             if pending:
                 flush()
             save()
-        finally:
-            if pool is not None:
-                pool.terminate()
     keys = list(dict.fromkeys(names))
     return LfwEmbeddings(
         embedder.identity,

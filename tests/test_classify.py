@@ -174,6 +174,8 @@ def test_model_file_round_trip_and_tampering(tmp_path, split):
     assert [p.name for p in a] == [p.name for p in b] and again.embedder_identity == "dlib-id"
     with pytest.raises(ClassifierError, match="trained on embeddings of dlib-id"):
         again.check_identity("nn4.small2.v1|openface-affine/96/outerEyesAndNose")
+    with pytest.raises(ClassifierError, match="embeddings have 64 values, the model expects 128"):
+        again.predict(np.zeros((1, 64)))
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
