@@ -522,11 +522,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    from openface_py.gallery import build_gallery, default_threshold, identify
+    from openface_py.embed import same_person_threshold
+    from openface_py.gallery import build_gallery, identify
 
     pipe = _pipeline_for(args.model, args)
     gallery = build_gallery(args.gallery_dir, pipe, progress=not args.quiet)
-    threshold = default_threshold(pipe.embedder.name, args.threshold)
+    threshold = args.threshold if args.threshold is not None else same_person_threshold(pipe.embedder.name)
 
     def run(rgb):
         faces = pipe.process(rgb, multi=True)

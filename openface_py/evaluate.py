@@ -23,7 +23,7 @@ import numpy as np
 from openface_py.errors import OpenFacePyError
 from openface_py.io import atomic_write_bytes, atomic_write_text
 from openface_py.jointbayes import JointBayesian
-from openface_py.lfw import LfwEmbeddings, Pair, embed_lfw_images, image_name, parse_pairs
+from openface_py.lfw import LfwEmbeddings, Pair, embed_lfw_images, embedding_cache_path, image_name, parse_pairs
 from openface_py.metrics import FoldResult, auc, best_split_threshold, eer, roc_curve, val_at_far
 
 log = logging.getLogger(__name__)
@@ -226,8 +226,9 @@ def run_lfw(
     pairs = select_pairs(pairs, folds, per_fold)
     names = sorted({image_name(p.name1, p.num1) for p in pairs} | {image_name(p.name2, p.num2) for p in pairs})
     out.mkdir(parents=True, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in embedder.identity)
-    emb = embed_lfw_images(root / images, names, embedder, out / f"embeddings-{safe}.npz", workers, progress=progress)
+    emb = embed_lfw_images(
+        root / images, names, embedder, embedding_cache_path(out, embedder.identity), workers, progress=progress
+    )
     plain = evaluate(pairs, score_pairs(emb, pairs, metric, False), metric, False)
     flipped = evaluate(pairs, score_pairs(emb, pairs, metric, True), metric, True)
     extra = {"images": len(names), "no_face_fallbacks": len(emb.fallbacks), "fallback_images": emb.fallbacks}
@@ -298,8 +299,9 @@ def run_lfw_classify(
             plans.append((n, r, {p: list(rng.choice(people[p], min_images, replace=False)) for p in chosen}))
     names = sorted({img for _, _, plan in plans for imgs in plan.values() for img in imgs})
     out.mkdir(parents=True, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in embedder.identity)
-    emb = embed_lfw_images(root, names, embedder, out / f"embeddings-{safe}.npz", workers, progress=progress)
+    emb = embed_lfw_images(
+        root, names, embedder, embedding_cache_path(out, embedder.identity), workers, progress=progress
+    )
     acc: dict[tuple[int, str], list[tuple[float, float, float]]] = {}
     for n, _r, plan in plans:
         tr_names, tr_y, te_names, te_y = [], [], [], []

@@ -16,7 +16,6 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -131,9 +130,3 @@ def identify(
     """(answer, nearest person, squared distance) per probe; answer is ``unknown`` past the threshold."""
     names, dists = gallery.nearest(probes)
     return [(n if d <= threshold else unknown, n, float(d)) for n, d in zip(names, dists)]
-
-
-def default_threshold(model_name: str, override: Optional[float] = None) -> float:
-    from openface_py.embed import same_person_threshold
-
-    return same_person_threshold(model_name) if override is None else float(override)

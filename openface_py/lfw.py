@@ -135,6 +135,12 @@ class _LfwAligner:
         return name, face, np.ascontiguousarray(face[:, ::-1]), fallback
 
 
+def embedding_cache_path(out_dir: os.PathLike | str, identity: str) -> Path:
+    """The embedding cache of one embedder in an output folder (the identity made file-safe)."""
+    safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in identity)
+    return Path(out_dir) / f"embeddings-{safe}.npz"
+
+
 def embed_lfw_images(
     image_root: os.PathLike | str,
     names: list,
