@@ -30,6 +30,8 @@ setup(
         "pillow>=9.1",  # decoding with EXIF orientation, every PNG mode, truncation errors
         "torchfile>=0.1.0",  # reader of OpenFace's original Torch7 .t7 weights
         "matplotlib>=3.5",  # ROC and accuracy plots of the LFW evaluation
+        "onnxruntime>=1.16",  # fastest CPU backend for NN4-small2 (backends.py falls back without it)
+        "onnx>=1.14",  # needed by torch.onnx.export to write the ONNX file
     ],
     extras_require={"test": ["pytest>=7", "ruff>=0.4"]},
     entry_points={"console_scripts": ["openface-py=openface_py.cli:main"]},

@@ -118,14 +118,15 @@ def main() -> int:
     faces150 = [make_aligner(dlib_chip_spec()).align(p, b).image for p, b in zip(photos, boxes)]
     nn4_path = find_nn4_small2_v1()
     if nn4_path is not None:
-        nn4, nn4_label = NN4Embedder(nn4_path, name="nn4.small2.v1"), "nn4.small2.v1"
+        nn4, nn4_label = NN4Embedder(nn4_path, name="nn4.small2.v1", backend="eager"), "nn4.small2.v1"
     else:
         import torch
 
         from openface_py.nn4 import NN4Small2
 
         torch.manual_seed(0)
-        nn4, nn4_label = NN4Embedder(NN4Small2().state_dict(), name="nn4"), "NN4-small2 (random weights, same cost)"
+        nn4 = NN4Embedder(NN4Small2().state_dict(), name="nn4", backend="eager")
+        nn4_label = "NN4-small2 eager (random weights, same cost)"
     batch = np.stack(faces96 * 2)[:128]
     for name, emb, faces in ((nn4_label, nn4, list(batch)), ("dlib-resnet-v1", DlibResnetEmbedder(), faces150[:64])):
         emb.embed(faces[:8])  # warm-up

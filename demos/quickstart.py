@@ -1,7 +1,7 @@
 """Quick start (what `make demo` runs): align, represent, and name held-out photos.
 
-1. Picks the best installed embedder (nn4.small2.v1 if its weights are installed, else
-   dlib-resnet-v1) and says which.
+1. Picks the default embedder (OpenFace's nn4.small2.v1 if its weights were downloaded, else
+   the shipped nn4.small2.distilled-v1) and says which.
 2. Aligns the sample photos in data/lfw-sample (10 people x 10 photos) for that model.
 3. Embeds them (OpenFace-style reps.csv / labels.csv).
 4. Enrols photos 1-8 of each person and, for each held-out photo (9 and 10), prints the
@@ -24,7 +24,7 @@ import numpy as np
 from openface_py.batch import align_folder, represent_folder
 from openface_py.classify import format_prediction, train_model
 from openface_py.detect import make_detector
-from openface_py.embed import best_installed_model, load_embedder, nn4_missing_message
+from openface_py.embed import best_installed_model, load_embedder
 from openface_py.io import load_image
 from openface_py.pipeline import FacePipeline
 
@@ -43,8 +43,9 @@ def main() -> int:
 
     model = args.model or best_installed_model()
     if model != "nn4.small2.v1" and args.model is None:
-        print(f"Note: {nn4_missing_message()}")
-        print(f"Using the best installed embedder instead: {model}\n")
+        print("Note: OpenFace's released nn4.small2.v1 weights are not installed "
+              "('openface-py models download nn4.small2.v1' fetches them).")
+        print(f"Using the default installed embedder instead: {model}\n")
     embedder = load_embedder(model)
     aligned = args.out / f"aligned-{model}"
     reps_dir = args.out / f"reps-{model}"

@@ -73,6 +73,7 @@ class AlignJob:
     detector: str = "hog"
     upsample: int = 1
     skip_multi: bool = False
+    max_side: Optional[int] = None
 
 
 def output_names(rels: list[Path]) -> dict[Path, Path]:
@@ -89,7 +90,7 @@ class _AlignWorker:
 
     def __init__(self, job: AlignJob) -> None:
         self.job = job
-        self.detector = make_detector(job.detector, upsample=job.upsample)
+        self.detector = make_detector(job.detector, upsample=job.upsample, max_side=job.max_side)
         self.aligner = make_aligner(job.spec)
 
     def __call__(self, item: tuple[str, str]) -> tuple[str, str, str]:
@@ -164,13 +165,14 @@ def align_folder(
     model: Optional[str] = None,
     retry_failed: bool = False,
     progress: bool = True,
+    max_side: Optional[int] = None,
 ) -> AlignReport:
     """Align every photo below ``input_dir`` into ``output_dir`` (class sub-folders mirrored)."""
     in_dir, out_dir = Path(input_dir), Path(output_dir)
     if not in_dir.is_dir():
         raise OpenFacePyError(f"{in_dir}: input folder not found")
     out_dir.mkdir(parents=True, exist_ok=True)
-    job = AlignJob(str(in_dir), str(out_dir), spec, detector, int(upsample), bool(skip_multi))
+    job = AlignJob(str(in_dir), str(out_dir), spec, detector, int(upsample), bool(skip_multi), max_side)
     check_or_write_align_meta(out_dir, job, model)
     remove_stale_temp_files(out_dir)
 

@@ -23,17 +23,32 @@ log = logging.getLogger("openface_py")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MODEL = 0, 1, 2, 3
 
 
-def _add_detector_args(p: argparse.ArgumentParser) -> None:
+def _add_detector_args(p: argparse.ArgumentParser, default: str = "hog") -> None:
+    from openface_py.detect import DETECTOR_NAMES
+
     p.add_argument(
-        "--detector", choices=("hog", "cnn"), default="hog", help="face detector (default: hog, as OpenFace)"
+        "--detector",
+        choices=DETECTOR_NAMES,
+        default=default,
+        help=f"face detector (default: {default}; hog = OpenFace's; hog-adaptive = upsample only when "
+        "nothing is found, same recall on LFW, faster; cnn = dlib MMOD)",
     )
     p.add_argument("--upsample", type=int, default=1, help="times to upsample before detecting (default: 1)")
+    p.add_argument(
+        "--max-side", type=int, default=None, help="detect on a copy downscaled to this longer side (large photos)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from openface_py.embed import DEFAULT_MODEL, MODEL_NAMES
+    from openface_py.backends import BACKENDS
+    from openface_py.embed import DEFAULT_PREFERENCE, MODEL_NAMES
 
-    model_help = f"model name ({', '.join(MODEL_NAMES)}) or path to NN4-small2 weights (.pt, .t7, CSV folder)"
+    BACKEND_CHOICES = ("auto",) + BACKENDS
+
+    model_help = (
+        f"model name ({', '.join(MODEL_NAMES)}) or path to NN4-small2 weights (.pt, .t7, CSV folder); "
+        f"default: the first installed of {', '.join(DEFAULT_PREFERENCE)}"
+    )
     parser = argparse.ArgumentParser(
         prog="openface-py",
         description="OpenFace-style face detection, alignment and embedding.",
@@ -60,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_command("align", help="detect and align the faces of a folder of photos (resumable)")
     p.add_argument("input_dir", type=Path)
     p.add_argument("output_dir", type=Path)
-    p.add_argument("--model", default=DEFAULT_MODEL, help="align for this model's input (" + model_help + ")")
+    p.add_argument("--model", default=None, help="align for this model's input (" + model_help + ")")
     p.add_argument("--size", type=int, default=None, help="output size for OpenFace alignment (default 96)")
     p.add_argument(
         "--landmarks",
@@ -77,9 +92,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_command("represent", help="embed a folder of aligned faces; writes reps.csv, labels.csv, reps.npy")
     p.add_argument("aligned_dir", type=Path)
     p.add_argument("output_dir", type=Path)
-    p.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
+    p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="NN4-small2 backend (default: auto)")
+
+    p = add_command("run", help="detect, align and embed a folder of photos in one pass (parallel, resumable)")
+    p.add_argument("input_dir", type=Path)
+    p.add_argument("output_dir", type=Path)
+    p.add_argument("--model", default=None, help=model_help)
+    _add_detector_args(p)
+    p.add_argument("--multi", action="store_true", help="every face of a photo (default: the largest)")
+    p.add_argument("--skip-multi", action="store_true", help="skip photos with more than one face")
+    p.add_argument("--workers", type=int, default=0, help="detection/alignment processes (default: one per core)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="NN4-small2 backend (default: auto)")
+    p.add_argument("--save-aligned", action="store_true", help="also write the aligned faces (OUTPUT_DIR/aligned)")
+    p.add_argument("--retry-failed", action="store_true", help="retry photos that failed in an earlier run")
+    p.add_argument("--json", action="store_true", help="print the run report as JSON")
+
+    p = add_command("video", help="recognise faces in a video file or camera stream (detect + track + name)")
+    p.add_argument("source", help="video file, or a camera index such as 0")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--classifier", type=Path, help="a model file from `train`")
+    who.add_argument("--gallery", type=Path, help="a gallery folder (one sub-folder of photos per person)")
+    p.add_argument("--model", default=None, help=model_help + " (gallery only; a classifier knows its model)")
+    p.add_argument("--threshold", type=float, default=None, help="unknown threshold (classifier) / distance (gallery)")
+    p.add_argument("--output", type=Path, default=None, help="write the annotated video here (.mp4)")
+    p.add_argument("--results", type=Path, default=None, help="write one JSON line per frame here")
+    p.add_argument("--scale", type=float, default=0.5, help="detect and track on a frame scaled by this")
+    p.add_argument("--detect-every", type=int, default=10, help="re-detect every N frames (and when a track is lost)")
+    p.add_argument("--recognise-every", type=int, default=15, help="re-recognise each face every N frames")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = add_command("detect", help="find faces in photos")
     p.add_argument("images", nargs="+", type=Path)
@@ -89,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_command("embed", help="detect, align and embed the faces of photos")
     p.add_argument("images", nargs="+", type=Path)
-    p.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
+    p.add_argument("--model", default=None, help=model_help)
     p.add_argument("--multi", action="store_true", help="every face, left to right (default: the largest)")
     _add_detector_args(p)
     p.add_argument("--json", action="store_true")
@@ -197,8 +241,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def cmd_align(args: argparse.Namespace) -> int:
     from openface_py.align import DLIB_CHIP_METHOD, openface_spec
     from openface_py.batch import align_folder
-    from openface_py.embed import alignment_for
+    from openface_py.embed import alignment_for, best_installed_model
 
+    args.model = args.model or best_installed_model()
     spec = alignment_for(args.model)
     if spec.method == DLIB_CHIP_METHOD:
         if args.size is not None or args.landmarks is not None:
@@ -211,20 +256,26 @@ def cmd_align(args: argparse.Namespace) -> int:
         spec,
         detector=args.detector,
         upsample=args.upsample,
+        max_side=args.max_side,
         skip_multi=args.skip_multi,
         workers=args.workers,
         model=args.model,
         retry_failed=args.retry_failed,
         progress=not args.quiet,
     )
-    if args.json:
+    return _folder_report(report, args.json, "aligned", args.output_dir / "align-report.json")
+
+
+def _folder_report(report, as_json: bool, done: str, report_path: Path, note: str = "") -> int:
+    """Print an align/run report (failures on stderr) and return the exit code: 1 if nothing is done."""
+    if as_json:
         print(json.dumps(report.to_json(), indent=2))
     else:
         for f in report.failures:
             print(f"FAILED {f.path}: {f.reason}", file=sys.stderr)
         print(
-            f"{report.total} photos: {report.aligned} aligned now, {report.already_done} finished earlier, "
-            f"{len(report.failures)} failed; report in {args.output_dir / 'align-report.json'}"
+            f"{report.total} photos: {report.aligned} {done} now, {report.already_done} finished earlier, "
+            f"{len(report.failures)} failed; {note}report in {report_path}"
         )
     return EXIT_OK if report.done_ok_total > 0 else EXIT_FAILED
 
@@ -233,7 +284,7 @@ def cmd_represent(args: argparse.Namespace) -> int:
     from openface_py.batch import represent_folder
     from openface_py.embed import load_embedder
 
-    embedder = load_embedder(args.model, threads=args.threads)
+    embedder = load_embedder(args.model, threads=args.threads, backend=args.backend)
     res = represent_folder(
         args.aligned_dir, args.output_dir, embedder, batch_size=args.batch_size, progress=not args.quiet
     )
@@ -243,6 +294,53 @@ def cmd_represent(args: argparse.Namespace) -> int:
         f"{len(res.labels)} faces of {len(set(res.labels))} classes embedded with {res.identity} -> {args.output_dir}"
     )
     return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from openface_py.embed import load_embedder
+    from openface_py.stream import RUN_REPORT, run_folder
+
+    embedder = load_embedder(args.model, backend=args.backend)
+    report = run_folder(
+        args.input_dir,
+        args.output_dir,
+        embedder,
+        detector=args.detector,
+        upsample=args.upsample,
+        max_side=args.max_side,
+        multi=args.multi,
+        skip_multi=args.skip_multi,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        save_aligned=args.save_aligned,
+        retry_failed=args.retry_failed,
+        progress=not args.quiet,
+    )
+    return _folder_report(report, args.json, "embedded", args.output_dir / RUN_REPORT, f"{embedder.identity}; ")
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    from openface_py.video import make_recognizer, process_video
+
+    rec = make_recognizer(
+        args.classifier,
+        args.gallery,
+        args.model,
+        args.threshold,
+        progress=not args.quiet,
+        scale=args.scale,
+        detect_every=args.detect_every,
+        recognise_every=args.recognise_every,
+    )
+    summary = process_video(args.source, rec, output=args.output, results_path=args.results)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"{summary['frames']} frames in {summary['seconds']} s of processing: {summary['fps']} fps"
+            + (f"; annotated video {args.output}" if args.output else "")
+        )
+    return EXIT_OK if summary["frames"] else EXIT_FAILED
 
 
 def _per_image(paths: Sequence[Path], fn) -> tuple[list[dict], int]:
@@ -264,7 +362,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from openface_py.align import OpenFaceAligner
     from openface_py.detect import make_detector
 
-    detector = make_detector(args.detector, upsample=args.upsample)
+    detector = make_detector(args.detector, upsample=args.upsample, max_side=args.max_side)
     aligner = OpenFaceAligner() if args.landmarks else None
 
     def run(rgb):
@@ -284,7 +382,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from openface_py.pipeline import FacePipeline
 
-    pipe = FacePipeline.create(args.model, detector=args.detector, upsample=args.upsample)
+    pipe = FacePipeline.create(args.model, detector=args.detector, upsample=args.upsample, max_side=args.max_side)
 
     def run(rgb):
         faces = pipe.process(rgb, multi=args.multi)
@@ -328,9 +426,9 @@ def cmd_models(args: argparse.Namespace) -> int:
     for st in statuses:
         mark = "*" if st.name == best else " "
         state = f"installed at {st.path}" if st.installed else "NOT INSTALLED"
-        print(f"{mark} {st.name:16s} {st.alignment:40s} {state}")
+        print(f"{mark} {st.name:24s} {st.alignment:40s} {state}")
         print(f"    {st.note}")
-    print("* = what commands use when no --model is given and the default is not installed (demo)")
+    print("* = the default: what commands use when no --model is given")
     return EXIT_OK
 
 
@@ -412,7 +510,9 @@ def _pipeline_for(model_name: Optional[str], args: argparse.Namespace):
     from openface_py.embed import best_installed_model
     from openface_py.pipeline import FacePipeline
 
-    return FacePipeline.create(model_name or best_installed_model(), detector=args.detector, upsample=args.upsample)
+    return FacePipeline.create(
+        model_name or best_installed_model(), detector=args.detector, upsample=args.upsample, max_side=args.max_side
+    )
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
@@ -622,6 +722,8 @@ COMMANDS = {
     "identify": cmd_identify,
     "align": cmd_align,
     "represent": cmd_represent,
+    "run": cmd_run,
+    "video": cmd_video,
     "detect": cmd_detect,
     "embed": cmd_embed,
     "models": cmd_models,

@@ -1,9 +1,12 @@
-"""Embedders: aligned faces -> (N, 128) float32 unit vectors, behind one interface.
+"""Embedders: aligned faces -> (N, 128) float32 vectors, behind one interface.
 
 Models by name (``MODEL_NAMES``):
 
 * ``nn4.small2.v1``: OpenFace's NN4-small2 in PyTorch (OpenFace 96x96 alignment,
   OUTER_EYES_AND_NOSE). Its weights are a download (``openface-py models download``).
+* ``nn4.small2.distilled-v1``: the same network with the project's own complete weights,
+  distilled from dlib's ResNet (``models/nn4.small2.distilled-v1.pt``, shipped, SHA-256
+  pinned; see ``models/MODEL_CARD.md``). Used by default when nn4.small2.v1 is not installed.
 * ``dlib-resnet-v1``: dlib's ResNet face recogniser (``dlib_face_recognition_resnet_model_v1.dat``,
   dlib's 150x150 5-point chip), installed with ``face_recognition_models``.
 
@@ -30,14 +33,20 @@ from openface_py.io import iter_chunks
 log = logging.getLogger(__name__)
 
 NN4_SMALL2_V1 = "nn4.small2.v1"
+NN4_SMALL2_DISTILLED_V1 = "nn4.small2.distilled-v1"
 DLIB_RESNET_V1 = "dlib-resnet-v1"
-MODEL_NAMES = (NN4_SMALL2_V1, DLIB_RESNET_V1)
+MODEL_NAMES = (NN4_SMALL2_V1, NN4_SMALL2_DISTILLED_V1, DLIB_RESNET_V1)
+#: What "no --model" means: the first of these that is installed.
+DEFAULT_PREFERENCE = (NN4_SMALL2_V1, NN4_SMALL2_DISTILLED_V1, DLIB_RESNET_V1)
 DEFAULT_MODEL = NN4_SMALL2_V1
 
 #: Same-person thresholds on the squared L2 distance between embeddings, from LFW:
 #: nn4.small2.v1: OpenFace's mean LFW threshold 0.99 (OpenFace docs, "Demo 2: comparing two images");
 #: dlib-resnet-v1: dlib's / face_recognition's tolerance 0.6 on the L2 distance, i.e. 0.36 squared.
-SAME_PERSON_THRESHOLDS = {NN4_SMALL2_V1: 0.99, DLIB_RESNET_V1: 0.36}
+#: nn4.small2.distilled-v1: the mean of its 10 LFW fold thresholds (models/MODEL_CARD.md).
+SAME_PERSON_THRESHOLDS = {NN4_SMALL2_V1: 0.99, NN4_SMALL2_DISTILLED_V1: 0.171, DLIB_RESNET_V1: 0.36}
+#: The shipped model's LFW figure, as measured by ``openface-py lfw`` (models/MODEL_CARD.md).
+DISTILLED_LFW_NOTE = "LFW 0.9305 +- 0.0112 (mirror-averaged 0.9405) measured by `openface-py lfw`"
 
 
 def same_person_threshold(model_name: str) -> float:
@@ -46,7 +55,7 @@ def same_person_threshold(model_name: str) -> float:
 
 
 class Embedder(ABC):
-    """Turns aligned faces into 128-D unit vectors."""
+    """Turns aligned faces into 128-D vectors (unit length for NN4-small2; dlib's as dlib gives them)."""
 
     name: str
     alignment: AlignmentSpec
@@ -77,7 +86,7 @@ class Embedder(ABC):
 
 
 class NN4Embedder(Embedder):
-    """OpenFace's NN4-small2 in PyTorch (``torch.inference_mode``, CPU or CUDA)."""
+    """OpenFace's NN4-small2 in PyTorch, run by the fastest working backend (``backends.py``)."""
 
     def __init__(
         self,
@@ -87,9 +96,11 @@ class NN4Embedder(Embedder):
         device: str = "cpu",
         size: int = 96,
         landmarks: str = "outerEyesAndNose",
+        backend: str = "auto",
     ) -> None:
         import torch
 
+        from openface_py.backends import make_runner
         from openface_py.nn4_weights import build_model
 
         if threads:
@@ -100,18 +111,13 @@ class NN4Embedder(Embedder):
         else:
             self.model = build_model(path=weights)
             self.name = name or f"nn4.small2:{Path(weights).name}"
-        self.device = torch.device(device)
-        self.model.to(self.device)
+        self.runner = make_runner(self.model, backend, device, threads)
+        self.backend = self.runner.name
         self.alignment = openface_spec(size, landmarks)
 
     def _embed_batch(self, faces: list[np.ndarray]) -> np.ndarray:
-        import torch
-
-        from openface_py.nn4 import preprocess
-
-        x = preprocess(np.stack(faces)).to(self.device)
-        with torch.inference_mode():
-            return self.model(x).cpu().numpy()
+        x = np.stack(faces).astype(np.float32).transpose(0, 3, 1, 2) * np.float32(1 / 255)
+        return self.runner(x)
 
 
 class DlibResnetEmbedder(Embedder):
@@ -152,6 +158,12 @@ def find_nn4_small2_v1() -> Optional[Path]:
     return None
 
 
+def find_nn4_small2_distilled() -> Optional[Path]:
+    """The shipped distilled weights (``models/``), or None if this installation lacks them."""
+    cand = store.project_models_dir() / store.NN4_SMALL2_DISTILLED_V1.filename
+    return cand if cand.is_file() else None
+
+
 def nn4_missing_message() -> str:
     return (
         f"the {NN4_SMALL2_V1} weights are not installed. Get them with "
@@ -164,6 +176,7 @@ def nn4_missing_message() -> str:
 def model_statuses() -> list[ModelStatus]:
     """Every named model, whether it is installed here, and where."""
     nn4 = find_nn4_small2_v1()
+    distilled = find_nn4_small2_distilled()
     try:
         dlib_path: Optional[Path] = store.dlib_model_path(store.DLIB_RESNET)
     except ModelNotInstalledError:
@@ -178,6 +191,13 @@ def model_statuses() -> list[ModelStatus]:
             + ("" if nn4 else "; not installed: 'openface-py models download nn4.small2.v1'"),
         ),
         ModelStatus(
+            NN4_SMALL2_DISTILLED_V1,
+            distilled is not None,
+            str(distilled) if distilled else None,
+            openface_spec().identity,
+            f"NN4-small2 distilled from dlib's ResNet, shipped with the project; {DISTILLED_LFW_NOTE}",
+        ),
+        ModelStatus(
             DLIB_RESNET_V1,
             dlib_path is not None,
             str(dlib_path) if dlib_path else None,
@@ -188,39 +208,49 @@ def model_statuses() -> list[ModelStatus]:
 
 
 def best_installed_model() -> str:
-    """The preferred installed model name: the default if installed, else the first installed one."""
-    statuses = model_statuses()
-    for st in statuses:
-        if st.name == DEFAULT_MODEL and st.installed:
-            return st.name
-    for st in statuses:
-        if st.installed:
-            return st.name
+    """What no ``--model`` means: the first installed of ``DEFAULT_PREFERENCE`` (the official
+    nn4.small2.v1 if downloaded, else the shipped distilled NN4-small2, else dlib's ResNet)."""
+    installed = {st.name for st in model_statuses() if st.installed}
+    for name in DEFAULT_PREFERENCE:
+        if name in installed:
+            return name
     raise ModelNotInstalledError("no embedding model is installed; " + nn4_missing_message())
 
 
-def load_embedder(model: Optional[str] = None, threads: Optional[int] = None) -> Embedder:
-    """An embedder by name (``nn4.small2.v1``, ``dlib-resnet-v1``) or by a path to NN4-small2 weights."""
-    model = model or DEFAULT_MODEL
+def load_embedder(model: Optional[str] = None, threads: Optional[int] = None, backend: str = "auto") -> Embedder:
+    """An embedder by name (``MODEL_NAMES``) or by a path to NN4-small2 weights.
+
+    ``backend`` (NN4-small2 only): ``auto``, ``eager``, ``compile`` or ``onnx`` (``backends.py``).
+    """
+    model = model or best_installed_model()
     if model == DLIB_RESNET_V1:
         return DlibResnetEmbedder()
+    if model == NN4_SMALL2_DISTILLED_V1:
+        path = find_nn4_small2_distilled()
+        if path is None:
+            raise ModelNotInstalledError(
+                f"{store.NN4_SMALL2_DISTILLED_V1.filename} is not in {store.project_models_dir()}: this "
+                "installation lacks the project's models/ folder (use a source checkout, or another model)"
+            )
+        _check_sha256(path, store.NN4_SMALL2_DISTILLED_V1.sha256)
+        return NN4Embedder(path, name=NN4_SMALL2_DISTILLED_V1, threads=threads, backend=backend)
     if model == NN4_SMALL2_V1:
         path = find_nn4_small2_v1()
         if path is None:
             raise ModelNotInstalledError(nn4_missing_message())
         _check_official_md5(path)
-        return NN4Embedder(path, name=NN4_SMALL2_V1, threads=threads)
+        return NN4Embedder(path, name=NN4_SMALL2_V1, threads=threads, backend=backend)
     p = Path(model)
     if p.exists():
-        return NN4Embedder(p, threads=threads)
+        return NN4Embedder(p, threads=threads, backend=backend)
     raise ModelNotInstalledError(
         f"unknown model {model!r}: not one of {', '.join(MODEL_NAMES)} and no such weights file or folder"
     )
 
 
 def alignment_for(model: Optional[str]) -> AlignmentSpec:
-    """The alignment a model needs, without loading its weights."""
-    if model == DLIB_RESNET_V1:
+    """The alignment a model needs, without loading its weights (None: the default model)."""
+    if (model or best_installed_model()) == DLIB_RESNET_V1:
         return dlib_chip_spec()
     return openface_spec()
 
@@ -233,4 +263,13 @@ def _check_official_md5(path: Path) -> None:
         raise WeightsError(
             f"{path}: md5 {got} does not match OpenFace's published {expected}; "
             "the file is damaged or not the official release (delete it and download again)"
+        )
+
+
+def _check_sha256(path: Path, expected: str) -> None:
+    got = store.sha256sum(path)
+    if got != expected:
+        raise WeightsError(
+            f"{path}: sha256 {got} does not match the pinned {expected}; the file is damaged or was "
+            "replaced (restore it from the project's repository)"
         )

@@ -42,6 +42,34 @@ class L2Pool2d(nn.Module):
         return torch.sqrt(s + self.eps) if self.eps else torch.sqrt(s)
 
 
+class CrossChannelLRN(nn.Module):
+    """Local response normalisation across channels (Torch7 ``SpatialCrossMapLRN``), fast on CPU.
+
+    Same result as ``nn.LocalResponseNorm(size, alpha, beta, k)`` (within float rounding):
+    ``x / (k + alpha / size * sum of x^2 over the size channels centred on c) ^ beta``. The
+    window sum is ``size`` shifted adds of a zero-padded square, and ``t ^ -0.75`` is
+    ``rsqrt(t) * rsqrt(sqrt(t))``; ``nn.LocalResponseNorm`` spends a 3-D average pool and a
+    general power on it, about a third of NN4-small2's CPU time.
+    """
+
+    def __init__(self, size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> None:
+        super().__init__()
+        self.size, self.alpha, self.beta, self.k = size, alpha, beta, k
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.onnx.is_in_onnx_export():  # ONNX has this operator
+            return F.local_response_norm(x, self.size, self.alpha, self.beta, self.k)
+        sq = F.pad(x * x, (0, 0, 0, 0, self.size // 2, (self.size - 1) // 2))
+        c = x.shape[1]
+        total = sq[:, 0:c]
+        for i in range(1, self.size):
+            total = total + sq[:, i : i + c]
+        t = total * (self.alpha / self.size) + self.k
+        if self.beta == 0.75:
+            return x * torch.rsqrt(t) * torch.rsqrt(torch.sqrt(t))
+        return x * t.pow(-self.beta)
+
+
 def _conv_bn_relu(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2), nn.BatchNorm2d(cout), nn.ReLU()]
 
@@ -147,7 +175,7 @@ class NN4Small2(nn.Module):
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU()
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        self.lrn = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+        self.lrn = CrossChannelLRN(5, alpha=1e-4, beta=0.75, k=1.0)
         self.conv2 = nn.Conv2d(64, 64, 1)
         self.bn2 = nn.BatchNorm2d(64)
         self.conv3 = nn.Conv2d(64, 192, 3, padding=1)
@@ -157,21 +185,33 @@ class NN4Small2(nn.Module):
         self.avgpool = nn.AvgPool2d(3, stride=1)
         self.ln = nn.Linear(736, EMBEDDING_DIM)
 
-    def features(self, x: Tensor) -> Tensor:
-        """The 736x3x3 map after inception 5b."""
+    def features(self, x: Tensor, start: int = 0, stop: Optional[int] = None) -> Tensor:
+        """Blocks ``start``..``stop``-1 of ``self.blocks()`` (all: the 736x3x3 map after inception 5b).
+
+        Block 0 is the stem (conv1 .. the second LRN and max-pool), blocks 1.. the inceptions.
+        """
+        for block in self.blocks()[start:stop]:
+            x = block(x)
+        return x
+
+    def blocks(self) -> list:
+        """The network up to the average pool as a list of callables, in order (see ``features``)."""
+        return [self._stem] + [getattr(self, f"incept{cfg.name}") for cfg in NN4_SMALL2_BLOCKS]
+
+    def _stem(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.lrn(x)
         x = self.relu(self.bn2(self.conv2(x)))
         x = self.relu(self.bn3(self.conv3(x)))
-        x = self.maxpool(self.lrn(x))
-        for cfg in NN4_SMALL2_BLOCKS:
-            x = getattr(self, f"incept{cfg.name}")(x)
-        return x
+        return self.maxpool(self.lrn(x))
+
+    def head(self, x: Tensor) -> Tensor:
+        """The 736x3x3 map -> unit-length embedding (average pool, linear, L2 normalisation)."""
+        x = self.ln(self.avgpool(x).flatten(1))
+        return x / torch.sqrt((x * x).sum(dim=1, keepdim=True) + 1e-10)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.avgpool(self.features(x)).flatten(1)
-        x = self.ln(x)
-        return x / torch.sqrt((x * x).sum(dim=1, keepdim=True) + 1e-10)
+        return self.head(self.features(x))
 
     def torch7_layers(self) -> list[tuple[str, str]]:
         """Parametrised layers in Torch7 order: (module path here, Torch7 export name)."""

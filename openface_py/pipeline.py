@@ -52,10 +52,16 @@ class FacePipeline:
 
     @classmethod
     def create(
-        cls, model: Optional[str] = None, detector: str = "hog", upsample: int = 1, threads: Optional[int] = None
+        cls,
+        model: Optional[str] = None,
+        detector: str = "hog",
+        upsample: int = 1,
+        threads: Optional[int] = None,
+        max_side: Optional[int] = None,
     ) -> FacePipeline:
-        """A pipeline for a named model (see ``embed.load_embedder``)."""
-        return cls(make_detector(detector, upsample=upsample), embedder=load_embedder(model, threads=threads))
+        """A pipeline for a named model (see ``embed.load_embedder``) and detector (``detect.make_detector``)."""
+        found = make_detector(detector, upsample=upsample, max_side=max_side)
+        return cls(found, embedder=load_embedder(model, threads=threads))
 
     def faces(self, rgb: np.ndarray, multi: bool = True, skip_multi: bool = False) -> list[AlignedFace]:
         """Detect and align: every face left to right (``multi``) or the largest one."""

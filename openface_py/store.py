@@ -53,6 +53,20 @@ NN4_SMALL2_V1_FILES = {
 }
 
 
+@dataclass(frozen=True)
+class ShippedFile:
+    """A weights file committed in the project's ``models/`` folder, pinned by its SHA-256."""
+
+    filename: str
+    sha256: str
+
+
+#: The project's own NN4-small2 weights, distilled from dlib's ResNet (models/MODEL_CARD.md).
+NN4_SMALL2_DISTILLED_V1 = ShippedFile(
+    "nn4.small2.distilled-v1.pt", "7284a4436a47e7d5164f98fa0bcff4dd2036c296ea3c7604bec0ecf40ed08340"
+)
+
+
 def cache_dir() -> Path:
     """The weights cache: ``$OPENFACE_PY_HOME`` or ``~/.cache/openface_py``."""
     env = os.environ.get("OPENFACE_PY_HOME")

@@ -98,9 +98,14 @@ def test_missing_nn4_weights_is_a_clear_error(empty_home):
     with pytest.raises(ModelNotInstalledError, match="openface-py models download nn4.small2.v1"):
         load_embedder(NN4_SMALL2_V1)
     assert best_installed_model() == "dlib-resnet-v1"
-    r = cli("embed", str(SAMPLE / "Tony_Blair" / "Tony_Blair_0002.jpg"), env={"OPENFACE_PY_HOME": str(empty_home)})
+    photo = str(SAMPLE / "Tony_Blair" / "Tony_Blair_0002.jpg")
+    r = cli("embed", photo, "--model", NN4_SMALL2_V1, env={"OPENFACE_PY_HOME": str(empty_home)})
     if not (store.project_models_dir() / "nn4.small2.v1.pt").is_file():
         assert r.returncode == 3 and "models download nn4.small2.v1" in r.stderr
+        # with no --model the shipped distilled weights are used instead
+        r = cli("embed", photo, "--json", env={"OPENFACE_PY_HOME": str(empty_home)})
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)[0]["model"].startswith("nn4.small2.distilled-v1|")
     with pytest.raises(ModelNotInstalledError, match="unknown model 'nope'"):
         load_embedder("nope")
 

@@ -149,3 +149,29 @@ def test_select_faces_largest():
     large = Detection(BoundingBox(50, 50, 99, 99), 0.5)
     assert select_faces([small, large], multi=False) == [large]
     assert select_faces([], multi=False) == []
+
+
+def test_adaptive_and_downscaled_detection():
+    import cv2
+
+    from openface_py.detect import AdaptiveHogDetector, DownscaledDetector, HogDetector, make_detector
+    from openface_py.io import load_image
+
+    rgb = load_image(SAMPLE / "Colin_Powell" / "Colin_Powell_0001.jpg")
+    up0, up1 = HogDetector(upsample=0).detect(rgb), HogDetector(upsample=1).detect(rgb)
+    adaptive = AdaptiveHogDetector(upsample=1)
+    assert up0 and adaptive.detect(rgb) == up0  # found at upsample 0: no second pass
+    # a face too small for upsample 0 is found by the upsampled pass
+    small = cv2.resize(rgb, (100, 100), interpolation=cv2.INTER_AREA)
+    assert not HogDetector(upsample=0).detect(small)
+    assert adaptive.detect(small) == HogDetector(upsample=1).detect(small) != []
+    # detection on a downscaled copy maps the box back to the full photo
+    big = cv2.resize(rgb, (1000, 1000), interpolation=cv2.INTER_CUBIC)
+    boxes = DownscaledDetector(HogDetector(upsample=1), max_side=250).detect(big)
+    assert len(boxes) == 1
+    ref = up1[0].box
+    b = boxes[0].box
+    assert max(abs(b.left - 4 * ref.left), abs(b.top - 4 * ref.top), abs(b.right - 4 * ref.right)) <= 8
+    assert make_detector("hog-adaptive", max_side=300).name == "hog-adaptive@300"
+    with pytest.raises(ValueError, match="unknown detector"):
+        make_detector("yolo")

@@ -349,3 +349,20 @@ def test_official_weights_reproduce_openface_compare_demo():
     for a, b, want in (("lennon-1", "lennon-2", 0.763), ("lennon-1", "clapton-1", 1.132),
                        ("clapton-1", "clapton-2", 0.318)):  # fmt: skip
         assert abs(float(np.sum((rep[a] - rep[b]) ** 2)) - want) < 0.1, (a, b)
+
+
+def test_fast_lrn_equals_torch_lrn_forward_and_backward():
+    from openface_py.nn4 import CrossChannelLRN
+
+    torch.manual_seed(0)
+    for shape in [(3, 64, 12, 12), (2, 192, 6, 6), (1, 4, 3, 3)]:
+        x = (torch.randn(shape) * 20).requires_grad_()
+        ref = torch.nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)(x)
+        out = CrossChannelLRN(5, alpha=1e-4, beta=0.75, k=1.0)(x)
+        assert torch.allclose(out, ref, rtol=1e-6, atol=1e-5)
+        g = torch.randn(shape)
+        (gr,) = torch.autograd.grad(ref, x, g)
+        (go,) = torch.autograd.grad(out, x, g)
+        assert torch.allclose(go, gr, rtol=1e-5, atol=1e-5)
+        xc = x.detach().contiguous(memory_format=torch.channels_last)
+        assert torch.allclose(CrossChannelLRN()(xc), ref.detach(), rtol=1e-6, atol=1e-5)

@@ -1,0 +1,169 @@
+"""Pipeline throughput on this machine: embedding backends, align, end-to-end `run`, memory.
+
+Usage: python benchmarks/bench_pipeline.py [--photos DIR] [--limit N] [--skip-compile]
+
+DIR defaults to LFW's deep-funneled images (../shared/datasets/lfw/deepfunneled, 250x250,
+one face each) when present, else data/lfw-sample. Every figure is printed with the ratio to a
+reference measured in the same run:
+
+* embed: faces/s per backend and batch size; reference = eager PyTorch at the same batch size
+  (and the start-up cost of each backend, cold = empty cache, warm = cached artefacts);
+* align: photos/s of ``align_folder`` with 1 and 2 workers; reference = 1 worker;
+* run: photos/s of ``run_folder`` (detect + align + embed, auto backend) with 1 and 2
+  workers; reference = the straightforward single-process eager path (for each photo: decode,
+  HOG upsample 1, align, embed at batch 1);
+* peak RSS of this process and of its worker processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_stages import machine_info, peak_rss_mb, report, timed  # noqa: E402
+
+from openface_py import backends  # noqa: E402
+from openface_py.align import make_aligner, openface_spec  # noqa: E402
+from openface_py.batch import align_folder  # noqa: E402
+from openface_py.detect import HogDetector  # noqa: E402
+from openface_py.embed import NN4Embedder, best_installed_model, load_embedder  # noqa: E402
+from openface_py.io import list_images, load_image  # noqa: E402
+from openface_py.stream import run_folder  # noqa: E402
+
+LFW_IMAGES = ROOT.parent / "shared" / "datasets" / "lfw" / "deepfunneled"
+
+
+def children_peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
+def subset(src: Path, limit: int) -> Path:
+    """A temporary folder of symlinks to the first ``limit`` photos of ``src``."""
+    rels = list_images(src)[:limit]
+    dst = Path(tempfile.mkdtemp(prefix="bench-photos-"))
+    for r in rels:
+        (dst / r).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(src / r, dst / r)
+    return dst
+
+
+def bench_embed(faces: np.ndarray, model, names: list[str], repeat: int) -> None:
+    print("\n== embed: aligned 96x96 faces in memory, faces/s (reference: eager at the same batch size)")
+    x = faces.astype(np.float32).transpose(0, 3, 1, 2) / 255
+    for name in names:
+        home = Path(tempfile.mkdtemp(prefix="bench-home-"))
+        os.environ["OPENFACE_PY_HOME"] = str(home)
+        cold = backends.build(model, name)
+        warm = backends.build(model, name)
+        print(f"{name:8s} start-up: {cold.startup_s:6.2f} s cold (empty cache), {warm.startup_s:6.2f} s warm")
+        shutil.rmtree(home, ignore_errors=True)
+    refs: dict[int, float] = {}
+    for name in names:
+        runner = backends.build(model, name)
+        for bs in (1, 8, 32, 64):
+            n = len(x) if bs > 1 else min(len(x), 64)
+
+            def go(r=runner, b=bs, m=n):
+                for i in range(0, m, b):
+                    r(x[i : i + b])
+
+            go()
+            rate = report(f"{name}, batch {bs}", n, timed(go, repeat), refs.get(bs), "faces")
+            refs.setdefault(bs, rate)
+
+
+def straightforward(photos: Path, embedder) -> int:
+    """The reference path: one process, one photo at a time, eager batch 1."""
+    det, al = HogDetector(upsample=1), make_aligner(openface_spec())
+    n = 0
+    for rel in list_images(photos):
+        rgb = load_image(photos / rel)
+        dets = det.detect(rgb)
+        if dets:
+            box = max(dets, key=lambda d: d.box.area).box
+            embedder.embed([al.align(rgb, box).image], batch_size=1)
+            n += 1
+    return n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", type=Path, default=LFW_IMAGES if LFW_IMAGES.is_dir() else ROOT / "data" / "lfw-sample")
+    ap.add_argument("--limit", type=int, default=1000, help="photos for the align/run figures (default 1000)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--skip-compile", action="store_true", help="leave torch.compile out (slow to start)")
+    ap.add_argument("--only", choices=("embed", "align", "run"), default=None)
+    ap.add_argument("--no-reference", action="store_true", help="run: skip the slow reference path (memory runs)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="run: worker counts (default 1 2)")
+    ap.add_argument("--detector", default="hog", help="run: detector (hog, hog-adaptive)")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    print(machine_info())
+    photos = subset(args.photos, args.limit)
+    n = len(list_images(photos))
+    model_name = best_installed_model()
+    print(f"photos: {n} from {args.photos}; model {model_name}")
+    try:
+        if args.only in (None, "embed"):
+            emb = load_embedder(model_name, backend="eager")
+            assert isinstance(emb, NN4Embedder), "the embed figures are for NN4-small2"
+            det, al = HogDetector(upsample=1), make_aligner(openface_spec())
+            faces = []
+            for rel in list_images(photos)[:128]:
+                rgb = load_image(photos / rel)
+                dets = det.detect(rgb)
+                if dets:
+                    faces.append(al.align(rgb, dets[0].box).image)
+            names = [b for b in backends.BACKENDS if not (args.skip_compile and b == "compile")]
+            bench_embed(np.stack(faces), emb.model, names, args.repeat)
+        if args.only in (None, "align"):
+            print("\n== align_folder (decode + detect upsample 1 + align + PNG), photos/s (reference: 1 worker)")
+            ref = None
+            for w in (1, 2):
+                out = Path(tempfile.mkdtemp(prefix="bench-align-"))
+                t = time.perf_counter()
+                align_folder(photos, out, openface_spec(), workers=w, progress=False)
+                rate = report(f"align_folder, {w} worker(s)", n, time.perf_counter() - t, ref, "photos")
+                ref = ref or rate
+                shutil.rmtree(out)
+        if args.only in (None, "run"):
+            print("\n== end to end: photo -> embedding, photos/s (reference: single-process eager, batch 1)")
+            ref = None
+            if not args.no_reference:
+                eager = load_embedder(model_name, backend="eager")
+                t = time.perf_counter()
+                straightforward(photos, eager)
+                ref = report(
+                    "reference: 1 process, HOG up 1, eager, batch 1", n, time.perf_counter() - t, None, "photos"
+                )
+            embedder = load_embedder(model_name, backend="auto")
+            for w in args.workers:
+                out = Path(tempfile.mkdtemp(prefix="bench-run-"))
+                t = time.perf_counter()
+                rep = run_folder(photos, out, embedder, detector=args.detector, workers=w, progress=False)
+                secs = time.perf_counter() - t
+                label = f"run, {w} worker(s), {args.detector}, backend {embedder.backend}"
+                report(label, n, secs, ref, "photos")
+                print(f"    {rep.done_ok_total} embedded, {len(rep.failures)} without a face")
+                shutil.rmtree(out)
+        print(f"\npeak RSS: main process {peak_rss_mb():.0f} MB, largest worker {children_peak_rss_mb():.0f} MB")
+    finally:
+        shutil.rmtree(photos, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

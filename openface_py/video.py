@@ -1,0 +1,327 @@
+"""Face recognition on video (files or a camera), fast enough for live use on a CPU.
+
+Per frame: HOG detection on a downscaled copy every ``detect_every`` frames (and whenever a
+track is lost or there are no tracks); in between, each face is followed by dlib's
+correlation tracker on the downscaled frame. Each track is recognised (align on the full
+frame + embed + classifier or gallery) when it starts and then every ``recognise_every``
+frames; its displayed name is the majority of its last few answers, so a single bad frame
+does not flip it. ``annotate`` draws boxes, names and the frame rate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Union
+
+import numpy as np
+
+from openface_py.align import make_aligner
+from openface_py.detect import BoundingBox, HogDetector
+from openface_py.embed import Embedder
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = "unknown"
+#: Recognise embeddings -> one (name, confidence or distance) per row.
+Recogniser = Callable[[np.ndarray], list[tuple[str, float]]]
+
+
+def classifier_recogniser(model, threshold: Optional[float] = None) -> Recogniser:
+    """Names from a trained classifier (``classify.TrainedModel``), with its unknown threshold."""
+
+    def recognise(reps: np.ndarray) -> list[tuple[str, float]]:
+        return [(p.name, float(p.confidence)) for p in model.predict(reps, threshold=threshold)]
+
+    return recognise
+
+
+def gallery_recogniser(gallery, threshold: float) -> Recogniser:
+    """Names from a gallery (``gallery.Gallery``): the nearest person within ``threshold``."""
+    from openface_py.gallery import identify
+
+    def recognise(reps: np.ndarray) -> list[tuple[str, float]]:
+        return [(answer, dist) for answer, _, dist in identify(gallery, reps, threshold, UNKNOWN)]
+
+    return recognise
+
+
+@dataclass
+class TrackedFace:
+    track: int
+    box: BoundingBox
+    name: str
+    score: float  # the classifier's confidence or the gallery distance of the last recognition
+
+
+@dataclass
+class FrameResult:
+    index: int
+    faces: list[TrackedFace]
+    detected: bool  # detection ran on this frame
+    recognised: int  # faces embedded on this frame
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {
+            "frame": self.index,
+            "detected": self.detected,
+            "recognised": self.recognised,
+            "ms": round(1000 * self.seconds, 2),
+            "faces": [
+                {"track": f.track, "box": f.box.as_list(), "name": f.name, "score": round(f.score, 4)}
+                for f in self.faces
+            ],
+        }
+
+
+@dataclass
+class _Track:
+    id: int
+    tracker: object
+    box: BoundingBox  # full-frame coordinates
+    last_recognised: int = -(10**9)
+    answers: deque = field(default_factory=lambda: deque(maxlen=5))
+    score: float = 0.0
+
+    @property
+    def name(self) -> str:
+        if not self.answers:
+            return UNKNOWN
+        return Counter(self.answers).most_common(1)[0][0]
+
+
+def iou(a: BoundingBox, b: BoundingBox) -> float:
+    ix = max(0, min(a.right, b.right) - max(a.left, b.left) + 1)
+    iy = max(0, min(a.bottom, b.bottom) - max(a.top, b.top) + 1)
+    inter = ix * iy
+    return inter / float(a.area + b.area - inter) if inter else 0.0
+
+
+class VideoRecognizer:
+    """Stateful per-stream recogniser: call ``process(rgb)`` on consecutive frames."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        recognise: Recogniser,
+        scale: float = 0.5,
+        upsample: int = 0,
+        detect_every: int = 10,
+        recognise_every: int = 15,
+        min_track_quality: float = 7.0,
+    ) -> None:
+        if not 0 < scale <= 1:
+            raise ValueError("scale must be in (0, 1]")
+        self.embedder = embedder
+        self.recognise = recognise
+        self.aligner = make_aligner(embedder.alignment)
+        self.detector = HogDetector(upsample=upsample)
+        self.scale = scale
+        self.detect_every = max(1, int(detect_every))
+        self.recognise_every = max(1, int(recognise_every))
+        self.min_track_quality = min_track_quality
+        self.tracks: list[_Track] = []
+        self.frame = 0
+        self._next_id = 1
+
+    def _small(self, rgb: np.ndarray) -> np.ndarray:
+        import cv2
+
+        if self.scale == 1:
+            return rgb
+        h, w = rgb.shape[:2]
+        return cv2.resize(
+            rgb, (max(1, round(w * self.scale)), max(1, round(h * self.scale))), interpolation=cv2.INTER_AREA
+        )
+
+    def _to_full(self, left: float, top: float, right: float, bottom: float, shape) -> BoundingBox:
+        s = 1.0 / self.scale
+        h, w = shape[:2]
+        return BoundingBox(
+            max(0, int(left * s)), max(0, int(top * s)), min(w - 1, int(right * s)), min(h - 1, int(bottom * s))
+        )
+
+    def _start_tracker(self, small: np.ndarray, box: BoundingBox):
+        import dlib
+
+        t = dlib.correlation_tracker()
+        s = self.scale
+        t.start_track(
+            small, dlib.rectangle(int(box.left * s), int(box.top * s), int(box.right * s), int(box.bottom * s))
+        )
+        return t
+
+    def _detect(self, rgb: np.ndarray, small: np.ndarray) -> None:
+        found = [
+            self._to_full(d.box.left, d.box.top, d.box.right, d.box.bottom, rgb.shape)
+            for d in self.detector.detect(small)
+        ]
+        kept: list[_Track] = []
+        unmatched = list(range(len(found)))
+        for tr in self.tracks:
+            best = max(unmatched, key=lambda j: iou(tr.box, found[j]), default=None)
+            if best is not None and iou(tr.box, found[best]) > 0.3:
+                unmatched.remove(best)
+                tr.box = found[best]
+                tr.tracker = self._start_tracker(small, tr.box)
+                kept.append(tr)
+        for j in unmatched:
+            kept.append(_Track(self._next_id, self._start_tracker(small, found[j]), found[j]))
+            self._next_id += 1
+        self.tracks = kept
+
+    def _follow(self, rgb: np.ndarray, small: np.ndarray) -> bool:
+        """Move every track; False if one was lost (then the caller re-detects)."""
+        lost = False
+        for tr in self.tracks:
+            quality = tr.tracker.update(small)
+            p = tr.tracker.get_position()
+            tr.box = self._to_full(p.left(), p.top(), p.right(), p.bottom(), rgb.shape)
+            if quality < self.min_track_quality or tr.box.width < 8 or tr.box.height < 8:
+                lost = True
+        return not lost
+
+    def process(self, rgb: np.ndarray) -> FrameResult:
+        """Detect/track and recognise the faces of the next frame (RGB uint8)."""
+        t0 = time.perf_counter()
+        small = self._small(rgb)
+        detected = False
+        if not self.tracks or self.frame % self.detect_every == 0 or not self._follow(rgb, small):
+            self._detect(rgb, small)
+            detected = True
+        due = [tr for tr in self.tracks if self.frame - tr.last_recognised >= self.recognise_every]
+        if due:
+            faces = [self.aligner.align(rgb, tr.box).image for tr in due]
+            answers = self.recognise(self.embedder.embed(faces))
+            for tr, (name, score) in zip(due, answers):
+                tr.answers.append(name)
+                tr.score = score
+                tr.last_recognised = self.frame
+        result = FrameResult(
+            self.frame,
+            [TrackedFace(tr.id, tr.box, tr.name, tr.score) for tr in sorted(self.tracks, key=lambda t: t.box.left)],
+            detected,
+            len(due),
+            time.perf_counter() - t0,
+        )
+        self.frame += 1
+        return result
+
+
+def annotate(bgr: np.ndarray, result: FrameResult, fps: Optional[float] = None) -> np.ndarray:
+    """Draw boxes, names and the frame rate on a BGR frame (in place; returned for chaining)."""
+    import cv2
+
+    for f in result.faces:
+        color = (0, 200, 0) if f.name != UNKNOWN else (0, 0, 230)
+        cv2.rectangle(bgr, (f.box.left, f.box.top), (f.box.right, f.box.bottom), color, 2)
+        label = f"{f.name} #{f.track}"
+        y = max(12, f.box.top - 6)
+        cv2.putText(bgr, label, (f.box.left, y), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)
+    if fps is not None:
+        cv2.putText(bgr, f"{fps:.1f} fps", (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+    return bgr
+
+
+def frames(source: Union[str, int, Path]) -> Iterator[np.ndarray]:
+    """BGR frames of a video file or a camera index; a clear error if it cannot be opened."""
+    import cv2
+
+    from openface_py.errors import OpenFacePyError
+
+    cap = cv2.VideoCapture(int(source) if isinstance(source, int) or str(source).isdigit() else str(source))
+    if not cap.isOpened():
+        raise OpenFacePyError(f"{source}: cannot open this video or camera")
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                return
+            yield frame
+    finally:
+        cap.release()
+
+
+def process_video(
+    source: Union[str, int, Path],
+    recognizer: VideoRecognizer,
+    output: Optional[Path] = None,
+    fps_out: float = 25.0,
+    on_frame: Optional[Callable[[np.ndarray, FrameResult, float], None]] = None,
+    results_path: Optional[Path] = None,
+) -> dict:
+    """Run ``recognizer`` over every frame; optionally write an annotated video and JSON lines.
+
+    Returns a summary (frames, seconds of processing, mean fps of the recogniser alone).
+    """
+    import cv2
+
+    writer = None
+    out_lines = open(results_path, "w", encoding="utf-8") if results_path else None
+    busy = 0.0
+    n = 0
+    recent: deque = deque(maxlen=30)
+    try:
+        for bgr in frames(source):
+            rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+            res = recognizer.process(rgb)
+            busy += res.seconds
+            recent.append(res.seconds)
+            fps = len(recent) / sum(recent) if sum(recent) > 0 else 0.0
+            n += 1
+            if out_lines:
+                out_lines.write(json.dumps(res.to_json()) + "\n")
+            if output is not None or on_frame is not None:
+                annotate(bgr, res, fps)
+            if output is not None:
+                if writer is None:
+                    h, w = bgr.shape[:2]
+                    writer = cv2.VideoWriter(str(output), cv2.VideoWriter_fourcc(*"mp4v"), fps_out, (w, h))
+                writer.write(bgr)
+            if on_frame is not None:
+                on_frame(bgr, res, fps)
+    finally:
+        if writer is not None:
+            writer.release()
+        if out_lines:
+            out_lines.close()
+    return {"frames": n, "seconds": round(busy, 3), "fps": round(n / busy, 1) if busy else 0.0}
+
+
+def make_recognizer(
+    classifier: Optional[Path] = None,
+    gallery_dir: Optional[Path] = None,
+    model: Optional[str] = None,
+    threshold: Optional[float] = None,
+    progress: bool = False,
+    **options,
+) -> VideoRecognizer:
+    """A ``VideoRecognizer`` naming faces with a classifier file from ``train`` or a gallery folder.
+
+    The embedder is the one the classifier was trained with (or ``model`` for a gallery).
+    ``options`` go to ``VideoRecognizer`` (scale, detect_every, ...).
+    """
+    from openface_py.embed import load_embedder, same_person_threshold
+
+    if (classifier is None) == (gallery_dir is None):
+        raise ValueError("give a classifier model file or a gallery folder (one of them)")
+    if classifier is not None:
+        from openface_py.classify import load_model
+
+        trained = load_model(classifier)
+        embedder = load_embedder(trained.embedder_name)
+        if embedder.identity != trained.embedder_identity:
+            raise ValueError(f"{classifier} was trained on {trained.embedder_identity}, not {embedder.identity}")
+        return VideoRecognizer(embedder, classifier_recogniser(trained, threshold), **options)
+    from openface_py.gallery import build_gallery
+    from openface_py.pipeline import FacePipeline
+
+    embedder = load_embedder(model)
+    gallery = build_gallery(gallery_dir, FacePipeline(HogDetector(upsample=1), embedder=embedder), progress=progress)
+    limit = threshold if threshold is not None else same_person_threshold(embedder.name)
+    return VideoRecognizer(embedder, gallery_recogniser(gallery, limit), **options)

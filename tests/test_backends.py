@@ -1,0 +1,84 @@
+"""The fast embedding backends give eager's embeddings (max abs difference 1e-5 on unit vectors)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from openface_py import backends
+from openface_py.nn4 import NN4Small2
+
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def faces(aligned_openface):
+    from openface_py.io import load_image
+
+    imgs = [load_image(p) for p in sorted(aligned_openface.rglob("*.png"))[:37]]  # 37: not a power of two
+    return np.stack(imgs).astype(np.float32).transpose(0, 3, 1, 2) / 255
+
+
+@pytest.fixture(scope="module")
+def model():
+    from openface_py import store
+    from openface_py.nn4_weights import build_model
+
+    shipped = store.project_models_dir() / store.NN4_SMALL2_DISTILLED_V1.filename
+    if shipped.is_file():
+        return build_model(path=shipped)
+    torch.manual_seed(0)
+    return NN4Small2().eval()
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENFACE_PY_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.mark.parametrize("name", ["onnx", "compile"])
+def test_backend_matches_eager(name, faces, model, home):
+    ref = backends.build(model, "eager")(faces)
+    fast = backends.build(model, name)
+    out = fast(faces)
+    assert out.shape == (37, 128) and out.dtype == np.float32
+    assert np.abs(out - ref).max() < TOLERANCE
+    assert np.abs(fast(faces[:5]) - ref[:5]).max() < TOLERANCE  # another batch size
+
+
+def test_onnx_export_is_cached_per_weights(model, home):
+    backends.build(model, "onnx")
+    files = list((home / "onnx").glob("*.onnx"))
+    assert len(files) == 1 and files[0] == backends.onnx_path(model)
+    mtime = files[0].stat().st_mtime_ns
+    backends.build(model, "onnx")
+    assert files[0].stat().st_mtime_ns == mtime  # reused, not exported again
+    other = NN4Small2().eval()
+    assert backends.onnx_path(other) != files[0]
+
+
+def test_auto_falls_back_when_a_backend_is_missing(model, home, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    monkeypatch.setattr(backends, "AUTO_ORDER", ("onnx", "eager"))
+    with caplog.at_level(logging.WARNING, logger="openface_py.backends"):
+        runner = backends.make_runner(model, "auto")
+    assert runner.name == "eager"
+    assert "backend onnx unavailable" in caplog.text
+    with pytest.raises(ValueError, match="unknown backend"):
+        backends.make_runner(model, "tensorrt")
+
+
+def test_embedder_uses_a_backend(aligned_openface, model, home):
+    from openface_py.embed import NN4Embedder
+    from openface_py.io import load_image
+
+    crops = [load_image(p) for p in sorted(aligned_openface.rglob("*.png"))[:4]]
+    eager = NN4Embedder(model.state_dict(), backend="eager").embed(crops)
+    auto = NN4Embedder(model.state_dict(), backend="auto")
+    assert auto.backend in backends.BACKENDS
+    assert np.abs(auto.embed(crops) - eager).max() < TOLERANCE
