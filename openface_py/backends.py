@@ -32,7 +32,8 @@ from openface_py.io import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 BACKENDS = ("eager", "compile", "onnx")
-#: Fastest first, as measured by benchmarks/bench_pipeline.py on a 2-core CPU (BENCHMARKS.md).
+#: Fastest first on a 2-core CPU in a first measurement (ONNX and compile about 2x eager at batch 32);
+#: benchmarks/bench_pipeline.py measures them all.
 AUTO_ORDER = ("onnx", "compile", "eager")
 #: Largest difference from eager accepted at start-up (unit-length outputs).
 STARTUP_TOLERANCE = 1e-4

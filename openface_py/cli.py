@@ -31,7 +31,7 @@ def _add_detector_args(p: argparse.ArgumentParser, default: str = "hog") -> None
         choices=DETECTOR_NAMES,
         default=default,
         help=f"face detector (default: {default}; hog = OpenFace's; hog-adaptive = upsample only when "
-        "nothing is found, same recall on LFW, faster; cnn = dlib MMOD)",
+        "nothing is found at the photo's own resolution; cnn = dlib MMOD)",
     )
     p.add_argument("--upsample", type=int, default=1, help="times to upsample before detecting (default: 1)")
     p.add_argument(

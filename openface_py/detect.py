@@ -123,8 +123,8 @@ class AdaptiveHogDetector:
     """HOG at the photo's own resolution first; upsampled only when that finds no face.
 
     Most faces in photos are large enough for upsample 0 (about a quarter of the cost of
-    upsample 1); small faces are still found by the second pass. Detection recall on LFW for
-    each strategy is in BENCHMARKS.md.
+    upsample 1); small faces are still found by the second pass. ``benchmarks/bench_detection.py``
+    measures each strategy's recall on LFW.
     """
 
     name = "hog-adaptive"
