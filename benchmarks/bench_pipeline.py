@@ -12,6 +12,9 @@ reference measured in the same run:
 * run: photos/s of ``run_folder`` (detect + align + embed, auto backend) with 1 and 2
   workers; reference = the straightforward single-process eager path (for each photo: decode,
   HOG upsample 1, align, embed at batch 1);
+* video: frames/s of ``VideoRecognizer`` on a 640x480 clip made from the sample photos (one
+  face moving, then two), recognition against a gallery included; reference = detecting
+  (HOG upsample 1, full frame) and recognising every face on every frame;
 * peak RSS of this process and of its worker processes.
 """
 
@@ -99,16 +102,101 @@ def straightforward(photos: Path, embedder) -> int:
     return n
 
 
+def video_clip(sample: Path, frames_per_part: int = 75) -> tuple[list[np.ndarray], list[list[str]]]:
+    """RGB 640x480 frames: one face drifting right, then two side by side drifting down, and the
+    names per frame. Each face is the central 150x150 of an LFW photo scaled to 280x280 (a face of
+    ~190 px, like a person at a desk in front of a webcam)."""
+    import cv2
+
+    people = sorted(d.name for d in sample.iterdir() if d.is_dir())[:2]
+    tiles = []
+    for p in people:
+        rgb = load_image(sorted((sample / p).glob("*.jpg"))[-1])  # a photo the gallery also has
+        tiles.append(cv2.resize(rgb[50:200, 50:200], (280, 280), interpolation=cv2.INTER_CUBIC))
+    parts = (
+        [(0, lambda i: (20 + 4 * i, 100))],
+        [(0, lambda i: (20, 20 + 2 * i)), (1, lambda i: (340, 20 + 2 * i))],
+    )
+    frames, names = [], []
+    for placed in parts:
+        for i in range(frames_per_part):
+            frame = np.full((480, 640, 3), 70, np.uint8)
+            for k, where in placed:
+                x, y = where(i)
+                frame[y : y + 280, x : x + 280] = tiles[k]
+            frames.append(frame)
+            names.append(sorted(people[k] for k, _ in placed))
+    return frames, names
+
+
+def bench_video(sample: Path, model_name: str, repeat: int) -> None:
+    import cv2
+
+    from openface_py.embed import same_person_threshold
+    from openface_py.gallery import build_gallery
+    from openface_py.pipeline import FacePipeline
+    from openface_py.video import TRACKERS, VideoRecognizer, gallery_recogniser, process_video
+
+    print(
+        "\n== video: 640x480, 1 face then 2, recognition included, frames/s (reference: detect + recognise every frame)"
+    )
+    frames, names = video_clip(sample)
+    embedder = load_embedder(model_name, backend="auto")
+    gallery = build_gallery(sample, FacePipeline(HogDetector(upsample=1), embedder=embedder), progress=False)
+    recognise = gallery_recogniser(gallery, same_person_threshold(embedder.name))
+    det, al = HogDetector(upsample=1), make_aligner(embedder.alignment)
+
+    def every_frame(fs=frames) -> None:
+        for rgb in fs:
+            dets = det.detect(rgb)
+            if dets:
+                recognise(embedder.embed([al.align(rgb, d.box).image for d in dets]))
+
+    ref = report(
+        "reference: HOG up 1 on every full frame + recognise", len(frames), timed(every_frame, 1), None, "frames"
+    )
+    for tracker in TRACKERS:
+        rec = VideoRecognizer(embedder, recognise, tracker=tracker)  # models load here, outside the timing
+        for label, part in (("1 face", 1), ("2 faces", 2)):
+            seg = [f for f, n in zip(frames, names) if len(n) == part]
+            want = [n for n in names if len(n) == part]
+            right: list[bool] = []
+
+            def tracked(fs=seg, want=want, right=right, rec=rec) -> None:
+                rec.reset()
+                right.clear()
+                for rgb, expected in zip(fs, want):
+                    right.append(sorted(f.name for f in rec.process(rgb).faces) == expected)
+
+            secs = timed(tracked, repeat)
+            report(f"VideoRecognizer, {tracker} tracker, {label}", len(seg), secs, ref, "frames")
+            print(f"    {sum(right)}/{len(right)} frames with exactly the right names")
+    # the whole loop of `openface-py video` on an mp4 file: decoding included, no output written
+    clip = Path(tempfile.mkdtemp(prefix="bench-video-")) / "clip.mp4"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (640, 480))
+    for rgb in frames:
+        writer.write(np.ascontiguousarray(rgb[:, :, ::-1]))
+    writer.release()
+    rec = VideoRecognizer(embedder, recognise)
+    t = time.perf_counter()
+    summary = process_video(clip, rec)
+    report(
+        "process_video on an mp4 (decode included), defaults", summary["frames"], time.perf_counter() - t, ref, "frames"
+    )
+    shutil.rmtree(clip.parent, ignore_errors=True)
+    print(f"backend {embedder.backend}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=Path, default=LFW_IMAGES if LFW_IMAGES.is_dir() else ROOT / "data" / "lfw-sample")
     ap.add_argument("--limit", type=int, default=1000, help="photos for the align/run figures (default 1000)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--skip-compile", action="store_true", help="leave torch.compile out (slow to start)")
-    ap.add_argument("--only", choices=("embed", "align", "run"), default=None)
+    ap.add_argument("--only", choices=("embed", "align", "run", "video"), default=None)
     ap.add_argument("--no-reference", action="store_true", help="run: skip the slow reference path (memory runs)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="run: worker counts (default 1 2)")
-    ap.add_argument("--detector", default="hog", help="run: detector (hog, hog-adaptive)")
+    ap.add_argument("--detector", default="hog-adaptive", help="run: detector (default hog-adaptive, as run)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(machine_info())
@@ -159,6 +247,8 @@ def main() -> int:
                 report(label, n, secs, ref, "photos")
                 print(f"    {rep.done_ok_total} embedded, {len(rep.failures)} without a face")
                 shutil.rmtree(out)
+        if args.only in (None, "video"):
+            bench_video(ROOT / "data" / "lfw-sample", model_name, args.repeat)
         print(f"\npeak RSS: main process {peak_rss_mb():.0f} MB, largest worker {children_peak_rss_mb():.0f} MB")
     finally:
         shutil.rmtree(photos, ignore_errors=True)

@@ -43,8 +43,10 @@ def main() -> int:
 
     model = args.model or best_installed_model()
     if model != "nn4.small2.v1" and args.model is None:
-        print("Note: OpenFace's released nn4.small2.v1 weights are not installed "
-              "('openface-py models download nn4.small2.v1' fetches them).")
+        print(
+            "Note: OpenFace's released nn4.small2.v1 weights are not installed "
+            "('openface-py models download nn4.small2.v1' fetches them)."
+        )
         print(f"Using the default installed embedder instead: {model}\n")
     embedder = load_embedder(model)
     aligned = args.out / f"aligned-{model}"

@@ -4,7 +4,8 @@
     python demos/webcam.py --classifier model.pkl --source clip.mp4 --output annotated.mp4
 
 Uses the same code as `openface-py video`: detection on a half-size frame every few frames,
-dlib's correlation tracker in between, recognition when a face appears and every 15 frames.
+a tracker in between (template matching, or dlib's correlation tracker), recognition when a
+face appears and every 15 frames.
 With a GUI-enabled OpenCV a window shows the annotated stream (q quits); with the headless
 build installed by default, it prints what it sees once a second and can write --output.
 """
@@ -30,9 +31,10 @@ def main() -> int:
     who.add_argument("--classifier", type=Path)
     ap.add_argument("--output", type=Path, default=None)
     ap.add_argument("--scale", type=float, default=0.5)
+    ap.add_argument("--tracker", choices=("template", "correlation"), default="template")
     args = ap.parse_args()
 
-    rec = make_recognizer(args.classifier, args.gallery, scale=args.scale, progress=True)
+    rec = make_recognizer(args.classifier, args.gallery, scale=args.scale, tracker=args.tracker, progress=True)
     state = {"window": True, "last": 0.0}
 
     def show(bgr, res, fps) -> None:

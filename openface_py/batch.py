@@ -25,7 +25,15 @@ from openface_py.align import AlignmentSpec, make_aligner
 from openface_py.detect import make_detector, select_faces
 from openface_py.embed import Embedder
 from openface_py.errors import AlignmentMismatchError, ImageLoadError, OpenFacePyError
-from openface_py.io import atomic_write_bytes, atomic_write_text, encode_png, iter_chunks, list_images, load_image
+from openface_py.io import (
+    atomic_output,
+    atomic_write_bytes,
+    atomic_write_text,
+    encode_png,
+    iter_chunks,
+    list_images,
+    load_image,
+)
 from openface_py.parallel import mapped
 
 log = logging.getLogger(__name__)
@@ -331,17 +339,19 @@ def write_embeddings(out_dir: Path, reps: np.ndarray, labels: list[str], paths: 
         if lab not in classes:
             classes.append(lab)
     index = {c: i + 1 for i, c in enumerate(classes)}
-    buf = _io.StringIO()
-    np.savetxt(buf, reps, delimiter=",", fmt="%.9g")
-    atomic_write_text(out_dir / "reps.csv", buf.getvalue())
-    lbuf = _io.StringIO()
-    writer = csv.writer(lbuf, lineterminator="\n")
-    for lab, p in zip(labels, paths):
-        writer.writerow([index[lab], p])
-    atomic_write_text(out_dir / "labels.csv", lbuf.getvalue())
-    npy = _io.BytesIO()
-    np.save(npy, reps.astype(np.float32))
-    atomic_write_bytes(out_dir / "reps.npy", npy.getvalue())
+    # streamed to the (temporary) files in slices: no second copy of the whole output in memory
+    with atomic_output(out_dir / "reps.csv") as fh:
+        for rows in iter_chunks(range(len(reps)), 4096):
+            np.savetxt(fh, reps[rows.start : rows.stop], delimiter=",", fmt="%.9g")
+    with atomic_output(out_dir / "labels.csv") as fh:
+        text = _io.TextIOWrapper(fh, "utf-8", newline="")
+        writer = csv.writer(text, lineterminator="\n")
+        for lab, p in zip(labels, paths):
+            writer.writerow([index[lab], p])
+        text.flush()
+        text.detach()  # atomic_output syncs and closes the file itself
+    with atomic_output(out_dir / "reps.npy") as fh:
+        np.save(fh, np.asarray(reps, dtype=np.float32))
     atomic_write_text(
         out_dir / "labels.json",
         json.dumps({"classes": classes, "labels": labels, "paths": paths}, ensure_ascii=False, indent=1) + "\n",

@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input_dir", type=Path)
     p.add_argument("output_dir", type=Path)
     p.add_argument("--model", default=None, help=model_help)
-    _add_detector_args(p)
+    _add_detector_args(p, default="hog-adaptive")
     p.add_argument("--multi", action="store_true", help="every face of a photo (default: the largest)")
     p.add_argument("--skip-multi", action="store_true", help="skip photos with more than one face")
     p.add_argument("--workers", type=int, default=0, help="detection/alignment processes (default: one per core)")
@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=0.5, help="detect and track on a frame scaled by this")
     p.add_argument("--detect-every", type=int, default=10, help="re-detect every N frames (and when a track is lost)")
     p.add_argument("--recognise-every", type=int, default=15, help="re-recognise each face every N frames")
+    p.add_argument(
+        "--tracker",
+        choices=("template", "correlation"),
+        default="template",
+        help="between detections: template (fast, follows position) or correlation (dlib's, follows size too)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = add_command("detect", help="find faces in photos")
@@ -331,6 +337,7 @@ def cmd_video(args: argparse.Namespace) -> int:
         scale=args.scale,
         detect_every=args.detect_every,
         recognise_every=args.recognise_every,
+        tracker=args.tracker,
     )
     summary = process_video(args.source, rec, output=args.output, results_path=args.results)
     if args.json:

@@ -99,7 +99,7 @@ def run_folder(
     input_dir: os.PathLike | str,
     output_dir: os.PathLike | str,
     embedder: Embedder,
-    detector: str = "hog",
+    detector: str = "hog-adaptive",
     upsample: int = 1,
     multi: bool = False,
     skip_multi: bool = False,
@@ -112,6 +112,9 @@ def run_folder(
     max_side: Optional[int] = None,
 ) -> AlignReport:
     """Detect, align and embed every photo below ``input_dir``; outputs as described in the module doc.
+
+    The default detector is ``hog-adaptive``: on LFW's 13,233 photos it misses 36 faces where
+    OpenFace's HOG at upsample 1 misses 67, at a quarter of the detection cost (BENCHMARKS.md).
 
     ``workers`` = 0 means one per CPU core; 1 runs everything in this process.
     """

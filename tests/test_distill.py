@@ -162,6 +162,7 @@ def test_training_resumes_exactly_and_exports(cache, tmp_path):
         batch_size=4,
         threads=1,
         seed=3,
+        ema=0.9,
     )
     pairs = cache / "pairs.txt"
     whole = distill.train(settings, tmp_path / "a", pairs)
@@ -176,12 +177,17 @@ def test_training_resumes_exactly_and_exports(cache, tmp_path):
     distill.train(settings, tmp_path / "b", pairs, stop_after_steps=1)
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["epoch"] == 1
     resumed = distill.train(settings, tmp_path / "b", pairs)
-    a = torch.load(whole, weights_only=False)["model"]
-    b = torch.load(resumed, weights_only=False)["model"]
-    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    a = torch.load(whole, weights_only=False)
+    b = torch.load(resumed, weights_only=False)
+    for part in (a["model"], a["ema"]["state"]), (b["model"], b["ema"]["state"]):
+        assert not all(torch.equal(part[0][k], part[1][k]) for k in part[0])  # the average is not the last step
+    assert all(torch.allclose(a["model"][k].float(), b["model"][k].float(), atol=1e-6) for k in a["model"])
+    ema_a, ema_b = a["ema"]["state"], b["ema"]["state"]
+    assert all(torch.allclose(ema_a[k].float(), ema_b[k].float(), atol=1e-6) for k in ema_a)
+    assert a["ema"]["updates"] == b["ema"]["updates"] > 0
     with pytest.raises(SystemExit, match="other settings"):
         distill.train(distill.Settings(**{**settings.__dict__, "lr_new": 0.1}), tmp_path / "b", pairs)
-    # export: a plain state dict that the embedder loads, with the sha256 it reports
+    # export: the weight average as a plain state dict that the embedder loads, with its sha256
     from openface_py.embed import NN4Embedder
     from openface_py.store import sha256sum
 
@@ -190,8 +196,13 @@ def test_training_resumes_exactly_and_exports(cache, tmp_path):
     crops = prepare.load_shards(cache / "cache" / "web")["crops"][:4]
     emb = NN4Embedder(tmp_path / "w.pt").embed(list(crops))
     assert np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    assert all(
+        torch.equal(torch.load(tmp_path / "w.pt")[k], v.float())
+        for k, v in ema_b.items()
+        if k in a["model"] and "num_batches" not in k
+    )
     student, _ = distill.build_student(None, 0)  # L2 pooling with the training epsilon
-    student.load_state_dict(b)
+    student.load_state_dict(ema_b)
     assert np.abs(distill.embed_crops(student, crops) - emb).max() < 1e-4
 
 
@@ -218,3 +229,44 @@ def test_frozen_blocks_stay_as_initialised(cache, tmp_path):
     with torch.inference_mode():
         full = model.features(distill.preprocess(crops), 0, 3).numpy()
     assert np.allclose(feats, full, atol=1e-5)
+
+
+def test_mirrored_teacher_added_to_finished_shards(cache, tmp_path):
+    """--flip-teacher on a cache made without it fills in the teacher's embedding of each mirrored
+    chip and leaves everything else as it was; a second pass has nothing to do."""
+    from openface_py.embed import DlibResnetEmbedder
+
+    shutil.copytree(cache / "cache" / "web", tmp_path / "web")
+    before = prepare.load_shards(tmp_path / "web", chips=True)
+    assert prepare.add_mirror_teacher(tmp_path, "web", workers=1) == len(before["names"])
+    after = prepare.load_shards(tmp_path / "web", chips=True)
+    for key in ("names", "crops", "chips", "teacher", "detected"):
+        assert np.array_equal(before[key], after[key]), key
+    mirrored = [np.ascontiguousarray(c[:, ::-1]) for c in before["chips"][:3]]
+    assert np.abs(DlibResnetEmbedder().embed(mirrored) - after["teacher_flip"][:3]).max() < 1e-5
+    assert not np.isnan(after["teacher_flip"]).any()
+    # a mirrored face is the same person: the teacher puts it close, but not at the same point
+    d = np.linalg.norm(after["teacher"] - after["teacher_flip"], axis=1)
+    assert (d > 1e-3).all() and (d < 0.6).all()  # dlib's same-person threshold
+    assert prepare.add_mirror_teacher(tmp_path, "web", workers=1) == 0
+    # limited to the photos the leakage filter kept: the others stay without a mirrored target
+    shutil.rmtree(tmp_path / "web")
+    shutil.copytree(cache / "cache" / "web", tmp_path / "web")
+    kept = set(before["names"][::3])
+    assert prepare.add_mirror_teacher(tmp_path, "web", workers=1, keep=kept) == len(kept)
+    partial = prepare.load_shards(tmp_path / "web")
+    has = ~np.isnan(partial["teacher_flip"]).any(1)
+    assert set(partial["names"][has]) == kept
+    assert np.allclose(partial["teacher_flip"][has], after["teacher_flip"][has], atol=1e-6)
+
+
+def test_lfw_unpaired_images_exclude_every_person_in_pairs(cache):
+    got = prepare.lfw_unpaired_images(SAMPLE, cache / "pairs.txt")
+    people = {p.parent.name for p in got}
+    assert people == {d.name for d in SAMPLE.iterdir() if d.is_dir()} - {
+        "Tony_Blair",
+        "George_W_Bush",
+        "Hugo_Chavez",
+        "Colin_Powell",
+    }
+    assert len(got) == sum(len(list((SAMPLE / p).glob("*.jpg"))) for p in people)

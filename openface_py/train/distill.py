@@ -15,7 +15,9 @@ Reproducible and resumable: every setting is a flag; the data order is a functio
 and the epoch; a checkpoint (model, optimiser, position) is written atomically at least every
 ``--checkpoint-minutes`` and at each epoch's end, and a rerun with the same ``--out`` continues
 from it. After each epoch the student is scored on LFW's 10 folds from the cached LFW crops
-(monitoring only: the exported model is the last epoch's, never the best on LFW).
+(monitoring only: the exported model is the last epoch's, never the best on LFW). With
+``--ema D`` an exponential moving average of the weights is kept; it is what is scored and
+exported.
 
     python -m openface_py.train.prepare ...            # fill the cache first
     python -m openface_py.train.distill --cache DIR --init-csv DIR --out RUN [--epochs N ...]
@@ -69,6 +71,7 @@ class Settings:
     sources: str = ""  # comma-separated; empty = every training source in the cache
     eval_batch: int = 128
     freeze_blocks: int = 0  # leading blocks kept as initialised (0: none; 3: stem, 3a, 3b)
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); evaluated + exported
 
 
 # ---- data ------------------------------------------------------------------------------
@@ -207,13 +210,13 @@ def embed_crops(model: NN4Small2, crops: np.ndarray, batch: int = 128) -> np.nda
     return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
 
 
-def lfw_accuracy(model: NN4Small2, cache: Path, pairs_path: Path, batch: int = 128, flip: bool = True) -> dict:
-    """10-fold LFW accuracy (thresholds from the other 9 folds) on the cached crops; with ``flip``
-    also with mirror-averaged embeddings."""
+def lfw_accuracy(model: NN4Small2, lfw: dict, pairs_path: Path, batch: int = 128, flip: bool = True) -> dict:
+    """10-fold LFW accuracy (thresholds from the other 9 folds) on the cached crops ``lfw``
+    (``load_shards`` of the cache's LFW source); with ``flip`` also with mirror-averaged embeddings."""
     from openface_py.evaluate import evaluate, score_pairs
     from openface_py.lfw import LfwEmbeddings, parse_pairs
 
-    d = load_shards(cache / LFW_SOURCE)
+    d = lfw
     crops = d["crops"]
     reps = embed_crops(model, crops, batch)
     reps_flip = embed_crops(model, np.ascontiguousarray(crops[:, :, ::-1]), batch) if flip else reps
@@ -229,25 +232,63 @@ def lfw_accuracy(model: NN4Small2, cache: Path, pairs_path: Path, batch: int = 1
 # ---- training ----------------------------------------------------------------------------
 
 
+class WeightAverage:
+    """Exponential moving average of a model's state (parameters and batch-norm statistics).
+
+    The average of the weights along the last few thousand steps generalises better than the
+    last step's weights (Polyak averaging); the decay ramps up as ``(1 + t) / (10 + t)`` so early
+    steps do not hold on to the initialisation.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, state: Optional[dict] = None, updates: int = 0) -> None:
+        self.decay = decay
+        self.updates = updates
+        self.state = state if state is not None else {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                if v.dtype.is_floating_point:
+                    self.state[k].mul_(d).add_(v.detach(), alpha=1 - d)
+                else:
+                    self.state[k].copy_(v)
+
+    def model(self, like: NN4Small2) -> NN4Small2:
+        """A copy of ``like`` carrying the averaged weights (for evaluation)."""
+        import copy
+
+        out = copy.deepcopy(like)
+        out.load_state_dict(self.state)
+        return out.eval()
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
 def save_checkpoint(
-    path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch: int, step: int, settings: Settings
+    path: Path,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    epoch: int,
+    step: int,
+    settings: Settings,
+    average: Optional[WeightAverage] = None,
 ) -> None:
     buf = _io.BytesIO()
-    torch.save(
-        {
-            "model": model.state_dict(),
-            "opt": opt.state_dict(),
-            "epoch": epoch,
-            "step": step,
-            "settings": asdict(settings),
-            "torch_rng": torch.get_rng_state(),
-        },
-        buf,
-    )
+    state = {
+        "model": model.state_dict(),
+        "opt": opt.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "settings": asdict(settings),
+        "torch_rng": torch.get_rng_state(),
+    }
+    if average is not None:
+        state["ema"] = {"state": average.state, "updates": average.updates}
+    torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -281,6 +322,7 @@ def train(
         param_groups(model, missing, settings.lr_new, settings.lr_init), weight_decay=settings.weight_decay
     )
     epoch, step = 0, 0
+    average = WeightAverage(model, settings.ema) if settings.ema > 0 else None
     if ckpt.is_file():
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         if state["settings"] != asdict(settings):
@@ -291,11 +333,14 @@ def train(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         epoch, step = state["epoch"], state["step"]
+        if average is not None:
+            average = WeightAverage(model, settings.ema, state["ema"]["state"], state["ema"]["updates"])
         torch.set_rng_state(state["torch_rng"])
         log.info("resuming at epoch %d step %d", epoch + 1, step)
     atomic_write_text(out / "settings.json", json.dumps(asdict(settings), indent=2))
     log.info("%d training photos, %d steps per epoch, %d epochs", n, steps_per_epoch, settings.epochs)
     has_flip = ~np.isnan(data.teacher_flip[:, 0])
+    lfw = load_shards(cache / LFW_SOURCE) if pairs_path is not None and (cache / LFW_SOURCE).is_dir() else None
     feats = feats_flip = None
     if frozen:
         # the frozen blocks are fixed functions of the crop: run them once, train the rest
@@ -337,6 +382,8 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if average is not None:
+                average.update(model)
             seen += len(idx)
             sums["loss"] += float(loss.detach()) * len(idx)
             sums["cos"] += parts["cos"] * len(idx)
@@ -355,7 +402,7 @@ def train(
                 stop_after_minutes is not None and time.monotonic() - started > stop_after_minutes * 60
             )
             if stop or time.monotonic() - last_save > settings.checkpoint_minutes * 60:
-                save_checkpoint(ckpt, model, opt, epoch, b + 1, settings)
+                save_checkpoint(ckpt, model, opt, epoch, b + 1, settings, average)
                 last_save = time.monotonic()
             if stop and b + 1 < steps_per_epoch:
                 log.info("stopping at epoch %d step %d (checkpoint written; rerun to continue)", epoch + 1, b + 1)
@@ -368,16 +415,18 @@ def train(
             "images_per_s": round(seen / elapsed, 1),
             "train": {k: v / max(1, seen) for k, v in sums.items()},
         }
-        if pairs_path is not None and (cache / LFW_SOURCE).is_dir():
-            # mirrored too at the last epoch only (it doubles the evaluation time)
-            record["lfw"] = lfw_accuracy(model, cache, pairs_path, settings.eval_batch, flip=epoch == settings.epochs)
+        if lfw is not None:
+            # mirrored too at the last epoch only (it doubles the evaluation time); the averaged
+            # weights when averaging (what is exported), else the current ones
+            scored = average.model(model) if average is not None else model
+            record["lfw"] = lfw_accuracy(scored, lfw, pairs_path, settings.eval_batch, flip=epoch == settings.epochs)
             model.train()
             for m in frozen:
                 m.eval()
         log.info("epoch %d done: %s", epoch, json.dumps(record))
         with open(out / "log.jsonl", "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-        save_checkpoint(ckpt, model, opt, epoch, 0, settings)
+        save_checkpoint(ckpt, model, opt, epoch, 0, settings, average)
         last_save = time.monotonic()
         if stop:
             break
@@ -385,13 +434,15 @@ def train(
 
 
 def export(ckpt: Path, dest: Path) -> str:
-    """Write the checkpoint's network as a float32 state dict; returns its sha256."""
+    """Write the checkpoint's network (its weight average when the run kept one) as a float32
+    state dict; returns its sha256."""
     import hashlib
 
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    weights = state["ema"]["state"] if "ema" in state else state["model"]
     clean = {
         k: v.float().contiguous()
-        for k, v in validate_state_dict(state["model"]).items()
+        for k, v in validate_state_dict(weights).items()
         if not k.endswith("num_batches_tracked")
     }
     buf = _io.BytesIO()

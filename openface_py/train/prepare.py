@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 #: The cache's source name for the images of LFW's pairs.txt (evaluation only, never trained on).
 LFW_SOURCE = "lfw-pairs"
+#: The cache's source name for LFW photos of people who are in no pair (training data).
+LFW_UNPAIRED = "lfw-unpaired"
 STUDENT_SIZE = 96
 CHIP_SIZE = 150
 
@@ -114,6 +116,55 @@ class _PhotoWorker:
             "teacher_flip": emb[1] if self.flip_teacher else np.full(128, np.nan, np.float32),
             "detected": detected,
         }
+
+
+class _MirrorTeacher:
+    """Per-process: the teacher's embedding of a mirrored cached chip."""
+
+    def __init__(self) -> None:
+        from openface_py.embed import DlibResnetEmbedder
+
+        self.teacher = DlibResnetEmbedder()
+
+    def __call__(self, chip: np.ndarray) -> np.ndarray:
+        return self.teacher.embed([np.ascontiguousarray(chip[:, ::-1])], batch_size=1)[0]
+
+
+def add_mirror_teacher(cache: Path, source: str, workers: int = 2, keep: Optional[set[str]] = None) -> int:
+    """Fill ``teacher_flip`` of a source's finished shards from their cached chips (no new
+    detection); each shard is rewritten atomically, so a killed run resumes. With ``keep``
+    (names the leakage filter kept) only those photos are done. Returns the count."""
+    from tqdm import tqdm
+
+    todo = []
+    for f in sorted((cache / source).glob("shard-*.npz")):
+        with np.load(f, allow_pickle=False) as z:
+            wanted = np.isnan(z["teacher_flip"]).any(1)
+            if keep is not None:
+                wanted &= np.isin(z["names"], list(keep))
+            if wanted.any():
+                todo.append((f, int(wanted.sum())))
+    log.info("%s: %d shards without mirrored teacher embeddings", source, len(todo))
+    done = 0
+    bar = tqdm(total=sum(n for _, n in todo), desc=f"{source} (mirrored)", unit="img")
+    for f, _ in todo:
+        with np.load(f, allow_pickle=False) as z:
+            data = {k: np.array(z[k]) for k in z.files}
+        wanted = np.isnan(data["teacher_flip"]).any(1)
+        if keep is not None:
+            wanted &= np.isin(data["names"], list(keep))
+        with mapped(_MirrorTeacher, (), list(data["chips"][wanted]), workers, chunksize=8) as results:
+            flips = []
+            for r in results:
+                flips.append(r)
+                bar.update()
+        data["teacher_flip"][wanted] = np.stack(flips).astype(np.float32)
+        buf = _io.BytesIO()
+        np.savez(buf, **data)
+        atomic_write_bytes(f, buf.getvalue())
+        done += len(flips)
+    bar.close()
+    return done
 
 
 def shard_path(cache: Path, source: str, index: int) -> Path:
@@ -199,6 +250,15 @@ def lfw_pair_images(lfw_root: Path, pairs_path: Path) -> list[Path]:
     return [lfw_root / n for n in names]
 
 
+def lfw_unpaired_images(lfw_root: Path, pairs_path: Path) -> list[Path]:
+    """Every LFW image of a person who appears in no pair of pairs.txt (usable for training)."""
+    from openface_py.lfw import parse_pairs
+
+    pairs, _, _ = parse_pairs(pairs_path)
+    people = {p.name1 for p in pairs} | {p.name2 for p in pairs}
+    return [lfw_root / n for n in list_images(lfw_root) if Path(n).parts[0] not in people]
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m openface_py.train.prepare", description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, required=True, help="cache folder (shards per source)")
@@ -209,7 +269,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--pairs", type=Path, help="pairs.txt (default: LFW root's parent / pairs.txt)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--shard-size", type=int, default=512)
-    ap.add_argument("--flip-teacher", action="store_true", help="also embed the mirrored chip (2x teacher time)")
+    ap.add_argument(
+        "--flip-teacher",
+        action="store_true",
+        help="also embed the mirrored chip (2x teacher time); fills it in for shards made without it",
+    )
+    ap.add_argument(
+        "--lfw-unpaired",
+        action="store_true",
+        help=f"with --lfw: also prepare the photos of LFW people in no pair as training source '{LFW_UNPAIRED}'",
+    )
     ap.add_argument("--limit", type=int, help="at most this many photos per source (trials)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -220,10 +289,25 @@ def main(argv: Optional[list[str]] = None) -> int:
         summary[src.name] = prepare_source(
             args.cache, src, lfw_pair_images(args.lfw, pairs), args.shard_size, args.workers, args.flip_teacher
         )
+        if args.lfw_unpaired:
+            src = Source(LFW_UNPAIRED, args.lfw)
+            paths = lfw_unpaired_images(args.lfw, pairs)[: args.limit]
+            summary[src.name] = prepare_source(args.cache, src, paths, args.shard_size, args.workers, args.flip_teacher)
+    elif args.lfw_unpaired:
+        ap.error("--lfw-unpaired needs --lfw")
     for src in args.source:
         summary[src.name] = prepare_source(
             args.cache, src, None, args.shard_size, args.workers, args.flip_teacher, args.limit
         )
+    if args.flip_teacher:  # shards written earlier without the mirrored embeddings
+        # only for the photos the leakage filter kept, where it has run
+        keep_file = args.cache / "keep.json"
+        kept = json.loads(keep_file.read_text())["keep"] if keep_file.is_file() else {}
+        for folder in sorted(d for d in args.cache.iterdir() if d.is_dir() and d.name != LFW_SOURCE):
+            keep = set(kept[folder.name]) if folder.name in kept else None
+            summary.setdefault(folder.name, {})["mirrored_added"] = add_mirror_teacher(
+                args.cache, folder.name, args.workers, keep
+            )
     log.info("prepared: %s", json.dumps(summary))
     return 0
 
