@@ -1,7 +1,7 @@
 """Quick start (what `make demo` runs): align, represent, and name held-out photos.
 
 1. Picks the default embedder (OpenFace's nn4.small2.v1 if its weights were downloaded, else
-   the shipped nn4.small2.distilled-v1) and says which.
+   the shipped nn4.small2.distilled-v2) and says which.
 2. Aligns the sample photos in data/lfw-sample (10 people x 10 photos) for that model.
 3. Embeds them (OpenFace-style reps.csv / labels.csv).
 4. Enrols photos 1-8 of each person and, for each held-out photo (9 and 10), prints the

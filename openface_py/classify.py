@@ -268,7 +268,7 @@ class SvmClassifier(Classifier):
 
         # Centred and isotropically rescaled to unit RMS norm: distances keep their geometry but C
         # and gamma (OpenFace's values, chosen for spread-out unit vectors) then mean the same for
-        # every embedder. Unscaled, tightly packed embeddings (nn4.small2.distilled-v1: same-person
+        # every embedder. Unscaled, tightly packed embeddings (nn4.small2.distilled-v2: same-person
         # squared distance < 0.17, not OpenFace's 0.99) are over-regularised at C=1: 5-fold
         # accuracy 0.26 on the sample photos, 0.99 rescaled.
         self.center_ = X.mean(axis=0)

@@ -4,8 +4,8 @@ Models by name (``MODEL_NAMES``):
 
 * ``nn4.small2.v1``: OpenFace's NN4-small2 in PyTorch (OpenFace 96x96 alignment,
   OUTER_EYES_AND_NOSE). Its weights are a download (``openface-py models download``).
-* ``nn4.small2.distilled-v1``: the same network with the project's own complete weights,
-  distilled from dlib's ResNet (``models/nn4.small2.distilled-v1.pt``, shipped, SHA-256
+* ``nn4.small2.distilled-v2``: the same network with the project's own complete weights,
+  distilled from dlib's ResNet (``models/nn4.small2.distilled-v2.pt``, shipped, SHA-256
   pinned; see ``models/MODEL_CARD.md``). Used by default when nn4.small2.v1 is not installed.
 * ``dlib-resnet-v1``: dlib's ResNet face recogniser (``dlib_face_recognition_resnet_model_v1.dat``,
   dlib's 150x150 5-point chip), installed with ``face_recognition_models``.
@@ -33,20 +33,20 @@ from openface_py.io import iter_chunks
 log = logging.getLogger(__name__)
 
 NN4_SMALL2_V1 = "nn4.small2.v1"
-NN4_SMALL2_DISTILLED_V1 = "nn4.small2.distilled-v1"
+NN4_SMALL2_DISTILLED = "nn4.small2.distilled-v2"
 DLIB_RESNET_V1 = "dlib-resnet-v1"
-MODEL_NAMES = (NN4_SMALL2_V1, NN4_SMALL2_DISTILLED_V1, DLIB_RESNET_V1)
+MODEL_NAMES = (NN4_SMALL2_V1, NN4_SMALL2_DISTILLED, DLIB_RESNET_V1)
 #: What "no --model" means: the first of these that is installed.
-DEFAULT_PREFERENCE = (NN4_SMALL2_V1, NN4_SMALL2_DISTILLED_V1, DLIB_RESNET_V1)
+DEFAULT_PREFERENCE = (NN4_SMALL2_V1, NN4_SMALL2_DISTILLED, DLIB_RESNET_V1)
 DEFAULT_MODEL = NN4_SMALL2_V1
 
 #: Same-person thresholds on the squared L2 distance between embeddings, from LFW:
 #: nn4.small2.v1: OpenFace's mean LFW threshold 0.99 (OpenFace docs, "Demo 2: comparing two images");
 #: dlib-resnet-v1: dlib's / face_recognition's tolerance 0.6 on the L2 distance, i.e. 0.36 squared.
-#: nn4.small2.distilled-v1: the mean of its 10 LFW fold thresholds (models/MODEL_CARD.md).
-SAME_PERSON_THRESHOLDS = {NN4_SMALL2_V1: 0.99, NN4_SMALL2_DISTILLED_V1: 0.171, DLIB_RESNET_V1: 0.36}
+#: nn4.small2.distilled-v2: the mean of its 10 LFW fold thresholds (models/MODEL_CARD.md).
+SAME_PERSON_THRESHOLDS = {NN4_SMALL2_V1: 0.99, NN4_SMALL2_DISTILLED: 0.160, DLIB_RESNET_V1: 0.36}
 #: The shipped model's LFW figure, as measured by ``openface-py lfw`` (models/MODEL_CARD.md).
-DISTILLED_LFW_NOTE = "LFW 0.9305 +- 0.0112 (mirror-averaged 0.9405) measured by `openface-py lfw`"
+DISTILLED_LFW_NOTE = "LFW 0.9465 +- 0.0102 (mirror-averaged 0.9492) measured by `openface-py lfw`"
 
 
 def same_person_threshold(model_name: str) -> float:
@@ -160,7 +160,7 @@ def find_nn4_small2_v1() -> Optional[Path]:
 
 def find_nn4_small2_distilled() -> Optional[Path]:
     """The shipped distilled weights (``models/``), or None if this installation lacks them."""
-    cand = store.project_models_dir() / store.NN4_SMALL2_DISTILLED_V1.filename
+    cand = store.project_models_dir() / store.NN4_SMALL2_DISTILLED.filename
     return cand if cand.is_file() else None
 
 
@@ -191,7 +191,7 @@ def model_statuses() -> list[ModelStatus]:
             + ("" if nn4 else "; not installed: 'openface-py models download nn4.small2.v1'"),
         ),
         ModelStatus(
-            NN4_SMALL2_DISTILLED_V1,
+            NN4_SMALL2_DISTILLED,
             distilled is not None,
             str(distilled) if distilled else None,
             openface_spec().identity,
@@ -225,15 +225,15 @@ def load_embedder(model: Optional[str] = None, threads: Optional[int] = None, ba
     model = model or best_installed_model()
     if model == DLIB_RESNET_V1:
         return DlibResnetEmbedder()
-    if model == NN4_SMALL2_DISTILLED_V1:
+    if model == NN4_SMALL2_DISTILLED:
         path = find_nn4_small2_distilled()
         if path is None:
             raise ModelNotInstalledError(
-                f"{store.NN4_SMALL2_DISTILLED_V1.filename} is not in {store.project_models_dir()}: this "
+                f"{store.NN4_SMALL2_DISTILLED.filename} is not in {store.project_models_dir()}: this "
                 "installation lacks the project's models/ folder (use a source checkout, or another model)"
             )
-        _check_sha256(path, store.NN4_SMALL2_DISTILLED_V1.sha256)
-        return NN4Embedder(path, name=NN4_SMALL2_DISTILLED_V1, threads=threads, backend=backend)
+        _check_sha256(path, store.NN4_SMALL2_DISTILLED.sha256)
+        return NN4Embedder(path, name=NN4_SMALL2_DISTILLED, threads=threads, backend=backend)
     if model == NN4_SMALL2_V1:
         path = find_nn4_small2_v1()
         if path is None:

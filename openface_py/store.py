@@ -62,8 +62,8 @@ class ShippedFile:
 
 
 #: The project's own NN4-small2 weights, distilled from dlib's ResNet (models/MODEL_CARD.md).
-NN4_SMALL2_DISTILLED_V1 = ShippedFile(
-    "nn4.small2.distilled-v1.pt", "7284a4436a47e7d5164f98fa0bcff4dd2036c296ea3c7604bec0ecf40ed08340"
+NN4_SMALL2_DISTILLED = ShippedFile(
+    "nn4.small2.distilled-v2.pt", "954e5333614da847fa930a0b49c0545a1615a7000066cd4eb1b267605b74dc13"
 )
 
 

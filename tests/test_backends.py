@@ -28,7 +28,7 @@ def model():
     from openface_py import store
     from openface_py.nn4_weights import build_model
 
-    shipped = store.project_models_dir() / store.NN4_SMALL2_DISTILLED_V1.filename
+    shipped = store.project_models_dir() / store.NN4_SMALL2_DISTILLED.filename
     if shipped.is_file():
         return build_model(path=shipped)
     torch.manual_seed(0)

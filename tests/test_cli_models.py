@@ -105,7 +105,7 @@ def test_missing_nn4_weights_is_a_clear_error(empty_home):
         # with no --model the shipped distilled weights are used instead
         r = cli("embed", photo, "--json", env={"OPENFACE_PY_HOME": str(empty_home)})
         assert r.returncode == 0, r.stderr
-        assert json.loads(r.stdout)[0]["model"].startswith("nn4.small2.distilled-v1|")
+        assert json.loads(r.stdout)[0]["model"].startswith("nn4.small2.distilled-v2|")
     with pytest.raises(ModelNotInstalledError, match="unknown model 'nope'"):
         load_embedder("nope")
 

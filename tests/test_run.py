@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from conftest import EXAMPLES, ROOT, SAMPLE
 
-from openface_py.embed import NN4_SMALL2_DISTILLED_V1, load_embedder, same_person_threshold
+from openface_py.embed import NN4_SMALL2_DISTILLED, load_embedder, same_person_threshold
 from openface_py.stream import RUN_JOURNAL, run_folder
 
 
 @pytest.fixture(scope="module")
 def embedder():
-    return load_embedder(NN4_SMALL2_DISTILLED_V1, backend="onnx")
+    return load_embedder(NN4_SMALL2_DISTILLED, backend="onnx")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_run_resumes_after_kill_without_redoing_work(photos, tmp_path):
         "--batch-size",
         "4",
         "--model",
-        NN4_SMALL2_DISTILLED_V1,
+        NN4_SMALL2_DISTILLED,
     ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     journal = out / RUN_JOURNAL

@@ -1,4 +1,4 @@
-"""The shipped NN4-small2 weights (models/nn4.small2.distilled-v1.pt): pinned, default, and working."""
+"""The shipped NN4-small2 weights (models/nn4.small2.distilled-v2.pt): pinned, default, and working."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import pytest
 from conftest import LFW, needs_lfw
 
 from openface_py import store
-from openface_py.embed import NN4_SMALL2_DISTILLED_V1, best_installed_model, load_embedder, model_statuses
+from openface_py.embed import NN4_SMALL2_DISTILLED, best_installed_model, load_embedder, model_statuses
 from openface_py.errors import WeightsError
 
-SHIPPED = store.project_models_dir() / store.NN4_SMALL2_DISTILLED_V1.filename
+SHIPPED = store.project_models_dir() / store.NN4_SMALL2_DISTILLED.filename
 
 
 def test_shipped_file_matches_its_pinned_sha256():
     assert SHIPPED.is_file(), f"{SHIPPED} is missing from the checkout"
-    assert store.sha256sum(SHIPPED) == store.NN4_SMALL2_DISTILLED_V1.sha256
+    assert store.sha256sum(SHIPPED) == store.NN4_SMALL2_DISTILLED.sha256
     assert 10e6 < SHIPPED.stat().st_size < 20e6
 
 
@@ -28,12 +28,12 @@ def no_official(tmp_path, monkeypatch):
 
 
 def test_it_is_the_default_without_the_official_weights(no_official):
-    assert best_installed_model() == NN4_SMALL2_DISTILLED_V1
+    assert best_installed_model() == NN4_SMALL2_DISTILLED
     emb = load_embedder()
-    assert emb.name == NN4_SMALL2_DISTILLED_V1
-    assert emb.identity == "nn4.small2.distilled-v1|openface-affine/96/outerEyesAndNose"
+    assert emb.name == NN4_SMALL2_DISTILLED
+    assert emb.identity == "nn4.small2.distilled-v2|openface-affine/96/outerEyesAndNose"
     listed = {st.name: st for st in model_statuses()}
-    assert listed[NN4_SMALL2_DISTILLED_V1].installed and not listed["nn4.small2.v1"].installed
+    assert listed[NN4_SMALL2_DISTILLED].installed and not listed["nn4.small2.v1"].installed
 
 
 def test_a_changed_file_is_refused(tmp_path, monkeypatch):
@@ -44,7 +44,7 @@ def test_a_changed_file_is_refused(tmp_path, monkeypatch):
     (bad / SHIPPED.name).write_bytes(bytes(data))
     monkeypatch.setattr(store, "project_models_dir", lambda: bad)
     with pytest.raises(WeightsError, match="does not match the pinned"):
-        load_embedder(NN4_SMALL2_DISTILLED_V1)
+        load_embedder(NN4_SMALL2_DISTILLED)
 
 
 def test_sample_people_are_separated(aligned_openface):
@@ -54,7 +54,7 @@ def test_sample_people_are_separated(aligned_openface):
     res = represent_folder(
         aligned_openface,
         aligned_openface.parent / "reps-distilled",
-        load_embedder(NN4_SMALL2_DISTILLED_V1),
+        load_embedder(NN4_SMALL2_DISTILLED),
         progress=False,
     )
     labels = np.array(res.labels)
@@ -84,7 +84,7 @@ def test_lfw_pairs_are_ordered():
 
     pairs, _, per = parse_pairs(LFW / "pairs.txt")
     chosen = pairs[:10] + pairs[per : per + 10]
-    det, aligner, emb = HogDetector(1), OpenFaceAligner(), load_embedder(NN4_SMALL2_DISTILLED_V1)
+    det, aligner, emb = HogDetector(1), OpenFaceAligner(), load_embedder(NN4_SMALL2_DISTILLED)
 
     def rep(name: str, num: int) -> np.ndarray:
         rgb = load_image(LFW / "deepfunneled" / image_name(name, num))

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, SAMPLE
 
 from openface_py.detect import HogDetector
-from openface_py.embed import NN4_SMALL2_DISTILLED_V1, load_embedder, same_person_threshold
+from openface_py.embed import NN4_SMALL2_DISTILLED, load_embedder, same_person_threshold
 from openface_py.gallery import build_gallery
 from openface_py.io import load_image
 from openface_py.pipeline import FacePipeline
@@ -60,7 +60,7 @@ def recognizer(tmp_path_factory):
         (gallery / person).mkdir()
         for n in range(1, 5):
             shutil.copy(SAMPLE / person / f"{person}_{n:04d}.jpg", gallery / person)
-    embedder = load_embedder(NN4_SMALL2_DISTILLED_V1)
+    embedder = load_embedder(NN4_SMALL2_DISTILLED)
     g = build_gallery(gallery, FacePipeline(HogDetector(upsample=1), embedder=embedder), progress=False)
     return lambda tracker="template": VideoRecognizer(
         embedder,
