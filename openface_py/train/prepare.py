@@ -130,6 +130,14 @@ class _MirrorTeacher:
         return self.teacher.embed([np.ascontiguousarray(chip[:, ::-1])], batch_size=1)[0]
 
 
+def _without_mirror(names: np.ndarray, teacher_flip: np.ndarray, keep: Optional[set[str]]) -> np.ndarray:
+    """Rows still lacking the mirrored teacher embedding (among ``keep`` when given)."""
+    wanted = np.isnan(teacher_flip).any(1)
+    if keep is not None:
+        wanted &= np.isin(names, list(keep))
+    return wanted
+
+
 def add_mirror_teacher(cache: Path, source: str, workers: int = 2, keep: Optional[set[str]] = None) -> int:
     """Fill ``teacher_flip`` of a source's finished shards from their cached chips (no new
     detection); each shard is rewritten atomically, so a killed run resumes. With ``keep``
@@ -139,9 +147,7 @@ def add_mirror_teacher(cache: Path, source: str, workers: int = 2, keep: Optiona
     todo = []
     for f in sorted((cache / source).glob("shard-*.npz")):
         with np.load(f, allow_pickle=False) as z:
-            wanted = np.isnan(z["teacher_flip"]).any(1)
-            if keep is not None:
-                wanted &= np.isin(z["names"], list(keep))
+            wanted = _without_mirror(z["names"], z["teacher_flip"], keep)
             if wanted.any():
                 todo.append((f, int(wanted.sum())))
     log.info("%s: %d shards without mirrored teacher embeddings", source, len(todo))
@@ -150,9 +156,7 @@ def add_mirror_teacher(cache: Path, source: str, workers: int = 2, keep: Optiona
     for f, _ in todo:
         with np.load(f, allow_pickle=False) as z:
             data = {k: np.array(z[k]) for k in z.files}
-        wanted = np.isnan(data["teacher_flip"]).any(1)
-        if keep is not None:
-            wanted &= np.isin(data["names"], list(keep))
+        wanted = _without_mirror(data["names"], data["teacher_flip"], keep)
         with mapped(_MirrorTeacher, (), list(data["chips"][wanted]), workers, chunksize=8) as results:
             flips = []
             for r in results:
