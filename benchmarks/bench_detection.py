@@ -56,7 +56,7 @@ def main() -> int:
         todo = rels[: args.cnn] if name == "cnn" else rels
         missed, cost = [], 0.0
         t0 = time.perf_counter()
-        with mapped(_Count, (str(args.images), name, up), todo, args.workers, ordered=False, chunksize=16) as res:
+        with mapped(_Count, (str(args.images), name, up), todo, args.workers, ordered=False) as res:
             for rel, found, secs in res:
                 cost += secs
                 if not found:

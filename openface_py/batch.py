@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Optional
 
 import numpy as np
 
@@ -34,6 +34,8 @@ from openface_py.io import (
     list_images,
     load_image,
 )
+from openface_py.journal import Journal, read_journal
+from openface_py.outdir import OutputFolder
 from openface_py.parallel import mapped
 
 log = logging.getLogger(__name__)
@@ -84,13 +86,35 @@ class AlignJob:
     max_side: Optional[int] = None
 
 
-def output_names(rels: list[Path]) -> dict[Path, Path]:
-    """Input path -> output PNG path (same folders; ``x.jpg`` -> ``x.png``, or ``x.jpg.png`` on a clash)."""
+def output_names(rels: list[Path], taken: Optional[dict[str, Path]] = None) -> dict[Path, Path]:
+    """Input path -> output PNG path, unique within its folder.
+
+    ``x.jpg`` -> ``x.png``; where two photos share a stem (``a.jpg``, ``a.png``) the full name
+    is kept (``a.jpg.png``), and ``~N`` is added if even that is taken. ``taken`` maps input paths
+    (posix) to names an earlier run already wrote: they are kept, so adding photos to a folder
+    never renames (or overwrites) the output of a photo finished earlier.
+    """
+    taken = dict(taken or {})
     stems: dict[Path, int] = {}
     for r in rels:
         key = r.with_suffix("")
         stems[key] = stems.get(key, 0) + 1
-    return {r: (r.with_suffix(".png") if stems[r.with_suffix("")] == 1 else r.with_name(r.name + ".png")) for r in rels}
+    used = {Path(p) for p in taken.values()}
+    out: dict[Path, Path] = {}
+    for r in rels:
+        if r.as_posix() in taken:
+            out[r] = Path(taken[r.as_posix()])
+            continue
+        cands = ([r.with_suffix(".png")] if stems[r.with_suffix("")] == 1 else []) + [r.with_name(r.name + ".png")]
+        name = next((c for c in cands if c not in used), None)
+        n = 1
+        while name is None:
+            c = r.with_name(f"{r.name}~{n}.png")
+            name = c if c not in used else None
+            n += 1
+        used.add(name)
+        out[r] = name
+    return out
 
 
 class _AlignWorker:
@@ -120,21 +144,6 @@ class _AlignWorker:
         except Exception as exc:  # one bad photo must not stop the batch; the reason is reported
             log.debug("unexpected error on %s", src, exc_info=True)
             return rel, "failed", f"{type(exc).__name__}: {exc}"
-
-
-def read_journal(path: Path) -> dict[str, dict]:
-    """Entries of an align journal by source path; a torn last line (after a kill) is ignored."""
-    done: dict[str, dict] = {}
-    if not path.is_file():
-        return done
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                entry = json.loads(line)
-                done[entry["src"]] = entry
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue
-    return done
 
 
 def check_or_write_align_meta(output_dir: Path, job: AlignJob, model: Optional[str]) -> None:
@@ -179,21 +188,24 @@ def align_folder(
     in_dir, out_dir = Path(input_dir), Path(output_dir)
     if not in_dir.is_dir():
         raise OpenFacePyError(f"{in_dir}: input folder not found")
-    out_dir.mkdir(parents=True, exist_ok=True)
     job = AlignJob(str(in_dir), str(out_dir), spec, detector, int(upsample), bool(skip_multi), max_side)
-    check_or_write_align_meta(out_dir, job, model)
-    remove_stale_temp_files(out_dir)
+    with OutputFolder(out_dir, ALIGN_META, "align"):
+        check_or_write_align_meta(out_dir, job, model)
+        return _align(job, out_dir, workers, retry_failed, progress)
 
+
+def _align(job: AlignJob, out_dir: Path, workers: int, retry_failed: bool, progress: bool) -> AlignReport:
+    in_dir = Path(job.input_dir)
     rels = list_images(in_dir)
-    names = output_names(rels)
     journal_path = out_dir / ALIGN_JOURNAL
     journal = read_journal(journal_path)
+    names = output_names(rels, {k: e["out"] for k, e in journal.items() if e.get("out")})
     report = AlignReport(total=len(rels))
     todo: list[tuple[str, str]] = []
     for rel in rels:
         key, out_rel = rel.as_posix(), names[rel]
         entry = journal.get(key)
-        if (out_dir / out_rel).is_file() or (entry and entry["status"] == "ok"):
+        if (out_dir / out_rel).is_file() and (entry is None or entry["status"] == "ok"):
             report.already_done += 1
             report.done_ok_total += 1
         elif entry and entry["status"] == "failed" and not retry_failed:
@@ -206,41 +218,26 @@ def align_folder(
     from tqdm import tqdm
 
     workers = max(1, int(workers))
+    out_of = dict(todo)
     with (
-        open(journal_path, "a", encoding="utf-8") as jfh,
+        Journal(journal_path) as jnl,
         tqdm(total=len(todo), unit="photo", desc="align", disable=not progress) as bar,
+        mapped(
+            _AlignWorker, (job,), todo, workers, ordered=False, on_crash=lambda item, why: (item[0], "failed", why)
+        ) as results,
     ):
-        with mapped(_AlignWorker, (job,), todo, workers, ordered=False) as results:
-            _collect(results, jfh, report, bar)
+        for rel, status, reason in results:
+            jnl.append([{"src": rel, "status": status, "reason": reason, "out": out_of[rel]}])
+            if status == "ok":
+                report.aligned += 1
+                report.done_ok_total += 1
+            else:
+                report.failures.append(Failure(rel, reason))
+                log.warning("%s: %s", rel, reason)
+            bar.update(1)
     report.failures.sort(key=lambda f: f.path)
     atomic_write_text(out_dir / ALIGN_REPORT, json.dumps(report.to_json(), indent=2) + "\n")
     return report
-
-
-def remove_stale_temp_files(out_dir: Path) -> int:
-    """Delete temporary files a killed run left behind (``.<name>.<random>.tmp``, ours alone)."""
-    removed = 0
-    for dirpath, _, filenames in os.walk(out_dir):
-        for fn in filenames:
-            if fn.startswith(".") and fn.endswith(".tmp"):
-                os.unlink(os.path.join(dirpath, fn))
-                removed += 1
-    if removed:
-        log.info("removed %d temporary files left by an interrupted run", removed)
-    return removed
-
-
-def _collect(results: Iterable, jfh, report: AlignReport, bar) -> None:
-    for rel, status, reason in results:
-        jfh.write(json.dumps({"src": rel, "status": status, "reason": reason}, ensure_ascii=False) + "\n")
-        jfh.flush()
-        if status == "ok":
-            report.aligned += 1
-            report.done_ok_total += 1
-        else:
-            report.failures.append(Failure(rel, reason))
-            log.warning("%s: %s", rel, reason)
-        bar.update(1)
 
 
 # ---- represent -------------------------------------------------------------------------

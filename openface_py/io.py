@@ -30,6 +30,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray]
 
+#: Every temporary file this package writes starts with this: cleanup deletes nothing else.
+TEMP_PREFIX = ".openface-py-tmp."
+
 
 def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read ``source`` (a path or encoded bytes) as an RGB uint8 array, EXIF-rotated.
@@ -160,13 +163,16 @@ def list_images(root: Union[str, os.PathLike]) -> list[Path]:
 
 
 @contextmanager
-def atomic_output(path: Union[str, os.PathLike], suffix: str = ".tmp") -> Iterator[BinaryIO]:
+def atomic_output(path: Union[str, os.PathLike]) -> Iterator[BinaryIO]:
     """Open a temporary file beside ``path`` for writing; on success it is synced and renamed
     to ``path``, on any error (or an exception raised inside the block) it is removed. So
-    ``path`` is either absent, the old file, or complete: never half-written."""
+    ``path`` is either absent, the old file, or complete: never half-written.
+
+    The temporary file is ``.openface-py-tmp.<name>.<random>`` (``TEMP_PREFIX``), so that
+    ``remove_temp_files`` can find what a killed run left without touching anyone else's files."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
@@ -180,6 +186,24 @@ def atomic_output(path: Union[str, os.PathLike], suffix: str = ".tmp") -> Iterat
         except OSError:
             pass
         raise
+
+
+def remove_temp_files(root: Union[str, os.PathLike]) -> int:
+    """Delete the temporary files ``atomic_output`` left below ``root`` (a killed writer's).
+
+    Only names starting with ``TEMP_PREFIX`` are touched. Call it only on a folder this package
+    owns and has locked (``outdir.OutputFolder``): another live writer's files look the same.
+    """
+    removed = 0
+    for dirpath, _, filenames in os.walk(root):
+        for fn in filenames:
+            if fn.startswith(TEMP_PREFIX):
+                try:
+                    os.unlink(os.path.join(dirpath, fn))
+                    removed += 1
+                except FileNotFoundError:
+                    pass
+    return removed
 
 
 def _umask() -> int:

@@ -201,7 +201,7 @@ def embed_lfw_images(
             pending.clear()
 
         args = (str(image_root), embedder.alignment, upsample)
-        with mapped(_LfwAligner, args, todo, workers, chunksize=8) as results:
+        with mapped(_LfwAligner, args, todo, workers) as results:
             done = 0
             for item in tqdm(results, total=len(todo), desc="lfw embed", unit="img", disable=not progress):
                 pending.append(item)

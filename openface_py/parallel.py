@@ -2,15 +2,37 @@
 
 The callable is built once per process from a picklable factory and its arguments (models
 are loaded once per worker, never per item). Results stream back as they finish.
+
+Workers are started with ``spawn``, never ``fork``: a fork of a process that already runs
+torch or ONNX Runtime threads can deadlock in the child. (Not ``forkserver`` either: its
+workers hold the server's keep-alive descriptor, so after a kill -9 of the job neither the
+server nor the workers ever notice.) Spawned workers are the job's own children and end by
+themselves when it is killed (they watch their parent).
+A worker that dies (a crash in native code, the out-of-memory killer) does not hang the job:
+the pool reports it, the items that were in flight are retried one at a time in a fresh pool,
+and an item that kills its worker again is handed to ``on_crash`` (the job reports it as failed
+and goes on).
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import threading
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator, Optional
+
+from openface_py.errors import OpenFacePyError
+
+log = logging.getLogger(__name__)
+
+#: The reason given for an item whose worker died twice.
+WORKER_DIED = "the worker process died while processing it (a crash in native code, or out of memory)"
 
 # The one per-process object a worker builds in its pool initializer.
 _PROCESS_CALLABLE: Any = None
@@ -18,12 +40,31 @@ _PROCESS_CALLABLE: Any = None
 
 def _init(factory: Callable, args: tuple) -> None:
     global _PROCESS_CALLABLE
+    _watch_parent()
     _PROCESS_CALLABLE = factory(*args)
+
+
+def _watch_parent(interval: float = 0.5) -> None:
+    """End this worker when its parent goes (the job was killed): no orphans left holding files."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="openface-py-parent-watch", daemon=True).start()
 
 
 def _call(item: Any) -> Any:
     assert _PROCESS_CALLABLE is not None, "worker process not initialised"
     return _PROCESS_CALLABLE(item)
+
+
+def start_method() -> str:
+    """How workers are started: ``spawn`` (see the module doc)."""
+    return "spawn"
 
 
 @contextmanager
@@ -33,44 +74,115 @@ def mapped(
     items: Iterable,
     workers: int = 1,
     ordered: bool = True,
-    chunksize: int = 4,
     max_pending: Optional[int] = None,
+    on_crash: Optional[Callable[[Any, str], Any]] = None,
 ) -> Iterator[Iterator]:
     """Yield an iterator of ``factory(*args)(item)`` for each item; ``workers`` > 1 uses processes.
 
     ``ordered=False`` returns results as soon as they are done. ``max_pending`` bounds how many
-    items are handed out but not yet consumed, so large results (images) never pile up when the
-    consumer is slower than the workers: memory stays flat however many items there are. The
-    pool is closed (and its workers stopped) when the ``with`` block ends, also on an error or
-    interrupt.
+    items are handed out but not yet consumed (default: 4 per worker), so large results (images)
+    never pile up when the consumer is slower than the workers. ``on_crash(item, reason)`` makes
+    the result of an item whose worker died twice; without it such an item raises
+    ``OpenFacePyError``. An exception raised by the callable itself propagates. The pool is shut
+    down (its workers stopped) when the ``with`` block ends, also on an error or interrupt.
     """
     if workers <= 1:
         fn = factory(*args)
         yield (fn(item) for item in items)
         return
-    ctx = mp.get_context("fork" if os.name == "posix" else "spawn")
-    pool = ctx.Pool(workers, initializer=_init, initargs=(factory, args))
-    slots = threading.BoundedSemaphore(max_pending) if max_pending else None
-    closing = threading.Event()
-
-    def feed() -> Iterator:
-        for item in items:
-            if slots is not None:
-                while not slots.acquire(timeout=0.1):
-                    if closing.is_set():
-                        return
-            yield item
-
-    def consume(results: Iterator) -> Iterator:
-        for r in results:
-            if slots is not None:
-                slots.release()
-            yield r
-
+    pool = _Pool(factory, args, int(workers))
     try:
-        source = feed() if slots is not None else list(items)
-        yield consume((pool.imap if ordered else pool.imap_unordered)(_call, source, chunksize=chunksize))
+        yield pool.run(iter(items), max(1, int(max_pending or 4 * workers)), ordered, on_crash)
     finally:
-        closing.set()
-        pool.terminate()
-        pool.join()
+        pool.close()
+
+
+class _Pool:
+    """A ProcessPoolExecutor that is replaced when a worker dies."""
+
+    def __init__(self, factory: Callable, args: tuple, workers: int) -> None:
+        self.factory, self.args, self.workers = factory, args, workers
+        self.ctx = mp.get_context(start_method())
+        self.executor: Optional[ProcessPoolExecutor] = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self.executor is None:
+            self.executor = ProcessPoolExecutor(
+                self.workers, mp_context=self.ctx, initializer=_init, initargs=(self.factory, self.args)
+            )
+        return self.executor
+
+    def _discard(self) -> None:
+        """Drop a broken (or abandoned) pool, stopping whatever workers it still has."""
+        ex, self.executor = self.executor, None
+        if ex is None:
+            return
+        procs = list((getattr(ex, "_processes", None) or {}).values())
+        ex.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=5)
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self._discard()
+
+    def run(
+        self, source: Iterator, window: int, ordered: bool, on_crash: Optional[Callable[[Any, str], Any]]
+    ) -> Iterator:
+        pending: dict[Future, tuple[int, Any, bool]] = {}  # future -> (index, item, run alone?)
+        suspects: deque[tuple[int, Any]] = deque()  # in flight when a worker died: retried one at a time
+        ready: dict[int, Any] = {}  # ordered mode: results waiting for an earlier one
+        next_index = next_out = 0
+        exhausted = False
+        while True:
+            if suspects:
+                if not pending:
+                    idx, item = suspects.popleft()
+                    pending[self._executor().submit(_call, item)] = (idx, item, True)
+            else:
+                while not exhausted and len(pending) + len(ready) < window:
+                    try:
+                        item = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    pending[self._executor().submit(_call, item)] = (next_index, item, False)
+                    next_index += 1
+            if not pending:
+                if exhausted and not suspects:
+                    return
+                continue
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            finished: list[tuple[int, Any]] = []
+            broken = False
+            for fut in done:
+                idx, item, alone = pending.pop(fut)
+                try:
+                    finished.append((idx, fut.result()))
+                except BrokenProcessPool:
+                    broken = True
+                    if alone:
+                        log.warning("item %r: %s", item, WORKER_DIED)
+                        if on_crash is None:
+                            raise OpenFacePyError(f"{item!r}: {WORKER_DIED}") from None
+                        finished.append((idx, on_crash(item, WORKER_DIED)))
+                    else:
+                        suspects.append((idx, item))
+            if broken:
+                # every other item in flight failed with the pool: retry each alone in a new pool
+                for idx, item, _alone in pending.values():
+                    suspects.append((idx, item))
+                pending.clear()
+                log.warning("a worker process died; retrying the %d items in flight one at a time", len(suspects))
+                self._discard()
+            for idx, result in sorted(finished, key=lambda t: t[0]):
+                if not ordered:
+                    yield result
+                else:
+                    ready[idx] = result
+            while ordered and next_out in ready:
+                yield ready.pop(next_out)
+                next_out += 1

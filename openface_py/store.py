@@ -152,7 +152,7 @@ def download(
     from tqdm import tqdm
 
     try:
-        with resp, atomic_output(target, suffix=".part") as out:
+        with resp, atomic_output(target) as out:
             total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
             with tqdm(total=total or None, unit="B", unit_scale=True, desc=target.name, disable=not progress) as bar:
                 while True:
@@ -177,6 +177,6 @@ def install_local_file(src: os.PathLike | str, md5: Optional[str], dest: os.Path
     got = md5sum(src)
     if md5 is not None and got != md5:
         raise DownloadError(f"{src}: md5 {got} does not match the published {md5}")
-    with open(src, "rb") as fh, atomic_output(dest, suffix=".part") as out:
+    with open(src, "rb") as fh, atomic_output(dest) as out:
         shutil.copyfileobj(fh, out, 1 << 20)
     return Path(dest)

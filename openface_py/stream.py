@@ -7,8 +7,10 @@ the fastest embedding backend. No aligned PNGs are written unless asked (``save_
 
 Resumable like ``align``: each embedded batch is written atomically as a part file
 (``.parts/part-NNNNNN.npz``) and only then journaled (``.openface-py-run.jsonl``, one line per
-photo: ok with its faces, or failed with the reason). A rerun skips every photo the journal
-names; a batch lost in a kill is simply redone. At the end the parts are gathered into the
+photo: ok with its faces, or failed with the reason; ``journal.Journal`` fsyncs each batch's
+lines and cuts off a line torn by a kill). A rerun skips every photo the journal names; a batch
+lost in a kill is simply redone, and so are photos whose part file is missing or damaged. The
+output folder is locked while a run writes to it (``outdir.OutputFolder``). At the end the parts are gathered into the
 same files ``represent`` writes (``reps.csv``, ``labels.csv``, ``reps.npy``, ``labels.json``,
 ``embeddings.json``) plus ``faces.json`` (photo, face index, box, score per row) and
 ``run-report.json`` with every failure.
@@ -20,6 +22,7 @@ import io as _io
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,17 +30,20 @@ from typing import Optional
 import numpy as np
 
 from openface_py.align import AlignmentSpec, make_aligner
-from openface_py.batch import AlignReport, Failure, read_journal, remove_stale_temp_files, write_embeddings
+from openface_py.batch import AlignReport, Failure, output_names, write_embeddings
 from openface_py.detect import make_detector, select_faces
 from openface_py.embed import Embedder
 from openface_py.errors import ImageLoadError, OpenFacePyError
 from openface_py.io import atomic_write_bytes, atomic_write_text, encode_png, list_images, load_image
+from openface_py.journal import Journal, read_journal
+from openface_py.outdir import OutputFolder
 from openface_py.parallel import mapped
 
 log = logging.getLogger(__name__)
 
 RUN_JOURNAL = ".openface-py-run.jsonl"
 RUN_REPORT = "run-report.json"
+RUN_META = "run.json"
 PARTS = ".parts"
 
 
@@ -53,6 +59,7 @@ class RunJob:
     skip_multi: bool = False
     aligned_dir: Optional[str] = None  # also write aligned PNGs here
     max_side: Optional[int] = None
+    aligned_names: Optional[dict] = None  # photo -> aligned PNG name (unique; see batch.output_names)
 
 
 class _FaceWorker:
@@ -62,6 +69,13 @@ class _FaceWorker:
         self.job = job
         self.detector = make_detector(job.detector, upsample=job.upsample, max_side=job.max_side)
         self.aligner = make_aligner(job.spec)
+
+    def _aligned_path(self, rel: str, k: int) -> Path:
+        """``<name>.png`` for the one face of a photo; ``<name>-K.png`` for each face with --multi."""
+        name = Path(self.job.aligned_names[rel])
+        if self.job.multi:
+            name = name.with_name(f"{name.stem}-{k}.png")
+        return Path(self.job.aligned_dir) / name
 
     def __call__(self, rel: str) -> tuple[str, str, list]:
         try:
@@ -76,8 +90,7 @@ class _FaceWorker:
             for k, det in enumerate(chosen):
                 img = self.aligner.align(rgb, det.box, score=det.score).image
                 if self.job.aligned_dir:
-                    name = Path(rel).with_suffix("") if len(chosen) == 1 else Path(f"{Path(rel).with_suffix('')}-{k}")
-                    atomic_write_bytes(Path(self.job.aligned_dir) / f"{name}.png", encode_png(img))
+                    atomic_write_bytes(self._aligned_path(rel, k), encode_png(img))
                 faces.append((img, det.box.as_list(), det.score))
             return rel, "", faces
         except ImageLoadError as exc:
@@ -116,90 +129,157 @@ def run_folder(
     The default detector is ``hog-adaptive``: on LFW's 13,233 photos it misses 36 faces where
     OpenFace's HOG at upsample 1 misses 67, at a quarter of the detection cost (BENCHMARKS.md).
 
-    ``workers`` = 0 means one per CPU core; 1 runs everything in this process.
+    ``workers`` = 0 means one per CPU core; 1 runs everything in this process. ``save_aligned``
+    also writes the aligned faces to ``OUTPUT_DIR/aligned`` (``<photo>.png``, or
+    ``<photo>-K.png`` for each face with ``multi``; names never collide, see ``batch.output_names``).
     """
-    from tqdm import tqdm
-
     in_dir, out_dir = Path(input_dir), Path(output_dir)
     if not in_dir.is_dir():
         raise OpenFacePyError(f"{in_dir}: input folder not found")
-    (out_dir / PARTS).mkdir(parents=True, exist_ok=True)
-    remove_stale_temp_files(out_dir)
-    meta_path = out_dir / "run.json"
     settings = {
         "identity": embedder.identity,
         "detector": detector,
         "upsample": int(upsample),
+        "max_side": int(max_side) if max_side else None,
         "multi": multi,
         "skip_multi": skip_multi,
     }
+    with OutputFolder(out_dir, RUN_META, "run"):
+        _check_or_write_settings(out_dir, settings)
+        (out_dir / PARTS).mkdir(exist_ok=True)
+        rels = [r.as_posix() for r in list_images(in_dir)]
+        journal = read_journal(out_dir / RUN_JOURNAL)
+        names = None
+        if save_aligned:
+            taken = {k: e["aligned"] for k, e in journal.items() if e.get("aligned")}
+            names = {r.as_posix(): n.as_posix() for r, n in output_names([Path(r) for r in rels], taken).items()}
+        job = RunJob(
+            str(in_dir),
+            embedder.alignment,
+            detector,
+            int(upsample),
+            multi,
+            skip_multi,
+            str(out_dir / "aligned") if save_aligned else None,
+            int(max_side) if max_side else None,
+            names,
+        )
+        report = _embed_missing(job, out_dir, embedder, journal, rels, workers, batch_size, max_pending, retry_failed,
+                                progress)  # fmt: skip
+        _gather(out_dir, embedder, in_dir, report)
+        atomic_write_text(out_dir / RUN_REPORT, json.dumps(report.to_json(), indent=2) + "\n")
+    return report
+
+
+def _check_or_write_settings(out_dir: Path, settings: dict) -> None:
+    """A run folder holds one run's settings: refuse other ones (older run.json files lack max_side)."""
+    meta_path = out_dir / RUN_META
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text(encoding="utf-8"))
+        old = {"max_side": None, **json.loads(meta_path.read_text(encoding="utf-8"))}
         if old != settings:
-            raise OpenFacePyError(f"{out_dir} holds a run with other settings ({old}); use another output folder")
+            changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            raise OpenFacePyError(
+                f"{out_dir} holds a run with other settings (was, now: {changed}); use another output folder"
+            )
     else:
         atomic_write_text(meta_path, json.dumps(settings, indent=2) + "\n")
 
-    journal_path = out_dir / RUN_JOURNAL
-    journal = read_journal(journal_path)
-    rels = [r.as_posix() for r in list_images(in_dir)]
+
+def _read_part(path: Path) -> tuple[list[dict], np.ndarray]:
+    with np.load(path, allow_pickle=False) as z:
+        rows, reps = json.loads(str(z["rows"])), np.array(z["reps"])
+    if reps.ndim != 2 or len(rows) != reps.shape[0]:
+        raise ValueError(f"{len(rows)} rows but embeddings of shape {reps.shape}")
+    return rows, reps
+
+
+def _usable_parts(out_dir: Path, journal: dict[str, dict]) -> set[str]:
+    """The part files named by the journal that are there and readable; a damaged one is removed."""
+    usable = set()
+    for name in sorted({e["part"] for e in journal.values() if e["status"] == "ok"}):
+        path = out_dir / PARTS / name
+        if not path.is_file():
+            continue
+        try:
+            _read_part(path)
+            usable.add(name)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            log.warning("part file %s is unreadable (%s); removing it", path, exc)
+            path.unlink()
+    return usable
+
+
+def _embed_missing(
+    job: RunJob,
+    out_dir: Path,
+    embedder: Embedder,
+    journal: dict[str, dict],
+    rels: list[str],
+    workers: int,
+    batch_size: int,
+    max_pending: int,
+    retry_failed: bool,
+    progress: bool,
+) -> AlignReport:
+    """Detect, align and embed every photo the journal does not vouch for; journal each batch."""
+    from tqdm import tqdm
+
+    parts = _usable_parts(out_dir, journal)
     report = AlignReport(total=len(rels))
     todo = []
     for rel in rels:
         entry = journal.get(rel)
+        if entry and entry["status"] == "ok" and entry["part"] not in parts:
+            log.warning("%s: its part file %s is missing or damaged; embedding it again", rel, entry["part"])
+            entry = None
         if entry and (entry["status"] == "ok" or not retry_failed):
             report.already_done += 1
-            if entry["status"] == "ok":
-                report.done_ok_total += 1
-            else:
+            if entry["status"] != "ok":
                 report.failures.append(Failure(rel, entry.get("reason", "failed earlier")))
         else:
             todo.append(rel)
-    parts = sorted((out_dir / PARTS).glob("part-*.npz"))
-    next_part = 1 + max((int(p.stem.split("-")[1]) for p in parts), default=0)
+    existing = sorted((out_dir / PARTS).glob("part-*.npz"))
+    next_part = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=0)
     log.info("%d photos, %d finished earlier, %d to do", len(rels), report.already_done, len(todo))
 
-    aligned_dir = out_dir / "aligned" if save_aligned else None
-    job = RunJob(
-        str(in_dir),
-        embedder.alignment,
-        detector,
-        int(upsample),
-        multi,
-        skip_multi,
-        str(aligned_dir) if aligned_dir else None,
-    )
     workers = int(workers) or os.cpu_count() or 1
     pending_faces: list[np.ndarray] = []
     pending_rows: list[dict] = []
     pending_photos: list[tuple[str, int]] = []
 
-    def flush(jfh) -> None:
+    def flush(jnl: Journal) -> None:
         nonlocal next_part
         if not pending_photos:
             return
         reps = embedder.embed(pending_faces, batch_size=batch_size) if pending_faces else np.zeros((0, embedder.dim))
         part = _write_part(out_dir, next_part, pending_rows, reps)
         next_part += 1
+        entries = []
         for rel, n in pending_photos:  # journaled only once their embeddings are on disk
-            jfh.write(json.dumps({"src": rel, "status": "ok", "faces": n, "part": part}, ensure_ascii=False) + "\n")
-        jfh.flush()
+            entry = {"src": rel, "status": "ok", "faces": n, "part": part}
+            if job.aligned_names:
+                entry["aligned"] = job.aligned_names[rel]
+            entries.append(entry)
+        jnl.append(entries)
         report.aligned += len(pending_photos)
-        report.done_ok_total += len(pending_photos)
         pending_faces.clear()
         pending_rows.clear()
         pending_photos.clear()
 
+    def crashed(rel: str, why: str) -> tuple[str, str, list]:
+        return rel, why, []
+
     with (
-        open(journal_path, "a", encoding="utf-8") as jfh,
+        Journal(out_dir / RUN_JOURNAL) as jnl,
         tqdm(total=len(todo), unit="photo", desc="run", disable=not progress) as bar,
-        mapped(_FaceWorker, (job,), todo, workers, ordered=False, chunksize=2, max_pending=max_pending) as results,
+        mapped(
+            _FaceWorker, (job,), todo, workers, ordered=False, max_pending=max_pending, on_crash=crashed
+        ) as results,
     ):
         for rel, reason, faces in results:
             bar.update(1)
             if reason:
-                jfh.write(json.dumps({"src": rel, "status": "failed", "reason": reason}, ensure_ascii=False) + "\n")
-                jfh.flush()
+                jnl.append([{"src": rel, "status": "failed", "reason": reason}])
                 report.failures.append(Failure(rel, reason))
                 log.warning("%s: %s", rel, reason)
                 continue
@@ -208,24 +288,22 @@ def run_folder(
                 pending_rows.append({"path": rel, "face": k, "box": box, "score": round(float(score), 4)})
             pending_photos.append((rel, len(faces)))
             if len(pending_faces) >= batch_size:
-                flush(jfh)
-        flush(jfh)
-
+                flush(jnl)
+        flush(jnl)
     report.failures.sort(key=lambda f: f.path)
-    _gather(out_dir, embedder, in_dir)
-    atomic_write_text(out_dir / RUN_REPORT, json.dumps(report.to_json(), indent=2) + "\n")
     return report
 
 
-def _gather(out_dir: Path, embedder: Embedder, in_dir: Path) -> None:
-    """Assemble the part files the journal vouches for into the final output files (sorted by path)."""
+def _gather(out_dir: Path, embedder: Embedder, in_dir: Path, report: AlignReport) -> None:
+    """Assemble the part files the journal vouches for into the final output files (sorted by path).
+
+    Sets ``report.done_ok_total`` to the number of photos whose rows really are in the output.
+    """
     journal = read_journal(out_dir / RUN_JOURNAL)
     wanted = {e["part"] for e in journal.values() if e["status"] == "ok"}
     reps, rows = [], []
     for name in sorted(wanted):
-        with np.load(out_dir / PARTS / name, allow_pickle=False) as z:
-            part_rows = json.loads(str(z["rows"]))
-            part_reps = np.array(z["reps"])
+        part_rows, part_reps = _read_part(out_dir / PARTS / name)
         for i, row in enumerate(part_rows):
             entry = journal.get(row["path"])
             if entry and entry.get("part") == name:  # a photo redone after a kill counts once
@@ -238,3 +316,4 @@ def _gather(out_dir: Path, embedder: Embedder, in_dir: Path) -> None:
     paths = [str(in_dir / r["path"]) for r in rows]
     write_embeddings(out_dir, matrix, labels, paths, embedder)
     atomic_write_text(out_dir / "faces.json", json.dumps(rows, ensure_ascii=False, indent=1) + "\n")
+    report.done_ok_total = len({r["path"] for r in rows})

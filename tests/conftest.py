@@ -73,3 +73,14 @@ def sample_rgb():
 def pairwise_sq_dists(x: np.ndarray) -> np.ndarray:
     sq = (x * x).sum(axis=1)
     return np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
+
+
+def shipped_lfw_threshold() -> float:
+    """The shipped model's same-person threshold as its LFW run measured it: the mean of the 10
+    fold thresholds in benchmarks/results (written by `openface-py lfw`, not by the code under test)."""
+    import json
+
+    summary = ROOT / "benchmarks" / "results" / "lfw-nn4.small2.distilled-v2" / "summary-sqeuclidean.json"
+    folds = json.loads(summary.read_text())["folds"]
+    assert len(folds) == 10
+    return float(np.mean([f["threshold"] for f in folds]))

@@ -12,10 +12,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, ROOT, SAMPLE
+from conftest import EXAMPLES, ROOT, SAMPLE, shipped_lfw_threshold
 
-from openface_py.embed import NN4_SMALL2_DISTILLED, load_embedder, same_person_threshold
-from openface_py.stream import RUN_JOURNAL, run_folder
+from openface_py.embed import NN4_SMALL2_DISTILLED, load_embedder
+from openface_py.io import TEMP_PREFIX
+from openface_py.journal import read_journal
+from openface_py.outdir import OutputFolder
+from openface_py.stream import PARTS, RUN_JOURNAL, run_folder
 
 
 @pytest.fixture(scope="module")
@@ -78,27 +81,34 @@ def test_multi_face_rows(photos, embedder, tmp_path):
     reps, labels, faces = _outputs(tmp_path / "m")
     assert [(f["path"], f["face"]) for f in faces] == [("two.jpg", 0), ("two.jpg", 1)]
     assert faces[0]["box"][0] < faces[1]["box"][0]
-    # two different people: further apart than the model's same-person threshold
-    assert np.sum((reps[0] - reps[1]) ** 2) > same_person_threshold(embedder.name)
+    # two different people: further apart than the model's same-person threshold (from its LFW run)
+    assert np.sum((reps[0] - reps[1]) ** 2) > shipped_lfw_threshold()
 
 
-def test_run_resumes_after_kill_without_redoing_work(photos, tmp_path):
+@pytest.fixture(scope="module")
+def reference(photos, embedder, tmp_path_factory):
+    """An uninterrupted run of the photos: what every resumed run must end with."""
+    out = tmp_path_factory.mktemp("reference")
+    run_folder(photos, out, embedder, workers=2, progress=False)
+    return _outputs(out)
+
+
+def _same_as(reference, out) -> None:
+    reps, labels, faces = _outputs(out)
+    ref_reps, ref_labels, ref_faces = reference
+    assert labels == ref_labels and faces == ref_faces  # every photo, face and box, in the same order
+    assert reps.shape == ref_reps.shape == (31, 128)
+    assert np.abs(reps - ref_reps).max() < 1e-5  # only the batch grouping differs
+
+
+def _run_cmd(photos, out, *extra) -> list:
+    return [sys.executable, "-m", "openface_py", "-q", "run", str(photos), str(out), "--workers", "2",
+            "--batch-size", "4", "--model", NN4_SMALL2_DISTILLED, *extra]  # fmt: skip
+
+
+def test_run_resumes_after_kill_without_redoing_work(photos, reference, tmp_path):
     out = tmp_path / "killed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "openface_py",
-        "-q",
-        "run",
-        str(photos),
-        str(out),
-        "--workers",
-        "2",
-        "--batch-size",
-        "4",
-        "--model",
-        NN4_SMALL2_DISTILLED,
-    ]
+    cmd = _run_cmd(photos, out)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     journal = out / RUN_JOURNAL
     deadline = time.time() + 120
@@ -117,6 +127,134 @@ def test_run_resumes_after_kill_without_redoing_work(photos, tmp_path):
     assert report["aligned_total"] == 31 and report["failed"] == 2 and report["total"] == 33
     after = [json.loads(x) for x in journal.read_text().splitlines() if x.strip()]
     assert len(after) == 33 and len({e["src"] for e in after}) == 33  # nothing done twice
-    reps, labels, _ = _outputs(out)
-    assert reps.shape == (31, 128) and len(labels["paths"]) == 31
-    assert not list(out.rglob("*.tmp"))
+    _same_as(reference, out)
+    assert not list(out.rglob(TEMP_PREFIX + "*"))
+
+
+# A run whose journal write is cut half-way by SIGKILL (the torn-line case of issue 13).
+TORN_WRITER = """
+import json, os, signal, sys
+from openface_py import journal
+real_append = journal.Journal.append
+calls = [0]
+def append(self, entries):
+    calls[0] += 1
+    if calls[0] == int(os.environ["TEAR_AT"]):
+        data = "".join(json.dumps(e) + "\\n" for e in entries).encode()
+        os.write(self._fd, data[: data.rfind(b"\\n", 0, len(data) - 1) + 20])  # 20 bytes into the last line
+        os.kill(os.getpid(), signal.SIGKILL)
+    real_append(self, entries)
+journal.Journal.append = append
+from openface_py.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_kill_mid_journal_line_loses_no_photo(photos, reference, tmp_path):
+    out = tmp_path / "torn"
+    args = _run_cmd(photos, out)[3:]
+    env = {**os.environ, "TEAR_AT": "3"}
+    r = subprocess.run([sys.executable, "-c", TORN_WRITER, *args], cwd=ROOT, env=env, capture_output=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL
+    raw = (out / RUN_JOURNAL).read_bytes()
+    assert not raw.endswith(b"\n")  # the last line really is torn
+    finished = set(read_journal(out / RUN_JOURNAL))
+    r = subprocess.run(_run_cmd(photos, out, "--json"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["already_done"] == len(finished) and report["aligned_total"] == 31
+    assert len(read_journal(out / RUN_JOURNAL)) == 33
+    _same_as(reference, out)
+
+
+def test_missing_part_file_is_embedded_again(photos, embedder, reference, tmp_path):
+    out = tmp_path / "parts"
+    run_folder(photos, out, embedder, workers=1, batch_size=8, progress=False)
+    parts = sorted((out / PARTS).glob("part-*.npz"))
+    parts[1].unlink()
+    parts[2].write_bytes(parts[2].read_bytes()[:100])  # damaged, as by a bad disk
+    again = run_folder(photos, out, embedder, workers=1, batch_size=8, progress=False)
+    assert again.aligned == 16 and again.done_ok_total == 31  # the photos of two parts of 8
+    _same_as(reference, out)
+
+
+def test_second_run_on_the_same_folder_is_refused(photos, tmp_path):
+    out = tmp_path / "busy"
+    with OutputFolder(out, "run.json", "run"):  # a live run holds the folder
+        r = subprocess.run(_run_cmd(photos, out), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert f"(process {os.getpid()}) is writing to {out}" in r.stderr
+
+
+def test_foreign_folder_is_refused_and_only_our_temp_files_are_removed(photos, embedder, tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bashrc.tmp").write_text("keep me")
+    with pytest.raises(Exception, match="not an openface-py run output folder"):
+        run_folder(photos / "none", home, embedder, workers=1, progress=False)
+    assert (home / ".bashrc.tmp").read_text() == "keep me" and sorted(os.listdir(home)) == [".bashrc.tmp"]
+    out = tmp_path / "ours"
+    run_folder(photos / "none", out, embedder, workers=1, progress=False)
+    (out / ".notes.tmp").write_text("not ours")
+    (out / PARTS / f"{TEMP_PREFIX}part-000009.npz.x1y2").write_bytes(b"left by a kill")
+    run_folder(photos / "none", out, embedder, workers=1, progress=False)
+    assert (out / ".notes.tmp").is_file()
+    assert not list(out.rglob(TEMP_PREFIX + "*"))
+
+
+def test_max_side_is_used_and_recorded(photos, embedder, reference, tmp_path):
+    out = tmp_path / "small"
+    run_folder(photos / "Colin_Powell", out, embedder, workers=1, max_side=100, progress=False)
+    assert json.loads((out / "run.json").read_text())["max_side"] == 100
+    _, _, faces = _outputs(out)
+    ref = {f["path"]: f["box"] for f in reference[2]}
+    moved = 0
+    for f in faces:
+        b, r = f["box"], ref["Colin_Powell/" + f["path"]]
+        ix = max(0, min(b[2], r[2]) - max(b[0], r[0])) * max(0, min(b[3], r[3]) - max(b[1], r[1]))
+        union = (b[2] - b[0]) * (b[3] - b[1]) + (r[2] - r[0]) * (r[3] - r[1]) - ix
+        assert ix / union > 0.5  # the same face, in the photo's own coordinates
+        moved += b != r
+    assert moved >= 5  # detected on the 100-pixel copy: boxes are not the full-size ones
+    with pytest.raises(Exception, match="max_side"):
+        run_folder(photos / "Colin_Powell", out, embedder, workers=1, max_side=200, progress=False)
+
+
+def test_save_aligned_names_never_collide(embedder, tmp_path):
+    from openface_py.io import load_image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(SAMPLE / "Tony_Blair" / "Tony_Blair_0001.jpg", src / "a.jpg")
+    import cv2
+
+    cv2.imwrite(str(src / "a.png"), cv2.imread(str(SAMPLE / "Colin_Powell" / "Colin_Powell_0001.jpg")))
+    out = tmp_path / "out"
+    run_folder(src, out, embedder, workers=1, save_aligned=True, progress=False)
+    a_jpg, a_png = load_image(out / "aligned" / "a.jpg.png"), load_image(out / "aligned" / "a.png.png")
+    assert sorted(os.listdir(out / "aligned")) == ["a.jpg.png", "a.png.png"]
+    reps = embedder.embed([a_jpg, a_png])
+    got = np.load(out / "reps.npy")  # rows sorted by photo: a.jpg, a.png
+    assert np.abs(reps - got).max() < 1e-5  # each file holds its own photo's face
+    multi = tmp_path / "multi"
+    shutil.copy(EXAMPLES / "longoria-cooper.jpg", src / "a-0.jpg")
+    run_folder(src, multi, embedder, workers=1, multi=True, save_aligned=True, progress=False)
+    assert sorted(os.listdir(multi / "aligned")) == ["a-0-0.png", "a-0-1.png", "a.jpg-0.png", "a.png-0.png"]
+
+
+def test_skip_multi_and_retry_failed(photos, embedder, tmp_path):
+    src = tmp_path / "in"
+    shutil.copytree(photos / "none", src)
+    (src / "late.jpg").write_bytes(b"not yet a photo")
+    out = tmp_path / "out"
+    first = run_folder(src, out, embedder, workers=1, skip_multi=True, progress=False)
+    reasons = {f.path: f.reason for f in first.failures}
+    assert reasons["two.jpg"] == "2 faces found and --skip-multi is set"
+    assert set(reasons) == {"two.jpg", "grey.png", "late.jpg"} and first.done_ok_total == 0
+    shutil.copy(SAMPLE / "Hugo_Chavez" / "Hugo_Chavez_0001.jpg", src / "late.jpg")  # the file is fixed
+    again = run_folder(src, out, embedder, workers=1, skip_multi=True, progress=False)
+    assert again.aligned == 0 and len(again.failures) == 3  # failures are not retried unless asked
+    retried = run_folder(src, out, embedder, workers=1, skip_multi=True, retry_failed=True, progress=False)
+    assert retried.aligned == 1 and retried.done_ok_total == 1
+    assert {f.path for f in retried.failures} == {"two.jpg", "grey.png"}
+    assert json.loads((out / "labels.json").read_text())["paths"] == [str(src / "late.jpg")]

@@ -157,7 +157,7 @@ def add_mirror_teacher(cache: Path, source: str, workers: int = 2, keep: Optiona
         with np.load(f, allow_pickle=False) as z:
             data = {k: np.array(z[k]) for k in z.files}
         wanted = _without_mirror(data["names"], data["teacher_flip"], keep)
-        with mapped(_MirrorTeacher, (), list(data["chips"][wanted]), workers, chunksize=8) as results:
+        with mapped(_MirrorTeacher, (), list(data["chips"][wanted]), workers) as results:
             flips = []
             for r in results:
                 flips.append(r)
@@ -217,7 +217,7 @@ def prepare_source(
     (cache / source.name).mkdir(parents=True, exist_ok=True)
     totals = {"ok": 0, "failed": 0, "fallback": 0}
     with mapped(
-        _PhotoWorker, (source.fallback, flip_teacher), [p for _, s in todo for p in s], workers, chunksize=4
+        _PhotoWorker, (source.fallback, flip_teacher), [p for _, s in todo for p in s], workers
     ) as results:
         bar = tqdm(total=sum(len(s) for _, s in todo), desc=source.name, unit="img")
         for k, shard in todo:

@@ -1,0 +1,103 @@
+"""Output folders that folder jobs own: a marker, a lock against a second writer, and cleanup.
+
+A folder job writes into a folder only if it is new, empty, or already marked as an output
+folder of the same kind (its marker file, e.g. ``run.json``): ``openface-py run photos ~``
+is refused instead of writing into (and cleaning up) a home folder. While a job runs it holds
+an exclusive lock on ``.openface-py.lock`` in the folder, so a second job on the same folder
+is refused with a message naming the first one's process; the operating system drops the lock
+when the process ends, however it ends, so a killed job never leaves a stale lock. Only under
+that lock are temporary files of a killed earlier run deleted, and only files named with
+``io.TEMP_PREFIX``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+from openface_py.errors import OpenFacePyError
+from openface_py.io import remove_temp_files
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".openface-py.lock"
+
+
+class OutputFolderError(OpenFacePyError):
+    """The output folder is not ours to write into, or another job is writing into it."""
+
+
+class OutputFolder:
+    """Claim ``path`` for a folder job whose marker file is ``marker`` (context manager).
+
+    On entry: create the folder if needed, refuse a non-empty folder without the marker, take
+    the lock (refuse if another process holds it), and remove temporary files a killed run left.
+    ``owned`` tells whether the marker was there before (a rerun / resume).
+    """
+
+    def __init__(self, path: Union[str, os.PathLike], marker: str, kind: str) -> None:
+        self.path = Path(path)
+        self.marker = marker
+        self.kind = kind
+        self.owned = False
+        self._fd: Optional[int] = None
+
+    def __enter__(self) -> OutputFolder:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.owned = (self.path / self.marker).is_file()
+        if not self.owned:
+            others = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME)
+            if others:
+                shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+                raise OutputFolderError(
+                    f"{self.path} is not empty ({shown}) and is not an openface-py {self.kind} output folder "
+                    f"(no {self.marker}); choose a new or empty output folder"
+                )
+        self._fd = _lock(self.path / LOCK_NAME, self.kind)
+        removed = remove_temp_files(self.path)
+        if removed:
+            log.info("removed %d temporary files left by an interrupted run in %s", removed, self.path)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the lock
+            self._fd = None
+
+
+def _lock(path: Path, kind: str) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if not _try_lock(fd):
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            raise OutputFolderError(
+                f"another openface-py {kind} (process {holder}) is writing to {path.parent}; "
+                "wait for it to finish, or use another output folder"
+            )
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _try_lock(fd: int) -> bool:
+    """An exclusive, non-blocking lock on the whole file; False if another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
