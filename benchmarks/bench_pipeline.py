@@ -132,7 +132,6 @@ def video_clip(sample: Path, frames_per_part: int = 75) -> tuple[list[np.ndarray
 def bench_video(sample: Path, model_name: str, repeat: int) -> None:
     import cv2
 
-    from openface_py.embed import same_person_threshold
     from openface_py.gallery import build_gallery
     from openface_py.pipeline import FacePipeline
     from openface_py.video import TRACKERS, VideoRecognizer, gallery_recogniser, process_video
@@ -143,7 +142,7 @@ def bench_video(sample: Path, model_name: str, repeat: int) -> None:
     frames, names = video_clip(sample)
     embedder = load_embedder(model_name, backend="auto")
     gallery = build_gallery(sample, FacePipeline(HogDetector(upsample=1), embedder=embedder), progress=False)
-    recognise = gallery_recogniser(gallery, same_person_threshold(embedder.name))
+    recognise = gallery_recogniser(gallery, embedder.same_person_threshold)
     det, al = HogDetector(upsample=1), make_aligner(embedder.alignment)
 
     def every_frame(fs=frames) -> None:

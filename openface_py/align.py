@@ -26,6 +26,7 @@ import numpy as np
 
 from openface_py import store
 from openface_py.detect import BoundingBox
+from openface_py.errors import UsageError
 
 #: Landmark index triples used by OpenFace (0-based indices into dlib's 68 points).
 OUTER_EYES_AND_NOSE = (36, 45, 33)
@@ -50,11 +51,11 @@ class AlignmentSpec:
 
     def __post_init__(self) -> None:
         if self.method not in (OPENFACE_METHOD, DLIB_CHIP_METHOD):
-            raise ValueError(f"unknown alignment method {self.method!r}")
+            raise UsageError(f"unknown alignment method {self.method!r}")
         if self.method == OPENFACE_METHOD and self.landmarks not in LANDMARK_SETS:
-            raise ValueError(f"unknown landmark set {self.landmarks!r} (choose from {', '.join(LANDMARK_SETS)})")
+            raise UsageError(f"unknown landmark set {self.landmarks!r} (choose from {', '.join(LANDMARK_SETS)})")
         if not 8 <= int(self.size) <= 2048:
-            raise ValueError(f"alignment size {self.size} out of range 8..2048")
+            raise UsageError(f"alignment size {self.size} out of range 8..2048")
 
     @property
     def identity(self) -> str:

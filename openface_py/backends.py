@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from openface_py import store
+from openface_py.errors import UsageError
 from openface_py.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ def build(model: torch.nn.Module, backend: str, device: str = "cpu", threads: Op
             raise RuntimeError("the onnx backend runs on the CPU only here")
         run = _onnx(model, threads)
     else:
-        raise ValueError(f"unknown backend {backend!r} (choose from auto, {', '.join(BACKENDS)})")
+        raise UsageError(f"unknown backend {backend!r} (choose from auto, {', '.join(BACKENDS)})")
     runner = Runner(backend, run, 0.0)
     runner(np.zeros((1, 3, 96, 96), np.float32))  # first call: compiles / allocates
     runner.startup_s = time.perf_counter() - t0

@@ -202,12 +202,15 @@ def _align(job: AlignJob, out_dir: Path, workers: int, retry_failed: bool, progr
     names = output_names(rels, {k: e["out"] for k, e in journal.items() if e.get("out")})
     report = AlignReport(total=len(rels))
     todo: list[tuple[str, str]] = []
+    adopted = []  # written (atomically, so whole) by a run killed before it journaled them
     for rel in rels:
         key, out_rel = rel.as_posix(), names[rel]
         entry = journal.get(key)
         if (out_dir / out_rel).is_file() and (entry is None or entry["status"] == "ok"):
             report.already_done += 1
             report.done_ok_total += 1
+            if entry is None:
+                adopted.append({"src": key, "status": "ok", "reason": "", "out": out_rel.as_posix()})
         elif entry and entry["status"] == "failed" and not retry_failed:
             report.already_done += 1
             report.failures.append(Failure(key, entry.get("reason", "failed earlier")))
@@ -226,6 +229,8 @@ def _align(job: AlignJob, out_dir: Path, workers: int, retry_failed: bool, progr
             _AlignWorker, (job,), todo, workers, ordered=False, on_crash=lambda item, why: (item[0], "failed", why)
         ) as results,
     ):
+        if adopted:
+            jnl.append(adopted)
         for rel, status, reason in results:
             jnl.append([{"src": rel, "status": status, "reason": reason, "out": out_of[rel]}])
             if status == "ok":

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from openface_py import __version__
-from openface_py.errors import ModelNotInstalledError, OpenFacePyError
+from openface_py.errors import ModelNotInstalledError, OpenFacePyError, UsageError
 
 log = logging.getLogger("openface_py")
 
@@ -236,6 +236,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ModelNotInstalledError as exc:
         log.error("%s", exc)
         return EXIT_NO_MODEL
+    except UsageError as exc:  # arguments that cannot work (checked where they are used)
+        log.error("%s", exc)
+        return EXIT_USAGE
     except (OpenFacePyError, ValueError) as exc:
         log.error("%s", exc)
         return EXIT_FAILED
@@ -253,7 +256,7 @@ def cmd_align(args: argparse.Namespace) -> int:
     spec = alignment_for(args.model)
     if spec.method == DLIB_CHIP_METHOD:
         if args.size is not None or args.landmarks is not None:
-            raise ValueError(f"--size/--landmarks apply to OpenFace alignment; {args.model} needs {spec.identity}")
+            raise UsageError(f"--size/--landmarks apply to OpenFace alignment; {args.model} needs {spec.identity}")
     else:
         spec = openface_spec(args.size or 96, args.landmarks or "outerEyesAndNose")
     report = align_folder(
@@ -578,10 +581,9 @@ def _largest_face_reps(paths: Sequence[Path], pipe) -> tuple[list[Optional[np.nd
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from openface_py.classify import ClassifierError, JointBayesianClassifier, load_model
-    from openface_py.embed import same_person_threshold
 
     if len(args.images) < 2:
-        raise ValueError("compare needs two or more images")
+        raise UsageError("compare needs two or more images")
     verifier = load_model(args.verifier) if args.verifier else None
     if verifier is not None and not isinstance(verifier.classifier, JointBayesianClassifier):
         raise ClassifierError(
@@ -594,7 +596,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if threshold is None:
             raise ClassifierError(f"{args.verifier} has no same/different threshold; pass --threshold")
     else:
-        threshold = args.threshold if args.threshold is not None else same_person_threshold(pipe.embedder.name)
+        threshold = args.threshold if args.threshold is not None else pipe.embedder.same_person_threshold
+        if threshold is None:
+            log.warning(
+                "%s has no calibrated same-person threshold: distances only, no verdict (give --threshold)",
+                pipe.embedder.name,
+            )
     reps, errors = _largest_face_reps(args.images, pipe)
     out = []
     for i in range(len(args.images)):
@@ -610,7 +617,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                     item["jb_score"] = round(r, 4)
                     item["same"] = r > threshold
                 else:
-                    item["same"] = d < threshold
+                    item["same"] = None if threshold is None else d < threshold
             out.append(item)
     if args.json:
         print(json.dumps({"model": pipe.embedder.identity, "threshold": threshold, "pairs": out}, indent=2))
@@ -623,18 +630,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
             print(f"  + Squared l2 distance between representations: {item['squared_l2']:0.3f}")
             if "jb_score" in item:
                 print(f"  + Joint Bayesian score: {item['jb_score']:.3f} (same person above {threshold:.3f})")
+            if item["same"] is None:
+                print("  + no verdict: uncalibrated weights (no same-person threshold; give --threshold)")
+                continue
             verdict = "same person" if item["same"] else "different people"
             print(f"  + {verdict} (threshold {threshold:.3f})")
     return EXIT_FAILED if all("error" in item for item in out) else EXIT_OK
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    from openface_py.embed import same_person_threshold
     from openface_py.gallery import build_gallery, identify
 
     pipe = _pipeline_for(args.model, args)
+    threshold = args.threshold if args.threshold is not None else pipe.embedder.same_person_threshold
+    if threshold is None:
+        raise UsageError(f"{pipe.embedder.name} has no calibrated same-person threshold; give one (--threshold)")
     gallery = build_gallery(args.gallery_dir, pipe, progress=not args.quiet)
-    threshold = args.threshold if args.threshold is not None else same_person_threshold(pipe.embedder.name)
 
     def run(rgb):
         faces = pipe.process(rgb, multi=True)

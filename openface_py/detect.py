@@ -10,6 +10,7 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 
 from openface_py import store
+from openface_py.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +62,14 @@ class Detection:
 
 
 class Detector(Protocol):
-    """Anything that finds faces in an RGB uint8 image."""
+    """Anything that finds faces in an RGB uint8 image.
+
+    ``key`` names the detector with every setting that changes what it finds: caches of
+    detection results (galleries) are keyed by it.
+    """
 
     name: str
+    key: str
 
     def detect(self, rgb: np.ndarray) -> list[Detection]: ...
 
@@ -81,9 +87,10 @@ class HogDetector:
         import dlib
 
         if upsample < 0:
-            raise ValueError("upsample must be >= 0")
+            raise UsageError("upsample must be >= 0")
         self.upsample = int(upsample)
         self.threshold = float(threshold)
+        self.key = f"hog(upsample={self.upsample},threshold={self.threshold:g})"
         self._detector = dlib.get_frontal_face_detector()
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
@@ -106,6 +113,7 @@ class CnnDetector:
         path = Path(model_path) if model_path else store.dlib_model_path(store.DLIB_MMOD_DETECTOR)
         self.upsample = int(upsample)
         self.min_confidence = float(min_confidence)
+        self.key = f"cnn(upsample={self.upsample},min_confidence={self.min_confidence:g})"
         self._detector = dlib.cnn_face_detection_model_v1(str(path))
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
@@ -132,6 +140,7 @@ class AdaptiveHogDetector:
     def __init__(self, upsample: int = 1, threshold: float = 0.0) -> None:
         self.passes = [HogDetector(upsample=u, threshold=threshold) for u in range(0, max(0, int(upsample)) + 1)]
         self.upsample = int(upsample)
+        self.key = f"hog-adaptive(upsample={self.upsample},threshold={float(threshold):g})"
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         for det in self.passes:
@@ -150,10 +159,11 @@ class DownscaledDetector:
 
     def __init__(self, detector: Detector, max_side: int) -> None:
         if max_side < 32:
-            raise ValueError("max_side must be at least 32 pixels")
+            raise UsageError("max_side must be at least 32 pixels")
         self.inner = detector
         self.max_side = int(max_side)
         self.name = f"{detector.name}@{self.max_side}"
+        self.key = f"{detector.key}@max_side={self.max_side}"
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         import cv2
@@ -188,7 +198,7 @@ def make_detector(name: str = "hog", upsample: int = 1, max_side: Optional[int] 
     elif name == "cnn":
         det = CnnDetector(upsample=upsample, **kwargs)
     else:
-        raise ValueError(f"unknown detector {name!r} (choose from {', '.join(DETECTOR_NAMES)})")
+        raise UsageError(f"unknown detector {name!r} (choose from {', '.join(DETECTOR_NAMES)})")
     return DownscaledDetector(det, max_side) if max_side else det
 
 

@@ -11,8 +11,11 @@ Models by name (``MODEL_NAMES``):
   dlib's 150x150 5-point chip), installed with ``face_recognition_models``.
 
 Anywhere a model is named, a path to NN4-small2 weights (``.pt``, ``.t7`` or a CSV folder)
-works too. Each embedder states the alignment it needs and an ``identity`` string (model and
-alignment) that is written next to every embedding file.
+works too. A path is identified by the weights' content (SHA-256), never by its file name: a
+copy of a known file *is* that model (name, threshold), and other weights are named
+``nn4.small2@sha256:<first 16 hex digits>``. Each embedder states the alignment it needs and an
+``identity`` string (model and alignment) that is written next to every embedding file, and
+its ``same_person_threshold`` (None: uncalibrated weights, no same/different verdict).
 """
 
 from __future__ import annotations
@@ -49,9 +52,14 @@ SAME_PERSON_THRESHOLDS = {NN4_SMALL2_V1: 0.99, NN4_SMALL2_DISTILLED: 0.160, DLIB
 DISTILLED_LFW_NOTE = "LFW 0.9465 +- 0.0102 (mirror-averaged 0.9492) measured by `openface-py lfw`"
 
 
-def same_person_threshold(model_name: str) -> float:
-    """Default squared-L2 same/different threshold for a model (NN4-small2's for other weights)."""
-    return SAME_PERSON_THRESHOLDS.get(model_name, SAME_PERSON_THRESHOLDS[NN4_SMALL2_V1])
+#: Key of the metadata dict a trained ``.pt`` file may carry beside its state dict
+#: (``{"state_dict": ..., "openface_py": {"same_person_threshold": 0.4, ...}}``).
+WEIGHTS_META_KEY = "openface_py"
+
+
+def same_person_threshold(model_name: str) -> Optional[float]:
+    """The squared-L2 same/different threshold of a named model; None for other weights (uncalibrated)."""
+    return SAME_PERSON_THRESHOLDS.get(model_name)
 
 
 class Embedder(ABC):
@@ -60,6 +68,8 @@ class Embedder(ABC):
     name: str
     alignment: AlignmentSpec
     dim: int = 128
+    #: squared-L2 distance under which two faces are the same person; None = not calibrated
+    same_person_threshold: Optional[float] = None
 
     @property
     def identity(self) -> str:
@@ -97,6 +107,7 @@ class NN4Embedder(Embedder):
         size: int = 96,
         landmarks: str = "outerEyesAndNose",
         backend: str = "auto",
+        same_person_threshold: Optional[float] = None,
     ) -> None:
         import torch
 
@@ -110,7 +121,8 @@ class NN4Embedder(Embedder):
             self.name = name or "nn4.small2-custom"
         else:
             self.model = build_model(path=weights)
-            self.name = name or f"nn4.small2:{Path(weights).name}"
+            self.name = name or f"nn4.small2@sha256:{weights_digest(weights)[:16]}"
+        self.same_person_threshold = same_person_threshold
         self.runner = make_runner(self.model, backend, device, threads)
         self.backend = self.runner.name
         self.alignment = openface_spec(size, landmarks)
@@ -124,6 +136,7 @@ class DlibResnetEmbedder(Embedder):
     """dlib's ResNet-29 face recogniser (King, dlib 19.3; LFW 0.9938 as reported by dlib)."""
 
     name = DLIB_RESNET_V1
+    same_person_threshold = SAME_PERSON_THRESHOLDS[DLIB_RESNET_V1]
 
     def __init__(self, model_path: Optional[Union[str, Path]] = None) -> None:
         import dlib
@@ -233,19 +246,81 @@ def load_embedder(model: Optional[str] = None, threads: Optional[int] = None, ba
                 "installation lacks the project's models/ folder (use a source checkout, or another model)"
             )
         _check_sha256(path, store.NN4_SMALL2_DISTILLED.sha256)
-        return NN4Embedder(path, name=NN4_SMALL2_DISTILLED, threads=threads, backend=backend)
+        return _nn4(path, NN4_SMALL2_DISTILLED, threads, backend)
     if model == NN4_SMALL2_V1:
         path = find_nn4_small2_v1()
         if path is None:
             raise ModelNotInstalledError(nn4_missing_message())
         _check_official_md5(path)
-        return NN4Embedder(path, name=NN4_SMALL2_V1, threads=threads, backend=backend)
+        return _nn4(path, NN4_SMALL2_V1, threads, backend)
     p = Path(model)
     if p.exists():
-        return NN4Embedder(p, threads=threads, backend=backend)
+        known = known_weights(p)
+        if known is not None:
+            log.info("%s is a copy of %s", p, known)
+            return _nn4(p, known, threads, backend)
+        threshold = weights_metadata(p).get("same_person_threshold")
+        return NN4Embedder(
+            p, threads=threads, backend=backend, same_person_threshold=None if threshold is None else float(threshold)
+        )
     raise ModelNotInstalledError(
         f"unknown model {model!r}: not one of {', '.join(MODEL_NAMES)} and no such weights file or folder"
     )
+
+
+def _nn4(path: Path, name: str, threads: Optional[int], backend: str) -> NN4Embedder:
+    threshold = SAME_PERSON_THRESHOLDS[name]
+    return NN4Embedder(path, name=name, threads=threads, backend=backend, same_person_threshold=threshold)
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def weights_digest(path: Union[str, Path]) -> str:
+    """SHA-256 of a weights file (of a CSV folder: over its files' names and digests), cached
+    per file in this process by (path, size, modification time)."""
+    p = Path(path).resolve()
+    files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+    key = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _DIGESTS:
+        if p.is_dir():
+            import hashlib
+
+            h = hashlib.sha256()
+            for f in files:
+                h.update(f"{f.relative_to(p).as_posix()}\0{store.sha256sum(f)}\n".encode())
+            _DIGESTS[key] = h.hexdigest()
+        else:
+            _DIGESTS[key] = store.sha256sum(p)
+    return _DIGESTS[key]
+
+
+def known_weights(path: Union[str, Path]) -> Optional[str]:
+    """The named model whose weights ``path`` holds byte for byte (the shipped or official file), or None."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    if weights_digest(p) == store.NN4_SMALL2_DISTILLED.sha256:
+        return NN4_SMALL2_DISTILLED
+    official = {f.md5 for f in store.NN4_SMALL2_V1_FILES.values()}
+    if p.stat().st_size > 1_000_000 and store.md5sum(p) in official:
+        return NN4_SMALL2_V1
+    return None
+
+
+def weights_metadata(path: Union[str, Path]) -> dict:
+    """The ``openface_py`` metadata a trained ``.pt`` carries (e.g. ``same_person_threshold``), or {}."""
+    p = Path(path)
+    if not p.is_file() or p.suffix != ".pt":
+        return {}
+    import torch
+
+    try:
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+    except Exception:  # unreadable files are reported by the weights loader itself
+        return {}
+    meta = obj.get(WEIGHTS_META_KEY) if isinstance(obj, dict) else None
+    return dict(meta) if isinstance(meta, dict) else {}
 
 
 def alignment_for(model: Optional[str]) -> AlignmentSpec:

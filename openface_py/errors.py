@@ -26,3 +26,7 @@ class ModelNotInstalledError(OpenFacePyError):
 
 class AlignmentMismatchError(OpenFacePyError):
     """Aligned faces were made for a different alignment than the embedder needs."""
+
+
+class UsageError(OpenFacePyError, ValueError):
+    """The arguments cannot work together (the command line exits with 2, as for bad options)."""

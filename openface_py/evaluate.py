@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from openface_py.errors import OpenFacePyError
+from openface_py.errors import OpenFacePyError, UsageError
 from openface_py.io import atomic_write_bytes, atomic_write_text
 from openface_py.jointbayes import JointBayesian
 from openface_py.lfw import LfwEmbeddings, Pair, embed_lfw_images, embedding_cache_path, image_name, parse_pairs
@@ -108,7 +108,7 @@ def score_pairs(emb: LfwEmbeddings, pairs: list[Pair], metric: str, flip: bool) 
         s = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
         return {f: s for f in folds}
     if metric != "jb":
-        raise ValueError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+        raise UsageError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
     out = {}
     for f in folds:
         images: dict[str, str] = {}
@@ -227,7 +227,12 @@ def run_lfw(
     names = sorted({image_name(p.name1, p.num1) for p in pairs} | {image_name(p.name2, p.num2) for p in pairs})
     out.mkdir(parents=True, exist_ok=True)
     emb = embed_lfw_images(
-        root / images, names, embedder, embedding_cache_path(out, embedder.identity), workers, progress=progress
+        root / images,
+        names,
+        embedder,
+        embedding_cache_path(out, embedder.identity, root / images),
+        workers,
+        progress=progress,
     )
     plain = evaluate(pairs, score_pairs(emb, pairs, metric, False), metric, False)
     flipped = evaluate(pairs, score_pairs(emb, pairs, metric, True), metric, True)
@@ -286,7 +291,7 @@ def run_lfw_classify(
     classifiers = classifiers or [c for c in CLASSIFIER_NAMES if c != "GridSearchSvm"]
     root, out = Path(lfw_dir) / images, Path(out_dir)
     if train_per_person >= min_images:
-        raise ValueError("train_per_person must be below min_images (the rest is the test set)")
+        raise UsageError("train_per_person must be below min_images (the rest is the test set)")
     people = eligible_people(root, min_images)
     rng = np.random.default_rng(seed)
     plans = []  # (N, run, {person: [images]})
@@ -300,7 +305,7 @@ def run_lfw_classify(
     names = sorted({img for _, _, plan in plans for imgs in plan.values() for img in imgs})
     out.mkdir(parents=True, exist_ok=True)
     emb = embed_lfw_images(
-        root, names, embedder, embedding_cache_path(out, embedder.identity), workers, progress=progress
+        root, names, embedder, embedding_cache_path(out, embedder.identity, root), workers, progress=progress
     )
     acc: dict[tuple[int, str], list[tuple[float, float, float]]] = {}
     for n, _r, plan in plans:

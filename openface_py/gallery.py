@@ -3,8 +3,10 @@
 A gallery is a folder with one sub-folder per person holding one or more photos of them
 (a photo directly in the gallery folder is a person named after the file). Each photo's
 largest face is embedded once; the embeddings are cached under the weights cache
-(``$OPENFACE_PY_HOME/galleries``), keyed by the gallery's path and the embedder identity, and
-a photo is embedded again only when it is added or changed (size or modification time).
+(``$OPENFACE_PY_HOME/galleries``), keyed by the gallery's path, the embedder identity (which
+names the weights by content) and the detector with its settings (``Detector.key``: upsample,
+max side...), and a photo is embedded again only when it is added or changed (size or
+modification time).
 """
 
 from __future__ import annotations
@@ -52,19 +54,19 @@ class Gallery:
         return [self.names[i] for i in best], d[np.arange(len(best)), best]
 
 
-def _cache_file(gallery_dir: Path, identity: str) -> Path:
-    key = hashlib.sha1(f"{gallery_dir.resolve()}|{identity}".encode()).hexdigest()[:20]
+def _cache_file(gallery_dir: Path, setup: str) -> Path:
+    key = hashlib.sha1(f"{gallery_dir.resolve()}|{setup}".encode()).hexdigest()[:20]
     return store.cache_dir() / "galleries" / f"{key}.npz"
 
 
-def _read_cache(path: Path, identity: str) -> dict[str, tuple[int, int, np.ndarray]]:
+def _read_cache(path: Path, setup: str) -> dict[str, tuple[int, int, np.ndarray]]:
     if not path.is_file():
         return {}
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             reps = z["reps"]
-        if meta.get("identity") != identity:
+        if meta.get("setup") != setup:
             return {}
         return {rel: (e["size"], e["mtime_ns"], reps[e["row"]]) for rel, e in meta["entries"].items()}
     except (OSError, ValueError, KeyError) as exc:
@@ -80,8 +82,9 @@ def build_gallery(gallery_dir: os.PathLike | str, pipeline: FacePipeline, progre
     if pipeline.embedder is None:
         raise ValueError("the pipeline needs an embedder")
     identity = pipeline.embedder.identity
-    cache_path = _cache_file(root, identity)
-    cached = _read_cache(cache_path, identity)
+    setup = f"{identity}|{pipeline.detector.key}"
+    cache_path = _cache_file(root, setup)
+    cached = _read_cache(cache_path, setup)
     rels = list_images(root)
     if not rels:
         raise OpenFacePyError(f"{root}: no photos in the gallery (expected one sub-folder per person)")
@@ -118,7 +121,7 @@ def build_gallery(gallery_dir: os.PathLike | str, pipeline: FacePipeline, progre
         raise OpenFacePyError(f"{root}: no face found in any gallery photo")
     matrix = np.stack(reps)
     buf = _io.BytesIO()
-    np.savez(buf, reps=matrix, meta=np.array(json.dumps({"identity": identity, "entries": entries})))
+    np.savez(buf, reps=matrix, meta=np.array(json.dumps({"setup": setup, "identity": identity, "entries": entries})))
     atomic_write_bytes(cache_path, buf.getvalue())
     log.info("gallery: %d photos of %d people (%d from cache)", len(reps), len(set(names)), reused)
     return Gallery(names, matrix, paths, identity, failures, reused)

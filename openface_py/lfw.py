@@ -135,10 +135,14 @@ class _LfwAligner:
         return name, face, np.ascontiguousarray(face[:, ::-1]), fallback
 
 
-def embedding_cache_path(out_dir: os.PathLike | str, identity: str) -> Path:
-    """The embedding cache of one embedder in an output folder (the identity made file-safe)."""
+def embedding_cache_path(out_dir: os.PathLike | str, identity: str, image_root: os.PathLike | str) -> Path:
+    """The embedding cache of one embedder and one image folder in an output folder (the identity
+    made file-safe, the image folder as a short hash of its resolved path)."""
+    import hashlib
+
     safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in identity)
-    return Path(out_dir) / f"embeddings-{safe}.npz"
+    where = hashlib.sha1(str(Path(image_root).resolve()).encode()).hexdigest()[:10]
+    return Path(out_dir) / f"embeddings-{safe}-{where}.npz"
 
 
 def embed_lfw_images(
@@ -164,12 +168,13 @@ def embed_lfw_images(
     from openface_py.io import atomic_write_bytes
 
     cache_path = Path(cache_path)
+    setup = {"identity": embedder.identity, "image_root": str(Path(image_root).resolve()), "upsample": int(upsample)}
     have: dict = {}
     fallbacks: set = set()
     if cache_path.is_file():
         with np.load(cache_path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            if meta["identity"] == embedder.identity:
+            if all(meta.get(k) == v for k, v in setup.items()):
                 # read each array once: every z[...] access decompresses the whole array again
                 reps, reps_flip = np.array(z["reps"]), np.array(z["reps_flip"])
                 for i, n in enumerate(meta["names"]):
@@ -183,7 +188,7 @@ def embed_lfw_images(
             buf,
             reps=np.stack([have[k][0] for k in keys]),
             reps_flip=np.stack([have[k][1] for k in keys]),
-            meta=np.array(json.dumps({"identity": embedder.identity, "names": keys, "fallbacks": sorted(fallbacks)})),
+            meta=np.array(json.dumps({**setup, "names": keys, "fallbacks": sorted(fallbacks)})),
         )
         atomic_write_bytes(cache_path, buf.getvalue())
 

@@ -34,14 +34,18 @@ log = logging.getLogger(__name__)
 #: The reason given for an item whose worker died twice.
 WORKER_DIED = "the worker process died while processing it (a crash in native code, or out of memory)"
 
-# The one per-process object a worker builds in its pool initializer.
+# The one per-process object a worker builds in its pool initializer (or why it could not).
 _PROCESS_CALLABLE: Any = None
+_INIT_ERROR: Optional[BaseException] = None
 
 
 def _init(factory: Callable, args: tuple) -> None:
-    global _PROCESS_CALLABLE
+    global _PROCESS_CALLABLE, _INIT_ERROR
     _watch_parent()
-    _PROCESS_CALLABLE = factory(*args)
+    try:
+        _PROCESS_CALLABLE = factory(*args)
+    except Exception as exc:  # raised again for each item: the job sees the error, not a dead worker
+        _INIT_ERROR = exc
 
 
 def _watch_parent(interval: float = 0.5) -> None:
@@ -58,7 +62,8 @@ def _watch_parent(interval: float = 0.5) -> None:
 
 
 def _call(item: Any) -> Any:
-    assert _PROCESS_CALLABLE is not None, "worker process not initialised"
+    if _INIT_ERROR is not None:
+        raise _INIT_ERROR
     return _PROCESS_CALLABLE(item)
 
 

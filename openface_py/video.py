@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ import numpy as np
 from openface_py.align import make_aligner
 from openface_py.detect import BoundingBox, HogDetector
 from openface_py.embed import Embedder
+from openface_py.errors import OpenFacePyError, UsageError
+from openface_py.io import TEMP_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +180,7 @@ class VideoRecognizer:
         tracker: str = "template",
         min_track_quality: Optional[float] = None,
     ) -> None:
-        if not 0 < scale <= 1:
-            raise ValueError("scale must be in (0, 1]")
+        check_options(scale, tracker)
         self.embedder = embedder
         self.recognise = recognise
         self.aligner = make_aligner(embedder.alignment)
@@ -186,8 +188,6 @@ class VideoRecognizer:
         self.scale = scale
         self.detect_every = max(1, int(detect_every))
         self.recognise_every = max(1, int(recognise_every))
-        if tracker not in TRACKERS:
-            raise ValueError(f"unknown tracker {tracker!r} (choose from {', '.join(TRACKERS)})")
         self.tracker = tracker
         self.min_track_quality = TRACKERS[tracker] if min_track_quality is None else min_track_quality
         self.reset()
@@ -303,8 +303,6 @@ def frames(source: Union[str, int, Path]) -> Iterator[np.ndarray]:
     """BGR frames of a video file or a camera index; a clear error if it cannot be opened."""
     import cv2
 
-    from openface_py.errors import OpenFacePyError
-
     cap = cv2.VideoCapture(int(source) if isinstance(source, int) or str(source).isdigit() else str(source))
     if not cap.isOpened():
         raise OpenFacePyError(f"{source}: cannot open this video or camera")
@@ -330,9 +328,14 @@ def process_video(
 
     Returns a summary (frames, seconds of processing, mean fps of the recogniser alone).
     """
-    import cv2
 
     writer = None
+    tmp_output = None
+    if output is not None:  # written beside the target, renamed when complete: never a half video
+        output = Path(output)
+        if not output.parent.is_dir():
+            raise OpenFacePyError(f"{output}: folder {output.parent} does not exist")
+        tmp_output = output.with_name(f"{TEMP_PREFIX}{output.stem}.{os.getpid()}{output.suffix or '.mp4'}")
     out_lines = open(results_path, "w", encoding="utf-8") if results_path else None
     busy = 0.0
     n = 0
@@ -352,16 +355,46 @@ def process_video(
             if output is not None:
                 if writer is None:
                     h, w = bgr.shape[:2]
-                    writer = cv2.VideoWriter(str(output), cv2.VideoWriter_fourcc(*"mp4v"), fps_out, (w, h))
+                    writer = _open_writer(tmp_output, fps_out, (w, h), output)
                 writer.write(bgr)
             if on_frame is not None:
                 on_frame(bgr, res, fps)
+        if writer is not None:
+            writer.release()
+            writer = None
+            if not tmp_output.is_file() or tmp_output.stat().st_size == 0:
+                raise OpenFacePyError(f"{output}: the video writer wrote nothing")
+            os.replace(tmp_output, output)
     finally:
         if writer is not None:
             writer.release()
+        if tmp_output is not None and tmp_output.exists():
+            tmp_output.unlink()
         if out_lines:
             out_lines.close()
     return {"frames": n, "seconds": round(busy, 3), "fps": round(n / busy, 1) if busy else 0.0}
+
+
+def check_options(scale: float = 0.5, tracker: str = "template") -> None:
+    """Refuse settings ``VideoRecognizer`` cannot use (before any model or gallery is loaded)."""
+    if not 0 < scale <= 1:
+        raise UsageError("scale must be in (0, 1]")
+    if tracker not in TRACKERS:
+        raise UsageError(f"unknown tracker {tracker!r} (choose from {', '.join(TRACKERS)})")
+
+
+def _open_writer(path: Path, fps: float, size: tuple[int, int], shown: Path):
+    """An mp4v VideoWriter, or an error saying why not (OpenCV gives no reason: a bad folder,
+    a suffix OpenCV cannot write, or a missing codec)."""
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    if not writer.isOpened():
+        raise OpenFacePyError(
+            f"{shown}: OpenCV cannot write this video (codec mp4v, {size[0]}x{size[1]}); use a .mp4 name "
+            "in an existing, writable folder"
+        )
+    return writer
 
 
 def make_recognizer(
@@ -377,22 +410,25 @@ def make_recognizer(
     The embedder is the one the classifier was trained with (or ``model`` for a gallery).
     ``options`` go to ``VideoRecognizer`` (scale, detect_every, ...).
     """
-    from openface_py.embed import load_embedder, same_person_threshold
+    from openface_py.embed import load_embedder
 
     if (classifier is None) == (gallery_dir is None):
-        raise ValueError("give a classifier model file or a gallery folder (one of them)")
+        raise UsageError("give a classifier model file or a gallery folder (one of them)")
+    check_options(**{k: options[k] for k in ("scale", "tracker") if k in options})
     if classifier is not None:
         from openface_py.classify import load_model
 
         trained = load_model(classifier)
         embedder = load_embedder(trained.embedder_name)
         if embedder.identity != trained.embedder_identity:
-            raise ValueError(f"{classifier} was trained on {trained.embedder_identity}, not {embedder.identity}")
+            raise OpenFacePyError(f"{classifier} was trained on {trained.embedder_identity}, not {embedder.identity}")
         return VideoRecognizer(embedder, classifier_recogniser(trained, threshold), **options)
     from openface_py.gallery import build_gallery
     from openface_py.pipeline import FacePipeline
 
     embedder = load_embedder(model)
     gallery = build_gallery(gallery_dir, FacePipeline(HogDetector(upsample=1), embedder=embedder), progress=progress)
-    limit = threshold if threshold is not None else same_person_threshold(embedder.name)
+    limit = threshold if threshold is not None else embedder.same_person_threshold
+    if limit is None:
+        raise UsageError(f"{embedder.name} has no calibrated same-person threshold; give one (--threshold)")
     return VideoRecognizer(embedder, gallery_recogniser(gallery, limit), **options)

@@ -104,3 +104,16 @@ def test_pending_window_bounds_items_in_flight():
         assert len(seen) <= 5  # at most the window (+ the one being taken) handed out
         rest = list(res)
     assert len(rest) == 49
+
+
+def test_a_worker_that_cannot_start_raises_its_error_at_once():
+    start = time.time()
+    with pytest.raises(ValueError, match="bad setting"):
+        with mapped(Broken, (), range(100), workers=2) as res:
+            list(res)
+    assert time.time() - start < 30  # not 100 items each retried in a fresh pool
+
+
+class Broken:
+    def __init__(self) -> None:
+        raise ValueError("bad setting")

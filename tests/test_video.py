@@ -10,10 +10,10 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from conftest import ROOT, SAMPLE
+from conftest import ROOT, SAMPLE, shipped_lfw_threshold
 
 from openface_py.detect import HogDetector
-from openface_py.embed import NN4_SMALL2_DISTILLED, load_embedder, same_person_threshold
+from openface_py.embed import NN4_SMALL2_DISTILLED, load_embedder
 from openface_py.gallery import build_gallery
 from openface_py.io import load_image
 from openface_py.pipeline import FacePipeline
@@ -64,7 +64,7 @@ def recognizer(tmp_path_factory):
     g = build_gallery(gallery, FacePipeline(HogDetector(upsample=1), embedder=embedder), progress=False)
     return lambda tracker="template": VideoRecognizer(
         embedder,
-        gallery_recogniser(g, same_person_threshold(embedder.name)),
+        gallery_recogniser(g, shipped_lfw_threshold()),  # from its LFW run, not the code under test
         scale=0.5,
         detect_every=10,
         recognise_every=15,
