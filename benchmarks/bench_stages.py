@@ -4,8 +4,8 @@ Usage: python benchmarks/bench_stages.py [--photos data/lfw-sample] [--repeat 3]
 
 Prints machine info, then one line per measurement with images/s and ms/image, and the
 ratio to a reference measured in the same run (align: the 1-process path; embed: the same
-embedder at batch 1). NN4-small2's speed does not depend on its weight values, so without
-the official weights it is timed with randomly initialised weights (labelled as such).
+embedder at batch 1). NN4-small2 is timed with the default model (`openface-py models list`:
+the official nn4.small2.v1 if downloaded, else the shipped nn4.small2.distilled-v2), eager.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from openface_py.align import dlib_chip_spec, make_aligner, openface_spec  # noqa: E402
 from openface_py.batch import align_folder  # noqa: E402
 from openface_py.detect import HogDetector  # noqa: E402
-from openface_py.embed import DlibResnetEmbedder, NN4Embedder, find_nn4_small2_v1  # noqa: E402
+from openface_py.embed import DlibResnetEmbedder, best_installed_model, load_embedder  # noqa: E402
 from openface_py.io import list_images, load_image  # noqa: E402
 
 
@@ -116,17 +116,9 @@ def main() -> int:
     print("\n== embed (aligned faces in memory), faces/s")
     faces96 = [make_aligner(openface_spec()).align(p, b).image for p, b in zip(photos, boxes)]
     faces150 = [make_aligner(dlib_chip_spec()).align(p, b).image for p, b in zip(photos, boxes)]
-    nn4_path = find_nn4_small2_v1()
-    if nn4_path is not None:
-        nn4, nn4_label = NN4Embedder(nn4_path, name="nn4.small2.v1", backend="eager"), "nn4.small2.v1"
-    else:
-        import torch
-
-        from openface_py.nn4 import NN4Small2
-
-        torch.manual_seed(0)
-        nn4 = NN4Embedder(NN4Small2().state_dict(), name="nn4", backend="eager")
-        nn4_label = "NN4-small2 eager (random weights, same cost)"
+    nn4_label = best_installed_model()
+    nn4 = load_embedder(nn4_label, backend="eager")
+    nn4_label += " (eager)"
     batch = np.stack(faces96 * 2)[:128]
     for name, emb, faces in ((nn4_label, nn4, list(batch)), ("dlib-resnet-v1", DlibResnetEmbedder(), faces150[:64])):
         emb.embed(faces[:8])  # warm-up

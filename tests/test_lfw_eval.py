@@ -92,10 +92,13 @@ def test_lfw_subset_with_dlib(tmp_path):
     assert summary["pairs"] == 200 and summary["images"] == 317 and summary["accuracy_mean"] >= 0.95
     for f in ("accuracies-sqeuclidean.txt", "roc-sqeuclidean.csv", "roc-sqeuclidean.png"):
         assert (tmp_path / f).stat().st_size > 100
-    # a rerun is served from the embedding cache
+    # a rerun is served from the embedding cache: nothing embedded, so the cache is not rewritten
+    (cache,) = tmp_path.glob("embeddings-*.npz")
+    stamp = cache.stat().st_mtime_ns
     r2 = cli("lfw", str(LFW), "-o", str(tmp_path), "--model", "dlib-resnet-v1", "--folds", "1,2",
              "--pairs-per-fold", "100", "--metric", "jb", "-q", timeout=120)  # fmt: skip
     assert r2.returncode == 0 and "Accuracy: " in r2.stdout
+    assert cache.stat().st_mtime_ns == stamp
 
 
 def test_lfw_classify_on_the_sample_people(tmp_path):
