@@ -4,9 +4,28 @@ import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "openface_py" / "__init__.py").read_text()).group(1)
+#: The shipped weights and their model card: the top-level models/ folder is the source of truth;
+#: wheels carry a copy as package data (openface_py/models/), found by store.project_models_dir().
+SHIPPED_MODELS = sorted(p.name for p in (HERE / "models").glob("*") if p.suffix in (".pt", ".md"))
+
+
+class BuildPyWithModels(build_py):
+    """build_py that also copies models/ into the built package (not for editable installs,
+    which read the checkout's models/ directly)."""
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        dest = Path(self.build_lib) / "openface_py" / "models"
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in SHIPPED_MODELS:
+            self.copy_file(str(HERE / "models" / name), str(dest / name))
+
 
 setup(
     name="openface-py",
@@ -33,7 +52,9 @@ setup(
         "onnxruntime>=1.16",  # fastest CPU backend for NN4-small2 (backends.py falls back without it)
         "onnx>=1.14",  # needed by torch.onnx.export to write the ONNX file
     ],
-    extras_require={"test": ["pytest>=7", "ruff>=0.4"]},
+    # setuptools>=70.1 builds wheels itself: the wheel test builds one without a network
+    extras_require={"test": ["pytest>=7", "ruff>=0.4", "hypothesis>=6.100", "setuptools>=70.1"]},
+    cmdclass={"build_py": BuildPyWithModels},
     entry_points={"console_scripts": ["openface-py=openface_py.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

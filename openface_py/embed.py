@@ -243,7 +243,7 @@ def load_embedder(model: Optional[str] = None, threads: Optional[int] = None, ba
         if path is None:
             raise ModelNotInstalledError(
                 f"{store.NN4_SMALL2_DISTILLED.filename} is not in {store.project_models_dir()}: this "
-                "installation lacks the project's models/ folder (use a source checkout, or another model)"
+                "installation lacks the shipped weights (reinstall the package, or use a source checkout)"
             )
         _check_sha256(path, store.NN4_SMALL2_DISTILLED.sha256)
         return _nn4(path, NN4_SMALL2_DISTILLED, threads, backend)

@@ -74,8 +74,12 @@ def cache_dir() -> Path:
 
 
 def project_models_dir() -> Path:
-    """The source checkout's ``models/`` folder (weights shipped with the project)."""
-    return Path(__file__).resolve().parent.parent / "models"
+    """Where the project's shipped weights are: ``openface_py/models`` in an installed package
+    (the wheel carries them, copied from the top-level ``models/`` at build time), else the
+    source checkout's top-level ``models/`` folder, the one source of truth."""
+    here = Path(__file__).resolve().parent
+    packaged = here / "models"
+    return packaged if packaged.is_dir() else here.parent / "models"
 
 
 def search_dirs() -> list[Path]:
