@@ -45,6 +45,7 @@ setup(
         "numpy>=1.22",
         "scikit-learn>=1.1",
         "joblib>=1.1",
+        "skops>=0.10",  # classifier files whose loading cannot run code (scikit-learn's safe format)
         "tqdm>=4.60",  # progress bars on folder jobs
         "pillow>=9.1",  # decoding with EXIF orientation, every PNG mode, truncation errors
         "torchfile>=0.1.0",  # reader of OpenFace's original Torch7 .t7 weights

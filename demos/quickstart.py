@@ -91,7 +91,7 @@ def main() -> int:
         enrolled_reps, list(enrolled_labels), args.classifier, embedder.name, embedder.identity,
         embedder.alignment.to_dict(),
     )  # fmt: skip
-    model_path = model.save(args.out / f"{args.classifier}-{model_name_safe(model)}.pkl")
+    model_path = model.save(args.out / f"{args.classifier}-{model_name_safe(model)}.skops")
     print(f"      saved {model_path}; cross-validated accuracy {model.cv_accuracy:.3f}")
     if model.open_set is not None:
         print(f"      {model.open_set.summary()}")

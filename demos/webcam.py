@@ -1,7 +1,7 @@
 """Real-time face recognition from a webcam (or a video file), with boxes, names and fps.
 
     python demos/webcam.py --gallery people/            # camera 0, one sub-folder of photos per person
-    python demos/webcam.py --classifier model.pkl --source clip.mp4 --output annotated.mp4
+    python demos/webcam.py --classifier model.skops --source clip.mp4 --output annotated.mp4
 
 Uses the same code as `openface-py video`: detection on a half-size frame every few frames,
 a tracker in between (template matching, or dlib's correlation tracker), recognition when a

@@ -535,49 +535,117 @@ class TrainedModel:
         return out
 
     def save(self, path: os.PathLike | str) -> Path:
-        """joblib file + ``<path>.sha256`` beside it (checked by ``load_model`` before unpickling)."""
-        import joblib
+        """Write the model as a skops file (loading it cannot run code) + ``<path>.sha256`` beside it."""
+        from skops.io import dumps
 
-        buf = _io.BytesIO()
-        joblib.dump(self, buf, compress=3)
-        data = buf.getvalue()
+        data = dumps(self)
         target = Path(path)
         atomic_write_bytes(target, data)
         atomic_write_text(sha256_path(target), f"{hashlib.sha256(data).hexdigest()}  {target.name}\n")
         return target
 
 
+#: scikit-learn types inside our models that skops does not trust by default; nothing else
+#: (and none of Python's callables) is ever accepted from a model file.
+SKLEARN_TYPES = frozenset(
+    {
+        "sklearn.calibration._CalibratedClassifier",
+        "sklearn.calibration._SigmoidCalibration",
+        "sklearn.metrics._dist_metrics.EuclideanDistance64",
+        "sklearn.model_selection._split.StratifiedKFold",
+        "sklearn.neighbors._kd_tree.KDTree",
+        "sklearn.tree._tree.Tree",
+    }
+)
+
+
+def trusted_types() -> frozenset[str]:
+    """Every type a model file may hold beyond skops' defaults: this package's model classes
+    (named where they live now) and the scikit-learn internals they use."""
+    ours = (TrainedModel, OpenSetReport, SklearnClassifier, GmmClassifier, KnnClassifier, JointBayesianClassifier,
+            LdaFront, SvmClassifier, JointBayesian)  # fmt: skip
+    return SKLEARN_TYPES | {f"{c.__module__}.{c.__qualname__}" for c in ours}
+
+
 def sha256_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def load_model(path: os.PathLike | str) -> TrainedModel:
-    """Load a model file after checking its SHA-256 against the ``.sha256`` file beside it.
-
-    A model file is a pickle: loading one runs code. Only load files you made or trust; the
-    checksum catches a file that was damaged or replaced without its checksum being updated.
-    """
-    import joblib
-
-    p = Path(path)
+def _read_checked(p: Path, required: bool) -> bytes:
+    """The file's bytes, after checking them against ``<file>.sha256`` (refused if it is missing and ``required``)."""
     if not p.is_file():
         raise ClassifierError(f"{p}: model file not found")
+    data = p.read_bytes()
     side = sha256_path(p)
     if not side.is_file():
-        raise ClassifierError(f"{p}: no {side.name} beside it; refusing to unpickle an unverified file")
-    want = side.read_text().split()[0].strip().lower() if side.read_text().strip() else ""
-    data = p.read_bytes()
+        if required:
+            raise ClassifierError(f"{p}: no {side.name} beside it; refusing to unpickle an unverified file")
+        return data
+    text = side.read_text(encoding="utf-8", errors="replace").split()
+    want = text[0].strip().lower() if text else ""
     got = hashlib.sha256(data).hexdigest()
     if got != want:
         raise ClassifierError(
             f"{p}: SHA-256 {got} does not match {side.name} ({want}); the file was changed or damaged"
         )
+    return data
+
+
+def load_model(path: os.PathLike | str) -> TrainedModel:
+    """Load a model file written by ``TrainedModel.save`` (skops format: loading runs no code).
+
+    Only this package's model classes and a fixed list of scikit-learn types are accepted
+    (``trusted_types``); a file naming anything else is refused before anything is built. A
+    ``.sha256`` beside the file, if there, must match. Pickle model files of older versions
+    are refused: see ``convert_pickle``.
+    """
+    import zipfile
+
+    from skops.io import get_untrusted_types, loads
+
+    p = Path(path)
+    data = _read_checked(p, required=False)
+    if not zipfile.is_zipfile(_io.BytesIO(data)):
+        if data[:1] in (b"\x80", b"\x78"):  # a pickle, or joblib's zlib-compressed pickle
+            raise ClassifierError(
+                f"{p} is a pickle model file (openface-py before 0.2); loading a pickle runs whatever "
+                f"code it holds, so it is refused. If you made it yourself, convert it once: "
+                f"openface-py models convert {p} -o NEW.skops --trust-pickle"
+            )
+        raise ClassifierError(f"{p}: not an openface-py model file")
+    try:
+        found = set(get_untrusted_types(data=data))
+    except Exception as exc:  # a damaged archive or schema
+        raise ClassifierError(f"{p}: cannot read model file ({type(exc).__name__}: {exc})") from exc
+    refused = sorted(found - trusted_types())
+    if refused:
+        raise ClassifierError(f"{p}: refused: the file names types a model never holds ({', '.join(refused)})")
+    try:
+        model = loads(data, trusted=sorted(found))
+    except Exception as exc:
+        raise ClassifierError(f"{p}: cannot load model ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(model, TrainedModel):
+        raise ClassifierError(f"{p}: not an openface-py model file (found {type(model).__name__})")
+    return model
+
+
+def convert_pickle(old: os.PathLike | str, new: os.PathLike | str) -> TrainedModel:
+    """One-time conversion of an old joblib/pickle model file (with its ``.sha256``) to the safe format.
+
+    Unpickling runs code: call this only on a file you made yourself or trust (the CLI asks for
+    ``--trust-pickle``).
+    """
+    import joblib
+
+    p = Path(old)
+    data = _read_checked(p, required=True)
     try:
         model = joblib.load(_io.BytesIO(data))
     except Exception as exc:  # unpickling raises many types
         raise ClassifierError(f"{p}: cannot load model ({exc})") from exc
     if not isinstance(model, TrainedModel):
         raise ClassifierError(f"{p}: not an openface-py model file (found {type(model).__name__})")
+    model.save(new)
     return model
 
 

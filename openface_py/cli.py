@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add_command("train", help="train a classifier on `represent` output (with an unknown-person threshold)")
     p.add_argument("reps_dir", type=Path)
-    p.add_argument("-o", "--output", type=Path, required=True, help="model file to write (joblib + .sha256)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="model file to write (.skops + .sha256)")
     p.add_argument("--classifier", choices=CLASSIFIER_NAMES, default="LinearSvm")
     p.add_argument("--ldaDim", "--lda-dim", dest="lda_dim", type=int, default=None, help="LDA projection in front")
     p.add_argument("--threshold", type=float, default=None, help="unknown threshold instead of the measured one")
@@ -216,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--format", choices=("pt", "t7"), default="pt")
     pd.add_argument("--url", default=None, help="base URL (default: OpenFace's model storage) or a full file URL")
     pd.add_argument("--from-file", type=Path, default=None, help="install a copy you already have (md5-checked)")
+    pc = msub.add_parser(
+        "convert", parents=[common], help="convert a classifier pickle of an older version to the safe format (once)"
+    )
+    pc.add_argument("old", type=Path, help="the old model file (its .sha256 must be beside it)")
+    pc.add_argument("-o", "--output", type=Path, required=True, help="the new model file (.skops)")
+    pc.add_argument(
+        "--trust-pickle", action="store_true", help="required: unpickling runs code; only for files you made or trust"
+    )
     return parser
 
 
@@ -425,6 +433,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     if args.models_command == "download":
         return _download(args)
+    if args.models_command == "convert":
+        from openface_py.classify import convert_pickle
+
+        if not args.trust_pickle:
+            raise UsageError(f"{args.old}: loading a pickle runs the code inside it; if you made this file "
+                             "yourself or trust it, add --trust-pickle")  # fmt: skip
+        model = convert_pickle(args.old, args.output)
+        print(f"converted {args.old} ({model.classifier.name}, {len(model.classes)} people) -> {args.output}")
+        return EXIT_OK
     statuses = model_statuses()
     try:
         best = best_installed_model()

@@ -1,0 +1,116 @@
+"""Classifier files cannot run code: skops format with a fixed list of types; pickles are refused."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import EXAMPLES, ROOT
+
+from openface_py.classify import ClassifierError, TrainedModel, convert_pickle, load_model, train_model
+
+
+def _model(name: str = "LinearSvm") -> TrainedModel:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 128))
+    X = np.concatenate([c + 0.05 * rng.normal(size=(6, 128)) for c in centres])
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    y = [f"p{i // 6}" for i in range(24)]
+    return train_model(X, y, name, "dlib-resnet-v1", "dlib-resnet-v1|x", {}, open_set=False), X
+
+
+def _with_checksum(path, data: bytes) -> None:
+    path.write_bytes(data)
+    (path.parent / (path.name + ".sha256")).write_text(f"{hashlib.sha256(data).hexdigest()}  {path.name}\n")
+
+
+class Payload:
+    """Unpickling this runs a command (what a malicious model file would do)."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("name", ["LinearSvm", "GMM", "KNN", "JointBayesian"])
+def test_round_trip_is_not_a_pickle(tmp_path, name):
+    model, X = _model(name)
+    path = model.save(tmp_path / "m.skops")
+    assert zipfile.is_zipfile(path) and not path.read_bytes().startswith(b"\x80")
+    back = load_model(path)
+    assert [p.name for p in back.predict(X)] == [p.name for p in model.predict(X)]
+    assert back.embedder_identity == model.embedder_identity
+
+
+def test_crafted_pickle_with_matching_checksum_is_refused_and_runs_nothing(tmp_path):
+    import joblib
+
+    marker = tmp_path / "ran"
+    buf = io.BytesIO()
+    joblib.dump(Payload(str(marker)), buf)
+    bad = tmp_path / "people.pkl"
+    _with_checksum(bad, buf.getvalue())
+    r = subprocess.run([sys.executable, "-m", "openface_py", "infer", str(bad), str(EXAMPLES / "adams.jpg"), "-q"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 1 and "pickle model file" in r.stderr and "--trust-pickle" in r.stderr
+    assert not marker.exists()
+
+
+def test_crafted_skops_file_naming_a_callable_is_refused(tmp_path):
+    model, _ = _model()
+    good = model.save(tmp_path / "m.skops").read_bytes()
+    src = zipfile.ZipFile(io.BytesIO(good))
+    schema = json.loads(src.read("schema.json"))
+    schema["__module__"], schema["__class__"] = "posix", "system"  # the top object becomes os.system
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as z:
+        for item in src.namelist():
+            z.writestr(item, json.dumps(schema) if item == "schema.json" else src.read(item))
+    bad = tmp_path / "bad.skops"
+    _with_checksum(bad, out.getvalue())
+    with pytest.raises(ClassifierError, match="posix.system"):
+        load_model(bad)
+
+
+def test_old_pickle_converts_once_with_trust(tmp_path):
+    import joblib
+
+    model, X = _model("KNN")
+    buf = io.BytesIO()
+    joblib.dump(model, buf)
+    old = tmp_path / "old.pkl"
+    _with_checksum(old, buf.getvalue())
+    with pytest.raises(ClassifierError, match="convert it once"):
+        load_model(old)
+    cmd = [sys.executable, "-m", "openface_py", "-q", "models", "convert", str(old), "-o", str(tmp_path / "new.skops")]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "--trust-pickle" in r.stderr  # never unpickled without the flag
+    r = subprocess.run(cmd + ["--trust-pickle"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    new = load_model(tmp_path / "new.skops")
+    assert [p.name for p in new.predict(X)] == [p.name for p in model.predict(X)]
+    (tmp_path / "old.pkl.sha256").unlink()
+    with pytest.raises(ClassifierError, match="unverified"):
+        convert_pickle(old, tmp_path / "again.skops")
+
+
+def test_damaged_file_and_checksum_mismatch(tmp_path):
+    model, _ = _model()
+    path = model.save(tmp_path / "m.skops")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ClassifierError, match="does not match"):
+        load_model(path)
+    (tmp_path / "m.skops.sha256").unlink()
+    with pytest.raises(ClassifierError):
+        load_model(path)
