@@ -30,7 +30,7 @@ import numpy as np
 
 from openface_py import store
 from openface_py.align import AlignmentSpec, dlib_chip_spec, openface_spec
-from openface_py.errors import ModelNotInstalledError, WeightsError
+from openface_py.errors import ModelNotInstalledError, UsageError, WeightsError
 from openface_py.io import iter_chunks
 
 log = logging.getLogger(__name__)
@@ -263,9 +263,7 @@ def load_embedder(model: Optional[str] = None, threads: Optional[int] = None, ba
         return NN4Embedder(
             p, threads=threads, backend=backend, same_person_threshold=None if threshold is None else float(threshold)
         )
-    raise ModelNotInstalledError(
-        f"unknown model {model!r}: not one of {', '.join(MODEL_NAMES)} and no such weights file or folder"
-    )
+    raise UsageError(f"unknown model {model!r}: not one of {', '.join(MODEL_NAMES)} and no such weights file or folder")
 
 
 def _nn4(path: Path, name: str, threads: Optional[int], backend: str) -> NN4Embedder:

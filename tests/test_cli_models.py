@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, SAMPLE
+from conftest import EXAMPLES, ROOT, SAMPLE
 from test_embed_batch import cli
 
 from openface_py import cli as cli_mod
 from openface_py import store
 from openface_py.embed import NN4_SMALL2_V1, best_installed_model, load_embedder, model_statuses
-from openface_py.errors import ModelNotInstalledError, WeightsError
+from openface_py.errors import ModelNotInstalledError, UsageError, WeightsError
 from openface_py.nn4 import NN4Small2
 from openface_py.pipeline import FacePipeline
 
@@ -106,8 +106,25 @@ def test_missing_nn4_weights_is_a_clear_error(empty_home):
         r = cli("embed", photo, "--json", env={"OPENFACE_PY_HOME": str(empty_home)})
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)[0]["model"].startswith("nn4.small2.distilled-v2|")
-    with pytest.raises(ModelNotInstalledError, match="unknown model 'nope'"):
+    with pytest.raises(UsageError, match="unknown model 'nope'"):
         load_embedder("nope")
+    r = cli("embed", photo, "--model", "nope", env={"OPENFACE_PY_HOME": str(empty_home)})
+    assert r.returncode == 2 and "unknown model 'nope'" in r.stderr  # a usage error, not "not installed"
+
+
+def test_output_piped_into_head_ends_quietly():
+    """`openface-py detect --landmarks --json ... | head -1`: the reader goes away mid-output."""
+    import subprocess
+    import sys
+
+    photos = [str(p) for p in sorted(SAMPLE.glob("*/*.jpg"))[:60]]
+    proc = subprocess.Popen([sys.executable, "-m", "openface_py", "-q", "detect", "--landmarks", "--json", *photos],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    first = proc.stdout.readline()
+    proc.stdout.close()  # as `head -1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0 and first.strip() == b"["
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
 
 
 def test_download_verifies_md5_and_is_atomic(tmp_path, http_server):

@@ -1,0 +1,91 @@
+"""The ``openface-py`` command line (also ``python -m openface_py``).
+
+One module per command family, each holding its sub-commands' options beside their handlers
+(``register`` adds the parsers, ``set_defaults(handler=...)`` ties each to its function):
+``folders`` (align, represent, run), ``photos`` (detect, embed), ``people`` (train, infer,
+compare, identify), ``video``, ``lfw`` (lfw, lfw-classify), ``models``. A new command family
+is a new module with a ``register`` function, added to ``FAMILIES``.
+
+Exit codes: 0 success; 1 the job failed (nothing could be processed, unreadable input);
+2 bad arguments (including an unknown --model); 3 a model is not installed (the message says
+how to get it). Output piped into a program that stops reading (``| head``) ends quietly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+from openface_py import __version__
+from openface_py.cli import folders, lfw, models, people, photos, video
+from openface_py.cli.common import EXIT_FAILED, EXIT_NO_MODEL, EXIT_OK, EXIT_USAGE, log
+from openface_py.errors import ModelNotInstalledError, OpenFacePyError, UsageError
+
+FAMILIES = (folders, video, photos, people, lfw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="openface-py",
+        description="OpenFace-style face detection, alignment and embedding.",
+        epilog="Exit codes: 0 ok, 1 job failed, 2 bad arguments, 3 model not installed.",
+    )
+    parser.add_argument("--version", action="version", version=f"openface-py {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings and errors only")
+    # -v/-q are accepted after the sub-command too; SUPPRESS keeps a global flag from being reset
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="no progress bars; warnings and errors only",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add_command(name: str, **kw) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, parents=[common], **kw)
+
+    for family in FAMILIES:
+        family.register(add_command)
+    models.register(add_command, common)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.handler(args)
+    except ModelNotInstalledError as exc:
+        log.error("%s", exc)
+        return EXIT_NO_MODEL
+    except UsageError as exc:  # arguments that cannot work (checked where they are used)
+        log.error("%s", exc)
+        return EXIT_USAGE
+    except (OpenFacePyError, ValueError) as exc:
+        log.error("%s", exc)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        log.error("interrupted; rerun the same command to resume")
+        return 130
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly; point stdout at nothing so the
+        # interpreter's final flush does not fail again on exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+
+
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_NO_MODEL"]

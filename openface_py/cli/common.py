@@ -1,0 +1,115 @@
+"""What the sub-command modules share: exit codes, common options, per-photo loops, printing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger("openface_py")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MODEL = 0, 1, 2, 3
+
+
+def add_detector_args(p: argparse.ArgumentParser, default: str = "hog") -> None:
+    from openface_py.detect import DETECTOR_NAMES
+
+    p.add_argument(
+        "--detector",
+        choices=DETECTOR_NAMES,
+        default=default,
+        help=f"face detector (default: {default}; hog = OpenFace's; hog-adaptive = upsample only when "
+        "nothing is found at the photo's own resolution; cnn = dlib MMOD)",
+    )
+    p.add_argument("--upsample", type=int, default=1, help="times to upsample before detecting (default: 1)")
+    p.add_argument(
+        "--max-side", type=int, default=None, help="detect on a copy downscaled to this longer side (large photos)"
+    )
+
+
+def per_image(paths: Sequence[Path], fn) -> tuple[list[dict], int]:
+    """Run ``fn(rgb) -> dict`` on each image, collecting errors instead of stopping."""
+    from openface_py.errors import ImageLoadError
+    from openface_py.io import load_image
+
+    out, failed = [], 0
+    for path in paths:
+        try:
+            out.append({"path": str(path), **fn(load_image(path))})
+        except ImageLoadError as exc:
+            failed += 1
+            out.append({"path": str(path), "error": exc.reason})
+    return out, failed
+
+
+def print_results(results: list[dict], as_json: bool, face_lines) -> None:
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    for r in results:
+        if "error" in r:
+            print(f"{r['path']}: ERROR {r['error']}")
+            continue
+        print(f"{r['path']}: {len(r['faces'])} face(s)")
+        for line in face_lines(r):
+            print(line)
+
+
+def folder_report(report, as_json: bool, done: str, report_path: Path, note: str = "") -> int:
+    """Print an align/run report (failures on stderr) and return the exit code: 1 if nothing is done."""
+    if as_json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        for f in report.failures:
+            print(f"FAILED {f.path}: {f.reason}", file=sys.stderr)
+        print(
+            f"{report.total} photos: {report.aligned} {done} now, {report.already_done} finished earlier, "
+            f"{len(report.failures)} failed; {note}report in {report_path}"
+        )
+    return EXIT_OK if report.done_ok_total > 0 else EXIT_FAILED
+
+
+def pipeline_for(model_name: Optional[str], args: argparse.Namespace):
+    from openface_py.embed import best_installed_model
+    from openface_py.pipeline import FacePipeline
+
+    return FacePipeline.create(
+        model_name or best_installed_model(), detector=args.detector, upsample=args.upsample, max_side=args.max_side
+    )
+
+
+def largest_face_reps(paths: Sequence[Path], pipe) -> tuple[list[Optional[np.ndarray]], list[str]]:
+    from openface_py.errors import ImageLoadError
+    from openface_py.io import load_image
+
+    reps, errors = [], []
+    for p in paths:
+        try:
+            faces = pipe.process(load_image(p), multi=False)
+            reps.append(faces[0].embedding if faces else None)
+            errors.append("" if faces else "no face found")
+        except ImageLoadError as exc:
+            reps.append(None)
+            errors.append(exc.reason)
+    return reps, errors
+
+
+def MODEL_HELP() -> str:  # noqa: N802 (reads like the constant it replaces)
+    """Help text of every --model option."""
+    from openface_py.embed import DEFAULT_PREFERENCE, MODEL_NAMES
+
+    return (
+        f"model name ({', '.join(MODEL_NAMES)}) or path to NN4-small2 weights (.pt, .t7, CSV folder); "
+        f"default: the first installed of {', '.join(DEFAULT_PREFERENCE)}"
+    )
+
+
+def backend_choices() -> tuple[str, ...]:
+    from openface_py.backends import BACKENDS
+
+    return ("auto",) + BACKENDS

@@ -1,0 +1,128 @@
+"""`align`, `represent`, `run`: folder jobs (resumable, parallel)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from openface_py.cli.common import (
+    EXIT_OK,
+    MODEL_HELP,
+    add_detector_args,
+    backend_choices,
+    folder_report,
+)
+from openface_py.errors import UsageError
+
+
+def register(add_command) -> None:
+    """Add this family's sub-commands (each parser beside its handler's module)."""
+    p = add_command("align", help="detect and align the faces of a folder of photos (resumable)")
+    p.add_argument("input_dir", type=Path)
+    p.add_argument("output_dir", type=Path)
+    p.add_argument("--model", default=None, help="align for this model's input (" + MODEL_HELP() + ")")
+    p.add_argument("--size", type=int, default=None, help="output size for OpenFace alignment (default 96)")
+    p.add_argument(
+        "--landmarks",
+        choices=("outerEyesAndNose", "innerEyesAndBottomLip"),
+        default=None,
+        help="landmark triple for OpenFace alignment (default outerEyesAndNose)",
+    )
+    add_detector_args(p)
+    p.add_argument("--skip-multi", action="store_true", help="skip photos with more than one face")
+    p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--retry-failed", action="store_true", help="retry photos that failed in an earlier run")
+    p.add_argument("--json", action="store_true", help="print the run report as JSON")
+    p.set_defaults(handler=cmd_align)
+
+    p = add_command("represent", help="embed a folder of aligned faces; writes reps.csv, labels.csv, reps.npy")
+    p.add_argument("aligned_dir", type=Path)
+    p.add_argument("output_dir", type=Path)
+    p.add_argument("--model", default=None, help=MODEL_HELP())
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--backend", choices=backend_choices(), default="auto", help="NN4-small2 backend (default: auto)")
+    p.set_defaults(handler=cmd_represent)
+
+    p = add_command("run", help="detect, align and embed a folder of photos in one pass (parallel, resumable)")
+    p.add_argument("input_dir", type=Path)
+    p.add_argument("output_dir", type=Path)
+    p.add_argument("--model", default=None, help=MODEL_HELP())
+    add_detector_args(p, default="hog-adaptive")
+    p.add_argument("--multi", action="store_true", help="every face of a photo (default: the largest)")
+    p.add_argument("--skip-multi", action="store_true", help="skip photos with more than one face")
+    p.add_argument("--workers", type=int, default=0, help="detection/alignment processes (default: one per core)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--backend", choices=backend_choices(), default="auto", help="NN4-small2 backend (default: auto)")
+    p.add_argument("--save-aligned", action="store_true", help="also write the aligned faces (OUTPUT_DIR/aligned)")
+    p.add_argument("--retry-failed", action="store_true", help="retry photos that failed in an earlier run")
+    p.add_argument("--json", action="store_true", help="print the run report as JSON")
+    p.set_defaults(handler=cmd_run)
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from openface_py.align import DLIB_CHIP_METHOD, openface_spec
+    from openface_py.batch import align_folder
+    from openface_py.embed import alignment_for, best_installed_model
+
+    args.model = args.model or best_installed_model()
+    spec = alignment_for(args.model)
+    if spec.method == DLIB_CHIP_METHOD:
+        if args.size is not None or args.landmarks is not None:
+            raise UsageError(f"--size/--landmarks apply to OpenFace alignment; {args.model} needs {spec.identity}")
+    else:
+        spec = openface_spec(args.size or 96, args.landmarks or "outerEyesAndNose")
+    report = align_folder(
+        args.input_dir,
+        args.output_dir,
+        spec,
+        detector=args.detector,
+        upsample=args.upsample,
+        max_side=args.max_side,
+        skip_multi=args.skip_multi,
+        workers=args.workers,
+        model=args.model,
+        retry_failed=args.retry_failed,
+        progress=not args.quiet,
+    )
+    return folder_report(report, args.json, "aligned", args.output_dir / "align-report.json")
+
+
+def cmd_represent(args: argparse.Namespace) -> int:
+    from openface_py.batch import represent_folder
+    from openface_py.embed import load_embedder
+
+    embedder = load_embedder(args.model, threads=args.threads, backend=args.backend)
+    res = represent_folder(
+        args.aligned_dir, args.output_dir, embedder, batch_size=args.batch_size, progress=not args.quiet
+    )
+    for f in res.failures:
+        print(f"FAILED {f.path}: {f.reason}", file=sys.stderr)
+    print(
+        f"{len(res.labels)} faces of {len(set(res.labels))} classes embedded with {res.identity} -> {args.output_dir}"
+    )
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from openface_py.embed import load_embedder
+    from openface_py.stream import RUN_REPORT, run_folder
+
+    embedder = load_embedder(args.model, backend=args.backend)
+    report = run_folder(
+        args.input_dir,
+        args.output_dir,
+        embedder,
+        detector=args.detector,
+        upsample=args.upsample,
+        max_side=args.max_side,
+        multi=args.multi,
+        skip_multi=args.skip_multi,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        save_aligned=args.save_aligned,
+        retry_failed=args.retry_failed,
+        progress=not args.quiet,
+    )
+    return folder_report(report, args.json, "embedded", args.output_dir / RUN_REPORT, f"{embedder.identity}; ")

@@ -1,0 +1,246 @@
+"""`train`, `infer`, `compare`, `identify`: naming and verifying people."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from openface_py.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    MODEL_HELP,
+    add_detector_args,
+    largest_face_reps,
+    log,
+    per_image,
+    pipeline_for,
+)
+from openface_py.errors import UsageError
+
+
+def register(add_command) -> None:
+    """Add this family's sub-commands (each parser beside its handler's module)."""
+    from openface_py.classify import CLASSIFIER_NAMES
+
+    p = add_command("train", help="train a classifier on `represent` output (with an unknown-person threshold)")
+    p.add_argument("reps_dir", type=Path)
+    p.add_argument("-o", "--output", type=Path, required=True, help="model file to write (.skops + .sha256)")
+    p.add_argument("--classifier", choices=CLASSIFIER_NAMES, default="LinearSvm")
+    p.add_argument("--ldaDim", "--lda-dim", dest="lda_dim", type=int, default=None, help="LDA projection in front")
+    p.add_argument("--threshold", type=float, default=None, help="unknown threshold instead of the measured one")
+    p.add_argument("--no-open-set", action="store_true", help="never answer unknown (closed-set classifier)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_train)
+
+    p = add_command("infer", help="name the people in photos with a trained classifier")
+    p.add_argument("model", type=Path)
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--multi", action="store_true", help="every face, left to right (default: the largest)")
+    p.add_argument("--threshold", type=float, default=None, help="override the model's unknown threshold")
+    add_detector_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_infer)
+
+    p = add_command("compare", help="squared L2 distance and same/different verdict for each pair of photos")
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--model", default=None, help=MODEL_HELP() + " (default: best installed)")
+    p.add_argument("--verifier", type=Path, default=None, help="a JointBayesian model file from `train`")
+    p.add_argument("--threshold", type=float, default=None, help="same-person threshold")
+    add_detector_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_compare)
+
+    p = add_command("identify", help="one-shot identification against a gallery folder (one sub-folder per person)")
+    p.add_argument("gallery_dir", type=Path)
+    p.add_argument("images", nargs="+", type=Path)
+    p.add_argument("--model", default=None, help=MODEL_HELP() + " (default: best installed)")
+    p.add_argument("--threshold", type=float, default=None, help="squared-L2 distance above which a face is unknown")
+    add_detector_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_identify)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from openface_py.batch import load_embeddings
+    from openface_py.classify import train_model
+
+    reps, labels, paths, meta = load_embeddings(args.reps_dir)
+    model = train_model(
+        reps,
+        labels,
+        args.classifier,
+        embedder_name=meta["model"],
+        embedder_identity=meta["identity"],
+        alignment=meta["alignment"],
+        lda_dim=args.lda_dim,
+        paths=paths,
+        open_set=not args.no_open_set and args.threshold is None,
+        seed=args.seed,
+    )
+    if args.threshold is not None:
+        model.threshold = args.threshold
+    model.save(args.output)
+    report = {
+        "model": str(args.output),
+        "classifier": model.classifier.name,
+        "people": len(model.classes),
+        "photos": model.n_train,
+        "embedder": model.embedder_identity,
+        "cv_accuracy": model.cv_accuracy,
+        "threshold": model.threshold,
+        "score_kind": model.classifier.score_kind,
+        "open_set": model.open_set.__dict__ if model.open_set else None,
+        "pair_threshold": model.pair_threshold,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    print(f"Trained {model.classifier.name} on {model.n_train} photos of {len(model.classes)} people -> {args.output}")
+    if model.cv_accuracy is not None:
+        print(f"Cross-validated accuracy: {model.cv_accuracy:.4f}")
+    else:
+        print("Cross-validated accuracy: not measurable (some people have a single photo)")
+    if model.open_set is not None:
+        print("Open set: " + model.open_set.summary())
+    elif args.threshold is not None:
+        print(f"Unknown threshold: {args.threshold} (given)")
+    else:
+        print("Open set: no unknown threshold (needs three or more people, or --threshold)")
+    if model.pair_threshold is not None:
+        print(f"Same/different threshold for `compare --verifier`: {model.pair_threshold:.4g}")
+    return EXIT_OK
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from openface_py.classify import format_prediction, load_model
+
+    model = load_model(args.model)
+    pipe = pipeline_for(model.embedder_name, args)
+    model.check_identity(pipe.embedder.identity)
+
+    def run(rgb):
+        faces = pipe.process(rgb, multi=args.multi)
+        preds = model.predict(np.stack([f.embedding for f in faces]), args.threshold) if faces else []
+        return {"faces": [(f, p) for f, p in zip(faces, preds)]}
+
+    results, failed = per_image(args.images, run)
+    if args.json:
+        for r in results:
+            r["faces"] = [
+                {
+                    "box": f.box.as_list(),
+                    "name": p.name,
+                    "best_match": p.best,
+                    "confidence": round(p.confidence, 4),
+                    "score": round(p.score, 4),
+                }
+                for f, p in r.get("faces", [])
+            ]
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(f"=== {r['path']} ===")
+            if "error" in r:
+                print(f"ERROR {r['error']}")
+            elif not r["faces"]:
+                print("No face found.")
+            for f, p in r.get("faces", []):
+                print(format_prediction(p, f.box.center[0]))
+    return EXIT_FAILED if failed == len(args.images) else EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from openface_py.classify import ClassifierError, JointBayesianClassifier, load_model
+
+    if len(args.images) < 2:
+        raise UsageError("compare needs two or more images")
+    verifier = load_model(args.verifier) if args.verifier else None
+    if verifier is not None and not isinstance(verifier.classifier, JointBayesianClassifier):
+        raise ClassifierError(
+            f"{args.verifier}: --verifier needs a JointBayesian model (train --classifier JointBayesian)"
+        )
+    pipe = pipeline_for(verifier.embedder_name if verifier else args.model, args)
+    if verifier is not None:
+        verifier.check_identity(pipe.embedder.identity)
+        threshold = args.threshold if args.threshold is not None else verifier.pair_threshold
+        if threshold is None:
+            raise ClassifierError(f"{args.verifier} has no same/different threshold; pass --threshold")
+    else:
+        threshold = args.threshold if args.threshold is not None else pipe.embedder.same_person_threshold
+        if threshold is None:
+            log.warning(
+                "%s has no calibrated same-person threshold: distances only, no verdict (give --threshold)",
+                pipe.embedder.name,
+            )
+    reps, errors = largest_face_reps(args.images, pipe)
+    out = []
+    for i in range(len(args.images)):
+        for j in range(i + 1, len(args.images)):
+            item = {"image1": str(args.images[i]), "image2": str(args.images[j])}
+            if reps[i] is None or reps[j] is None:
+                item["error"] = "; ".join(f"{args.images[k]}: {errors[k]}" for k in (i, j) if reps[k] is None)
+            else:
+                d = float(np.sum((reps[i] - reps[j]) ** 2))
+                item["squared_l2"] = round(d, 4)
+                if verifier is not None:
+                    r = float(verifier.classifier.jb.score(reps[i], reps[j])[0])
+                    item["jb_score"] = round(r, 4)
+                    item["same"] = r > threshold
+                else:
+                    item["same"] = None if threshold is None else d < threshold
+            out.append(item)
+    if args.json:
+        print(json.dumps({"model": pipe.embedder.identity, "threshold": threshold, "pairs": out}, indent=2))
+    else:
+        for item in out:
+            print(f"Comparing {item['image1']} with {item['image2']}.")
+            if "error" in item:
+                print(f"  + cannot compare: {item['error']}")
+                continue
+            print(f"  + Squared l2 distance between representations: {item['squared_l2']:0.3f}")
+            if "jb_score" in item:
+                print(f"  + Joint Bayesian score: {item['jb_score']:.3f} (same person above {threshold:.3f})")
+            if item["same"] is None:
+                print("  + no verdict: uncalibrated weights (no same-person threshold; give --threshold)")
+                continue
+            verdict = "same person" if item["same"] else "different people"
+            print(f"  + {verdict} (threshold {threshold:.3f})")
+    return EXIT_FAILED if all("error" in item for item in out) else EXIT_OK
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    from openface_py.gallery import build_gallery, identify
+
+    pipe = pipeline_for(args.model, args)
+    threshold = args.threshold if args.threshold is not None else pipe.embedder.same_person_threshold
+    if threshold is None:
+        raise UsageError(f"{pipe.embedder.name} has no calibrated same-person threshold; give one (--threshold)")
+    gallery = build_gallery(args.gallery_dir, pipe, progress=not args.quiet)
+
+    def run(rgb):
+        faces = pipe.process(rgb, multi=True)
+        answers = identify(gallery, np.stack([f.embedding for f in faces]), threshold) if faces else []
+        return {
+            "faces": [
+                {"box": f.box.as_list(), "name": a, "nearest": n, "distance": round(d, 4)}
+                for f, (a, n, d) in zip(faces, answers)
+            ]
+        }
+
+    results, failed = per_image(args.images, run)
+    if args.json:
+        print(json.dumps({"threshold": threshold, "model": pipe.embedder.identity, "results": results}, indent=2))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"{r['path']}: ERROR {r['error']}")
+                continue
+            print(f"{r['path']}: {len(r['faces'])} face(s)")
+            for face in r["faces"]:
+                x = (face["box"][0] + face["box"][2]) / 2.0
+                print(f"  x={x:.0f}: {face['name']} (nearest {face['nearest']}, distance {face['distance']:.3f})")
+    return EXIT_FAILED if failed == len(args.images) else EXIT_OK
