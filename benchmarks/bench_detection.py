@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_stages import machine_info  # noqa: E402
 
-from openface_py.detect import make_detector  # noqa: E402
+from openface_py.faces.detect import make_detector  # noqa: E402
 from openface_py.io import list_images, load_image  # noqa: E402
-from openface_py.parallel import mapped  # noqa: E402
+from openface_py.jobs.parallel import mapped  # noqa: E402
 
 LFW_IMAGES = ROOT.parent / "shared" / "datasets" / "lfw" / "deepfunneled"
 

@@ -38,13 +38,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_stages import machine_info, peak_rss_mb, report, timed  # noqa: E402
 
-from openface_py import backends  # noqa: E402
-from openface_py.align import make_aligner, openface_spec  # noqa: E402
-from openface_py.batch import align_folder  # noqa: E402
-from openface_py.detect import HogDetector  # noqa: E402
-from openface_py.embed import NN4Embedder, best_installed_model, load_embedder  # noqa: E402
+from openface_py.faces.align import make_aligner, openface_spec  # noqa: E402
+from openface_py.faces.detect import HogDetector  # noqa: E402
 from openface_py.io import list_images, load_image  # noqa: E402
-from openface_py.stream import run_folder  # noqa: E402
+from openface_py.jobs.batch import align_folder  # noqa: E402
+from openface_py.jobs.stream import run_folder  # noqa: E402
+from openface_py.nets import backends  # noqa: E402
+from openface_py.nets.embed import NN4Embedder, best_installed_model, load_embedder  # noqa: E402
 
 LFW_IMAGES = ROOT.parent / "shared" / "datasets" / "lfw" / "deepfunneled"
 
@@ -132,9 +132,9 @@ def video_clip(sample: Path, frames_per_part: int = 75) -> tuple[list[np.ndarray
 def bench_video(sample: Path, model_name: str, repeat: int) -> None:
     import cv2
 
-    from openface_py.gallery import build_gallery
     from openface_py.pipeline import FacePipeline
-    from openface_py.video import TRACKERS, VideoRecognizer, gallery_recogniser, process_video
+    from openface_py.recognize.gallery import build_gallery
+    from openface_py.recognize.video import TRACKERS, VideoRecognizer, gallery_recogniser, process_video
 
     print(
         "\n== video: 640x480, 1 face then 2, recognition included, frames/s (reference: detect + recognise every frame)"

@@ -25,11 +25,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from openface_py.align import dlib_chip_spec, make_aligner, openface_spec  # noqa: E402
-from openface_py.batch import align_folder  # noqa: E402
-from openface_py.detect import HogDetector  # noqa: E402
-from openface_py.embed import DlibResnetEmbedder, best_installed_model, load_embedder  # noqa: E402
+from openface_py.faces.align import dlib_chip_spec, make_aligner, openface_spec  # noqa: E402
+from openface_py.faces.detect import HogDetector  # noqa: E402
 from openface_py.io import list_images, load_image  # noqa: E402
+from openface_py.jobs.batch import align_folder  # noqa: E402
+from openface_py.nets.embed import DlibResnetEmbedder, best_installed_model, load_embedder  # noqa: E402
 
 
 def machine_info() -> str:

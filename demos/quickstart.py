@@ -21,12 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from openface_py.batch import align_folder, represent_folder
-from openface_py.classify import format_prediction, train_model
-from openface_py.detect import make_detector
-from openface_py.embed import best_installed_model, load_embedder
+from openface_py.faces.detect import make_detector
 from openface_py.io import load_image
+from openface_py.jobs.batch import align_folder, represent_folder
+from openface_py.nets.embed import best_installed_model, load_embedder
 from openface_py.pipeline import FacePipeline
+from openface_py.recognize.classify import format_prediction, train_model
 
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT = ("_0009", "_0010")

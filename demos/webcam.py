@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from openface_py.video import make_recognizer, process_video  # noqa: E402
+from openface_py.recognize.video import make_recognizer, process_video  # noqa: E402
 
 
 def main() -> int:

@@ -1,13 +1,15 @@
 """openface-py: an OpenFace-style face recognition pipeline in Python.
 
-Stages (each a module, imported in this direction only):
-``io`` -> ``detect`` -> ``align`` -> ``embed`` -> ``pipeline`` -> ``batch`` -> ``cli``.
-Nothing heavy is imported or loaded at package import time.
+Sub-packages by stage, imported in this direction only (ARCHITECTURE.md):
+``errors``/``io``/``metrics``/``store`` -> ``faces`` -> ``nets`` -> ``pipeline`` -> ``recognize``
+-> ``jobs`` -> ``eval`` -> ``train`` -> ``cli``. Nothing heavy is imported or loaded at package
+import time.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from openface_py.errors import (  # noqa: E402
+    Failure,
     ImageLoadError,
     ModelNotInstalledError,
     OpenFacePyError,
@@ -16,6 +18,7 @@ from openface_py.errors import (  # noqa: E402
 
 __all__ = [
     "__version__",
+    "Failure",
     "ImageLoadError",
     "ModelNotInstalledError",
     "OpenFacePyError",

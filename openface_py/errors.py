@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+
+@dataclass
+class Failure:
+    """One input that could not be processed, and why (folder jobs report a list of these)."""
+
+    path: str
+    reason: str
+
 
 class OpenFacePyError(Exception):
     """Base class of every error this package raises on purpose."""

@@ -7,9 +7,9 @@ from typing import Optional
 
 import numpy as np
 
-from openface_py.align import AlignedFace, Aligner, make_aligner
-from openface_py.detect import BoundingBox, Detector, make_detector, select_faces
-from openface_py.embed import Embedder, load_embedder
+from openface_py.faces.align import AlignedFace, Aligner, make_aligner
+from openface_py.faces.detect import BoundingBox, Detector, make_detector, select_faces
+from openface_py.nets.embed import Embedder, load_embedder
 
 
 @dataclass

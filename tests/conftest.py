@@ -26,8 +26,8 @@ needs_lfw = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def aligned_openface(tmp_path_factory) -> Path:
     """data/lfw-sample aligned OpenFace-style (96x96, outerEyesAndNose)."""
-    from openface_py.align import openface_spec
-    from openface_py.batch import align_folder
+    from openface_py.faces.align import openface_spec
+    from openface_py.jobs.batch import align_folder
 
     out = tmp_path_factory.mktemp("aligned96")
     report = align_folder(SAMPLE, out, openface_spec(), workers=2, progress=False)
@@ -38,8 +38,8 @@ def aligned_openface(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def aligned_dlib(tmp_path_factory) -> Path:
     """data/lfw-sample aligned as dlib 150x150 chips."""
-    from openface_py.align import dlib_chip_spec
-    from openface_py.batch import align_folder
+    from openface_py.faces.align import dlib_chip_spec
+    from openface_py.jobs.batch import align_folder
 
     out = tmp_path_factory.mktemp("aligned150")
     report = align_folder(SAMPLE, out, dlib_chip_spec(), workers=2, model="dlib-resnet-v1", progress=False)
@@ -49,14 +49,14 @@ def aligned_dlib(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def dlib_embedder():
-    from openface_py.embed import load_embedder
+    from openface_py.nets.embed import load_embedder
 
     return load_embedder("dlib-resnet-v1")
 
 
 @pytest.fixture(scope="session")
 def dlib_reps(aligned_dlib, dlib_embedder, tmp_path_factory):
-    from openface_py.batch import represent_folder
+    from openface_py.jobs.batch import represent_folder
 
     out = tmp_path_factory.mktemp("reps-dlib")
     res = represent_folder(aligned_dlib, out, dlib_embedder, progress=False)

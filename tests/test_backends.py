@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from openface_py import backends
-from openface_py.nn4 import NN4Small2
+from openface_py.nets import backends
+from openface_py.nets.nn4 import NN4Small2
 
 TOLERANCE = 1e-5
 
@@ -26,7 +26,7 @@ def faces(aligned_openface):
 @pytest.fixture(scope="module")
 def model():
     from openface_py import store
-    from openface_py.nn4_weights import build_model
+    from openface_py.nets.weights import build_model
 
     shipped = store.project_models_dir() / store.NN4_SMALL2_DISTILLED.filename
     if shipped.is_file():
@@ -41,7 +41,7 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-@pytest.mark.parametrize("name", ["onnx", "compile"])
+@pytest.mark.parametrize("name", ["onnx", pytest.param("compile", marks=pytest.mark.slow)])
 def test_backend_matches_eager(name, faces, model, home):
     ref = backends.build(model, "eager")(faces)
     fast = backends.build(model, name)
@@ -65,7 +65,7 @@ def test_onnx_export_is_cached_per_weights(model, home):
 def test_auto_falls_back_when_a_backend_is_missing(model, home, monkeypatch, caplog):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     monkeypatch.setattr(backends, "AUTO_ORDER", ("onnx", "eager"))
-    with caplog.at_level(logging.WARNING, logger="openface_py.backends"):
+    with caplog.at_level(logging.WARNING, logger="openface_py.nets.backends"):
         runner = backends.make_runner(model, "auto")
     assert runner.name == "eager"
     assert "backend onnx unavailable" in caplog.text
@@ -73,12 +73,45 @@ def test_auto_falls_back_when_a_backend_is_missing(model, home, monkeypatch, cap
         backends.make_runner(model, "tensorrt")
 
 
-def test_embedder_uses_a_backend(aligned_openface, model, home):
-    from openface_py.embed import NN4Embedder
+@pytest.mark.parametrize("offset, chosen", [(2.0, "onnx"), (0.5, "compile")])
+def test_auto_skips_a_backend_that_does_not_match_eager(offset, chosen, faces, model, home, monkeypatch, caplog):
+    """A backend whose outputs differ from eager's by ``offset`` x STARTUP_TOLERANCE, first in
+    AUTO_ORDER: over the tolerance it is skipped with a warning and the next one (onnx) is used;
+    under it, it is used. The faulty backend stands in for compile (its builder is replaced, so
+    nothing is compiled: a real torch.compile costs ~50 s per batch shape here)."""
+    eager = backends._eager
+
+    def faulty(net, device):
+        run = eager(net, device)
+        return lambda x: run(x) + np.float32(offset * backends.STARTUP_TOLERANCE)
+
+    monkeypatch.setattr(backends, "_compiled", faulty)
+    monkeypatch.setattr(backends, "AUTO_ORDER", ("compile", "onnx", "eager"))
+    with caplog.at_level(logging.WARNING, logger="openface_py.nets.backends"):
+        runner = backends.make_runner(model, "auto")
+    assert runner.name == chosen
+    ref = backends.build(model, "eager")(faces)
+    if chosen == "onnx":
+        assert f"backend compile unavailable (outputs differ from eager by {2 * backends.STARTUP_TOLERANCE:.2e})" in (
+            caplog.text
+        )
+        assert np.abs(runner(faces) - ref).max() < TOLERANCE
+    else:
+        assert "unavailable" not in caplog.text
+        assert np.allclose(runner(faces) - ref, 0.5 * backends.STARTUP_TOLERANCE, atol=TOLERANCE)
+
+
+def test_embedder_uses_a_backend(aligned_openface, model, home, caplog):
     from openface_py.io import load_image
+    from openface_py.nets.embed import NN4Embedder
 
     crops = [load_image(p) for p in sorted(aligned_openface.rglob("*.png"))[:4]]
     eager = NN4Embedder(model.state_dict(), backend="eager").embed(crops)
-    auto = NN4Embedder(model.state_dict(), backend="auto")
-    assert auto.backend in backends.BACKENDS
+    with caplog.at_level(logging.WARNING, logger="openface_py.nets.backends"):
+        auto = NN4Embedder(model.state_dict(), backend="auto")
+    # onnx and onnxruntime are install requirements (setup.py) and onnx is first in AUTO_ORDER:
+    # on a CPU `auto` must pick ONNX Runtime, and exports the network for it into the cache
+    assert backends.AUTO_ORDER[0] == "onnx"
+    assert auto.backend == "onnx" and "unavailable" not in caplog.text
+    assert backends.onnx_path(auto.model).is_file()
     assert np.abs(auto.embed(crops) - eager).max() < TOLERANCE

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import EXAMPLES, SAMPLE
 
-from openface_py.align import (
+from openface_py.faces.align import (
     INNER_EYES_AND_BOTTOM_LIP,
     OUTER_EYES_AND_NOSE,
     AlignmentSpec,
@@ -18,7 +18,7 @@ from openface_py.align import (
     openface_destination,
     openface_transform,
 )
-from openface_py.detect import BoundingBox, Detection, HogDetector, make_detector, select_faces
+from openface_py.faces.detect import BoundingBox, Detection, HogDetector, make_detector, select_faces
 from openface_py.io import list_images, load_image
 
 
@@ -154,7 +154,7 @@ def test_select_faces_largest():
 def test_adaptive_and_downscaled_detection():
     import cv2
 
-    from openface_py.detect import AdaptiveHogDetector, DownscaledDetector, HogDetector, make_detector
+    from openface_py.faces.detect import AdaptiveHogDetector, DownscaledDetector, HogDetector, make_detector
     from openface_py.io import load_image
 
     rgb = load_image(SAMPLE / "Colin_Powell" / "Colin_Powell_0001.jpg")

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import EXAMPLES, ROOT, SAMPLE, shipped_lfw_threshold
 
-from openface_py.embed import NN4_SMALL2_DISTILLED, WEIGHTS_META_KEY, find_nn4_small2_distilled, load_embedder
+from openface_py.nets.embed import NN4_SMALL2_DISTILLED, WEIGHTS_META_KEY, find_nn4_small2_distilled, load_embedder
 
 PAIR = [str(EXAMPLES / f) for f in ("lennon-1.jpg", "lennon-2.jpg", "clapton-1.jpg")]
 
@@ -56,9 +56,9 @@ def test_weights_are_known_by_content_not_by_name(weights):
     assert a.same_person_threshold is None  # unknown weights are uncalibrated
     c = load_embedder(str(weights["c"]), backend="eager")
     assert c.same_person_threshold == 0.25  # a trained file carries its own
-    from openface_py.classify import ClassifierError, train_model
     from openface_py.io import load_image
     from openface_py.pipeline import FacePipeline
+    from openface_py.recognize.classify import ClassifierError, train_model
 
     faces = [load_image(SAMPLE / p / f"{p}_000{i}.jpg") for p in ("Tony_Blair", "Colin_Powell") for i in (1, 2, 3)]
     pipe = FacePipeline.create(str(weights["a"]))
@@ -95,8 +95,8 @@ def test_compare_with_weights_by_path(weights):
 
 
 def test_gallery_cache_follows_detector_and_weights(weights, tmp_path, monkeypatch):
-    from openface_py.gallery import build_gallery
     from openface_py.pipeline import FacePipeline
+    from openface_py.recognize.gallery import build_gallery
 
     monkeypatch.setenv("OPENFACE_PY_HOME", str(tmp_path / "home"))
     gal = tmp_path / "gallery"
@@ -118,7 +118,7 @@ def test_gallery_cache_follows_detector_and_weights(weights, tmp_path, monkeypat
 
 def test_lfw_cache_is_per_image_folder(tmp_path):
     """Two image folders evaluated into one output folder: the second is not served the first's embeddings."""
-    from openface_py.evaluate import run_lfw
+    from openface_py.eval.evaluate import run_lfw
 
     root = tmp_path / "lfw"
     people = ["Tony_Blair", "Colin_Powell", "Hugo_Chavez", "Vladimir_Putin"]

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from conftest import ROOT, SAMPLE
 
-from openface_py.align import openface_spec
-from openface_py.batch import ALIGN_JOURNAL, align_folder, output_names
+from openface_py.faces.align import openface_spec
 from openface_py.io import TEMP_PREFIX, atomic_write_bytes, load_image
-from openface_py.journal import Journal, read_journal
-from openface_py.outdir import OutputFolder, OutputFolderError
+from openface_py.jobs.batch import ALIGN_JOURNAL, align_folder, output_names
+from openface_py.jobs.journal import Journal, read_journal
+from openface_py.jobs.outdir import OutputFolder, OutputFolderError
 
 
 def test_torn_tail_is_cut_before_appending(tmp_path):
@@ -59,7 +59,7 @@ def test_output_names_are_unique_and_stable(tmp_path):
 
 TORN_ALIGN = """
 import json, os, signal, sys
-from openface_py import journal
+from openface_py.jobs import journal
 real_append = journal.Journal.append
 calls = [0]
 def append(self, entries):

@@ -10,8 +10,8 @@ from conftest import LFW, needs_lfw
 from sklearn.metrics import roc_auc_score
 from test_embed_batch import cli
 
-from openface_py.evaluate import evaluate, select_pairs
-from openface_py.lfw import Pair
+from openface_py.eval.evaluate import evaluate, select_pairs
+from openface_py.eval.lfw import Pair
 from openface_py.metrics import auc, best_split_threshold, eer, k_fold_accuracy, roc_curve, val_at_far
 
 
@@ -106,8 +106,8 @@ def test_lfw_classify_on_the_sample_people(tmp_path):
     5 train / 5 test photos per person, N = 5 and 10, 2 runs; N = 20 is reported as skipped."""
     from conftest import SAMPLE
 
-    from openface_py.embed import load_embedder
-    from openface_py.evaluate import run_lfw_classify
+    from openface_py.eval.evaluate import run_lfw_classify
+    from openface_py.nets.embed import load_embedder
 
     rows, skipped = run_lfw_classify(
         SAMPLE.parent, tmp_path, load_embedder("dlib-resnet-v1"), people_counts=(5, 10, 20),

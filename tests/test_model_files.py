@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from conftest import EXAMPLES, ROOT
 
-from openface_py.classify import ClassifierError, TrainedModel, convert_pickle, load_model, train_model
+from openface_py.recognize.classify import ClassifierError, TrainedModel, convert_pickle, load_model, train_model
 
 
 def _model(name: str = "LinearSvm") -> TrainedModel:

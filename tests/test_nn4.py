@@ -8,11 +8,11 @@ import torch
 from conftest import NN4_CSV, needs_nn4_csv
 from t7_writer import TorchClass, write_t7
 
-from openface_py.embed import NN4Embedder
 from openface_py.errors import WeightsError
 from openface_py.io import list_images, load_image
-from openface_py.nn4 import PARAMETER_COUNT, L2Pool2d, NN4Small2, count_parameters, preprocess
-from openface_py.nn4_weights import (
+from openface_py.nets.embed import NN4Embedder
+from openface_py.nets.nn4 import PARAMETER_COUNT, L2Pool2d, NN4Small2, count_parameters, preprocess
+from openface_py.nets.weights import (
     build_model,
     csv_names,
     load_csv_folder,
@@ -333,7 +333,7 @@ def test_released_bn_statistics_fit_activations_on_aligned_faces(aligned_openfac
 
 
 @pytest.mark.skipif(
-    __import__("openface_py.embed", fromlist=["x"]).find_nn4_small2_v1() is None,
+    __import__("openface_py.nets.embed", fromlist=["x"]).find_nn4_small2_v1() is None,
     reason="OpenFace's nn4.small2.v1 weights are not installed (openface-py models download nn4.small2.v1)",
 )
 def test_official_weights_reproduce_openface_compare_demo():
@@ -352,7 +352,7 @@ def test_official_weights_reproduce_openface_compare_demo():
 
 
 def test_fast_lrn_equals_torch_lrn_forward_and_backward():
-    from openface_py.nn4 import CrossChannelLRN
+    from openface_py.nets.nn4 import CrossChannelLRN
 
     torch.manual_seed(0)
     for shape in [(3, 64, 12, 12), (2, 192, 6, 6), (1, 4, 3, 3)]:

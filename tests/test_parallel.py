@@ -10,7 +10,7 @@ import time
 import pytest
 
 from openface_py.errors import OpenFacePyError
-from openface_py.parallel import WORKER_DIED, mapped, start_method
+from openface_py.jobs.parallel import WORKER_DIED, mapped, start_method
 
 
 class Squarer:
@@ -117,3 +117,20 @@ def test_a_worker_that_cannot_start_raises_its_error_at_once():
 class Broken:
     def __init__(self) -> None:
         raise ValueError("bad setting")
+
+
+def test_script_without_main_guard_gets_a_clear_message(tmp_path):
+    """Spawned workers import the main script again: without the guard they cannot start."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT, SAMPLE
+
+    script = tmp_path / "noguard.py"
+    script.write_text(
+        "from openface_py.faces.align import openface_spec\n"
+        "from openface_py.jobs.batch import align_folder\n"
+        f"align_folder({str(SAMPLE / 'Tony_Blair')!r}, {str(tmp_path / 'out')!r}, openface_spec(), workers=2)\n"
+    )
+    r = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and 'if __name__ == "__main__":' in r.stderr

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from conftest import EXAMPLES, ROOT, SAMPLE, shipped_lfw_threshold
 
-from openface_py.embed import NN4_SMALL2_DISTILLED, load_embedder
 from openface_py.io import TEMP_PREFIX
-from openface_py.journal import read_journal
-from openface_py.outdir import OutputFolder
-from openface_py.stream import PARTS, RUN_JOURNAL, run_folder
+from openface_py.jobs.journal import read_journal
+from openface_py.jobs.outdir import OutputFolder
+from openface_py.jobs.stream import PARTS, RUN_JOURNAL, run_folder
+from openface_py.nets.embed import NN4_SMALL2_DISTILLED, load_embedder
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_parallel_equals_single_process_and_align_represent(photos, embedder, tm
     report = json.loads((tmp_path / "two" / "run-report.json").read_text())
     assert report["failed"] == 2 and report["aligned_total"] == 31
     # same faces and embeddings as align + represent on the same photos
-    from openface_py.batch import align_folder, represent_folder
+    from openface_py.jobs.batch import align_folder, represent_folder
 
     # (run's default detector is hog-adaptive; align's is OpenFace's hog: give align the same one)
     align_folder(photos, tmp_path / "aligned", embedder.alignment, detector="hog-adaptive", workers=2, progress=False)
@@ -134,7 +134,7 @@ def test_run_resumes_after_kill_without_redoing_work(photos, reference, tmp_path
 # A run whose journal write is cut half-way by SIGKILL (the torn-line case of issue 13).
 TORN_WRITER = """
 import json, os, signal, sys
-from openface_py import journal
+from openface_py.jobs import journal
 real_append = journal.Journal.append
 calls = [0]
 def append(self, entries):

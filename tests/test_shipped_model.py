@@ -7,8 +7,8 @@ import pytest
 from conftest import LFW, needs_lfw
 
 from openface_py import store
-from openface_py.embed import NN4_SMALL2_DISTILLED, best_installed_model, load_embedder, model_statuses
 from openface_py.errors import WeightsError
+from openface_py.nets.embed import NN4_SMALL2_DISTILLED, best_installed_model, load_embedder, model_statuses
 
 SHIPPED = store.project_models_dir() / store.NN4_SMALL2_DISTILLED.filename
 
@@ -49,7 +49,7 @@ def test_a_changed_file_is_refused(tmp_path, monkeypatch):
 
 def test_sample_people_are_separated(aligned_openface):
     """The 10 sample people (LFW photos; LFW pairs people were kept out of training)."""
-    from openface_py.batch import represent_folder
+    from openface_py.jobs.batch import represent_folder
 
     res = represent_folder(
         aligned_openface,
@@ -77,10 +77,10 @@ def test_sample_people_are_separated(aligned_openface):
 def test_lfw_pairs_are_ordered():
     """First 10 same and 10 different pairs of pairs.txt fold 1: every same-person distance is
     compared with every different-person one."""
-    from openface_py.align import OpenFaceAligner
-    from openface_py.detect import HogDetector
+    from openface_py.eval.lfw import image_name, parse_pairs
+    from openface_py.faces.align import OpenFaceAligner
+    from openface_py.faces.detect import HogDetector
     from openface_py.io import load_image
-    from openface_py.lfw import image_name, parse_pairs
 
     pairs, _, per = parse_pairs(LFW / "pairs.txt")
     chosen = pairs[:10] + pairs[per : per + 10]

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from conftest import ROOT, SAMPLE, shipped_lfw_threshold
 
-from openface_py.detect import HogDetector
-from openface_py.embed import NN4_SMALL2_DISTILLED, load_embedder
-from openface_py.gallery import build_gallery
+from openface_py.faces.detect import HogDetector
 from openface_py.io import load_image
+from openface_py.nets.embed import NN4_SMALL2_DISTILLED, load_embedder
 from openface_py.pipeline import FacePipeline
-from openface_py.video import VideoRecognizer, gallery_recogniser, process_video
+from openface_py.recognize.gallery import build_gallery
+from openface_py.recognize.video import VideoRecognizer, gallery_recogniser, process_video
 
 W, H = 640, 480
 
@@ -138,7 +138,7 @@ def test_cli_video_with_a_classifier(tmp_path):
 
 def test_unreadable_source_is_a_clear_error(tmp_path):
     from openface_py.errors import OpenFacePyError
-    from openface_py.video import frames
+    from openface_py.recognize.video import frames
 
     bad = tmp_path / "not-a-video.mp4"
     bad.write_bytes(b"nothing here")

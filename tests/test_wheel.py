@@ -20,7 +20,7 @@ PHOTO = SAMPLE / "Colin_Powell" / "Colin_Powell_0001.jpg"
 PROBE = """
 import json, sys
 import openface_py
-from openface_py.embed import best_installed_model
+from openface_py.nets.embed import best_installed_model
 from openface_py.io import load_image
 from openface_py.pipeline import FacePipeline
 pipe = FacePipeline.create()

@@ -17,7 +17,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MODEL = 0, 1, 2, 3
 
 
 def add_detector_args(p: argparse.ArgumentParser, default: str = "hog") -> None:
-    from openface_py.detect import DETECTOR_NAMES
+    from openface_py.faces.detect import DETECTOR_NAMES
 
     p.add_argument(
         "--detector",
@@ -75,7 +75,7 @@ def folder_report(report, as_json: bool, done: str, report_path: Path, note: str
 
 
 def pipeline_for(model_name: Optional[str], args: argparse.Namespace):
-    from openface_py.embed import best_installed_model
+    from openface_py.nets.embed import best_installed_model
     from openface_py.pipeline import FacePipeline
 
     return FacePipeline.create(
@@ -101,7 +101,7 @@ def largest_face_reps(paths: Sequence[Path], pipe) -> tuple[list[Optional[np.nda
 
 def MODEL_HELP() -> str:  # noqa: N802 (reads like the constant it replaces)
     """Help text of every --model option."""
-    from openface_py.embed import DEFAULT_PREFERENCE, MODEL_NAMES
+    from openface_py.nets.embed import DEFAULT_PREFERENCE, MODEL_NAMES
 
     return (
         f"model name ({', '.join(MODEL_NAMES)}) or path to NN4-small2 weights (.pt, .t7, CSV folder); "
@@ -110,6 +110,6 @@ def MODEL_HELP() -> str:  # noqa: N802 (reads like the constant it replaces)
 
 
 def backend_choices() -> tuple[str, ...]:
-    from openface_py.backends import BACKENDS
+    from openface_py.nets.backends import BACKENDS
 
     return ("auto",) + BACKENDS

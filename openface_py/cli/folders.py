@@ -62,9 +62,9 @@ def register(add_command) -> None:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from openface_py.align import DLIB_CHIP_METHOD, openface_spec
-    from openface_py.batch import align_folder
-    from openface_py.embed import alignment_for, best_installed_model
+    from openface_py.faces.align import DLIB_CHIP_METHOD, openface_spec
+    from openface_py.jobs.batch import align_folder
+    from openface_py.nets.embed import alignment_for, best_installed_model
 
     args.model = args.model or best_installed_model()
     spec = alignment_for(args.model)
@@ -90,8 +90,8 @@ def cmd_align(args: argparse.Namespace) -> int:
 
 
 def cmd_represent(args: argparse.Namespace) -> int:
-    from openface_py.batch import represent_folder
-    from openface_py.embed import load_embedder
+    from openface_py.jobs.batch import represent_folder
+    from openface_py.nets.embed import load_embedder
 
     embedder = load_embedder(args.model, threads=args.threads, backend=args.backend)
     res = represent_folder(
@@ -106,8 +106,8 @@ def cmd_represent(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from openface_py.embed import load_embedder
-    from openface_py.stream import RUN_REPORT, run_folder
+    from openface_py.jobs.stream import RUN_REPORT, run_folder
+    from openface_py.nets.embed import load_embedder
 
     embedder = load_embedder(args.model, backend=args.backend)
     report = run_folder(

@@ -43,8 +43,8 @@ def register(add_command) -> None:
 
 
 def cmd_lfw(args: argparse.Namespace) -> int:
-    from openface_py.embed import best_installed_model, load_embedder
-    from openface_py.evaluate import run_lfw
+    from openface_py.eval.evaluate import run_lfw
+    from openface_py.nets.embed import best_installed_model, load_embedder
 
     embedder = load_embedder(args.model or best_installed_model())
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
@@ -81,8 +81,8 @@ def cmd_lfw(args: argparse.Namespace) -> int:
 
 
 def cmd_lfw_classify(args: argparse.Namespace) -> int:
-    from openface_py.embed import best_installed_model, load_embedder
-    from openface_py.evaluate import run_lfw_classify
+    from openface_py.eval.evaluate import run_lfw_classify
+    from openface_py.nets.embed import best_installed_model, load_embedder
 
     embedder = load_embedder(args.model or best_installed_model())
     kwargs = {"classifiers": args.classifiers} if args.classifiers else {}

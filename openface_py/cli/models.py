@@ -40,7 +40,7 @@ def register(add_command, common) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from openface_py.embed import best_installed_model, model_statuses
+    from openface_py.nets.embed import best_installed_model, model_statuses
 
     if args.models_command is None:
         args.models_parser.print_help()
@@ -48,7 +48,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.models_command == "download":
         return _download(args)
     if args.models_command == "convert":
-        from openface_py.classify import convert_pickle
+        from openface_py.recognize.classify import convert_pickle
 
         if not args.trust_pickle:
             raise UsageError(f"{args.old}: loading a pickle runs the code inside it; if you made this file "

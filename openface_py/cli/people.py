@@ -23,7 +23,7 @@ from openface_py.errors import UsageError
 
 def register(add_command) -> None:
     """Add this family's sub-commands (each parser beside its handler's module)."""
-    from openface_py.classify import CLASSIFIER_NAMES
+    from openface_py.recognize.classify import CLASSIFIER_NAMES
 
     p = add_command("train", help="train a classifier on `represent` output (with an unknown-person threshold)")
     p.add_argument("reps_dir", type=Path)
@@ -65,8 +65,8 @@ def register(add_command) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from openface_py.batch import load_embeddings
-    from openface_py.classify import train_model
+    from openface_py.jobs.batch import load_embeddings
+    from openface_py.recognize.classify import train_model
 
     reps, labels, paths, meta = load_embeddings(args.reps_dir)
     model = train_model(
@@ -116,7 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from openface_py.classify import format_prediction, load_model
+    from openface_py.recognize.classify import format_prediction, load_model
 
     model = load_model(args.model)
     pipe = pipeline_for(model.embedder_name, args)
@@ -154,7 +154,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from openface_py.classify import ClassifierError, JointBayesianClassifier, load_model
+    from openface_py.recognize.classify import ClassifierError, JointBayesianClassifier, load_model
 
     if len(args.images) < 2:
         raise UsageError("compare needs two or more images")
@@ -213,7 +213,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    from openface_py.gallery import build_gallery, identify
+    from openface_py.recognize.gallery import build_gallery, identify
 
     pipe = pipeline_for(args.model, args)
     threshold = args.threshold if args.threshold is not None else pipe.embedder.same_person_threshold

@@ -35,8 +35,8 @@ def register(add_command) -> None:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from openface_py.align import OpenFaceAligner
-    from openface_py.detect import make_detector
+    from openface_py.faces.align import OpenFaceAligner
+    from openface_py.faces.detect import make_detector
 
     detector = make_detector(args.detector, upsample=args.upsample, max_side=args.max_side)
     aligner = OpenFaceAligner() if args.landmarks else None

@@ -38,7 +38,7 @@ def register(add_command) -> None:
 
 
 def cmd_video(args: argparse.Namespace) -> int:
-    from openface_py.video import make_recognizer, process_video
+    from openface_py.recognize.video import make_recognizer, process_video
 
     rec = make_recognizer(
         args.classifier,

@@ -41,8 +41,8 @@ import torch
 from torch import nn
 
 from openface_py.io import atomic_write_bytes, atomic_write_text
-from openface_py.nn4 import L2Pool2d, NN4Small2, preprocess
-from openface_py.nn4_weights import csv_names, load_csv_folder, validate_state_dict
+from openface_py.nets.nn4 import L2Pool2d, NN4Small2, preprocess
+from openface_py.nets.weights import csv_names, load_csv_folder, validate_state_dict
 from openface_py.train.prepare import LFW_SOURCE, load_shards
 
 log = logging.getLogger(__name__)
@@ -213,8 +213,8 @@ def embed_crops(model: NN4Small2, crops: np.ndarray, batch: int = 128) -> np.nda
 def lfw_accuracy(model: NN4Small2, lfw: dict, pairs_path: Path, batch: int = 128, flip: bool = True) -> dict:
     """10-fold LFW accuracy (thresholds from the other 9 folds) on the cached crops ``lfw``
     (``load_shards`` of the cache's LFW source); with ``flip`` also with mirror-averaged embeddings."""
-    from openface_py.evaluate import evaluate, score_pairs
-    from openface_py.lfw import LfwEmbeddings, parse_pairs
+    from openface_py.eval.evaluate import evaluate, score_pairs
+    from openface_py.eval.lfw import LfwEmbeddings, parse_pairs
 
     d = lfw
     crops = d["crops"]

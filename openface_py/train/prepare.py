@@ -28,7 +28,7 @@ from typing import Optional
 import numpy as np
 
 from openface_py.io import atomic_write_bytes, iter_chunks, list_images
-from openface_py.parallel import mapped
+from openface_py.jobs.parallel import mapped
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +62,9 @@ class _PhotoWorker:
     """Per-process: detect, align both ways, teacher-embed (models loaded once per worker)."""
 
     def __init__(self, fallback: str, flip_teacher: bool) -> None:
-        from openface_py.align import DlibChipAligner, OpenFaceAligner
-        from openface_py.detect import HogDetector
-        from openface_py.embed import DlibResnetEmbedder
+        from openface_py.faces.align import DlibChipAligner, OpenFaceAligner
+        from openface_py.faces.detect import HogDetector
+        from openface_py.nets.embed import DlibResnetEmbedder
 
         self.fallback = fallback
         self.flip_teacher = flip_teacher
@@ -81,8 +81,8 @@ class _PhotoWorker:
         resolution first and upsampled only when that finds nothing (more faces found on
         UTKFace's 200x200 crops, at a quarter of the cost).
         """
-        from openface_py.detect import BoundingBox
-        from openface_py.lfw import FALLBACK_BOX
+        from openface_py.eval.lfw import FALLBACK_BOX
+        from openface_py.faces.detect import BoundingBox
 
         tries = (1,) if self.fallback == "lfw" else (0, 1)
         for up in tries:
@@ -122,7 +122,7 @@ class _MirrorTeacher:
     """Per-process: the teacher's embedding of a mirrored cached chip."""
 
     def __init__(self) -> None:
-        from openface_py.embed import DlibResnetEmbedder
+        from openface_py.nets.embed import DlibResnetEmbedder
 
         self.teacher = DlibResnetEmbedder()
 
@@ -247,7 +247,7 @@ def load_shards(folder: Path, chips: bool = False) -> dict:
 
 def lfw_pair_images(lfw_root: Path, pairs_path: Path) -> list[Path]:
     """Every image named in pairs.txt, once, in order of first appearance."""
-    from openface_py.lfw import image_name, parse_pairs
+    from openface_py.eval.lfw import image_name, parse_pairs
 
     pairs, _, _ = parse_pairs(pairs_path)
     names = dict.fromkeys(n for p in pairs for n in (image_name(p.name1, p.num1), image_name(p.name2, p.num2)))
@@ -256,7 +256,7 @@ def lfw_pair_images(lfw_root: Path, pairs_path: Path) -> list[Path]:
 
 def lfw_unpaired_images(lfw_root: Path, pairs_path: Path) -> list[Path]:
     """Every LFW image of a person who appears in no pair of pairs.txt (usable for training)."""
-    from openface_py.lfw import parse_pairs
+    from openface_py.eval.lfw import parse_pairs
 
     pairs, _, _ = parse_pairs(pairs_path)
     people = {p.name1 for p in pairs} | {p.name2 for p in pairs}

@@ -25,8 +25,8 @@ from typing import Optional, Protocol, Union
 import numpy as np
 
 from openface_py import store
-from openface_py.detect import BoundingBox
 from openface_py.errors import UsageError
+from openface_py.faces.detect import BoundingBox
 
 #: Landmark index triples used by OpenFace (0-based indices into dlib's 68 points).
 OUTER_EYES_AND_NOSE = (36, 45, 33)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from openface_py.errors import OpenFacePyError
-from openface_py.parallel import mapped
+from openface_py.jobs.parallel import mapped
 
 
 class PairsFormatError(OpenFacePyError):
@@ -116,15 +116,15 @@ class _LfwAligner:
     """Worker-side detect + align of one LFW photo (plain and mirrored aligned face)."""
 
     def __init__(self, root: str, spec, upsample: int) -> None:
-        from openface_py.align import make_aligner
-        from openface_py.detect import HogDetector
+        from openface_py.faces.align import make_aligner
+        from openface_py.faces.detect import HogDetector
 
         self.root = root
         self.detector = HogDetector(upsample=upsample)
         self.aligner = make_aligner(spec)
 
     def __call__(self, name: str):
-        from openface_py.detect import BoundingBox
+        from openface_py.faces.detect import BoundingBox
         from openface_py.io import load_image
 
         rgb = load_image(Path(self.root) / name)

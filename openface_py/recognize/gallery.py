@@ -22,8 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from openface_py import store
-from openface_py.batch import Failure
-from openface_py.errors import ImageLoadError, OpenFacePyError
+from openface_py.errors import Failure, ImageLoadError, OpenFacePyError
 from openface_py.io import atomic_write_bytes, list_images, load_image
 from openface_py.pipeline import FacePipeline
 

@@ -21,10 +21,9 @@ from typing import Optional
 import numpy as np
 
 from openface_py import __version__
-from openface_py.align import AlignmentSpec, make_aligner
-from openface_py.detect import make_detector, select_faces
-from openface_py.embed import Embedder
-from openface_py.errors import AlignmentMismatchError, ImageLoadError, OpenFacePyError
+from openface_py.errors import AlignmentMismatchError, Failure, ImageLoadError, OpenFacePyError
+from openface_py.faces.align import AlignmentSpec, make_aligner
+from openface_py.faces.detect import make_detector, select_faces
 from openface_py.io import (
     atomic_output,
     atomic_write_bytes,
@@ -34,9 +33,10 @@ from openface_py.io import (
     list_images,
     load_image,
 )
-from openface_py.journal import Journal, read_journal
-from openface_py.outdir import OutputFolder
-from openface_py.parallel import mapped
+from openface_py.jobs.journal import Journal, read_journal
+from openface_py.jobs.outdir import OutputFolder
+from openface_py.jobs.parallel import mapped
+from openface_py.nets.embed import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,6 @@ ALIGN_META = "openface-py-align.json"
 ALIGN_JOURNAL = ".openface-py-align.jsonl"
 ALIGN_REPORT = "align-report.json"
 EMBED_META = "embeddings.json"
-
-
-@dataclass
-class Failure:
-    path: str
-    reason: str
 
 
 @dataclass

@@ -29,8 +29,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from openface_py import store
-from openface_py.align import AlignmentSpec, dlib_chip_spec, openface_spec
 from openface_py.errors import ModelNotInstalledError, UsageError, WeightsError
+from openface_py.faces.align import AlignmentSpec, dlib_chip_spec, openface_spec
 from openface_py.io import iter_chunks
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,8 @@ class NN4Embedder(Embedder):
     ) -> None:
         import torch
 
-        from openface_py.backends import make_runner
-        from openface_py.nn4_weights import build_model
+        from openface_py.nets.backends import make_runner
+        from openface_py.nets.weights import build_model
 
         if threads:
             torch.set_num_threads(int(threads))

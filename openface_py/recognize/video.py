@@ -23,11 +23,11 @@ from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 
-from openface_py.align import make_aligner
-from openface_py.detect import BoundingBox, HogDetector
-from openface_py.embed import Embedder
 from openface_py.errors import OpenFacePyError, UsageError
+from openface_py.faces.align import make_aligner
+from openface_py.faces.detect import BoundingBox, HogDetector
 from openface_py.io import TEMP_PREFIX
+from openface_py.nets.embed import Embedder
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def classifier_recogniser(model, threshold: Optional[float] = None) -> Recognise
 
 def gallery_recogniser(gallery, threshold: float) -> Recogniser:
     """Names from a gallery (``gallery.Gallery``): the nearest person within ``threshold``."""
-    from openface_py.gallery import identify
+    from openface_py.recognize.gallery import identify
 
     def recognise(reps: np.ndarray) -> list[tuple[str, float]]:
         return [(answer, dist) for answer, _, dist in identify(gallery, reps, threshold, UNKNOWN)]
@@ -410,21 +410,21 @@ def make_recognizer(
     The embedder is the one the classifier was trained with (or ``model`` for a gallery).
     ``options`` go to ``VideoRecognizer`` (scale, detect_every, ...).
     """
-    from openface_py.embed import load_embedder
+    from openface_py.nets.embed import load_embedder
 
     if (classifier is None) == (gallery_dir is None):
         raise UsageError("give a classifier model file or a gallery folder (one of them)")
     check_options(**{k: options[k] for k in ("scale", "tracker") if k in options})
     if classifier is not None:
-        from openface_py.classify import load_model
+        from openface_py.recognize.classify import load_model
 
         trained = load_model(classifier)
         embedder = load_embedder(trained.embedder_name)
         if embedder.identity != trained.embedder_identity:
             raise OpenFacePyError(f"{classifier} was trained on {trained.embedder_identity}, not {embedder.identity}")
         return VideoRecognizer(embedder, classifier_recogniser(trained, threshold), **options)
-    from openface_py.gallery import build_gallery
     from openface_py.pipeline import FacePipeline
+    from openface_py.recognize.gallery import build_gallery
 
     embedder = load_embedder(model)
     gallery = build_gallery(gallery_dir, FacePipeline(HogDetector(upsample=1), embedder=embedder), progress=progress)

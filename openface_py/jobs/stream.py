@@ -29,15 +29,15 @@ from typing import Optional
 
 import numpy as np
 
-from openface_py.align import AlignmentSpec, make_aligner
-from openface_py.batch import AlignReport, Failure, output_names, write_embeddings
-from openface_py.detect import make_detector, select_faces
-from openface_py.embed import Embedder
-from openface_py.errors import ImageLoadError, OpenFacePyError
+from openface_py.errors import Failure, ImageLoadError, OpenFacePyError
+from openface_py.faces.align import AlignmentSpec, make_aligner
+from openface_py.faces.detect import make_detector, select_faces
 from openface_py.io import atomic_write_bytes, atomic_write_text, encode_png, list_images, load_image
-from openface_py.journal import Journal, read_journal
-from openface_py.outdir import OutputFolder
-from openface_py.parallel import mapped
+from openface_py.jobs.batch import AlignReport, output_names, write_embeddings
+from openface_py.jobs.journal import Journal, read_journal
+from openface_py.jobs.outdir import OutputFolder
+from openface_py.jobs.parallel import mapped
+from openface_py.nets.embed import Embedder
 
 log = logging.getLogger(__name__)
 

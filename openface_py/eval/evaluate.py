@@ -21,10 +21,10 @@ from typing import Optional, Sequence
 import numpy as np
 
 from openface_py.errors import OpenFacePyError, UsageError
+from openface_py.eval.lfw import LfwEmbeddings, Pair, embed_lfw_images, embedding_cache_path, image_name, parse_pairs
 from openface_py.io import atomic_write_bytes, atomic_write_text
-from openface_py.jointbayes import JointBayesian
-from openface_py.lfw import LfwEmbeddings, Pair, embed_lfw_images, embedding_cache_path, image_name, parse_pairs
 from openface_py.metrics import FoldResult, auc, best_split_threshold, eer, roc_curve, val_at_far
+from openface_py.recognize.jointbayes import JointBayesian
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def run_lfw_classify(
     Returns the rows and the values of N that were skipped (too few eligible people)."""
     import time
 
-    from openface_py.classify import CLASSIFIER_NAMES, make_classifier
+    from openface_py.recognize.classify import CLASSIFIER_NAMES, make_classifier
 
     # all of them but the grid search, whose cost grows fastest with the number of people
     classifiers = classifiers or [c for c in CLASSIFIER_NAMES if c != "GridSearchSvm"]

@@ -61,6 +61,18 @@ def _watch_parent(interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="openface-py-parent-watch", daemon=True).start()
 
 
+def _ready() -> bool:
+    return True
+
+
+#: Why a pool whose workers die before doing anything usually does.
+NO_START_HINT = (
+    "worker processes died while starting. If this runs from a script, put the call under "
+    "`if __name__ == \"__main__\":`: workers are spawned, and each imports the main script again "
+    "(Python's multiprocessing 'spawn' start method)"
+)
+
+
 def _call(item: Any) -> Any:
     if _INIT_ERROR is not None:
         raise _INIT_ERROR
@@ -109,12 +121,20 @@ class _Pool:
         self.factory, self.args, self.workers = factory, args, workers
         self.ctx = mp.get_context(start_method())
         self.executor: Optional[ProcessPoolExecutor] = None
+        self.started = False
 
     def _executor(self) -> ProcessPoolExecutor:
         if self.executor is None:
             self.executor = ProcessPoolExecutor(
                 self.workers, mp_context=self.ctx, initializer=_init, initargs=(self.factory, self.args)
             )
+            if not self.started:  # a pool that cannot even start is a set-up problem, not a bad item
+                try:
+                    self.executor.submit(_ready).result()
+                except BrokenProcessPool:
+                    self._discard()
+                    raise OpenFacePyError(NO_START_HINT) from None
+                self.started = True
         return self.executor
 
     def _discard(self) -> None:

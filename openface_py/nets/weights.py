@@ -23,7 +23,7 @@ import torch
 
 from openface_py.errors import WeightsError
 from openface_py.io import atomic_write_text
-from openface_py.nn4 import NN4Small2
+from openface_py.nets.nn4 import NN4Small2
 
 log = logging.getLogger(__name__)
 

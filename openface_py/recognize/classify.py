@@ -32,8 +32,8 @@ import numpy as np
 from openface_py import __version__
 from openface_py.errors import OpenFacePyError
 from openface_py.io import atomic_write_bytes, atomic_write_text
-from openface_py.jointbayes import JointBayesian
 from openface_py.metrics import best_split_threshold
+from openface_py.recognize.jointbayes import JointBayesian
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Benchmarks: LFW protocol, verification metrics over folds, the classification experiment."""

@@ -1,0 +1,1 @@
+"""Finding and aligning faces: detectors (dlib HOG, CNN) and OpenFace's affine alignment."""

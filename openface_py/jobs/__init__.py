@@ -1,0 +1,1 @@
+"""Folder jobs: process pools, journals, owned output folders, align/represent/run."""

@@ -1,0 +1,1 @@
+"""Naming people from embeddings: classifiers, Joint Bayesian, galleries, video recognition."""
