@@ -33,6 +33,7 @@ def register(add_command) -> None:
     p.add_argument("--threshold", type=float, default=None, help="unknown threshold instead of the measured one")
     p.add_argument("--no-open-set", action="store_true", help="never answer unknown (closed-set classifier)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-plot", action="store_true", help="do not write the reliability plot (OUTPUT.reliability.png)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_train)
 
@@ -66,7 +67,7 @@ def register(add_command) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from openface_py.jobs.batch import load_embeddings
-    from openface_py.recognize.classify import train_model
+    from openface_py.recognize.classify import train_model, write_reliability_plot
 
     reps, labels, paths, meta = load_embeddings(args.reps_dir)
     model = train_model(
@@ -84,6 +85,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.threshold is not None:
         model.threshold = args.threshold
     model.save(args.output)
+    plot = None
+    if model.open_set is not None and model.open_set.reliability and not args.no_plot:
+        plot = write_reliability_plot(
+            model.open_set,
+            args.output.with_name(args.output.name + ".reliability.png"),
+        )
     report = {
         "model": str(args.output),
         "classifier": model.classifier.name,
@@ -95,6 +102,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "score_kind": model.classifier.score_kind,
         "open_set": model.open_set.__dict__ if model.open_set else None,
         "pair_threshold": model.pair_threshold,
+        "calibrated": model.calibrator is not None,
+        "reliability_plot": str(plot) if plot else None,
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -105,7 +114,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print("Cross-validated accuracy: not measurable (some people have a single photo)")
     if model.open_set is not None:
-        print("Open set: " + model.open_set.summary())
+        o = model.open_set
+        print("Open set: " + o.summary())
+        if o.ece is not None:
+            print(
+                f"Confidence = P(answer right), measured on held-out people and photos (out of fold): "
+                f"ECE {o.ece:.3f}, median confidence of right answers {o.median_confidence_right:.3f}; "
+                f"strangers rejected {100 * o.unknown_rejection:.1f}%, enrolled named correctly "
+                f"{100 * o.known_accuracy:.1f}%"
+            )
+        if plot is not None:
+            print(f"Reliability plot: {plot}")
     elif args.threshold is not None:
         print(f"Unknown threshold: {args.threshold} (given)")
     else:

@@ -39,23 +39,25 @@ _PROCESS_CALLABLE: Any = None
 _INIT_ERROR: Optional[BaseException] = None
 
 
-def _init(factory: Callable, args: tuple) -> None:
+def _init(factory: Callable, args: tuple, job_pid: int) -> None:
     global _PROCESS_CALLABLE, _INIT_ERROR
-    _watch_parent()
+    _watch_parent(job_pid)
     try:
         _PROCESS_CALLABLE = factory(*args)
     except Exception as exc:  # raised again for each item: the job sees the error, not a dead worker
         _INIT_ERROR = exc
 
 
-def _watch_parent(interval: float = 0.5) -> None:
-    """End this worker when its parent goes (the job was killed): no orphans left holding files."""
-    parent = os.getppid()
+def _watch_parent(job_pid: int, interval: float = 0.5) -> None:
+    """End this worker when the job process that spawned it is gone (killed, maybe even before
+    this worker finished starting): no orphans left holding files or pipes."""
+    if os.getppid() != job_pid:
+        os._exit(1)
 
     def watch() -> None:
         while True:
             time.sleep(interval)
-            if os.getppid() != parent:
+            if os.getppid() != job_pid:
                 os._exit(1)
 
     threading.Thread(target=watch, name="openface-py-parent-watch", daemon=True).start()
@@ -126,7 +128,7 @@ class _Pool:
     def _executor(self) -> ProcessPoolExecutor:
         if self.executor is None:
             self.executor = ProcessPoolExecutor(
-                self.workers, mp_context=self.ctx, initializer=_init, initargs=(self.factory, self.args)
+                self.workers, mp_context=self.ctx, initializer=_init, initargs=(self.factory, self.args, os.getpid())
             )
             if not self.started:  # a pool that cannot even start is a set-up problem, not a bad item
                 try:

@@ -1,17 +1,20 @@
 """Classifiers on embeddings, open-set ("unknown") thresholds, and model files.
 
 Every classifier has the same small interface: ``fit(X, y)`` with integer labels and
-``decide(X) -> (predicted index, confidence, score)``. *confidence* is what is shown to users
+``decide(X) -> (predicted index, confidence, score)``. *confidence* is the classifier's own
 (a probability for the probabilistic models); *score* is what the open-set threshold is
-applied to (higher = more sure it is that enrolled person): the class probability for SVMs,
-naive Bayes and trees, the per-class log-likelihood for GMM, minus the squared distance to
-the nearest sample of the predicted person for kNN, and the Joint Bayesian log-likelihood
-ratio for JB.
+applied to (higher = more sure it is that enrolled person): minus the squared distance to the
+predicted person's mean embedding for SVMs, the class probability for naive Bayes and
+trees, the per-class log-likelihood for GMM, minus the squared distance to the nearest sample
+of the predicted person for kNN, and the Joint Bayesian log-likelihood ratio for JB.
 
 The threshold is chosen by ``choose_threshold`` from the training data alone: groups of
 people are held out in turn as "strangers" while one photo of each remaining person is held
 out as a "known" probe, so the rejection rate of unseen people is measured rather than
-guessed.
+guessed. The same held-out answers calibrate the confidence a trained model states
+(``ScoreCalibrator``: Platt scaling of *score* to P(answer right), where a stranger's named
+answer is always wrong), so "0.97 confidence" means right 97 times in 100; the calibrated
+model's ECE and open-set rates are measured on folds the calibrator was not fitted on.
 """
 
 from __future__ import annotations
@@ -234,15 +237,18 @@ def make_classifier(name: str, lda_dim: Optional[int] = None, seed: int = 0) -> 
 
 
 class SvmClassifier(Classifier):
-    """An SVC: Platt-scaled probabilities for display, its decision value for the open set.
+    """An SVC names the person; the open-set score is the distance to that person's mean embedding.
 
     OpenFace used ``SVC(probability=True)``; scikit-learn 1.9 deprecates that, and its
     documented replacement, ``CalibratedClassifierCV(SVC(), method="sigmoid",
     ensemble=False)``, is used here with k-fold calibration (k = min(5, fewest photos of a
-    person)). Those calibrated probabilities separate strangers from enrolled people poorly
-    (AUC 0.77 on the sample people, against 0.998 for decision values), so the unknown
-    threshold is applied to the winner's smallest one-vs-one margin instead (see
-    ``winner_margin``).
+    person)) for the classifier's own confidence. Those one-vs-rest probabilities separate
+    strangers from enrolled people poorly (AUC 0.65 on the sample people's held-out photos
+    against 298 LFW strangers, nn4.small2.distilled-v2), and so does the winner's smallest
+    one-vs-one margin (``winner_margin``, AUC 0.977; 0.947 for 50 LFW people), so *score* is
+    minus the squared L2 distance from the embedding to the predicted person's mean enrolled
+    embedding (AUC 0.993; 0.977 for 50 LFW people; combining it with the margin in a logistic
+    regression gains nothing: 0.974). Measured with benchmarks/bench_open_set.py.
 
     With ``params=None`` C, kernel and gamma are chosen by cross-validated grid search first:
     OpenFace searched C in {1, 10, 100, 1000} with a linear kernel and RBF with gamma in
@@ -250,7 +256,7 @@ class SvmClassifier(Classifier):
     RBF kernel almost constant, so gammas of order 1 are searched as well.
     """
 
-    score_kind = "smallest one-vs-one SVM margin"
+    score_kind = "-squared distance to the person's mean embedding"
     GRID = [
         {"C": [1, 10, 100, 1000], "kernel": ["linear"]},
         {"C": [1, 10, 100, 1000], "gamma": [0.001, 0.0001, 0.5, 2, 8], "kernel": ["rbf"]},
@@ -271,6 +277,8 @@ class SvmClassifier(Classifier):
         # every embedder. Unscaled, tightly packed embeddings (nn4.small2.distilled-v2: same-person
         # squared distance < 0.17, not OpenFace's 0.99) are over-regularised at C=1: 5-fold
         # accuracy 0.26 on the sample photos, 0.99 rescaled.
+        self.classes_ = np.unique(y)
+        self.centres_ = np.stack([X[y == c].mean(axis=0) for c in self.classes_])
         self.center_ = X.mean(axis=0)
         self.scale_ = float(np.sqrt(((X - self.center_) ** 2).sum(axis=1).mean())) or 1.0
         X = (X - self.center_) / self.scale_
@@ -292,11 +300,15 @@ class SvmClassifier(Classifier):
         # The label is the SVC's own (one-vs-one votes): the argmax of the separately
         # calibrated one-vs-rest probabilities is much worse with many people (0.85 against
         # 0.99 for 50 LFW people). The confidence is the calibrated probability of that label.
-        X = (np.asarray(X, dtype=np.float64) - self.center_) / self.scale_
+        raw = np.asarray(X, dtype=np.float64)
+        X = (raw - self.center_) / self.scale_
         proba = self.model_.predict_proba(X)
         idx = np.searchsorted(self.model_.classes_, self.svc_ovo_.predict(X))
         rows = np.arange(len(idx))
-        return self.model_.classes_[idx], proba[rows, idx], self.winner_margin(X, idx)
+        if getattr(self, "centres_", None) is None:  # converted from a 0.1 pickle: the margin was the score
+            return self.model_.classes_[idx], proba[rows, idx], self.winner_margin(X, idx)
+        d = ((raw - self.centres_[idx]) ** 2).sum(axis=1)
+        return self.model_.classes_[idx], proba[rows, idx], -d
 
     def winner_margin(self, X, idx: np.ndarray) -> np.ndarray:
         """For each (standardised) row, the smallest one-vs-one SVM margin of class ``idx[row]`` against any other.
@@ -380,8 +392,76 @@ def cross_validated_accuracy(
 
 
 @dataclass
+class ScoreCalibrator:
+    """P(the named answer is right | score) = 1 / (1 + exp(-(a * score + b))) (Platt scaling).
+
+    Fitted on held-out answers: a known probe's answer is right when its name is; a stranger's
+    named answer is always wrong. Two floats, so model files need no new scikit-learn type.
+    """
+
+    a: float
+    b: float
+
+    def __call__(self, score: np.ndarray) -> np.ndarray:
+        z = self.a * np.asarray(score, dtype=np.float64) + self.b
+        return 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))
+
+    @classmethod
+    def fit(cls, score: np.ndarray, right: np.ndarray) -> ScoreCalibrator:
+        """Platt's fit, with his target smoothing ((N+ + 1) / (N+ + 2), 1 / (N- + 2)) so that a
+        perfectly separated calibration set still gives finite, not 0 / 1, probabilities."""
+        from scipy.optimize import minimize
+
+        s = np.asarray(score, dtype=np.float64)
+        r = np.asarray(right, dtype=bool)
+        n_pos, n_neg = int(r.sum()), int((~r).sum())
+        t = np.where(r, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+        mu, sd = float(s.mean()), float(s.std()) or 1.0
+        z = (s - mu) / sd
+
+        def nll(w):
+            f = w[0] * z + w[1]
+            # -[t log p + (1 - t) log(1 - p)] with p = sigmoid(f), written stably
+            loss = np.logaddexp(0.0, f) - t * f
+            p = 1.0 / (1.0 + np.exp(-f))
+            g = p - t
+            return loss.sum(), np.array([(g * z).sum(), g.sum()])
+
+        prior = np.log((n_pos + 1.0) / (n_neg + 1.0))
+        w = minimize(nll, np.array([1.0, prior]), jac=True, method="L-BFGS-B").x
+        a = float(w[0]) / sd
+        return cls(a=a, b=float(w[1]) - a * mu)
+
+    def score_at(self, p: float) -> Optional[float]:
+        """The score where the calibrated probability is ``p`` (None if it does not depend on the score)."""
+        if self.a <= 0:
+            return None
+        return float((np.log(p / (1.0 - p)) - self.b) / self.a)
+
+
+def expected_calibration_error(confidence: np.ndarray, right: np.ndarray, n_bins: int = 15) -> float:
+    """ECE: the photo-weighted mean |confidence - accuracy| over ``n_bins`` equal-width bins."""
+    return float(sum(n * abs(c - a) for c, a, n in reliability_bins(confidence, right, n_bins)) / max(1, len(right)))
+
+
+def reliability_bins(confidence: np.ndarray, right: np.ndarray, n_bins: int = 15) -> list[list[float]]:
+    """[mean confidence, accuracy, count] of each non-empty equal-width confidence bin."""
+    c = np.asarray(confidence, dtype=np.float64)
+    r = np.asarray(right, dtype=np.float64)
+    k = np.minimum((c * n_bins).astype(np.int64), n_bins - 1)
+    return [
+        [float(c[k == b].mean()), float(r[k == b].mean()), int((k == b).sum())] for b in range(n_bins) if (k == b).any()
+    ]
+
+
+@dataclass
 class OpenSetReport:
-    """How the unknown threshold was chosen and what it does on held-out data."""
+    """How the unknown threshold was chosen and what it does on held-out data.
+
+    With a calibrator (trained by 0.2 and later) the rates, the ECE and the reliability bins are
+    measured out of fold: each fold's answers are judged with a calibrator and threshold fitted
+    on the other folds only.
+    """
 
     threshold: float
     unknown_rejection: float  # held-out strangers answered "unknown"
@@ -391,14 +471,41 @@ class OpenSetReport:
     n_known: int
     score_kind: str
     method: str = "leave-people-out"
+    ece: Optional[float] = None  # expected calibration error of the stated confidence (15 bins)
+    median_confidence_right: Optional[float] = None
+    reliability: Optional[list] = None  # reliability_bins of the out-of-fold answers
 
     def summary(self) -> str:
-        return (
+        text = (
             f"unknown threshold {self.threshold:.4g} ({self.score_kind}): rejects "
             f"{100 * self.unknown_rejection:.1f}% of {self.n_unknown} held-out strangers' photos, names "
             f"{100 * self.known_accuracy:.1f}% of {self.n_known} held-out enrolled photos correctly "
             f"({100 * self.known_accuracy_closed:.1f}% with no threshold)"
         )
+        if self.ece is not None:
+            text += (
+                f"; confidence calibration error (ECE) {self.ece:.3f}, median confidence of right answers "
+                f"{self.median_confidence_right:.3f}"
+            )
+        return text
+
+
+#: the unknown threshold keeps at least this fraction of the known probes the closed-set
+#: classifier names correctly, and rejects as many strangers as it can with that
+MIN_KNOWN_FRACTION = 0.95
+
+
+def _pick_threshold(ks, ok, us, min_known_fraction: float) -> tuple[float, float, float]:
+    """(threshold, rejection, known accuracy) on pooled held-out scores (see ``choose_threshold``)."""
+    cands = np.unique(np.concatenate([ks, us]))
+    mids = np.concatenate([[cands[0] - 1.0], (cands[:-1] + cands[1:]) / 2.0, [cands[-1] + 1.0]])
+    known_acc = np.array([(ok & (ks >= t)).mean() for t in mids])
+    rej = np.array([(us < t).mean() for t in mids])
+    # a classifier whose scores cannot tell strangers apart then rejects nobody (and says so)
+    allowed = known_acc >= min_known_fraction * ok.mean() - 1e-12
+    objective = np.where(allowed, rej + 1e-3 * known_acc, -np.inf)
+    best = int(np.argmax(objective))
+    return float(mids[best]), float(rej[best]), float(known_acc[best])
 
 
 def choose_threshold(
@@ -408,8 +515,9 @@ def choose_threshold(
     lda_dim: Optional[int] = None,
     n_folds: int = 10,
     seed: int = 0,
-    min_known_fraction: float = 0.9,
-) -> Optional[OpenSetReport]:
+    min_known_fraction: float = MIN_KNOWN_FRACTION,
+    calibrate: bool = False,
+):
     """Pick the score threshold that best separates enrolled people from strangers.
 
     People are split into ``n_folds`` groups. For each group: its people are strangers; one
@@ -417,6 +525,10 @@ def choose_threshold(
     is trained on the rest. The threshold rejects as many strangers as it can while still naming
     at least ``min_known_fraction`` of the known probes that the closed-set classifier names
     correctly. Needs at least three people.
+
+    With ``calibrate`` returns ``(report, ScoreCalibrator)`` (or None): the calibrator is fitted
+    on all the held-out answers, and the report's rates, ECE and reliability bins are measured
+    out of fold (calibrator and threshold refitted without the fold they judge).
     """
     rng = np.random.default_rng(seed)
     people = np.unique(y)
@@ -425,8 +537,8 @@ def choose_threshold(
     order = rng.permutation(people)
     folds = np.array_split(order, min(n_folds, len(people)))
     clf_proto = make_classifier(name, lda_dim, seed)
-    known_scores, known_ok, unknown_scores = [], [], []
-    for group in folds:
+    known_scores, known_ok, unknown_scores, kf, uf = [], [], [], [], []
+    for f, group in enumerate(folds):
         stranger = np.isin(y, group)
         train = ~stranger
         probe = np.zeros(len(y), dtype=bool)
@@ -446,28 +558,81 @@ def choose_threshold(
             pred, _, score = clf.decide(X[probe])
             known_scores.append(score)
             known_ok.append(pred == y[probe])
-        unknown_scores.append(clf.decide(X[stranger])[2])
+            kf.append(np.full(len(score), f))
+        us_f = clf.decide(X[stranger])[2]
+        unknown_scores.append(us_f)
+        uf.append(np.full(len(us_f), f))
     if not known_scores or not unknown_scores:
         return None
     ks, ok, us = np.concatenate(known_scores), np.concatenate(known_ok), np.concatenate(unknown_scores)
-    cands = np.unique(np.concatenate([ks, us]))
-    mids = np.concatenate([[cands[0] - 1.0], (cands[:-1] + cands[1:]) / 2.0, [cands[-1] + 1.0]])
-    known_acc = np.array([(ok & (ks >= t)).mean() for t in mids])
-    rej = np.array([(us < t).mean() for t in mids])
-    # Reject as many strangers as possible while keeping >= 90% of the closed-set accuracy;
-    # a classifier whose scores cannot tell strangers apart then rejects nobody (and says so).
-    allowed = known_acc >= min_known_fraction * ok.mean() - 1e-12
-    objective = np.where(allowed, rej + 1e-3 * known_acc, -np.inf)
-    best = int(np.argmax(objective))
-    return OpenSetReport(
-        threshold=float(mids[best]),
-        unknown_rejection=float(rej[best]),
-        known_accuracy=float(known_acc[best]),
+    threshold, rej, kacc = _pick_threshold(ks, ok, us, min_known_fraction)
+    report = OpenSetReport(
+        threshold=threshold,
+        unknown_rejection=rej,
+        known_accuracy=kacc,
         known_accuracy_closed=float(ok.mean()),
         n_unknown=len(us),
         n_known=len(ks),
         score_kind=clf_proto.score_kind,
     )
+    if not calibrate:
+        return report
+    calibrator = ScoreCalibrator.fit(np.r_[ks, us], np.r_[ok, np.zeros(len(us), dtype=bool)])
+    # out of fold: each fold judged by a calibrator and threshold fitted on the others
+    kf, uf = np.concatenate(kf), np.concatenate(uf)
+    conf, right, is_known = [], [], []
+    for f in np.unique(np.r_[kf, uf]):
+        ko, uo = kf != f, uf != f
+        if not ko.any() or not uo.any():
+            continue
+        cal = ScoreCalibrator.fit(np.r_[ks[ko], us[uo]], np.r_[ok[ko], np.zeros(int(uo.sum()), dtype=bool)])
+        t = _pick_threshold(ks[ko], ok[ko], us[uo], min_known_fraction)[0]
+        for s, good, known in ((ks[kf == f], ok[kf == f], True), (us[uf == f], None, False)):
+            p = cal(s)
+            named = s >= t
+            conf.append(np.where(named, p, 1.0 - p))
+            right.append(named & good if known else ~named)
+            is_known.append(np.full(len(s), known))
+    if conf:
+        c, r, k = np.concatenate(conf), np.concatenate(right), np.concatenate(is_known)
+        report.method = "leave-people-out, out-of-fold calibration"
+        report.unknown_rejection = float(r[~k].mean())
+        report.known_accuracy = float(r[k].mean())
+        report.ece = expected_calibration_error(c, r)
+        report.median_confidence_right = float(np.median(c[r])) if r.any() else 0.0
+        report.reliability = reliability_bins(c, r)
+    return report, calibrator
+
+
+def write_reliability_plot(report: OpenSetReport, path: os.PathLike | str, title: str = "") -> Path:
+    """A reliability diagram (PNG) of the report's out-of-fold answers: accuracy against stated confidence."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bins = np.asarray(report.reliability or [], dtype=np.float64).reshape(-1, 3)
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(5, 6.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    if len(bins):
+        ax.plot(bins[:, 0], bins[:, 1], "o-", color="C0", label="held-out answers")
+        ax2.bar(bins[:, 0], bins[:, 2], width=1 / 15, color="C0", alpha=0.7)
+    ax.set_ylabel("fraction of answers right")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ece = "n/a" if report.ece is None else f"{report.ece:.3f}"
+    ax.set_title(title or f"Reliability (ECE {ece}; {report.n_known} known probes, {report.n_unknown} strangers)")
+    ax.legend(loc="upper left")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("stated confidence (answer is a name or unknown)")
+    ax2.set_ylabel("answers")
+    fig.tight_layout()
+    target = Path(path)
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(target, buf.getvalue())
+    return target
 
 
 # ---- the trained model and its file -------------------------------------------------------
@@ -482,6 +647,8 @@ class Prediction:
     score: float
     known: bool
     best: str
+    #: ``confidence`` is the probability that the answer (name or unknown) is right
+    calibrated: bool = False
 
 
 def format_prediction(pred: Prediction, x: Optional[float] = None) -> str:
@@ -489,6 +656,11 @@ def format_prediction(pred: Prediction, x: Optional[float] = None) -> str:
     where = f" @ x={x:.0f}" if x is not None else ""
     if pred.known:
         return f"Predict {pred.name}{where} with {pred.confidence:.2f} confidence."
+    if pred.calibrated:
+        return (
+            f"Predict {UNKNOWN}{where} with {pred.confidence:.2f} confidence (closest: {pred.best}, "
+            f"score {pred.score:.3f} under the threshold)."
+        )
     return (
         f"Predict {UNKNOWN}{where} (closest: {pred.best} with {pred.confidence:.2f} confidence, "
         f"score {pred.score:.3f} under the threshold)."
@@ -510,6 +682,8 @@ class TrainedModel:
     cv_accuracy: Optional[float] = None
     pair_threshold: Optional[float] = None  # Joint Bayesian only: r above this = same person
     dim: int = 128  # embedding length the classifier was trained on
+    #: maps the score to P(answer right); None in closed-set models and models converted from 0.1 pickles
+    calibrator: Optional[ScoreCalibrator] = None
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     version: str = __version__
 
@@ -521,17 +695,24 @@ class TrainedModel:
             )
 
     def predict(self, X: np.ndarray, threshold: Optional[float] = None) -> list[Prediction]:
-        """Name each embedding, or ``unknown`` where the score is under the threshold."""
+        """Name each embedding, or ``unknown`` where the score is under the threshold.
+
+        With a calibrator the confidence is the probability that the answer is right: P(name
+        right | score) for a name, 1 - that for ``unknown``; otherwise the classifier's own."""
         X = np.atleast_2d(np.asarray(X, dtype=np.float64))
         if X.shape[1] != self.dim:
             raise ClassifierError(f"embeddings have {X.shape[1]} values, the model expects {self.dim}")
         t = self.threshold if threshold is None else threshold
         idx, conf, score = self.classifier.decide(X)
+        cal = getattr(self, "calibrator", None)
+        p_right = cal(score) if cal is not None else None
         out = []
-        for i, c, s in zip(idx, conf, score):
+        for k, (i, c, s) in enumerate(zip(idx, conf, score)):
             known = t is None or s >= t
+            if p_right is not None:
+                c = p_right[k] if known else 1.0 - p_right[k]
             best = self.classes[int(i)]
-            out.append(Prediction(best if known else UNKNOWN, float(c), float(s), bool(known), best))
+            out.append(Prediction(best if known else UNKNOWN, float(c), float(s), bool(known), best, cal is not None))
         return out
 
     def save(self, path: os.PathLike | str) -> Path:
@@ -563,7 +744,7 @@ def trusted_types() -> frozenset[str]:
     """Every type a model file may hold beyond skops' defaults: this package's model classes
     (named where they live now) and the scikit-learn internals they use."""
     ours = (TrainedModel, OpenSetReport, SklearnClassifier, GmmClassifier, KnnClassifier, JointBayesianClassifier,
-            LdaFront, SvmClassifier, JointBayesian)  # fmt: skip
+            LdaFront, SvmClassifier, JointBayesian, ScoreCalibrator)  # fmt: skip
     return SKLEARN_TYPES | {f"{c.__module__}.{c.__qualname__}" for c in ours}
 
 
@@ -661,13 +842,15 @@ def train_model(
     open_set: bool = True,
     seed: int = 0,
 ) -> TrainedModel:
-    """Check the data, cross-validate, choose the unknown threshold, and fit on everything."""
+    """Check the data, cross-validate, choose the unknown threshold and calibrate the
+    confidence (``open_set``), and fit on everything."""
     X = np.asarray(X, dtype=np.float64)
     clf = make_classifier(classifier, lda_dim, seed)
     check_training_data(X, labels, clf, paths)
     classes, y = np.unique(np.asarray(labels), return_inverse=True)
     cv = cross_validated_accuracy(classifier, X, y, lda_dim, seed)
-    report = choose_threshold(classifier, X, y, lda_dim, seed=seed) if open_set else None
+    found = choose_threshold(classifier, X, y, lda_dim, seed=seed, calibrate=True) if open_set else None
+    report, calibrator = found if found else (None, None)
     clf.fit(X, y)
     pair_t = choose_pair_threshold(X, y, seed) if isinstance(clf, JointBayesianClassifier) else None
     return TrainedModel(
@@ -682,6 +865,7 @@ def train_model(
         open_set=report,
         cv_accuracy=cv,
         pair_threshold=pair_t,
+        calibrator=calibrator,
     )
 
 
