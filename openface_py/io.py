@@ -28,6 +28,12 @@ DEFAULT_MAX_PIXELS = 64_000_000
 #: File name endings treated as images when walking folders (compared lower-case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
+#: The Pillow decoders ``load_image`` uses: the formats of ``IMAGE_EXTENSIONS`` (PPM also reads
+#: PGM/PBM; JPEG also multi-picture MPO). Pillow knows some 40 more; they are refused, because
+#: each is more decoder to attack and some decode while opening: an ICO "icon" holding a large
+#: PNG was decoded whole inside ``Image.open``, before the pixel cap could be checked.
+DECODER_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+
 ImageSource = Union[str, os.PathLike, bytes, bytearray]
 
 #: Every temporary file this package writes starts with this: cleanup deletes nothing else.
@@ -56,6 +62,8 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
             raise ImageLoadError(name, "file not found") from None
         except OSError as exc:
             raise ImageLoadError(name, f"cannot access file: {exc.strerror or exc}") from None
+        except ValueError as exc:  # a NUL in the path
+            raise ImageLoadError(name, f"invalid path ({exc})") from None
         if path.is_dir():
             raise ImageLoadError(name, "is a directory, not an image file")
         if size == 0:
@@ -67,7 +75,7 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
             old_cap = Image.MAX_IMAGE_PIXELS
             Image.MAX_IMAGE_PIXELS = None  # our own cap below, checked before decoding
             try:
-                with Image.open(stream) as im:  # type: ignore[arg-type]
+                with Image.open(stream, formats=DECODER_FORMATS) as im:  # type: ignore[arg-type]
                     w, h = im.size
                     if w * h > max_pixels:
                         raise ImageLoadError(
@@ -78,6 +86,8 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
                     if w == 0 or h == 0:
                         raise ImageLoadError(name, f"image has zero size ({w}x{h})")
                     im.load()
+                    if im.size[0] * im.size[1] > max_pixels:  # a decoder that changed the size
+                        raise ImageLoadError(name, f"image too large: decoded as {im.size[0]}x{im.size[1]}")
                     im = ImageOps.exif_transpose(im)
                     return _pil_to_rgb(im)
             finally:
@@ -85,11 +95,18 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(name, "not a recognised image format") from None
+        raise ImageLoadError(
+            name, f"not a recognised image format (supported: {', '.join(DECODER_FORMATS)})"
+        ) from None
     except PermissionError as exc:
         raise ImageLoadError(name, f"permission denied: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageLoadError(name, f"corrupt or truncated image data ({exc})") from None
+    except Exception as exc:
+        # Pillow's decoders meet malformed data with whatever the parsing code raises (a mutated
+        # TIFF offset tag: TypeError from seek; struct.error, IndexError, ZeroDivisionError...);
+        # Pillow's own fuzzers accept any Exception from bad input, and so does this loader.
+        raise ImageLoadError(name, f"corrupt image data ({type(exc).__name__}: {exc})") from None
 
 
 def _pil_to_rgb(im) -> np.ndarray:

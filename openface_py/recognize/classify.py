@@ -807,7 +807,17 @@ def load_model(path: os.PathLike | str) -> TrainedModel:
         raise ClassifierError(f"{p}: cannot load model ({type(exc).__name__}: {exc})") from exc
     if not isinstance(model, TrainedModel):
         raise ClassifierError(f"{p}: not an openface-py model file (found {type(model).__name__})")
+    _check_usable(model, p)
     return model
+
+
+def _check_usable(model: TrainedModel, p: Path) -> None:
+    """A loaded file can still be damaged inside (no checksum beside it): answer one probe now,
+    so that a broken model fails here with a clear error, not later in the middle of a job."""
+    try:
+        model.predict(np.zeros((1, int(model.dim))))
+    except Exception as exc:  # whatever a damaged estimator raises
+        raise ClassifierError(f"{p}: the model is damaged ({type(exc).__name__}: {exc})") from exc
 
 
 def convert_pickle(old: os.PathLike | str, new: os.PathLike | str) -> TrainedModel:

@@ -7,6 +7,11 @@ largest face is embedded once; the embeddings are cached under the weights cache
 names the weights by content) and the detector with its settings (``Detector.key``: upsample,
 max side...), and a photo is embedded again only when it is added or changed (size or
 modification time).
+
+Hidden entries (names starting with ".") are skipped. Every other entry that cannot be used is
+reported in ``Gallery.failures`` with the reason: unreadable photos, photos without a face,
+broken or looping symbolic links, and symbolic links to folders (not followed: a link to an
+ancestor would make the walk endless).
 """
 
 from __future__ import annotations
@@ -68,9 +73,22 @@ def _read_cache(path: Path, setup: str) -> dict[str, tuple[int, int, np.ndarray]
         if meta.get("setup") != setup:
             return {}
         return {rel: (e["size"], e["mtime_ns"], reps[e["row"]]) for rel, e in meta["entries"].items()}
-    except (OSError, ValueError, KeyError) as exc:
-        log.warning("ignoring unreadable gallery cache %s (%s)", path, exc)
+    except Exception as exc:  # a cache: whatever is wrong with it, embed again
+        log.warning("ignoring unreadable gallery cache %s (%s: %s)", path, type(exc).__name__, exc)
         return {}
+
+
+def _linked_folders(root: Path) -> list[Failure]:
+    """A failure for each symbolic link to a folder below ``root``: ``list_images`` does not follow
+    them, so without this their photos would be left out without a word."""
+    found = []
+    for dirpath, dirnames, _ in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for d in dirnames:
+            if os.path.islink(os.path.join(dirpath, d)):
+                rel = Path(os.path.relpath(os.path.join(dirpath, d), root)).as_posix()
+                found.append(Failure(rel, "symbolic link to a folder: not followed (copy the folder instead)"))
+    return found
 
 
 def build_gallery(gallery_dir: os.PathLike | str, pipeline: FacePipeline, progress: bool = True) -> Gallery:
@@ -85,16 +103,24 @@ def build_gallery(gallery_dir: os.PathLike | str, pipeline: FacePipeline, progre
     cache_path = _cache_file(root, setup)
     cached = _read_cache(cache_path, setup)
     rels = list_images(root)
+    linked = _linked_folders(root)
     if not rels:
-        raise OpenFacePyError(f"{root}: no photos in the gallery (expected one sub-folder per person)")
+        also = f"; not followed: symbolic links to folders {', '.join(f.path for f in linked)}" if linked else ""
+        raise OpenFacePyError(f"{root}: no photos in the gallery (expected one sub-folder per person){also}")
 
     from tqdm import tqdm
 
-    names, reps, paths, failures, entries = [], [], [], [], {}
+    names, reps, paths, entries = [], [], [], {}
+    failures = list(linked)
     reused = 0
     for rel in tqdm(rels, desc="gallery", unit="photo", disable=not progress):
         key = rel.as_posix()
-        st = (root / rel).stat()
+        try:
+            st = (root / rel).stat()
+        except OSError as exc:  # a dangling or looping symbolic link; a file removed meanwhile
+            reason = "broken symbolic link" if (root / rel).is_symlink() else "cannot read"
+            failures.append(Failure(key, f"{reason}: {exc.strerror or exc}"))
+            continue
         person = rel.parts[0] if len(rel.parts) > 1 else rel.stem
         hit = cached.get(key)
         if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
