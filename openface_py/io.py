@@ -223,6 +223,18 @@ def remove_temp_files(root: Union[str, os.PathLike]) -> int:
     return removed
 
 
+def read_at(fd: int, size: int, offset: int) -> bytes:
+    """``os.pread`` where the platform has it (not on Windows): read without moving the file position."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, size, offset)
+    here = os.lseek(fd, 0, os.SEEK_CUR)
+    try:
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, size)
+    finally:
+        os.lseek(fd, here, os.SEEK_SET)
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)

@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
+from openface_py.io import read_at
+
 log = logging.getLogger(__name__)
 
 
@@ -93,7 +95,7 @@ def _torn_tail_length(fd: int, block: int = 1 << 16) -> int:
     pos = size
     while pos > 0:
         start = max(0, pos - block)
-        chunk = os.pread(fd, pos - start, start)
+        chunk = read_at(fd, pos - start, start)
         i = chunk.rfind(b"\n")
         if i >= 0:
             return size - (start + i + 1)

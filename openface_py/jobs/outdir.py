@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from openface_py.errors import OpenFacePyError
-from openface_py.io import remove_temp_files
+from openface_py.io import read_at, remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -71,13 +71,14 @@ def _lock(path: Path, kind: str) -> int:
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         if not _try_lock(fd):
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            holder = read_at(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
             raise OutputFolderError(
                 f"another openface-py {kind} (process {holder}) is writing to {path.parent}; "
                 "wait for it to finish, or use another output folder"
             )
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
     except BaseException:
         os.close(fd)
         raise
