@@ -25,6 +25,9 @@ class ImageLoadError(OpenFacePyError):
         self.source = source
         self.reason = reason
 
+    def __reduce__(self):  # rebuilt from (source, reason): errors raised in worker processes come back whole
+        return (type(self), (self.source, self.reason))
+
 
 class WeightsError(OpenFacePyError):
     """A weights file is missing a tensor, has a wrongly shaped one, or is unreadable."""

@@ -197,6 +197,7 @@ def atomic_output(path: Union[str, os.PathLike]) -> Iterator[BinaryIO]:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp, target)
+        fsync_dir(target.parent)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -221,6 +222,17 @@ def remove_temp_files(root: Union[str, os.PathLike]) -> int:
                 except FileNotFoundError:
                     pass
     return removed
+
+
+def fsync_dir(folder: Union[str, os.PathLike]) -> None:
+    """Make a rename in ``folder`` durable (POSIX: fsync the directory; elsewhere a no-op)."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_at(fd: int, size: int, offset: int) -> bytes:

@@ -142,3 +142,12 @@ def test_align_output_folder_is_owned_and_locked(tmp_path):
     rep = align_folder(SAMPLE / "Tony_Blair", out, openface_spec(), progress=False)
     assert rep.already_done == 10 and (out / ".keep.tmp").is_file()
     assert not list(out.rglob(TEMP_PREFIX + "*"))
+
+
+def test_folder_with_only_os_litter_counts_as_empty(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")  # left by a file browser that showed the folder
+    (out / f"{TEMP_PREFIX}run.json.x1").write_text("{")  # a kill before the marker was in place
+    report = align_folder(SAMPLE / "Tony_Blair", out, openface_spec(), progress=False)
+    assert report.aligned == 10 and not list(out.glob(TEMP_PREFIX + "*"))

@@ -134,3 +134,41 @@ def test_script_without_main_guard_gets_a_clear_message(tmp_path):
     )
     r = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and 'if __name__ == "__main__":' in r.stderr
+
+
+class ExitOn3:
+    """Dies (as a crash in native code would) on item 3."""
+
+    def __call__(self, x: int):
+        if x == 3:
+            os._exit(1)
+        time.sleep(0.05)
+        return x
+
+
+def test_worker_dying_while_the_consumer_is_busy(tmp_path):
+    """The pool breaks between two results (the consumer is embedding a batch): the next
+    hand-out must not raise, and every item is still answered (found by review)."""
+    got = []
+    with mapped(ExitOn3, (), range(10), workers=2, ordered=False, on_crash=lambda x, why: ("died", x)) as res:
+        for r in res:
+            got.append(r)
+            time.sleep(0.4)  # the pool breaks while nobody is waiting on it
+    assert sorted(r for r in got if not isinstance(r, tuple)) == [x for x in range(10) if x != 3]
+    assert ("died", 3) in got
+
+
+def test_image_errors_come_back_from_workers_as_themselves(tmp_path):
+    from openface_py.errors import ImageLoadError
+
+    class_path = tmp_path / "missing.jpg"
+    with pytest.raises(ImageLoadError, match="file not found"):
+        with mapped(Loader, (), [str(class_path)], workers=2) as res:
+            list(res)
+
+
+class Loader:
+    def __call__(self, path: str):
+        from openface_py.io import load_image
+
+        return load_image(path)

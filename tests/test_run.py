@@ -258,3 +258,17 @@ def test_skip_multi_and_retry_failed(photos, embedder, tmp_path):
     assert retried.aligned == 1 and retried.done_ok_total == 1
     assert {f.path for f in retried.failures} == {"two.jpg", "grey.png"}
     assert json.loads((out / "labels.json").read_text())["paths"] == [str(src / "late.jpg")]
+
+
+def test_part_numbers_are_never_reused(photos, embedder, reference, tmp_path):
+    """A damaged last part is deleted; the rerun must not write a new part under its name, or an
+    entry of a photo not redone yet would point at the wrong file (found by review)."""
+    out = tmp_path / "reuse"
+    run_folder(photos, out, embedder, workers=1, batch_size=8, progress=False)
+    parts = sorted((out / PARTS).glob("part-*.npz"))
+    last = parts[-1].name
+    parts[-1].write_bytes(b"damaged")
+    run_folder(photos, out, embedder, workers=1, batch_size=8, progress=False)
+    journal = read_journal(out / RUN_JOURNAL)
+    assert all(e.get("part") != last for e in journal.values())  # the redone photos got a new part
+    _same_as(reference, out)

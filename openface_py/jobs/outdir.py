@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from openface_py.errors import OpenFacePyError
-from openface_py.io import read_at, remove_temp_files
+from openface_py.io import TEMP_PREFIX, read_at, remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class OutputFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         self.owned = (self.path / self.marker).is_file()
         if not self.owned:
-            others = sorted(p.name for p in self.path.iterdir() if p.name != LOCK_NAME)
+            others = sorted(p.name for p in self.path.iterdir() if not _ignorable(p.name))
             if others:
                 shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
                 raise OutputFolderError(
@@ -67,11 +67,22 @@ class OutputFolder:
             self._fd = None
 
 
+#: Files a folder may hold and still count as empty: what file browsers leave, our lock and temporaries.
+OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", LOCK_NAME})
+
+
+def _ignorable(name: str) -> bool:
+    return name in OS_LITTER or name.startswith(TEMP_PREFIX)
+
+
 def _lock(path: Path, kind: str) -> int:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)
     try:
         if not _try_lock(fd):
-            holder = read_at(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            try:
+                holder = read_at(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            except OSError:
+                holder = "unknown"
             raise OutputFolderError(
                 f"another openface-py {kind} (process {holder}) is writing to {path.parent}; "
                 "wait for it to finish, or use another output folder"
@@ -92,6 +103,7 @@ def _try_lock(fd: int) -> bool:
     except ImportError:  # Windows
         import msvcrt
 
+        os.lseek(fd, 1 << 20, os.SEEK_SET)  # a byte past the PID text, which others may read
         try:
             msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
             return True

@@ -7,7 +7,8 @@ Workers are started with ``spawn``, never ``fork``: a fork of a process that alr
 torch or ONNX Runtime threads can deadlock in the child. (Not ``forkserver`` either: its
 workers hold the server's keep-alive descriptor, so after a kill -9 of the job neither the
 server nor the workers ever notice.) Spawned workers are the job's own children and end by
-themselves when it is killed (they watch their parent).
+themselves when it is killed (they watch their parent; on POSIX systems, where a dead
+parent's children are given to another process).
 A worker that dies (a crash in native code, the out-of-memory killer) does not hang the job:
 the pool reports it, the items that were in flight are retried one at a time in a fresh pool,
 and an item that kills its worker again is handed to ``on_crash`` (the job reports it as failed
@@ -161,25 +162,43 @@ class _Pool:
     ) -> Iterator:
         pending: dict[Future, tuple[int, Any, bool]] = {}  # future -> (index, item, run alone?)
         suspects: deque[tuple[int, Any]] = deque()  # in flight when a worker died: retried one at a time
+        requeued: deque[tuple[int, Any]] = deque()  # not yet started when the pool broke: submitted again
         ready: dict[int, Any] = {}  # ordered mode: results waiting for an earlier one
         next_index = next_out = 0
         exhausted = False
+
+        def submit(idx: int, item: Any, alone: bool) -> bool:
+            """Hand an item to the pool; False if the pool broke meanwhile (then it is rebuilt)."""
+            try:
+                pending[self._executor().submit(_call, item)] = (idx, item, alone)
+                return True
+            except BrokenProcessPool:  # a worker died while the consumer was busy between results
+                (suspects if alone else requeued).appendleft((idx, item))
+                suspects.extend((i, it) for i, it, _ in pending.values())
+                pending.clear()
+                log.warning("a worker process died; retrying the %d items in flight one at a time", len(suspects))
+                self._discard()
+                return False
+
         while True:
             if suspects:
                 if not pending:
-                    idx, item = suspects.popleft()
-                    pending[self._executor().submit(_call, item)] = (idx, item, True)
+                    submit(*suspects.popleft(), True)
             else:
-                while not exhausted and len(pending) + len(ready) < window:
-                    try:
-                        item = next(source)
-                    except StopIteration:
-                        exhausted = True
+                while (requeued or not exhausted) and len(pending) + len(ready) < window:
+                    if requeued:
+                        idx, item = requeued.popleft()
+                    else:
+                        try:
+                            item = next(source)
+                        except StopIteration:
+                            exhausted = True
+                            break
+                        idx, next_index = next_index, next_index + 1
+                    if not submit(idx, item, False):
                         break
-                    pending[self._executor().submit(_call, item)] = (next_index, item, False)
-                    next_index += 1
             if not pending:
-                if exhausted and not suspects:
+                if exhausted and not suspects and not requeued:
                     return
                 continue
             done, _ = wait(pending, return_when=FIRST_COMPLETED)

@@ -238,8 +238,11 @@ def _embed_missing(
                 report.failures.append(Failure(rel, entry.get("reason", "failed earlier")))
         else:
             todo.append(rel)
-    existing = sorted((out_dir / PARTS).glob("part-*.npz"))
-    next_part = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=0)
+    # never reuse a part name: not of a file on disk, nor of one the journal still names (a
+    # damaged part was deleted above; an entry of a photo not redone yet may still name it)
+    names = {p.name for p in (out_dir / PARTS).glob("part-*.npz")}
+    names |= {e["part"] for e in journal.values() if "part" in e}
+    next_part = 1 + max((int(n[len("part-") : -len(".npz")]) for n in names), default=0)
     log.info("%d photos, %d finished earlier, %d to do", len(rels), report.already_done, len(todo))
 
     workers = int(workers) or os.cpu_count() or 1
@@ -303,7 +306,12 @@ def _gather(out_dir: Path, embedder: Embedder, in_dir: Path, report: AlignReport
     wanted = {e["part"] for e in journal.values() if e["status"] == "ok"}
     reps, rows = [], []
     for name in sorted(wanted):
-        part_rows, part_reps = _read_part(out_dir / PARTS / name)
+        try:
+            part_rows, part_reps = _read_part(out_dir / PARTS / name)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+            # only photos no longer in the input folder can get here (the others were redone)
+            log.warning("part file %s is gone or unreadable (%s); its photos are left out", name, exc)
+            continue
         for i, row in enumerate(part_rows):
             entry = journal.get(row["path"])
             if entry and entry.get("part") == name:  # a photo redone after a kill counts once

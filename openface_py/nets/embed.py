@@ -309,7 +309,7 @@ def known_weights(path: Union[str, Path]) -> Optional[str]:
 def weights_metadata(path: Union[str, Path]) -> dict:
     """The ``openface_py`` metadata a trained ``.pt`` carries (e.g. ``same_person_threshold``), or {}."""
     p = Path(path)
-    if not p.is_file() or p.suffix != ".pt":
+    if not p.is_file() or p.suffix not in (".pt", ".pth"):
         return {}
     import torch
 

@@ -26,7 +26,7 @@ import numpy as np
 from openface_py.errors import OpenFacePyError, UsageError
 from openface_py.faces.align import make_aligner
 from openface_py.faces.detect import BoundingBox, HogDetector
-from openface_py.io import TEMP_PREFIX
+from openface_py.io import TEMP_PREFIX, fsync_dir
 from openface_py.nets.embed import Embedder
 
 log = logging.getLogger(__name__)
@@ -364,7 +364,10 @@ def process_video(
             writer = None
             if not tmp_output.is_file() or tmp_output.stat().st_size == 0:
                 raise OpenFacePyError(f"{output}: the video writer wrote nothing")
+            with open(tmp_output, "rb+") as fh:
+                os.fsync(fh.fileno())
             os.replace(tmp_output, output)
+            fsync_dir(output.parent)
     finally:
         if writer is not None:
             writer.release()
@@ -427,8 +430,8 @@ def make_recognizer(
     from openface_py.recognize.gallery import build_gallery
 
     embedder = load_embedder(model)
-    gallery = build_gallery(gallery_dir, FacePipeline(HogDetector(upsample=1), embedder=embedder), progress=progress)
     limit = threshold if threshold is not None else embedder.same_person_threshold
-    if limit is None:
+    if limit is None:  # before the gallery is embedded
         raise UsageError(f"{embedder.name} has no calibrated same-person threshold; give one (--threshold)")
+    gallery = build_gallery(gallery_dir, FacePipeline(HogDetector(upsample=1), embedder=embedder), progress=progress)
     return VideoRecognizer(embedder, gallery_recogniser(gallery, limit), **options)
