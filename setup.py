@@ -52,6 +52,7 @@ setup(
         "matplotlib>=3.5",  # ROC and accuracy plots of the LFW evaluation
         "onnxruntime>=1.16",  # fastest CPU backend for NN4-small2 (backends.py falls back without it)
         "onnx>=1.14",  # needed by torch.onnx.export to write the ONNX file
+        "pytorch-metric-learning>=2.9,<3",  # triplet/contrastive/ArcFace losses and miners of train-net
     ],
     # setuptools>=70.1 builds wheels itself: the wheel test builds one without a network
     extras_require={"test": ["pytest>=7", "ruff>=0.4", "hypothesis>=6.100", "setuptools>=70.1"]},

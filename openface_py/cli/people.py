@@ -49,7 +49,12 @@ def register(add_command) -> None:
     p = add_command("compare", help="squared L2 distance and same/different verdict for each pair of photos")
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--model", default=None, help=MODEL_HELP() + " (default: best installed)")
-    p.add_argument("--verifier", type=Path, default=None, help="a JointBayesian model file from `train`")
+    p.add_argument(
+        "--verifier",
+        type=Path,
+        default=None,
+        help="a JointBayesian model file from `train`, or a Siamese verifier.pt from `train-net --loss siamese`",
+    )
     p.add_argument("--threshold", type=float, default=None, help="same-person threshold")
     add_detector_args(p)
     p.add_argument("--json", action="store_true")
@@ -177,18 +182,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if len(args.images) < 2:
         raise UsageError("compare needs two or more images")
-    verifier = load_model(args.verifier) if args.verifier else None
+    from openface_py.recognize.siamese import SiameseVerifier, is_siamese_file
+
+    siamese = SiameseVerifier.load(args.verifier) if args.verifier and is_siamese_file(args.verifier) else None
+    verifier = load_model(args.verifier) if args.verifier and siamese is None else None
     if verifier is not None and not isinstance(verifier.classifier, JointBayesianClassifier):
         raise ClassifierError(
-            f"{args.verifier}: --verifier needs a JointBayesian model (train --classifier JointBayesian)"
+            f"{args.verifier}: --verifier needs a JointBayesian model (train --classifier JointBayesian) "
+            "or a Siamese verifier.pt (train-net --loss siamese)"
         )
-    pipe = pipeline_for(verifier.embedder_name if verifier else args.model, args)
-    if verifier is not None:
+    if siamese is not None:
+        pipe = pipeline_for(args.model or str(siamese.model_path(args.verifier)), args)
+        siamese.check_identity(pipe.embedder.identity)
+        threshold = args.threshold if args.threshold is not None else siamese.threshold
+    elif verifier is not None:
+        pipe = pipeline_for(verifier.embedder_name, args)
         verifier.check_identity(pipe.embedder.identity)
         threshold = args.threshold if args.threshold is not None else verifier.pair_threshold
         if threshold is None:
             raise ClassifierError(f"{args.verifier} has no same/different threshold; pass --threshold")
     else:
+        pipe = pipeline_for(args.model, args)
         threshold = args.threshold if args.threshold is not None else pipe.embedder.same_person_threshold
         if threshold is None:
             log.warning(
@@ -205,7 +219,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             else:
                 d = float(np.sum((reps[i] - reps[j]) ** 2))
                 item["squared_l2"] = round(d, 4)
-                if verifier is not None:
+                if siamese is not None:
+                    prob = float(siamese.probability(reps[i], reps[j])[0])
+                    item["p_same"] = round(prob, 4)
+                    item["same"] = prob >= threshold
+                elif verifier is not None:
                     r = float(verifier.classifier.jb.score(reps[i], reps[j])[0])
                     item["jb_score"] = round(r, 4)
                     item["same"] = r > threshold
@@ -221,6 +239,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 print(f"  + cannot compare: {item['error']}")
                 continue
             print(f"  + Squared l2 distance between representations: {item['squared_l2']:0.3f}")
+            if "p_same" in item:
+                print(f"  + Siamese P(same person): {item['p_same']:.3f} (same person at or above {threshold:.3f})")
             if "jb_score" in item:
                 print(f"  + Joint Bayesian score: {item['jb_score']:.3f} (same person above {threshold:.3f})")
             if item["same"] is None:

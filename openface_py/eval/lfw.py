@@ -259,3 +259,49 @@ def embed_lfw_images(
         np.stack([have[k][1] for k in keys]).astype(np.float32),
         sorted(fallbacks & set(keys)),
     )
+
+
+def align_lfw_images(
+    image_root: os.PathLike | str,
+    names: list,
+    spec,
+    cache_path: os.PathLike | str,
+    workers: int = 1,
+    upsample: int = 1,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, list]:
+    """Aligned faces (and their mirror images) of LFW ``names``, as ``embed_lfw_images`` aligns them,
+    for scoring a network that changes (``train-net --lfw``): aligned once, cached in ``cache_path``.
+
+    Returns (faces, mirrored faces, names that fell back to the fixed box)."""
+    import json
+
+    from tqdm import tqdm
+
+    from openface_py.io import atomic_output
+
+    cache_path = Path(cache_path)
+    names = list(dict.fromkeys(names))
+    setup = {"image_root": str(Path(image_root).resolve()), "upsample": int(upsample), "alignment": spec.identity}
+    if cache_path.is_file():
+        with np.load(cache_path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            if all(meta.get(k) == v for k, v in setup.items()) and meta["names"] == names:
+                return np.array(z["faces"]), np.array(z["faces_flip"]), list(meta["fallbacks"])
+    got: dict = {}
+    with mapped(_LfwAligner, (str(image_root), spec, upsample), names, workers) as results:
+        for name, face, flip, fallback in tqdm(
+            results, total=len(names), desc="lfw align", unit="img", disable=not progress
+        ):
+            got[name] = (face, flip, fallback)
+    faces = np.stack([got[n][0] for n in names])
+    flips = np.stack([got[n][1] for n in names])
+    fallbacks = [n for n in names if got[n][2]]
+    with atomic_output(cache_path) as f:
+        np.savez(
+            f,
+            faces=faces,
+            faces_flip=flips,
+            meta=np.array(json.dumps({**setup, "names": names, "fallbacks": fallbacks})),
+        )
+    return faces, flips, fallbacks

@@ -1,0 +1,701 @@
+"""``train-net``: learn or fine-tune NN4-small2 on labeled aligned faces with a metric loss.
+
+One run = one output folder: ``checkpoint.pt`` (everything needed to continue, written atomically
+at least every ``checkpoint_minutes`` and after each epoch), ``training.jsonl`` (a line per batch
+and per epoch), ``training.png`` (loss and held-out figures per epoch), and at the end ``model.pt``
+(weights of the epoch best on the held-out people, with their same-person threshold),
+``training.json`` (settings, data, parent model, per-epoch figures, wall time, device, command)
+and for ``--loss siamese`` ``verifier.pt``. Rerunning the same command after a kill continues from
+the checkpoint and ends with the weights an uninterrupted run would have (batches, augmentation
+and pair samples are pure functions of the seed).
+
+Held-out people (``val_people``, split by person) are scored before training and after every
+epoch: verification accuracy (10 folds, balanced pairs), AUC and TAR at FAR = 1e-3 over all
+same-person pairs and >= 10,000 different ones. The best epoch is chosen by held-out AUC, never
+by LFW (``lfw_dir`` is monitoring only).
+"""
+
+from __future__ import annotations
+
+import copy
+import io as _io
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from openface_py.errors import OpenFacePyError, UsageError
+from openface_py.faces.align import openface_spec
+from openface_py.io import atomic_write_bytes, atomic_write_text
+from openface_py.metrics import auc, best_split_threshold, k_fold_accuracy, roc_curve, val_at_far
+from openface_py.nets.nn4 import NN4Small2, preprocess
+from openface_py.train.augment import Augment, augment
+from openface_py.train.data import (
+    LabeledFaces,
+    PKSampler,
+    balanced,
+    describe,
+    read_labeled_faces,
+    split_people,
+    verification_pairs,
+)
+from openface_py.train.losses import LOSSES, MININGS, Objective, make_objective, parent_term
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+VERIFIER = "verifier.pt"
+SUMMARY = "training.json"
+LOG = "training.jsonl"
+PLOT = "training.png"
+SCRATCH = "scratch"
+#: Blocks of NN4-small2 in order (``NN4Small2.blocks()``); ``freeze_blocks`` counts from the stem.
+BLOCK_NAMES = ("stem", "3a", "3b", "3c", "4a", "4e", "5a", "5b")
+#: Settings that may change between a run and its continuation (they do not change the result).
+RESUMABLE_CHANGES = ("epochs", "device", "threads", "checkpoint_minutes", "lfw_dir", "progress", "command")
+
+
+@dataclass
+class NetSettings:
+    """Every setting of a ``train-net`` run (saved in the checkpoint and training.json)."""
+
+    aligned_dir: str
+    loss: str = "triplet"
+    mining: str = "semihard"
+    margin: Optional[float] = None  # None: the loss's published default
+    center_weight: float = 0.1
+    init: str = "nn4.small2.distilled-v2"
+    freeze_blocks: int = 3
+    bn: str = "auto"  # fixed | update | auto (fixed for pretrained weights, update from scratch)
+    lr: float = 1e-5  # trained blocks
+    lr_dense: Optional[float] = None  # the final linear layer (None: same as lr)
+    lr_head: float = 1e-3  # the loss's own parameters (centres, class weights, Siamese head)
+    weight_decay: float = 0.0
+    schedule: str = "cosine"  # cosine (to 0 over all epochs) | constant
+    parent_weight: Optional[float] = None  # None: 1.0 from pretrained weights, 0 from scratch
+    epochs: int = 5
+    batch_people: int = 15
+    batch_images: int = 20
+    mirror: float = 0.5
+    shift: float = 2.0
+    scale: float = 0.05
+    jitter: float = 0.1
+    val_people: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    checkpoint_minutes: float = 10.0
+    lfw_dir: Optional[str] = None
+    progress: bool = True
+    command: str = ""
+
+    def check(self) -> None:
+        if self.loss not in LOSSES:
+            raise UsageError(f"unknown loss {self.loss!r}; one of {', '.join(LOSSES)}")
+        if self.mining not in MININGS:
+            raise UsageError(f"unknown mining {self.mining!r}; one of {', '.join(MININGS)}")
+        if not 0 <= self.freeze_blocks < len(BLOCK_NAMES):
+            raise UsageError(f"--freeze-blocks must be 0..{len(BLOCK_NAMES) - 1} (blocks: {', '.join(BLOCK_NAMES)})")
+        if self.bn not in ("auto", "fixed", "update"):
+            raise UsageError("--bn must be auto, fixed or update")
+        if self.schedule not in ("cosine", "constant"):
+            raise UsageError("--schedule must be cosine or constant")
+        if self.epochs < 1:
+            raise UsageError("--epochs must be at least 1")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UsageError("--device must be auto, cpu or cuda")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA GPU is available here (use auto or cpu)")
+
+    @property
+    def scratch(self) -> bool:
+        return self.init == SCRATCH
+
+    @property
+    def keep_parent(self) -> float:
+        if self.parent_weight is not None:
+            return float(self.parent_weight)
+        return 0.0 if self.scratch else 1.0
+
+    @property
+    def bn_mode(self) -> str:
+        return ("update" if self.scratch else "fixed") if self.bn == "auto" else self.bn
+
+    def fingerprint(self) -> dict:
+        """The settings that decide the result (what a continuation must share)."""
+        return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}
+
+
+@dataclass
+class EpochFigures:
+    epoch: int
+    loss: Optional[float]
+    val: dict = field(default_factory=dict)
+    lfw: Optional[dict] = None
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    out_dir: Path
+    model_path: Path
+    best_epoch: int
+    history: list
+    summary: dict
+    verifier_path: Optional[Path] = None
+
+
+# ---- starting weights --------------------------------------------------------------------
+
+
+def initial_model(init: str, seed: int) -> tuple[NN4Small2, Optional[str], Optional[str]]:
+    """(model, parent name, parent SHA-256) for ``--init``: a model name, a weights path or scratch."""
+    from openface_py.nets import embed
+    from openface_py.nets.weights import build_model
+    from openface_py.store import sha256sum
+
+    if init == SCRATCH:
+        torch.manual_seed(seed)
+        return NN4Small2(), None, None
+    if init == embed.NN4_SMALL2_DISTILLED:
+        path = embed.find_nn4_small2_distilled()
+        if path is None:
+            raise UsageError(f"{init} is not installed (it ships with openface-py; reinstall the package)")
+    elif init == embed.NN4_SMALL2_V1:
+        path = embed.find_nn4_small2_v1()
+        if path is None:
+            raise UsageError(embed.nn4_missing_message())
+    elif init == embed.DLIB_RESNET_V1:
+        raise UsageError(
+            "train-net trains NN4-small2; dlib-resnet-v1 is another network (use --init scratch or NN4 weights)"
+        )
+    else:
+        path = Path(init)
+        if not path.exists():
+            raise UsageError(
+                f"--init {init}: not a model name ({embed.NN4_SMALL2_DISTILLED}, {embed.NN4_SMALL2_V1}, "
+                f"{SCRATCH}) nor an existing weights file"
+            )
+    digest = sha256sum(path) if Path(path).is_file() else None
+    return build_model(path), init, digest
+
+
+def param_groups(model: NN4Small2, objective: Objective, s: NetSettings) -> list[dict]:
+    """Trained blocks at ``lr``, the dense layer at ``lr_dense``, the loss's parameters at ``lr_head``."""
+    frozen = set(BLOCK_NAMES[: s.freeze_blocks])
+    body, dense = [], []
+    prefixes = {"stem": ("conv1.", "bn1.", "conv2.", "bn2.", "conv3.", "bn3.")}
+    for name, p in model.named_parameters():
+        block = next((b for b, pre in prefixes.items() if name.startswith(pre)), None)
+        if block is None and name.startswith("incept"):
+            block = name[len("incept") :].split(".")[0]
+        if block in frozen:
+            p.requires_grad_(False)
+        elif name.startswith("ln."):
+            dense.append(p)
+        else:
+            body.append(p)
+    groups = [
+        {"params": body, "lr": s.lr, "base_lr": s.lr, "name": "blocks"},
+        {"params": dense, "lr": s.lr_dense or s.lr, "base_lr": s.lr_dense or s.lr, "name": "dense"},
+    ]
+    own = [p for p in objective.parameters() if p.requires_grad]
+    if own:
+        groups.append({"params": own, "lr": s.lr_head, "base_lr": s.lr_head, "name": "loss"})
+    return [g for g in groups if g["params"]]
+
+
+def set_train_mode(model: NN4Small2, s: NetSettings) -> None:
+    """Frozen blocks always in eval mode; batch-norm statistics fixed or updated (``--bn``)."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d) and s.bn_mode == "fixed":
+            m.eval()
+    for name in BLOCK_NAMES[: s.freeze_blocks]:
+        if name == "stem":
+            for mod in (model.bn1, model.bn2, model.bn3):
+                mod.eval()
+        else:
+            getattr(model, f"incept{name}").eval()
+
+
+def lr_factor(s: NetSettings, step: int, total: int) -> float:
+    if s.schedule == "constant" or total <= 0:
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+# ---- evaluation --------------------------------------------------------------------------
+
+
+def embed_faces(model: NN4Small2, faces: np.ndarray, device: torch.device, batch: int = 256) -> np.ndarray:
+    """Unit embeddings of uint8 faces (N, S, S, 3) with the model in eval mode."""
+    was = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(faces), batch):
+            out.append(model(preprocess(faces[i : i + batch]).to(device)).cpu().numpy())
+    model.train(was)
+    return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
+
+
+def pair_figures(reps: np.ndarray, pairs, order: np.ndarray) -> dict:
+    """Held-out verification figures from embeddings: accuracy, AUC, TAR@FAR=1e-3, threshold."""
+    d = ((reps[pairs.a] - reps[pairs.b]) ** 2).sum(axis=1).astype(np.float64)
+    fpr, tpr, _ = roc_curve(-d, pairs.same)
+    folds = k_fold_accuracy(-d[order], pairs.same[order], pairs.folds[order])
+    t, _ = best_split_threshold(-d[order][pairs.same[order]], -d[order][~pairs.same[order]])
+    return {
+        "accuracy": float(np.mean([f.accuracy for f in folds])),
+        "auc": float(auc(fpr, tpr)),
+        "tar_at_far_1e-3": float(val_at_far(fpr, tpr, 1e-3)),
+        "threshold": float(-t),
+        "pairs_same": int(pairs.same.sum()),
+        "pairs_different": int((~pairs.same).sum()),
+    }
+
+
+@dataclass
+class LfwProbe:
+    """LFW pair crops aligned once, scored with the network as it trains (monitoring only)."""
+
+    pairs: list
+    names: list
+    faces: np.ndarray
+    faces_flip: np.ndarray
+
+    @classmethod
+    def load(cls, lfw_dir: Path, cache: Path, progress: bool) -> LfwProbe:
+        from openface_py.eval.lfw import align_lfw_images, image_name, parse_pairs
+
+        if not (lfw_dir / "pairs.txt").is_file():
+            raise UsageError(f"--lfw {lfw_dir}: no pairs.txt (expected LFW's view-2 pairs file)")
+        images = lfw_dir / "deepfunneled"
+        if not images.is_dir():
+            raise UsageError(f"--lfw {lfw_dir}: no deepfunneled/ image folder")
+        pairs, _, _ = parse_pairs(lfw_dir / "pairs.txt")
+        names = sorted({image_name(p.name1, p.num1) for p in pairs} | {image_name(p.name2, p.num2) for p in pairs})
+        faces, flips, _ = align_lfw_images(
+            images, names, openface_spec(), cache, workers=os.cpu_count() or 1, progress=progress
+        )
+        return cls(pairs, names, faces, flips)
+
+    def score(self, model: NN4Small2, device: torch.device) -> dict:
+        from openface_py.eval.evaluate import evaluate, score_pairs
+        from openface_py.eval.lfw import LfwEmbeddings
+
+        emb = LfwEmbeddings(
+            "train-net",
+            self.names,
+            embed_faces(model, self.faces, device),
+            embed_faces(model, self.faces_flip, device),
+            [],
+        )
+        plain = evaluate(self.pairs, score_pairs(emb, self.pairs, "sqeuclidean", False), "sqeuclidean", False)
+        flip = evaluate(self.pairs, score_pairs(emb, self.pairs, "sqeuclidean", True), "sqeuclidean", True)
+        return {"accuracy": plain.mean, "auc": float(plain.auc), "accuracy_flip": flip.mean}
+
+
+# ---- checkpoints -------------------------------------------------------------------------
+
+
+def _state(obj) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in obj.state_dict().items()}
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write the checkpoint atomically (a kill leaves the previous one intact)."""
+    buf = _io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> Optional[dict]:
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise OpenFacePyError(
+            f"{path}: unreadable checkpoint ({exc.__class__.__name__}); delete it to start over"
+        ) from None
+
+
+def _rewrite_log(path: Path, epoch: int, batch: int) -> None:
+    """Keep the log lines up to the checkpoint's position (batches after it are trained again)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by the kill
+        if rec.get("type") == "epoch":
+            done = rec["epoch"] < epoch
+        else:
+            done = (rec["epoch"], rec["batch"]) < (epoch, batch)
+        if done:
+            keep.append(line)
+    atomic_write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _append_log(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+# ---- the loop ----------------------------------------------------------------------------
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train_net(
+    settings: NetSettings,
+    out_dir: os.PathLike | str,
+    on_checkpoint: Optional[Callable[[Path, dict], None]] = None,
+) -> TrainResult:
+    """Train (or continue training) into ``out_dir``; see the module doc for what is written."""
+    s = settings
+    s.check()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if s.threads > 0:
+        torch.set_num_threads(s.threads)
+    device = pick_device(s.device)
+    started = time.time()
+
+    data = read_labeled_faces(s.aligned_dir, openface_spec())
+    train_people, val_people = split_people(data.people, data.counts(), s.val_people, s.seed)
+    train = data.subset(train_people)
+    val = data.subset(val_people) if val_people else None
+    sampler = PKSampler(train.labels, s.batch_people, s.batch_images, s.seed)
+    aug = Augment(s.mirror, s.shift, s.scale, s.jitter)
+    log.info(
+        "%d people / %d faces to train (%d batches of %d x %d per epoch), %d people / %d faces held out",
+        len(train.people),
+        len(train.labels),
+        len(sampler),
+        sampler.people,
+        s.batch_images,
+        len(val_people),
+        0 if val is None else len(val.labels),
+    )
+
+    ckpt_path = out / CHECKPOINT
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt is not None and ckpt["fingerprint"] != s.fingerprint():
+        theirs, mine = ckpt["fingerprint"], s.fingerprint()
+        diff = ", ".join(
+            f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}"
+            for k in sorted(set(theirs) | set(mine))
+            if theirs.get(k) != mine.get(k)
+        )
+        raise UsageError(
+            f"{out} holds a run with other settings ({diff}); continue it with the same settings "
+            "or choose another output folder"
+        )
+
+    model, parent, parent_sha = initial_model(s.init, s.seed)
+    model.to(device)
+    torch.manual_seed(s.seed)
+    objective = make_objective(s.loss, len(train.people), s.mining, s.margin, s.center_weight).to(device)
+    parent_model = None
+    if s.keep_parent > 0:
+        parent_model = copy.deepcopy(model).eval()
+        for p in parent_model.parameters():
+            p.requires_grad_(False)
+    optimizer = torch.optim.Adam(param_groups(model, objective, s), weight_decay=s.weight_decay)
+    frozen = s.freeze_blocks
+    steps_per_epoch = len(sampler)
+
+    pairs = order = None
+    if val is not None:
+        pairs = verification_pairs(val.labels, s.seed)
+        order = balanced(pairs, s.seed)
+    lfw = LfwProbe.load(Path(s.lfw_dir), out / "lfw-crops.npz", s.progress) if s.lfw_dir else None
+
+    def evaluate_epoch(epoch: int, loss: Optional[float], seconds: float) -> EpochFigures:
+        fig = EpochFigures(epoch, loss, seconds=round(seconds, 1))
+        if val is not None:
+            fig.val = pair_figures(embed_faces(model, val.faces, device), pairs, order)
+        if lfw is not None:
+            fig.lfw = lfw.score(model, device)
+        return fig
+
+    if ckpt is None:
+        history = [asdict(evaluate_epoch(0, None, 0.0))]
+        epoch, batch, loss_sum, loss_n, elapsed = 1, 0, 0.0, 0, 0.0
+        best = {"epoch": 0, "auc": history[0]["val"].get("auc", -1.0), "model": None, "objective": None}
+        if (out / LOG).exists():
+            (out / LOG).unlink()
+        _append_log(out / LOG, {"type": "epoch", **history[0]})
+    else:
+        model.load_state_dict(ckpt["model"])
+        objective.load_state_dict(ckpt["objective"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        history, best = ckpt["history"], ckpt["best"]
+        epoch, batch, loss_sum, loss_n, elapsed = (
+            ckpt["epoch"],
+            ckpt["batch"],
+            ckpt["loss_sum"],
+            ckpt["loss_n"],
+            ckpt["elapsed"],
+        )
+        _rewrite_log(out / LOG, epoch, batch)
+        log.info("continuing %s from epoch %d, batch %d", out, epoch, batch)
+
+    def checkpoint() -> None:
+        payload = {
+            "fingerprint": s.fingerprint(),
+            "settings": asdict(s),
+            "model": _state(model),
+            "objective": _state(objective),
+            "optimizer": optimizer.state_dict(),
+            "history": history,
+            "best": best,
+            "epoch": epoch,
+            "batch": batch,
+            "loss_sum": loss_sum,
+            "loss_n": loss_n,
+            "elapsed": elapsed + (time.time() - started),
+        }
+        save_checkpoint(ckpt_path, payload)
+        if on_checkpoint is not None:
+            on_checkpoint(ckpt_path, payload)
+
+    from tqdm import tqdm
+
+    last_save = time.time()
+    total_steps = s.epochs * steps_per_epoch
+    while epoch <= s.epochs:
+        set_train_mode(model, s)
+        epoch_start = time.time()
+        bar = tqdm(
+            total=steps_per_epoch, initial=batch, desc=f"epoch {epoch}/{s.epochs}", unit="batch", disable=not s.progress
+        )
+        while batch < steps_per_epoch:
+            rows = sampler.batch(epoch, batch)
+            gen = torch.Generator().manual_seed(int(np.random.default_rng([s.seed, epoch, 2, batch]).integers(2**62)))
+            x = augment(preprocess(train.faces[rows]), aug, gen).to(device)
+            labels = torch.as_tensor(train.labels[rows], device=device)
+            factor = lr_factor(s, (epoch - 1) * steps_per_epoch + batch, total_steps)
+            for g in optimizer.param_groups:
+                g["lr"] = g["base_lr"] * factor
+            with torch.no_grad():
+                feats = model.features(x, 0, frozen) if frozen else x
+            emb = model.head(model.features(feats, frozen))
+            loss, figs = objective(emb, labels)
+            total = loss
+            if parent_model is not None:
+                with torch.no_grad():
+                    target = parent_model.head(parent_model.features(feats, frozen))
+                keep = parent_term(emb, target)
+                total = loss + s.keep_parent * keep
+                figs["parent"] = float(keep.detach())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            value = float(total)
+            if not math.isfinite(value):
+                raise OpenFacePyError(
+                    f"the loss became {value} at epoch {epoch}, batch {batch}; "
+                    "lower the learning rates (--lr, --lr-head)"
+                )
+            loss_sum, loss_n = loss_sum + value, loss_n + 1
+            _append_log(
+                out / LOG,
+                {
+                    "type": "batch",
+                    "epoch": epoch,
+                    "batch": batch,
+                    "loss": value,
+                    "metric_loss": float(loss),
+                    **figs,
+                    "lr": s.lr * factor,
+                },
+            )
+            batch += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}")
+            if batch < steps_per_epoch and time.time() - last_save >= s.checkpoint_minutes * 60:
+                checkpoint()
+                last_save = time.time()
+        bar.close()
+        fig = evaluate_epoch(epoch, loss_sum / max(loss_n, 1), time.time() - epoch_start)
+        history.append(asdict(fig))
+        _append_log(out / LOG, {"type": "epoch", **asdict(fig)})
+        _report_epoch(fig, history[0])
+        if val is None or fig.val["auc"] > best["auc"] or best["model"] is None:
+            best = {
+                "epoch": epoch,
+                "auc": fig.val.get("auc", -1.0),
+                "model": _state(model),
+                "objective": _state(objective),
+            }
+        epoch, batch, loss_sum, loss_n = epoch + 1, 0, 0.0, 0
+        write_plot(out / PLOT, history)
+        checkpoint()
+        last_save = time.time()
+
+    return _finish(
+        s,
+        out,
+        data,
+        train,
+        val,
+        history,
+        best,
+        parent,
+        parent_sha,
+        device,
+        elapsed + (time.time() - started),
+        objective,
+    )
+
+
+def _report_epoch(fig: EpochFigures, start: dict) -> None:
+    parts = [f"epoch {fig.epoch}: loss {fig.loss:.4f}"]
+    if fig.val:
+        parts.append(
+            f"held-out accuracy {fig.val['accuracy']:.4f} (start {start['val']['accuracy']:.4f}), "
+            f"AUC {fig.val['auc']:.4f} (start {start['val']['auc']:.4f}), "
+            f"TAR@FAR=1e-3 {fig.val['tar_at_far_1e-3']:.3f}"
+        )
+    if fig.lfw:
+        parts.append(f"LFW {fig.lfw['accuracy']:.4f} (start {start['lfw']['accuracy']:.4f})")
+    log.info("; ".join(parts))
+
+
+def write_plot(path: Path, history: list) -> None:
+    """Loss and held-out (and LFW) accuracy per epoch, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    trained = [h for h in history if h["loss"] is not None]
+    ax1.plot([h["epoch"] for h in trained], [h["loss"] for h in trained], "o-")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("training loss (mean per batch)")
+    ax1.grid(alpha=0.3)
+    if history[0]["val"]:
+        ax2.plot(epochs, [h["val"]["accuracy"] for h in history], "o-", label="held-out people: accuracy")
+        ax2.plot(epochs, [h["val"]["auc"] for h in history], "s--", label="held-out people: AUC")
+    if history[0].get("lfw"):
+        ax2.plot(epochs, [h["lfw"]["accuracy"] for h in history], "^-", label="LFW accuracy (monitoring)")
+    ax2.set_xlabel("epoch (0 = before training)")
+    ax2.grid(alpha=0.3)
+    if ax2.lines:
+        ax2.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = _io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def export_weights(path: Path, state: dict, meta: dict) -> None:
+    """``model.pt``: a state dict any ``--model PATH`` accepts, with openface-py's metadata."""
+    from openface_py.nets.embed import WEIGHTS_META_KEY
+
+    buf = _io.BytesIO()
+    torch.save({"state_dict": state, WEIGHTS_META_KEY: meta}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _finish(s, out, data, train, val, history, best, parent, parent_sha, device, seconds, objective) -> TrainResult:
+    from openface_py import __version__
+    from openface_py.nets.embed import load_embedder
+
+    best_epoch = best["epoch"]
+    chosen = history[best_epoch]
+    meta = {
+        "trained_by": f"openface-py {__version__} train-net",
+        "loss": s.loss,
+        "parent": parent,
+        "parent_sha256": parent_sha,
+        "epoch": best_epoch,
+    }
+    if chosen["val"]:
+        meta["same_person_threshold"] = chosen["val"]["threshold"]
+    export_weights(out / MODEL, best["model"], meta)
+    identity = load_embedder(str(out / MODEL)).identity
+    verifier_path = None
+    if s.loss == "siamese":
+        verifier_path = _export_verifier(out, best["objective"], identity, val, best["model"], device)
+    start = history[0]
+    if val is not None and chosen["val"]["auc"] < start["val"]["auc"]:
+        log.warning(
+            "training did not help the held-out people: AUC %.4f before, %.4f at the best epoch (%d); "
+            "the starting model generalises better (try a lower --lr, more --freeze-blocks, a larger --parent-weight)",
+            start["val"]["auc"],
+            chosen["val"]["auc"],
+            best_epoch,
+        )
+    summary = {
+        "model": str(out / MODEL),
+        "identity": identity,
+        "best_epoch": best_epoch,
+        "selected_by": "held-out people AUC" if val is not None else "last epoch (no held-out people)",
+        "settings": asdict(s),
+        "data": {
+            "aligned_dir": str(Path(s.aligned_dir).resolve()),
+            "train": describe(train),
+            "held_out": describe(val) if val is not None else None,
+            "held_out_people": val.people if val is not None else [],
+            "skipped_files": [{"path": p, "reason": r} for p, r in data.skipped],
+        },
+        "parent": {"init": s.init, "name": parent, "sha256": parent_sha},
+        "epochs": history,
+        "wall_seconds": round(seconds, 1),
+        "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        "torch_threads": torch.get_num_threads(),
+        "command": s.command or " ".join(sys.argv),
+    }
+    if verifier_path is not None:
+        summary["verifier"] = str(verifier_path)
+    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    return TrainResult(out, out / MODEL, best_epoch, history, summary, verifier_path)
+
+
+def _export_verifier(
+    out: Path, objective_state: dict, identity: str, val: Optional[LabeledFaces], model_state, device
+) -> Path:
+    """Save the Siamese head beside model.pt, its P(same) threshold set on the held-out pairs."""
+    from openface_py.recognize.siamese import SiameseHead, SiameseVerifier
+
+    head = SiameseHead()
+    head.load_state_dict({k[len("head.") :]: v for k, v in objective_state.items() if k.startswith("head.")})
+    head.eval()
+    verifier = SiameseVerifier(head, identity, MODEL)
+    if val is not None:
+        model = NN4Small2()
+        model.load_state_dict(model_state)
+        reps = embed_faces(model.to(device), val.faces, device)
+        pairs = verification_pairs(val.labels, 0)
+        order = balanced(pairs, 0)
+        p = verifier.probability(reps[pairs.a[order]], reps[pairs.b[order]])
+        t, _ = best_split_threshold(p[pairs.same[order]], p[~pairs.same[order]])
+        verifier.threshold = float(t)
+    verifier.save(out / VERIFIER)
+    return out / VERIFIER
