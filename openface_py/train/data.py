@@ -110,6 +110,9 @@ def split_people(people: list, counts: np.ndarray, val_fraction: float, seed: in
     if val_fraction > 0 and n_val < 2:
         n_val = 2
     n_val = min(n_val, max(0, len(eligible) - 2))
+    if 0 < n_val < 2:  # one held-out person gives no different-person pairs to score
+        log.warning("too few people with 2+ faces for a held-out split (%d): nobody held out", len(eligible))
+        n_val = 0
     order = rng.permutation(len(eligible))
     val = sorted(eligible[i] for i in order[:n_val])
     held = set(val)

@@ -118,7 +118,7 @@ class CenterObjective(Objective):
     def forward(self, emb, labels):
         soft = self.softmax(emb, labels)
         cen = self.center(emb, labels)
-        return soft + self.center_weight * cen, {"softmax": float(soft), "center": float(cen)}
+        return soft + self.center_weight * cen, {"softmax": soft.item(), "center": cen.item()}
 
 
 class ContrastiveObjective(Objective):

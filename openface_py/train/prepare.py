@@ -216,9 +216,7 @@ def prepare_source(
     log.info("%s: %d photos, %d shards, %d to do", source.name, len(paths), len(shards), len(todo))
     (cache / source.name).mkdir(parents=True, exist_ok=True)
     totals = {"ok": 0, "failed": 0, "fallback": 0}
-    with mapped(
-        _PhotoWorker, (source.fallback, flip_teacher), [p for _, s in todo for p in s], workers
-    ) as results:
+    with mapped(_PhotoWorker, (source.fallback, flip_teacher), [p for _, s in todo for p in s], workers) as results:
         bar = tqdm(total=sum(len(s) for _, s in todo), desc=source.name, unit="img")
         for k, shard in todo:
             got = []

@@ -61,8 +61,9 @@ PLOT = "training.png"
 SCRATCH = "scratch"
 #: Blocks of NN4-small2 in order (``NN4Small2.blocks()``); ``freeze_blocks`` counts from the stem.
 BLOCK_NAMES = ("stem", "3a", "3b", "3c", "4a", "4e", "5a", "5b")
-#: Settings that may change between a run and its continuation (they do not change the result).
-RESUMABLE_CHANGES = ("epochs", "device", "threads", "checkpoint_minutes", "lfw_dir", "progress", "command")
+#: Settings that may change between a run and its continuation. They do not change what is learnt,
+#: except that another thread count (or device) may round float sums differently.
+RESUMABLE_CHANGES = ("device", "threads", "checkpoint_minutes", "lfw_dir", "progress", "command")
 
 
 @dataclass
@@ -207,9 +208,10 @@ def param_groups(model: NN4Small2, objective: Objective, s: NetSettings) -> list
             dense.append(p)
         else:
             body.append(p)
+    lr_dense = s.lr if s.lr_dense is None else s.lr_dense
     groups = [
         {"params": body, "lr": s.lr, "base_lr": s.lr, "name": "blocks"},
-        {"params": dense, "lr": s.lr_dense or s.lr, "base_lr": s.lr_dense or s.lr, "name": "dense"},
+        {"params": dense, "lr": lr_dense, "base_lr": lr_dense, "name": "dense"},
     ]
     own = [p for p in objective.parameters() if p.requires_grad]
     if own:
@@ -252,6 +254,33 @@ def embed_faces(model: NN4Small2, faces: np.ndarray, device: torch.device, batch
     return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
 
 
+def frozen_features(
+    model: NN4Small2, faces: np.ndarray, blocks: int, device: torch.device, batch: int = 256
+) -> torch.Tensor:
+    """The output of the first ``blocks`` blocks for uint8 faces. Those blocks never train (their
+    batch norms stay in eval mode), so this is computed once per face and reused every epoch."""
+    was = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(faces), batch):
+            out.append(model.features(preprocess(faces[i : i + batch]).to(device), 0, blocks))
+    model.train(was)
+    return torch.cat(out)
+
+
+def embed_features(model: NN4Small2, feats: torch.Tensor, blocks: int, batch: int = 256) -> np.ndarray:
+    """Unit embeddings from ``frozen_features`` output (the remaining blocks and the head, eval mode)."""
+    was = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(feats), batch):
+            out.append(model.head(model.features(feats[i : i + batch], blocks)).cpu().numpy())
+    model.train(was)
+    return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
+
+
 def pair_figures(reps: np.ndarray, pairs, order: np.ndarray) -> dict:
     """Held-out verification figures from embeddings: accuracy, AUC, TAR@FAR=1e-3, threshold."""
     d = ((reps[pairs.a] - reps[pairs.b]) ** 2).sum(axis=1).astype(np.float64)
@@ -270,15 +299,22 @@ def pair_figures(reps: np.ndarray, pairs, order: np.ndarray) -> dict:
 
 @dataclass
 class LfwProbe:
-    """LFW pair crops aligned once, scored with the network as it trains (monitoring only)."""
+    """LFW pair crops aligned once, scored with the network as it trains (monitoring only).
+
+    The crops are those ``openface-py lfw`` embeds (HOG upsample 1, the same fallback box), cached
+    under the user cache folder and shared by every run; only the plain faces are embedded per epoch
+    (``lfw`` reports the mirror-averaged figure as well).
+    """
 
     pairs: list
     names: list
     faces: np.ndarray
     faces_flip: np.ndarray
+    feats: Optional[torch.Tensor] = None  # frozen blocks' output, when the run has frozen blocks
+    blocks: int = 0
 
     @classmethod
-    def load(cls, lfw_dir: Path, cache: Path, progress: bool) -> LfwProbe:
+    def load(cls, lfw_dir: Path, progress: bool) -> LfwProbe:
         from openface_py.eval.lfw import align_lfw_images, image_name, parse_pairs
 
         if not (lfw_dir / "pairs.txt").is_file():
@@ -288,6 +324,11 @@ class LfwProbe:
             raise UsageError(f"--lfw {lfw_dir}: no deepfunneled/ image folder")
         pairs, _, _ = parse_pairs(lfw_dir / "pairs.txt")
         names = sorted({image_name(p.name1, p.num1) for p in pairs} | {image_name(p.name2, p.num2) for p in pairs})
+        from openface_py.eval.lfw import embedding_cache_path
+        from openface_py.store import cache_dir
+
+        cache = embedding_cache_path(cache_dir() / "lfw-crops", "crops-" + openface_spec().identity, images)
+        cache.parent.mkdir(parents=True, exist_ok=True)
         faces, flips, _ = align_lfw_images(
             images, names, openface_spec(), cache, workers=os.cpu_count() or 1, progress=progress
         )
@@ -297,16 +338,13 @@ class LfwProbe:
         from openface_py.eval.evaluate import evaluate, score_pairs
         from openface_py.eval.lfw import LfwEmbeddings
 
-        emb = LfwEmbeddings(
-            "train-net",
-            self.names,
-            embed_faces(model, self.faces, device),
-            embed_faces(model, self.faces_flip, device),
-            [],
-        )
+        if self.feats is not None:
+            reps = embed_features(model, self.feats, self.blocks)
+        else:
+            reps = embed_faces(model, self.faces, device)
+        emb = LfwEmbeddings("train-net", self.names, reps, reps, [])
         plain = evaluate(self.pairs, score_pairs(emb, self.pairs, "sqeuclidean", False), "sqeuclidean", False)
-        flip = evaluate(self.pairs, score_pairs(emb, self.pairs, "sqeuclidean", True), "sqeuclidean", True)
-        return {"accuracy": plain.mean, "auc": float(plain.auc), "accuracy_flip": flip.mean}
+        return {"accuracy": plain.mean, "auc": float(plain.auc)}
 
 
 # ---- checkpoints -------------------------------------------------------------------------
@@ -327,7 +365,7 @@ def load_checkpoint(path: Path) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=False)
+        return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise OpenFacePyError(
             f"{path}: unreadable checkpoint ({exc.__class__.__name__}); delete it to start over"
@@ -386,7 +424,10 @@ def train_net(
     train_people, val_people = split_people(data.people, data.counts(), s.val_people, s.seed)
     train = data.subset(train_people)
     val = data.subset(val_people) if val_people else None
-    sampler = PKSampler(train.labels, s.batch_people, s.batch_images, s.seed)
+    # pair and triplet losses need two faces of a person; classification losses can use one
+    sampler = PKSampler(
+        train.labels, s.batch_people, s.batch_images, s.seed, min_images=1 if s.loss in ("center", "arcface") else 2
+    )
     aug = Augment(s.mirror, s.shift, s.scale, s.jitter)
     log.info(
         "%d people / %d faces to train (%d batches of %d x %d per epoch), %d people / %d faces held out",
@@ -430,12 +471,34 @@ def train_net(
     if val is not None:
         pairs = verification_pairs(val.labels, s.seed)
         order = balanced(pairs, s.seed)
-    lfw = LfwProbe.load(Path(s.lfw_dir), out / "lfw-crops.npz", s.progress) if s.lfw_dir else None
+    lfw = LfwProbe.load(Path(s.lfw_dir), s.progress) if s.lfw_dir else None
+    # Frozen blocks never change: their output is computed once for held-out and LFW faces, and for
+    # training faces (plain and mirrored) when no augmentation but mirroring is asked for.
+    val_feats = frozen_features(model, val.faces, frozen, device) if frozen and val is not None else None
+    if frozen and lfw is not None:
+        lfw.feats, lfw.blocks = frozen_features(model, lfw.faces, frozen, device), frozen
+    fast = frozen > 0 and not (s.shift or s.scale or s.jitter)
+    if fast:
+        tf = frozen_features(model, train.faces, frozen, device)
+        tf_m = frozen_features(model, np.ascontiguousarray(train.faces[:, :, ::-1]), frozen, device)
+        log.info(
+            "frozen blocks' output precomputed for %d faces and their mirror images (%.0f MB)",
+            len(tf),
+            2 * tf.numel() * 4 / 1e6,
+        )
+        if parent_model is not None:
+            pt = torch.as_tensor(embed_features(parent_model, tf, frozen))
+            pt_m = torch.as_tensor(embed_features(parent_model, tf_m, frozen))
 
     def evaluate_epoch(epoch: int, loss: Optional[float], seconds: float) -> EpochFigures:
         fig = EpochFigures(epoch, loss, seconds=round(seconds, 1))
         if val is not None:
-            fig.val = pair_figures(embed_faces(model, val.faces, device), pairs, order)
+            reps = (
+                embed_features(model, val_feats, frozen)
+                if val_feats is not None
+                else embed_faces(model, val.faces, device)
+            )
+            fig.val = pair_figures(reps, pairs, order)
         if lfw is not None:
             fig.lfw = lfw.score(model, device)
         return fig
@@ -494,26 +557,34 @@ def train_net(
         while batch < steps_per_epoch:
             rows = sampler.batch(epoch, batch)
             gen = torch.Generator().manual_seed(int(np.random.default_rng([s.seed, epoch, 2, batch]).integers(2**62)))
-            x = augment(preprocess(train.faces[rows]), aug, gen).to(device)
+            if fast:
+                r = torch.as_tensor(rows)
+                flip = torch.rand(len(rows), generator=gen) < s.mirror  # as augment() draws it
+                feats = torch.where(flip[:, None, None, None], tf_m[r], tf[r]).to(device)
+            else:
+                x = augment(preprocess(train.faces[rows]), aug, gen).to(device)
+                with torch.no_grad():
+                    feats = model.features(x, 0, frozen) if frozen else x
             labels = torch.as_tensor(train.labels[rows], device=device)
             factor = lr_factor(s, (epoch - 1) * steps_per_epoch + batch, total_steps)
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * factor
-            with torch.no_grad():
-                feats = model.features(x, 0, frozen) if frozen else x
             emb = model.head(model.features(feats, frozen))
             loss, figs = objective(emb, labels)
             total = loss
             if parent_model is not None:
-                with torch.no_grad():
-                    target = parent_model.head(parent_model.features(feats, frozen))
+                if fast:
+                    target = torch.where(flip[:, None], pt_m[r], pt[r]).to(device)
+                else:
+                    with torch.no_grad():
+                        target = parent_model.head(parent_model.features(feats, frozen))
                 keep = parent_term(emb, target)
                 total = loss + s.keep_parent * keep
                 figs["parent"] = float(keep.detach())
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
-            value = float(total)
+            value = total.item()
             if not math.isfinite(value):
                 raise OpenFacePyError(
                     f"the loss became {value} at epoch {epoch}, batch {batch}; "
@@ -527,7 +598,7 @@ def train_net(
                     "epoch": epoch,
                     "batch": batch,
                     "loss": value,
-                    "metric_loss": float(loss),
+                    "metric_loss": loss.item(),
                     **figs,
                     "lr": s.lr * factor,
                 },
@@ -642,7 +713,7 @@ def _finish(s, out, data, train, val, history, best, parent, parent_sha, device,
     identity = load_embedder(str(out / MODEL)).identity
     verifier_path = None
     if s.loss == "siamese":
-        verifier_path = _export_verifier(out, best["objective"], identity, val, best["model"], device)
+        verifier_path = _export_verifier(out, best["objective"], identity, val, best["model"], device, s.seed)
     start = history[0]
     if val is not None and chosen["val"]["auc"] < start["val"]["auc"]:
         log.warning(
@@ -662,6 +733,7 @@ def _finish(s, out, data, train, val, history, best, parent, parent_sha, device,
             "aligned_dir": str(Path(s.aligned_dir).resolve()),
             "train": describe(train),
             "held_out": describe(val) if val is not None else None,
+            "train_people": train.people,
             "held_out_people": val.people if val is not None else [],
             "skipped_files": [{"path": p, "reason": r} for p, r in data.skipped],
         },
@@ -679,7 +751,7 @@ def _finish(s, out, data, train, val, history, best, parent, parent_sha, device,
 
 
 def _export_verifier(
-    out: Path, objective_state: dict, identity: str, val: Optional[LabeledFaces], model_state, device
+    out: Path, objective_state: dict, identity: str, val: Optional[LabeledFaces], model_state, device, seed: int
 ) -> Path:
     """Save the Siamese head beside model.pt, its P(same) threshold set on the held-out pairs."""
     from openface_py.recognize.siamese import SiameseHead, SiameseVerifier
@@ -692,8 +764,8 @@ def _export_verifier(
         model = NN4Small2()
         model.load_state_dict(model_state)
         reps = embed_faces(model.to(device), val.faces, device)
-        pairs = verification_pairs(val.labels, 0)
-        order = balanced(pairs, 0)
+        pairs = verification_pairs(val.labels, seed)
+        order = balanced(pairs, seed)
         p = verifier.probability(reps[pairs.a[order]], reps[pairs.b[order]])
         t, _ = best_split_threshold(p[pairs.same[order]], p[~pairs.same[order]])
         verifier.threshold = float(t)
