@@ -70,6 +70,17 @@ def sample_rgb():
     return load_image(SAMPLE / "George_W_Bush" / "George_W_Bush_0001.jpg")
 
 
+@pytest.fixture(scope="module")
+def empty_home(tmp_path_factory):
+    """An empty weights cache for a module's commands: the default model is then the shipped
+    nn4.small2.distilled-v2 whatever the user's cache holds, and ONNX exports go there."""
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("home")
+    mp.setenv("OPENFACE_PY_HOME", str(path))
+    yield path
+    mp.undo()
+
+
 def pairwise_sq_dists(x: np.ndarray) -> np.ndarray:
     sq = (x * x).sum(axis=1)
     return np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)

@@ -33,14 +33,8 @@ def cli(*args: str) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def home(tmp_path_factory):
-    """An empty weights cache: the default model is then the shipped nn4.small2.distilled-v2
-    whatever is installed in the user's cache, and the ONNX export goes here."""
-    mp = pytest.MonkeyPatch()
-    path = tmp_path_factory.mktemp("home")
-    mp.setenv("OPENFACE_PY_HOME", str(path))
-    yield path
-    mp.undo()
+def home(empty_home):
+    return empty_home
 
 
 @pytest.fixture(scope="module")

@@ -81,13 +81,8 @@ def state_dict(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def home(tmp_path_factory):
-    """An empty weights cache for every command here (the ONNX exports go there too)."""
-    mp = pytest.MonkeyPatch()
-    path = tmp_path_factory.mktemp("home")
-    mp.setenv("OPENFACE_PY_HOME", str(path))
-    yield path
-    mp.undo()
+def home(empty_home):
+    return empty_home
 
 
 @pytest.fixture(scope="module")
