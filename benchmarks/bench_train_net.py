@@ -6,7 +6,7 @@ interrupted one from its checkpoint):
     # 1. an aligned labeled folder without LFW's pairs people (hard links, no copies), from
     #    `openface-py align` output and the leakage filter's keep.json
     python benchmarks/bench_train_net.py clean --aligned ALIGNED --keep CACHE/keep.json \
-        --source celeba --identities identity_CelebA.txt --out CLEAN
+        --source celeba --out CLEAN
     # 2. the runs: each loss fine-tunes distilled-v2 on 80% of the people, 20% held out
     python benchmarks/bench_train_net.py run --aligned CLEAN --lfw LFW_DIR --work RUNS \
         --results benchmarks/results/train-net [--losses triplet,center,...] [--scratch]
@@ -46,44 +46,36 @@ def machine() -> dict:
 
 
 def clean(args: argparse.Namespace) -> int:
-    """Hard-link the aligned faces of photos the leakage filter kept, whole identities dropped
-    where any of their photos was taken for an LFW pairs person."""
+    """Hard-link the aligned faces of the photos the leakage filter kept: it drops photos taken
+    for an LFW pairs person and every photo of an identity when half of its photos are."""
     keep_doc = json.loads(Path(args.keep).read_text())
     kept = {Path(n).stem for n in keep_doc["keep"][args.source]}
-    dropped = keep_doc["dropped"][args.source]
-    ids = {}
-    for line in Path(args.identities).read_text().splitlines()[1:]:
-        if line.strip():
-            f, i = line.split()
-            ids[Path(f).stem] = i
-    bad_people = {
-        ids[Path(d["name"]).stem] for d in dropped if "near-duplicate" not in d["reasons"] or len(d["reasons"]) > 1
-    }
+    reasons = {Path(d["name"]).stem: d["reasons"] for d in keep_doc["dropped"][args.source]}
     src, out = Path(args.aligned), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "openface-py-align.json").write_bytes((src / "openface-py-align.json").read_bytes())
-    n_kept = n_person = n_photo = 0
-    people = set()
+    before, after, why = set(), set(), {}
+    n_kept = n_dropped = 0
     for person in sorted(p for p in src.iterdir() if p.is_dir()):
         for face in sorted(person.glob("*.png")):
-            if str(int(person.name[len("celeb") :])) in bad_people:
-                n_person += 1
-                continue
+            before.add(person.name)
             if face.stem not in kept:
-                n_photo += 1
+                n_dropped += 1
+                for r in reasons.get(face.stem, ["not in the leakage cache"]):
+                    why[r] = why.get(r, 0) + 1
                 continue
             (out / person.name).mkdir(exist_ok=True)
             dest = out / person.name / face.name
             if not dest.exists():
                 os.link(face, dest)
             n_kept += 1
-            people.add(person.name)
+            after.add(person.name)
     report = {
         "kept_faces": n_kept,
-        "kept_people": len(people),
-        "dropped_people": len(bad_people),
-        "dropped_faces_of_dropped_people": n_person,
-        "dropped_single_faces": n_photo,
+        "kept_people": len(after),
+        "dropped_faces": n_dropped,
+        "dropped_faces_by_reason": why,
+        "people_with_no_face_left": len(before - after),
     }
     (out / "clean-report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
@@ -203,7 +195,6 @@ def main() -> int:
     c.add_argument("--aligned", required=True)
     c.add_argument("--keep", required=True)
     c.add_argument("--source", default="celeba")
-    c.add_argument("--identities", required=True)
     c.add_argument("--out", required=True)
     r = sub.add_parser("run")
     r.add_argument("--aligned", required=True)

@@ -55,9 +55,9 @@ def register(add_command) -> None:
     g.add_argument(
         "--freeze-blocks",
         type=int,
-        default=d.freeze_blocks,
-        help=f"leading blocks kept as initialised, of {', '.join(BLOCK_NAMES)} (default {d.freeze_blocks}: "
-        "stem, 3a, 3b)",
+        default=None,
+        help=f"leading blocks kept as initialised, of {', '.join(BLOCK_NAMES)} (default: 3 = stem, 3a, 3b from "
+        "pretrained weights; 0 from scratch)",
     )
     g.add_argument(
         "--bn",
@@ -67,7 +67,9 @@ def register(add_command) -> None:
     )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--lr", type=float, default=d.lr, help=f"learning rate of the trained blocks (default {d.lr:g})")
+    g.add_argument(
+        "--lr", type=float, default=None, help="learning rate of the trained blocks (default: 1e-5, from scratch 1e-3)"
+    )
     g.add_argument(
         "--lr-dense", type=float, default=None, help="learning rate of the final linear layer (default: --lr)"
     )

@@ -162,6 +162,10 @@ class PKSampler:
         return np.asarray(rows, dtype=np.int64)
 
 
+#: Up to this many pairs (about 4,500 faces) every pair is enumerated; above, different pairs are sampled.
+EXACT_PAIRS = 10_000_000
+
+
 @dataclass
 class PairSet:
     """Verification pairs over a set of faces: every same-person pair and sampled different ones."""
@@ -178,17 +182,43 @@ def verification_pairs(labels: np.ndarray, seed: int, max_pairs: int = 200_000) 
     seeded folds."""
     rng = np.random.default_rng([seed, 11])
     n = len(labels)
-    i, j = np.triu_indices(n, k=1)
-    same = labels[i] == labels[j]
-    pos = np.flatnonzero(same)
-    if len(pos) > max_pairs // 2:
-        pos = np.sort(rng.choice(pos, max_pairs // 2, replace=False))
-    neg_all = np.flatnonzero(~same)
-    n_neg = min(len(neg_all), max(len(pos), 10_000))
-    neg = np.sort(rng.choice(neg_all, n_neg, replace=False))
-    rows = np.concatenate([pos, neg])
-    folds = rng.permutation(len(rows)) % 10
-    return PairSet(i[rows], j[rows], same[rows], folds)
+    if n * (n - 1) // 2 <= EXACT_PAIRS:  # small sets: enumerate every pair
+        i, j = np.triu_indices(n, k=1)
+        same = labels[i] == labels[j]
+        pos = np.flatnonzero(same)
+        if len(pos) > max_pairs // 2:
+            pos = np.sort(rng.choice(pos, max_pairs // 2, replace=False))
+        neg_all = np.flatnonzero(~same)
+        n_neg = min(len(neg_all), max(len(pos), 10_000))
+        neg = np.sort(rng.choice(neg_all, n_neg, replace=False))
+        rows = np.concatenate([pos, neg])
+        folds = rng.permutation(len(rows)) % 10
+        return PairSet(i[rows], j[rows], same[rows], folds)
+    # large sets: same pairs person by person, different pairs drawn at random (memory ~ pairs kept)
+    pi, pj = [], []
+    for c in np.unique(labels):
+        mine = np.flatnonzero(labels == c)
+        a, b = np.triu_indices(len(mine), k=1)
+        pi.append(mine[a])
+        pj.append(mine[b])
+    pi, pj = np.concatenate(pi), np.concatenate(pj)
+    if len(pi) > max_pairs // 2:
+        keep = np.sort(rng.choice(len(pi), max_pairs // 2, replace=False))
+        pi, pj = pi[keep], pj[keep]
+    n_neg = max(len(pi), 10_000)
+    found: set = set()
+    while len(found) < n_neg:
+        a, b = rng.integers(0, n, size=(2, 2 * n_neg))
+        lo, hi = np.minimum(a, b), np.maximum(a, b)
+        ok = (lo != hi) & (labels[lo] != labels[hi])
+        for x, y in zip(lo[ok], hi[ok]):
+            found.add((int(x), int(y)))
+            if len(found) == n_neg:
+                break
+    ni, nj = np.array(sorted(found)).T
+    i, j = np.concatenate([pi, ni]), np.concatenate([pj, nj])
+    same = np.concatenate([np.ones(len(pi), bool), np.zeros(len(ni), bool)])
+    return PairSet(i, j, same, rng.permutation(len(i)) % 10)
 
 
 def balanced(pairs: PairSet, seed: int) -> np.ndarray:

@@ -18,6 +18,7 @@ by LFW (``lfw_dir`` is monitoring only).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io as _io
 import json
 import logging
@@ -53,17 +54,21 @@ from openface_py.train.losses import LOSSES, MININGS, Objective, make_objective,
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+MARKER = "train-net.json"
+CHECKPOINT_KEYS = {"fingerprint", "model", "objective", "optimizer", "history", "best", "epoch", "batch"}
 MODEL = "model.pt"
 VERIFIER = "verifier.pt"
 SUMMARY = "training.json"
 LOG = "training.jsonl"
 PLOT = "training.png"
 SCRATCH = "scratch"
+#: Most memory the precomputed frozen-block outputs of the training faces may take.
+FAST_PATH_BYTES = 6 * 2**30
 #: Blocks of NN4-small2 in order (``NN4Small2.blocks()``); ``freeze_blocks`` counts from the stem.
 BLOCK_NAMES = ("stem", "3a", "3b", "3c", "4a", "4e", "5a", "5b")
 #: Settings that may change between a run and its continuation. They do not change what is learnt,
 #: except that another thread count (or device) may round float sums differently.
-RESUMABLE_CHANGES = ("device", "threads", "checkpoint_minutes", "lfw_dir", "progress", "command")
+RESUMABLE_CHANGES = ("aligned_dir", "device", "threads", "checkpoint_minutes", "lfw_dir", "progress", "command")
 
 
 @dataclass
@@ -76,9 +81,9 @@ class NetSettings:
     margin: Optional[float] = None  # None: the loss's published default
     center_weight: float = 0.1
     init: str = "nn4.small2.distilled-v2"
-    freeze_blocks: int = 3
+    freeze_blocks: Optional[int] = None  # None: 3 (stem, 3a, 3b) from pretrained weights, 0 from scratch
     bn: str = "auto"  # fixed | update | auto (fixed for pretrained weights, update from scratch)
-    lr: float = 1e-5  # trained blocks
+    lr: Optional[float] = None  # trained blocks; None: 1e-5 from pretrained weights, 1e-3 from scratch
     lr_dense: Optional[float] = None  # the final linear layer (None: same as lr)
     lr_head: float = 1e-3  # the loss's own parameters (centres, class weights, Siamese head)
     weight_decay: float = 0.0
@@ -105,7 +110,13 @@ class NetSettings:
             raise UsageError(f"unknown loss {self.loss!r}; one of {', '.join(LOSSES)}")
         if self.mining not in MININGS:
             raise UsageError(f"unknown mining {self.mining!r}; one of {', '.join(MININGS)}")
-        if not 0 <= self.freeze_blocks < len(BLOCK_NAMES):
+        if self.scratch and self.frozen > 0:
+            raise UsageError(
+                "--init scratch trains every block: frozen random blocks would never learn (--freeze-blocks 0)"
+            )
+        if self.margin is not None and self.loss not in ("triplet", "contrastive"):
+            raise UsageError(f"--margin applies to the triplet and contrastive losses, not {self.loss}")
+        if not 0 <= self.frozen < len(BLOCK_NAMES):
             raise UsageError(f"--freeze-blocks must be 0..{len(BLOCK_NAMES) - 1} (blocks: {', '.join(BLOCK_NAMES)})")
         if self.bn not in ("auto", "fixed", "update"):
             raise UsageError("--bn must be auto, fixed or update")
@@ -121,6 +132,18 @@ class NetSettings:
     @property
     def scratch(self) -> bool:
         return self.init == SCRATCH
+
+    @property
+    def frozen(self) -> int:
+        if self.freeze_blocks is not None:
+            return int(self.freeze_blocks)
+        return 0 if self.scratch else 3
+
+    @property
+    def rate(self) -> float:
+        if self.lr is not None:
+            return float(self.lr)
+        return 1e-3 if self.scratch else 1e-5
 
     @property
     def keep_parent(self) -> float:
@@ -195,7 +218,7 @@ def initial_model(init: str, seed: int) -> tuple[NN4Small2, Optional[str], Optio
 
 def param_groups(model: NN4Small2, objective: Objective, s: NetSettings) -> list[dict]:
     """Trained blocks at ``lr``, the dense layer at ``lr_dense``, the loss's parameters at ``lr_head``."""
-    frozen = set(BLOCK_NAMES[: s.freeze_blocks])
+    frozen = set(BLOCK_NAMES[: s.frozen])
     body, dense = [], []
     prefixes = {"stem": ("conv1.", "bn1.", "conv2.", "bn2.", "conv3.", "bn3.")}
     for name, p in model.named_parameters():
@@ -208,9 +231,9 @@ def param_groups(model: NN4Small2, objective: Objective, s: NetSettings) -> list
             dense.append(p)
         else:
             body.append(p)
-    lr_dense = s.lr if s.lr_dense is None else s.lr_dense
+    lr_dense = s.rate if s.lr_dense is None else s.lr_dense
     groups = [
-        {"params": body, "lr": s.lr, "base_lr": s.lr, "name": "blocks"},
+        {"params": body, "lr": s.rate, "base_lr": s.rate, "name": "blocks"},
         {"params": dense, "lr": lr_dense, "base_lr": lr_dense, "name": "dense"},
     ]
     own = [p for p in objective.parameters() if p.requires_grad]
@@ -225,7 +248,7 @@ def set_train_mode(model: NN4Small2, s: NetSettings) -> None:
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d) and s.bn_mode == "fixed":
             m.eval()
-    for name in BLOCK_NAMES[: s.freeze_blocks]:
+    for name in BLOCK_NAMES[: s.frozen]:
         if name == "stem":
             for mod in (model.bn1, model.bn2, model.bn3):
                 mod.eval()
@@ -365,7 +388,10 @@ def load_checkpoint(path: Path) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
+            raise ValueError("not a train-net checkpoint")
+        return ckpt
     except Exception as exc:
         raise OpenFacePyError(
             f"{path}: unreadable checkpoint ({exc.__class__.__name__}); delete it to start over"
@@ -411,10 +437,27 @@ def train_net(
     on_checkpoint: Optional[Callable[[Path, dict], None]] = None,
 ) -> TrainResult:
     """Train (or continue training) into ``out_dir``; see the module doc for what is written."""
-    s = settings
-    s.check()
+    from openface_py.jobs.outdir import OutputFolder
+
+    settings.check()
+    # defaults that depend on --init, resolved so that training.json and the checkpoint show what ran
+    settings = dataclasses.replace(
+        settings,
+        freeze_blocks=settings.frozen,
+        lr=settings.rate,
+        parent_weight=settings.keep_parent,
+        bn=settings.bn_mode,
+    )
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"-o {out}: exists and is not a folder")
+    with OutputFolder(out, MARKER, "train-net") as folder:
+        if not folder.owned:
+            atomic_write_text(out / MARKER, json.dumps({"settings": asdict(settings)}, indent=2) + "\n")
+        return _train(settings, out, on_checkpoint)
+
+
+def _train(s: NetSettings, out: Path, on_checkpoint) -> TrainResult:
     if s.threads > 0:
         torch.set_num_threads(s.threads)
     device = pick_device(s.device)
@@ -440,10 +483,15 @@ def train_net(
         0 if val is None else len(val.labels),
     )
 
+    model, parent, parent_sha = initial_model(s.init, s.seed)
+    import hashlib
+
+    data_digest = hashlib.sha256("\n".join(data.paths).encode()).hexdigest()[:16]
+    fingerprint = {**s.fingerprint(), "data": data_digest, "parent_sha256": parent_sha}
     ckpt_path = out / CHECKPOINT
     ckpt = load_checkpoint(ckpt_path)
-    if ckpt is not None and ckpt["fingerprint"] != s.fingerprint():
-        theirs, mine = ckpt["fingerprint"], s.fingerprint()
+    if ckpt is not None and ckpt["fingerprint"] != fingerprint:
+        theirs, mine = ckpt["fingerprint"], fingerprint
         diff = ", ".join(
             f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}"
             for k in sorted(set(theirs) | set(mine))
@@ -454,7 +502,6 @@ def train_net(
             "or choose another output folder"
         )
 
-    model, parent, parent_sha = initial_model(s.init, s.seed)
     model.to(device)
     torch.manual_seed(s.seed)
     objective = make_objective(s.loss, len(train.people), s.mining, s.margin, s.center_weight).to(device)
@@ -464,7 +511,7 @@ def train_net(
         for p in parent_model.parameters():
             p.requires_grad_(False)
     optimizer = torch.optim.Adam(param_groups(model, objective, s), weight_decay=s.weight_decay)
-    frozen = s.freeze_blocks
+    frozen = s.frozen
     steps_per_epoch = len(sampler)
 
     pairs = order = None
@@ -477,7 +524,10 @@ def train_net(
     val_feats = frozen_features(model, val.faces, frozen, device) if frozen and val is not None else None
     if frozen and lfw is not None:
         lfw.feats, lfw.blocks = frozen_features(model, lfw.faces, frozen, device), frozen
-    fast = frozen > 0 and not (s.shift or s.scale or s.jitter)
+    per_face = frozen_features(model, train.faces[:1], frozen, device).numel() * 4 if frozen else 0
+    fast = frozen > 0 and not (s.shift or s.scale or s.jitter) and 2 * per_face * len(train.faces) <= FAST_PATH_BYTES
+    if frozen > 0 and not (s.shift or s.scale or s.jitter) and not fast:
+        log.info("too many faces to keep the frozen blocks' output in memory: computed per batch")
     if fast:
         tf = frozen_features(model, train.faces, frozen, device)
         tf_m = frozen_features(model, np.ascontiguousarray(train.faces[:, :, ::-1]), frozen, device)
@@ -506,7 +556,13 @@ def train_net(
     if ckpt is None:
         history = [asdict(evaluate_epoch(0, None, 0.0))]
         epoch, batch, loss_sum, loss_n, elapsed = 1, 0, 0.0, 0, 0.0
-        best = {"epoch": 0, "auc": history[0]["val"].get("auc", -1.0), "model": None, "objective": None}
+        # the starting weights are a candidate too: if no epoch beats them on the held-out people, they are kept
+        best = {
+            "epoch": 0,
+            "auc": history[0]["val"].get("auc", -1.0),
+            "model": _state(model),
+            "objective": _state(objective),
+        }
         if (out / LOG).exists():
             (out / LOG).unlink()
         _append_log(out / LOG, {"type": "epoch", **history[0]})
@@ -527,7 +583,7 @@ def train_net(
 
     def checkpoint() -> None:
         payload = {
-            "fingerprint": s.fingerprint(),
+            "fingerprint": fingerprint,
             "settings": asdict(s),
             "model": _state(model),
             "objective": _state(objective),
@@ -559,7 +615,7 @@ def train_net(
             gen = torch.Generator().manual_seed(int(np.random.default_rng([s.seed, epoch, 2, batch]).integers(2**62)))
             if fast:
                 r = torch.as_tensor(rows)
-                flip = torch.rand(len(rows), generator=gen) < s.mirror  # as augment() draws it
+                flip = (torch.rand(len(rows), generator=gen) < s.mirror).to(tf.device)  # as augment() draws it
                 feats = torch.where(flip[:, None, None, None], tf_m[r], tf[r]).to(device)
             else:
                 x = augment(preprocess(train.faces[rows]), aug, gen).to(device)
@@ -574,7 +630,7 @@ def train_net(
             total = loss
             if parent_model is not None:
                 if fast:
-                    target = torch.where(flip[:, None], pt_m[r], pt[r]).to(device)
+                    target = torch.where(flip[:, None].cpu(), pt_m[r], pt[r]).to(device)
                 else:
                     with torch.no_grad():
                         target = parent_model.head(parent_model.features(feats, frozen))
@@ -600,7 +656,7 @@ def train_net(
                     "loss": value,
                     "metric_loss": loss.item(),
                     **figs,
-                    "lr": s.lr * factor,
+                    "lr": s.rate * factor,
                 },
             )
             batch += 1
@@ -614,7 +670,7 @@ def train_net(
         history.append(asdict(fig))
         _append_log(out / LOG, {"type": "epoch", **asdict(fig)})
         _report_epoch(fig, history[0])
-        if val is None or fig.val["auc"] > best["auc"] or best["model"] is None:
+        if val is None or fig.val["auc"] > best["auc"]:
             best = {
                 "epoch": epoch,
                 "auc": fig.val.get("auc", -1.0),
@@ -714,14 +770,14 @@ def _finish(s, out, data, train, val, history, best, parent, parent_sha, device,
     verifier_path = None
     if s.loss == "siamese":
         verifier_path = _export_verifier(out, best["objective"], identity, val, best["model"], device, s.seed)
-    start = history[0]
-    if val is not None and chosen["val"]["auc"] < start["val"]["auc"]:
+    if val is not None and best_epoch == 0 and s.init != SCRATCH:
+        trained = max(h["val"]["auc"] for h in history[1:])
         log.warning(
-            "training did not help the held-out people: AUC %.4f before, %.4f at the best epoch (%d); "
-            "the starting model generalises better (try a lower --lr, more --freeze-blocks, a larger --parent-weight)",
-            start["val"]["auc"],
-            chosen["val"]["auc"],
-            best_epoch,
+            "no epoch beat the starting weights on the held-out people (AUC %.4f before training, at best %.4f "
+            "after): model.pt holds the starting weights with a threshold measured on your people; try a lower "
+            "--lr, more --freeze-blocks or a larger --parent-weight",
+            history[0]["val"]["auc"],
+            trained,
         )
     summary = {
         "model": str(out / MODEL),
