@@ -159,8 +159,8 @@ def table(results: Path) -> str:
     rows = [json.loads(p.read_text()) for p in sorted(results.glob("*.json"))]
     lines = [
         "| run | min | best epoch | held-out acc before -> after | AUC before -> after | TAR@FAR=1e-3 before -> after "
-        "| LFW before -> after (at the held-out best epoch) |",
-        "|---|---|---|---|---|---|---|",
+        "| LFW before -> after (at the held-out best epoch) | last epoch: held-out AUC, LFW |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         b, a = r["before"], r["after"]
@@ -169,9 +169,11 @@ def table(results: Path) -> str:
             return f"{b['val'][key]:.4f} -> {a['val'][key]:.4f}"
 
         lfw = f"{b['lfw']['accuracy']:.4f} -> {a['lfw']['accuracy']:.4f}" if b.get("lfw") else "-"
+        last = r["per_epoch"][-1]
+        last_lfw = f", {last['lfw']:.4f}" if last.get("lfw") is not None else ""
         lines.append(
             f"| {r['run']} | {r['minutes']} | {r['best_epoch']} of {r['epochs']} | {pair('accuracy')} | "
-            f"{pair('auc')} | {pair('tar_at_far_1e-3')} | {lfw} |"
+            f"{pair('auc')} | {pair('tar_at_far_1e-3')} | {lfw} | {last['val_auc']:.4f}{last_lfw} |"
         )
     return "\n".join(lines)
 
