@@ -53,6 +53,7 @@ setup(
         "onnxruntime>=1.16",  # fastest CPU backend for NN4-small2 (backends.py falls back without it)
         "onnx>=1.14",  # needed by torch.onnx.export to write the ONNX file
         "pytorch-metric-learning>=2.9,<3",  # triplet/contrastive/ArcFace losses and miners of train-net
+        "faiss-cpu>=1.8",  # 1:N search of the face database (exact and IVF indexes, removal by id)
     ],
     # setuptools>=70.1 builds wheels itself: the wheel test builds one without a network
     extras_require={"test": ["pytest>=7", "ruff>=0.4", "hypothesis>=6.100", "setuptools>=70.1"]},

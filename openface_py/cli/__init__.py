@@ -3,8 +3,8 @@
 One module per command family, each holding its sub-commands' options beside their handlers
 (``register`` adds the parsers, ``set_defaults(handler=...)`` ties each to its function):
 ``folders`` (align, represent, run), ``photos`` (detect, embed), ``people`` (train, infer,
-compare, identify), ``video``, ``lfw`` (lfw, lfw-classify), ``train`` (train-net), ``models``. A new command family
-is a new module with a ``register`` function, added to ``FAMILIES``.
+compare, identify), ``video``, ``lfw`` (lfw, lfw-classify), ``train`` (train-net), ``models``,
+``db`` (the face database). A new command family is a new module with a ``register`` function, added to ``FAMILIES``.
 
 Exit codes: 0 success; 1 the job failed (nothing could be processed, unreadable input);
 2 bad arguments (including an unknown --model); 3 a model is not installed (the message says
@@ -20,7 +20,7 @@ import sys
 from typing import Optional, Sequence
 
 from openface_py import __version__
-from openface_py.cli import folders, lfw, models, people, photos, train, video
+from openface_py.cli import db, folders, lfw, models, people, photos, train, video
 from openface_py.cli.common import EXIT_FAILED, EXIT_NO_MODEL, EXIT_OK, EXIT_USAGE, log
 from openface_py.errors import ModelNotInstalledError, OpenFacePyError, UsageError
 
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     for family in FAMILIES:
         family.register(add_command)
     models.register(add_command, common)
+    db.register(add_command, common)
     return parser
 
 

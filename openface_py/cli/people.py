@@ -60,8 +60,11 @@ def register(add_command) -> None:
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_compare)
 
-    p = add_command("identify", help="one-shot identification against a gallery folder (one sub-folder per person)")
-    p.add_argument("gallery_dir", type=Path)
+    p = add_command(
+        "identify",
+        help="one-shot identification against a gallery folder (one sub-folder per person) or a face database",
+    )
+    p.add_argument("gallery_dir", type=Path, help="gallery folder, or a database file from `db create`")
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--model", default=None, help=MODEL_HELP() + " (default: best installed)")
     p.add_argument("--threshold", type=float, default=None, help="squared-L2 distance above which a face is unknown")
@@ -252,8 +255,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
+    from openface_py.recognize.facedb import is_database
     from openface_py.recognize.gallery import build_gallery, identify
 
+    if is_database(args.gallery_dir):
+        return _identify_db(args)
     pipe = pipeline_for(args.model, args)
     threshold = args.threshold if args.threshold is not None else pipe.embedder.same_person_threshold
     if threshold is None:
@@ -283,3 +289,14 @@ def cmd_identify(args: argparse.Namespace) -> int:
                 x = (face["box"][0] + face["box"][2]) / 2.0
                 print(f"  x={x:.0f}: {face['name']} (nearest {face['nearest']}, distance {face['distance']:.3f})")
     return EXIT_FAILED if failed == len(args.images) else EXIT_OK
+
+
+def _identify_db(args: argparse.Namespace) -> int:
+    """``identify DB PHOTO...``: answers from a face database (as ``db search``)."""
+    from openface_py.cli.db import search_photos
+    from openface_py.recognize.facedb import FaceDatabase
+
+    with FaceDatabase.open(args.gallery_dir) as db:
+        if args.model is not None and args.model != db.model:
+            raise UsageError(f"{args.gallery_dir} was made with --model {db.model}; not {args.model}")
+        return search_photos(db, args, args.images, top_k=1)

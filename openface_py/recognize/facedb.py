@@ -1,0 +1,810 @@
+"""A face database: enrolled people in one SQLite file, searched 1:N through a FAISS index beside it.
+
+The database (SQLite in WAL mode; every change one transaction) holds people, the photos they
+were enrolled from (by content SHA-256, with the source path, size and modification time that
+make ``db import`` incremental), their faces (box, landmarks, embedding, the embedder identity,
+time) and metadata. A database is created for one model: faces of any other embedder identity
+are refused, so embeddings never mix.
+
+The FAISS index (``DB.faiss``, ``vectorindex.VectorIndex``) is a cache of the faces table and is
+never trusted blindly. Every write transaction raises the database's *generation*; each face
+row records the generation that added it and a trigger records each deleted face id with the
+generation that removed it. The index file carries the generation and the database's UUID it
+reflects. On opening, an index from another database, for another identity, unreadable, or
+from a *later* generation (a restored database) is rebuilt; one from an earlier generation is
+brought up to date from the rows added and removed since; and an index whose row count then
+differs from the faces table is rebuilt. So a process killed after committing but before
+saving the index loses nothing: the next open catches up.
+
+Decisions: the nearest enrolled face names the person when its squared-L2 distance is within
+the database's threshold (the model's same-person threshold, or one learned from pairs of the
+enrolled people's faces, as ``train`` learns one); else ``unknown``. Confidence is P(same
+person | distance), Platt-scaled on the same pairs (None until the database holds at least one
+same-person and one different-person pair).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sqlite3
+import struct
+import time
+import unicodedata
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from openface_py.errors import OpenFacePyError, UsageError
+from openface_py.io import atomic_output
+from openface_py.metrics import best_split_threshold
+from openface_py.recognize.vectorindex import VectorIndex
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+INDEX_MAGIC = b"OFPYFDX1"
+#: learning a threshold needs this many same-person pairs among the enrolled faces
+MIN_SAME_PAIRS = 10
+#: pairs sampled (each kind) when learning the threshold and the calibration
+MAX_PAIRS = 20_000
+#: decisions (threshold, calibration) are refreshed on every change below this many faces
+REFRESH_ALWAYS_BELOW = 20_000
+DECISION_PEOPLE = 1000
+DECISION_PER_PERSON = 10
+NAME_RE = re.compile(r"^[^\W_][\w .'\-]{0,127}$")
+UNKNOWN = "unknown"
+
+_SCHEMA = """
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE people(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE photos(
+    id INTEGER PRIMARY KEY,
+    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    sha256 TEXT NOT NULL,
+    source TEXT,
+    size INTEGER,
+    mtime_ns INTEGER,
+    added REAL NOT NULL,
+    UNIQUE(person_id, sha256)
+);
+CREATE INDEX photos_source ON photos(source);
+CREATE TABLE faces(
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    photo_id INTEGER NOT NULL REFERENCES photos(id) ON DELETE CASCADE,
+    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    box TEXT NOT NULL,
+    landmarks TEXT,
+    embedding BLOB NOT NULL,
+    identity TEXT NOT NULL,
+    added REAL NOT NULL,
+    gen INTEGER NOT NULL
+);
+CREATE INDEX faces_person ON faces(person_id);
+CREATE INDEX faces_gen ON faces(gen);
+CREATE TABLE removed_faces(face_id INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
+CREATE INDEX removed_gen ON removed_faces(gen);
+CREATE TRIGGER face_removed AFTER DELETE ON faces BEGIN
+    INSERT OR REPLACE INTO removed_faces VALUES
+        (old.id, (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'));
+END;
+CREATE TABLE import_failures(
+    source TEXT PRIMARY KEY,
+    size INTEGER,
+    mtime_ns INTEGER,
+    reason TEXT NOT NULL,
+    gen INTEGER NOT NULL
+);
+"""
+
+#: schema migrations: MIGRATIONS[v] takes a database from version v to v + 1 (inside one transaction)
+MIGRATIONS: dict[int, list[str]] = {}
+
+
+class FaceDatabaseError(OpenFacePyError):
+    """A database that cannot be used: missing, foreign, newer, or for another model."""
+
+
+@dataclass(frozen=True)
+class FaceRecord:
+    """One face to enroll: its box and landmarks in the photo, and its embedding."""
+
+    box: Sequence[int]
+    embedding: np.ndarray
+    landmarks: Optional[np.ndarray] = None
+
+
+@dataclass
+class EnrollResult:
+    name: str
+    added_faces: int
+    duplicate: bool
+
+
+@dataclass
+class PersonInfo:
+    name: str
+    photos: int
+    faces: int
+    created: float
+
+
+@dataclass
+class Match:
+    name: str
+    distance: float
+    face_id: int
+
+
+@dataclass
+class Answer:
+    """The decision for one probe face: the name (or ``unknown``), the nearest person and the top-k people."""
+
+    name: str
+    nearest: Optional[str]
+    distance: Optional[float]
+    confidence: Optional[float]
+    candidates: list[Match] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "nearest": self.nearest,
+            "distance": None if self.distance is None else round(self.distance, 4),
+            "confidence": None if self.confidence is None else round(self.confidence, 4),
+            "candidates": [{"name": m.name, "distance": round(m.distance, 4)} for m in self.candidates],
+        }
+
+
+def valid_name(name: str) -> str:
+    """The person's name in NFC form; refuses names that are empty, too long, hidden or path-like."""
+    norm = unicodedata.normalize("NFC", str(name)).strip()
+    if not NAME_RE.match(norm) or norm.lower() == UNKNOWN:
+        raise UsageError(
+            f"invalid person name {name!r}: 1-128 letters, digits, spaces, _ . ' -, starting with a letter "
+            f"or digit (not {UNKNOWN!r})"
+        )
+    return norm
+
+
+def _blob(vec: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vec, dtype="<f4").tobytes()
+
+
+def _vectors(blobs: Iterable[bytes], dim: int) -> np.ndarray:
+    data = b"".join(blobs)
+    return (
+        np.frombuffer(data, dtype="<f4").reshape(-1, dim).astype(np.float32) if data else np.zeros((0, dim), np.float32)
+    )
+
+
+def is_database(path: os.PathLike | str) -> bool:
+    """True for a file starting with SQLite's header (how ``identify`` tells a database from a folder)."""
+    p = Path(path)
+    try:
+        with open(p, "rb") as fh:
+            return p.is_file() and fh.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+class FaceDatabase:
+    """Enrolled people and their faces, for one embedder identity; 1:N search with FAISS.
+
+    One ``FaceDatabase`` per thread (SQLite connections are not shared); several processes may
+    open the same file: writes are serialised by SQLite, and each reader's index catches up with
+    what others committed (``sync_index``) before it searches.
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self.conn = conn
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        self.uuid = meta["uuid"]
+        self.model = meta["model"]
+        self.identity = meta["identity"]
+        self.dim = int(meta["dim"])
+        self._index: Optional[VectorIndex] = None
+        self._index_gen = -1
+        self._names: dict[int, str] = {}
+
+    # ---------------------------------------------------------------- opening
+    @staticmethod
+    def _connect(path: Path) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=60000")
+        return conn
+
+    @classmethod
+    def create(
+        cls,
+        path: os.PathLike | str,
+        model: str,
+        identity: str,
+        threshold: Optional[float],
+        dim: int = 128,
+        learn_threshold: bool = False,
+    ) -> FaceDatabase:
+        """A new, empty database for one embedder (``model`` as given to ``--model``, ``identity`` its identity)."""
+        p = Path(path)
+        if p.exists():
+            raise FaceDatabaseError(f"{p}: already exists (open it, or remove it first)")
+        if threshold is None and not learn_threshold:
+            raise FaceDatabaseError(f"{model} has no calibrated same-person threshold: give one, or learn it")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".openface-py-tmp.{p.name}.{os.getpid()}")
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+        conn = cls._connect(tmp)
+        try:
+            conn.executescript(_SCHEMA)  # a temporary file: renamed into place only when complete
+            meta = {
+                "schema_version": str(SCHEMA_VERSION),
+                "uuid": uuid.uuid4().hex,
+                "model": model,
+                "identity": identity,
+                "dim": str(dim),
+                "generation": "0",
+                "model_threshold": json.dumps(threshold),
+                "threshold_mode": "learn" if learn_threshold else "model",
+                "threshold": json.dumps(threshold),
+                "threshold_source": "model" if threshold is not None else "none yet",
+                "calibration": "null",
+                "decisions_faces": "0",
+                "created": repr(time.time()),
+            }
+            conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+        Path(f"{tmp}-wal").unlink(missing_ok=True)
+        Path(f"{tmp}-shm").unlink(missing_ok=True)
+        os.link(tmp, p)  # fails if someone created ``path`` meanwhile: never overwrite a database
+        os.unlink(tmp)
+        return cls.open(p)
+
+    @classmethod
+    def open(cls, path: os.PathLike | str) -> FaceDatabase:
+        """Open an existing database (migrating an older schema; refusing a newer one or a foreign file)."""
+        p = Path(path)
+        if not p.is_file():
+            raise FaceDatabaseError(f"{p}: no such database (create it with `openface-py db create`)")
+        if not is_database(p):
+            raise FaceDatabaseError(f"{p}: not an openface-py face database (not an SQLite file)")
+        conn = cls._connect(p)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise FaceDatabaseError(f"{p}: not an openface-py face database ({exc})") from None
+        if row is None:
+            conn.close()
+            raise FaceDatabaseError(f"{p}: not an openface-py face database (no schema version)")
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise FaceDatabaseError(
+                f"{p}: schema version {version} is newer than this openface-py understands ({SCHEMA_VERSION}); upgrade"
+            )
+        if version < SCHEMA_VERSION:
+            _migrate(conn, version, p)
+        return cls(p, conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> FaceDatabase:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- reading
+    def meta(self, key: str) -> str:
+        return self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
+
+    @property
+    def generation(self) -> int:
+        return int(self.meta("generation"))
+
+    @property
+    def threshold(self) -> Optional[float]:
+        return json.loads(self.meta("threshold"))
+
+    def info(self) -> dict:
+        """What the database holds and how it decides (for ``db list --json`` and ``/health``)."""
+        people, photos, faces = self.conn.execute(
+            "SELECT (SELECT COUNT(*) FROM people), (SELECT COUNT(*) FROM photos), (SELECT COUNT(*) FROM faces)"
+        ).fetchone()
+        return {
+            "path": str(self.path),
+            "model": self.model,
+            "identity": self.identity,
+            "schema_version": SCHEMA_VERSION,
+            "people": people,
+            "photos": photos,
+            "faces": faces,
+            "threshold": self.threshold,
+            "threshold_source": self.meta("threshold_source"),
+            "calibrated": json.loads(self.meta("calibration")) is not None,
+            "generation": self.generation,
+            "index": None if self._index is None else self._index.kind,
+        }
+
+    def people(self) -> list[PersonInfo]:
+        rows = self.conn.execute(
+            "SELECT p.name, p.created, (SELECT COUNT(*) FROM photos WHERE person_id = p.id),"
+            " (SELECT COUNT(*) FROM faces WHERE person_id = p.id) FROM people p ORDER BY p.name"
+        ).fetchall()
+        return [PersonInfo(name, photos, faces, created) for name, created, photos, faces in rows]
+
+    def known_sources(self) -> dict[str, tuple[int, int, Optional[str]]]:
+        """source -> (size, mtime_ns, failure reason or None) of every imported (or failed) photo."""
+        out = {
+            s: (size, mt, None)
+            for s, size, mt in self.conn.execute("SELECT source, size, mtime_ns FROM photos WHERE source IS NOT NULL")
+        }
+        for s, size, mt, reason in self.conn.execute("SELECT source, size, mtime_ns, reason FROM import_failures"):
+            out.setdefault(s, (size, mt, reason))
+        return out
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(face ids, N x dim embeddings, person names) of every enrolled face."""
+        rows = self.conn.execute(
+            "SELECT f.id, f.embedding, p.name FROM faces f JOIN people p ON p.id = f.person_id ORDER BY f.id"
+        ).fetchall()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        return ids, _vectors((r[1] for r in rows), self.dim), [r[2] for r in rows]
+
+    # ---------------------------------------------------------------- writing
+    def _begin_write(self) -> int:
+        """Start a write transaction and return its (new) generation."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+        return self.generation
+
+    def _check_identity(self, identity: str) -> None:
+        if identity != self.identity:
+            raise FaceDatabaseError(
+                f"{self.path} holds {self.identity} embeddings; refusing {identity} (one database per model)"
+            )
+
+    def enroll(
+        self,
+        name: str,
+        sha256: str,
+        faces: Sequence[FaceRecord],
+        identity: str,
+        source: Optional[str] = None,
+        size: Optional[int] = None,
+        mtime_ns: Optional[int] = None,
+        replace_source: bool = False,
+    ) -> EnrollResult:
+        """Add one photo's faces to a person (created if new), in one transaction.
+
+        The same photo (by content) enrolled again for the same person adds nothing
+        (``duplicate``). ``replace_source`` first removes what an earlier version of the same
+        source file enrolled (``db import`` of a changed photo).
+        """
+        name = valid_name(name)
+        self._check_identity(identity)
+        for f in faces:
+            if np.asarray(f.embedding).shape != (self.dim,) or not np.all(np.isfinite(f.embedding)):
+                raise ValueError(f"embedding of shape {np.asarray(f.embedding).shape}: expected ({self.dim},), finite")
+        now = time.time()
+        gen = self._begin_write()
+        try:
+            if replace_source and source is not None:
+                self.conn.execute("DELETE FROM photos WHERE source = ?", (source,))
+                self.conn.execute("DELETE FROM import_failures WHERE source = ?", (source,))
+            self.conn.execute("INSERT OR IGNORE INTO people(name, created) VALUES (?, ?)", (name, now))
+            person_id = self.conn.execute("SELECT id FROM people WHERE name = ?", (name,)).fetchone()[0]
+            cur = self.conn.execute(
+                "INSERT OR IGNORE INTO photos(person_id, sha256, source, size, mtime_ns, added) VALUES (?,?,?,?,?,?)",
+                (person_id, sha256, source, size, mtime_ns, now),
+            )
+            if cur.rowcount == 0:
+                self.conn.execute("COMMIT")
+                return EnrollResult(name, 0, True)
+            photo_id = cur.lastrowid
+            self.conn.executemany(
+                "INSERT INTO faces(photo_id, person_id, box, landmarks, embedding, identity, added, gen)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        photo_id,
+                        person_id,
+                        json.dumps([int(v) for v in f.box]),
+                        None if f.landmarks is None else json.dumps(np.round(np.asarray(f.landmarks), 2).tolist()),
+                        _blob(f.embedding),
+                        identity,
+                        now,
+                        gen,
+                    )
+                    for f in faces
+                ],
+            )
+            self._refresh_decisions()
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return EnrollResult(name, len(faces), False)
+
+    def record_failure(self, source: str, size: Optional[int], mtime_ns: Optional[int], reason: str) -> None:
+        """Remember that an imported photo failed (an unchanged file is not tried again)."""
+        gen = self._begin_write()
+        try:
+            self.conn.execute(
+                "INSERT OR REPLACE INTO import_failures VALUES (?,?,?,?,?)", (source, size, mtime_ns, reason, gen)
+            )
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def forget_failures(self) -> int:
+        """Drop the failure records so that ``db import`` tries those photos again."""
+        self._begin_write()
+        n = self.conn.execute("DELETE FROM import_failures").rowcount
+        self.conn.execute("COMMIT")
+        return n
+
+    def remove_person(self, name: str) -> int:
+        """Remove a person with their photos and faces; returns the faces removed (0: no such person)."""
+        name = unicodedata.normalize("NFC", str(name)).strip()
+        gen = self._begin_write()
+        try:
+            n = self.conn.execute(
+                "SELECT COUNT(*) FROM faces WHERE person_id = (SELECT id FROM people WHERE name = ?)", (name,)
+            ).fetchone()[0]
+            gone = self.conn.execute("DELETE FROM people WHERE name = ?", (name,)).rowcount
+            if not gone:
+                self.conn.execute("ROLLBACK")
+                return 0
+            self._refresh_decisions()
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        log.info("removed %s (%d faces) at generation %d", name, n, gen)
+        return n
+
+    def set_threshold(self, value: Optional[float], learn: bool = False) -> None:
+        """Use a fixed threshold (``value``), the model's (``value`` None), or learn it from the enrolled faces."""
+        self._begin_write()
+        try:
+            if learn:
+                mode = "learn"
+            elif value is None:
+                mode = "model"
+            else:
+                mode = "fixed"
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('fixed_threshold', ?)", (json.dumps(float(value)),)
+                )
+            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'threshold_mode'", (mode,))
+            self._refresh_decisions(force=True)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
+    def _decision_sample(self) -> tuple[np.ndarray, list[str]]:
+        """Faces to learn the threshold and calibration from, bounded and the same for the same
+        contents (a fixed hash order, not random()): up to ``DECISION_PEOPLE`` people with two or
+        more faces (``DECISION_PER_PERSON`` faces each) plus as many faces of anyone, each face once."""
+        shuffle = "(({col} * 2654435761) % 4294967296)"  # Knuth's multiplicative hash: a fixed shuffle
+        multi = [
+            r[0]
+            for r in self.conn.execute(
+                "SELECT person_id FROM faces GROUP BY person_id HAVING COUNT(*) >= 2"
+                f" ORDER BY {shuffle.format(col='person_id')} LIMIT ?",
+                (DECISION_PEOPLE,),
+            )
+        ]
+        rows: dict[int, tuple[bytes, str]] = {}
+        for pid in multi:
+            for fid, emb, name in self.conn.execute(
+                "SELECT f.id, f.embedding, p.name FROM faces f JOIN people p ON p.id = f.person_id"
+                " WHERE f.person_id = ? ORDER BY f.id LIMIT ?",
+                (pid, DECISION_PER_PERSON),
+            ):
+                rows[fid] = (emb, name)
+        for fid, emb, name in self.conn.execute(
+            "SELECT f.id, f.embedding, p.name FROM faces f JOIN people p ON p.id = f.person_id"
+            f" ORDER BY {shuffle.format(col='f.id')} LIMIT ?",
+            (max(len(rows), 200),),
+        ):
+            rows.setdefault(fid, (emb, name))
+        picked = [rows[k] for k in sorted(rows)]
+        return _vectors((r[0] for r in picked), self.dim), [r[1] for r in picked]
+
+    def _refresh_decisions(self, force: bool = False) -> None:
+        """Recompute the threshold (when learned) and the distance calibration, inside the caller's
+        transaction: on every change of a small database, and after each 5% growth of a large one
+        (the figures come from a bounded sample, so they barely move with one more face)."""
+        count = self.conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
+        last = int(self.meta("decisions_faces"))
+        if not force and count > REFRESH_ALWAYS_BELOW and abs(count - last) < 0.05 * max(last, 1):
+            return
+        self.conn.execute("UPDATE meta SET value = ? WHERE key = 'decisions_faces'", (str(count),))
+        X, names = self._decision_sample()
+        learned = learn_distance_threshold(X, names)
+        mode = self.meta("threshold_mode")
+        model_threshold = json.loads(self.meta("model_threshold"))
+        if mode == "learn" and learned is not None:
+            threshold, source = learned[0], f"learned from {learned[1]} same-person pairs of the enrolled faces"
+        elif mode == "fixed":
+            threshold, source = json.loads(self.meta("fixed_threshold")), "fixed"
+        elif model_threshold is not None:
+            threshold = model_threshold
+            source = "model" if mode == "model" else "model (too few enrolled pairs to learn one yet)"
+        else:
+            threshold, source = None, "none yet: enroll at least two photos of several people"
+        calibration = calibrate_distances(X, names)
+        for key, value in (
+            ("threshold", json.dumps(threshold)),
+            ("threshold_source", source),
+            ("calibration", json.dumps(calibration)),
+        ):
+            self.conn.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
+
+    # ---------------------------------------------------------------- the index
+    @property
+    def index_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".faiss")
+
+    def _load_index(self) -> Optional[tuple[VectorIndex, int]]:
+        p = self.index_path
+        if not p.is_file():
+            return None
+        try:
+            with open(p, "rb") as fh:
+                if fh.read(len(INDEX_MAGIC)) != INDEX_MAGIC:
+                    raise ValueError("not an openface-py index file")
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+                data = fh.read()
+            if header["uuid"] != self.uuid or header["identity"] != self.identity:
+                raise ValueError("the index belongs to another database")
+            index = VectorIndex.from_bytes(data, header["kind"], self.dim, header.get("trained_on", 0))
+            return index, int(header["generation"])
+        except Exception as exc:  # a cache: rebuild it
+            log.warning("index %s not used (%s: %s): rebuilding it", p, type(exc).__name__, exc)
+            return None
+
+    def save_index(self) -> None:
+        """Write the index (atomically) with the generation it reflects."""
+        if self._index is None:
+            return
+        header = json.dumps(
+            {
+                "uuid": self.uuid,
+                "identity": self.identity,
+                "generation": self._index_gen,
+                "kind": self._index.kind,
+                "trained_on": self._index.trained_on,
+                "ntotal": self._index.ntotal,
+            }
+        ).encode()
+        with atomic_output(self.index_path) as fh:
+            fh.write(INDEX_MAGIC + struct.pack("<Q", len(header)) + header)
+            fh.write(self._index.to_bytes())
+
+    def rebuild_index(self, kind: str = "auto") -> VectorIndex:
+        self.conn.execute("BEGIN")  # one snapshot: the rows and the generation they are at
+        try:
+            gen = self.generation
+            ids, X, _ = self.embeddings()
+        finally:
+            self.conn.execute("COMMIT")
+        self._index = VectorIndex.build(ids, X, self.dim, kind=kind)
+        self._index_gen = gen
+        log.info("index rebuilt: %s, %d faces, generation %d", self._index.kind, len(ids), gen)
+        return self._index
+
+    def sync_index(self) -> VectorIndex:
+        """The index, brought up to date with the database (loaded, caught up or rebuilt as needed)."""
+        if self._index is None:
+            loaded = self._load_index()
+            if loaded is not None:
+                self._index, self._index_gen = loaded
+        if self._index is None or self._index_gen > self.generation:
+            return self.rebuild_index()
+        self.conn.execute("BEGIN")
+        try:
+            gen = self.generation
+            if gen != self._index_gen:
+                removed = np.array(
+                    [
+                        r[0]
+                        for r in self.conn.execute(
+                            "SELECT face_id FROM removed_faces WHERE gen > ?", (self._index_gen,)
+                        )
+                    ],
+                    dtype=np.int64,
+                )
+                added = self.conn.execute(
+                    "SELECT id, embedding FROM faces WHERE gen > ? ORDER BY id", (self._index_gen,)
+                ).fetchall()
+                self._index.remove(removed)
+                self._index.remove(np.array([r[0] for r in added], dtype=np.int64))  # re-added below: no duplicates
+                self._index.add(np.array([r[0] for r in added], np.int64), _vectors((r[1] for r in added), self.dim))
+                self._index_gen = gen
+            count = self.conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
+        finally:
+            self.conn.execute("COMMIT")
+        if self._index.ntotal != count or self._index.needs_rebuild():
+            if self._index.ntotal != count:
+                log.warning("index holds %d faces, database %d: rebuilding", self._index.ntotal, count)
+            return self.rebuild_index()
+        return self._index
+
+    # ---------------------------------------------------------------- searching
+    def _person_names(self, face_ids: np.ndarray) -> dict[int, str]:
+        missing = [int(i) for i in set(face_ids.ravel().tolist()) if i >= 0 and int(i) not in self._names]
+        for chunk in range(0, len(missing), 500):
+            part = missing[chunk : chunk + 500]
+            rows = self.conn.execute(
+                f"SELECT f.id, p.name FROM faces f JOIN people p ON p.id = f.person_id"
+                f" WHERE f.id IN ({','.join('?' * len(part))})",
+                part,
+            ).fetchall()
+            self._names.update(rows)
+        return self._names
+
+    def search(self, probes: np.ndarray, top_k: int = 1) -> list[list[Match]]:
+        """For each probe: the ``top_k`` nearest *people* (each at the distance of their nearest face)."""
+        index = self.sync_index()
+        self._names.clear()  # names may have changed (a person removed and a name reused)
+        probes = np.atleast_2d(np.asarray(probes, dtype=np.float32))
+        k_faces = min(index.ntotal, max(8 * top_k, 32))
+        found = index.search(probes, k_faces)
+        names = self._person_names(found.ids)
+        out = []
+        for ids, dists in zip(found.ids, found.distances):
+            best: dict[str, Match] = {}
+            for i, d in zip(ids, dists):
+                name = names.get(int(i))
+                if i < 0 or name is None:
+                    continue
+                if name not in best:
+                    best[name] = Match(name, float(d), int(i))
+            out.append(sorted(best.values(), key=lambda m: m.distance)[:top_k])
+        return out
+
+    def identify(self, probes: np.ndarray, top_k: int = 1, threshold: Optional[float] = None) -> list[Answer]:
+        """Name each probe face (or ``unknown``) with the database's threshold unless one is given."""
+        threshold = self.threshold if threshold is None else threshold
+        if threshold is None:
+            raise FaceDatabaseError(f"{self.path} has no same-person threshold yet: give one (--threshold)")
+        cal = json.loads(self.meta("calibration"))
+        answers = []
+        for matches in self.search(probes, top_k=max(1, top_k)):
+            if not matches:
+                answers.append(Answer(UNKNOWN, None, None, None, []))
+                continue
+            m = matches[0]
+            conf = None
+            if cal is not None:
+                p_same = 1.0 / (1.0 + np.exp(-np.clip(cal["a"] * -m.distance + cal["b"], -500, 500)))
+                conf = float(p_same if m.distance <= threshold else 1.0 - p_same)
+            name = m.name if m.distance <= threshold else UNKNOWN
+            answers.append(Answer(name, m.name, m.distance, conf, matches[:top_k]))
+        return answers
+
+
+def _migrate(conn: sqlite3.Connection, version: int, path: Path) -> None:
+    """Bring a database from ``version`` to ``SCHEMA_VERSION``, one step per transaction."""
+    while version < SCHEMA_VERSION:
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise FaceDatabaseError(f"{path}: no migration from schema version {version}")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in step:
+                conn.execute(statement)
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version + 1),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("%s: migrated schema %d -> %d", path, version, version + 1)
+        version += 1
+
+
+def _pair_distances(X: np.ndarray, names: Sequence[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Squared L2 distances of same-person and (sampled, at most ``MAX_PAIRS``) different-person pairs."""
+    rng = np.random.default_rng(seed)
+    y = np.unique(np.asarray(names), return_inverse=True)[1] if len(names) else np.zeros(0, int)
+    n = len(y)
+    if n < 2:
+        return np.zeros(0), np.zeros(0)
+    if n <= 2000:
+        i, j = np.triu_indices(n, 1)
+    else:  # bounded memory: sample pairs
+        i, j = rng.integers(0, n, 4 * MAX_PAIRS), rng.integers(0, n, 4 * MAX_PAIRS)
+        keep = i != j
+        i, j = i[keep], j[keep]
+    same = y[i] == y[j]
+    si, di = np.where(same)[0], np.where(~same)[0]
+    si = si[rng.permutation(len(si))[:MAX_PAIRS]]
+    di = di[rng.permutation(len(di))[:MAX_PAIRS]]
+
+    def dist(idx):
+        a, b = X[i[idx]].astype(np.float64), X[j[idx]].astype(np.float64)
+        return ((a - b) ** 2).sum(1)
+
+    return dist(si), dist(di)
+
+
+def learn_distance_threshold(X: np.ndarray, names: Sequence[str]) -> Optional[tuple[float, int]]:
+    """(threshold, same pairs used): the squared-L2 distance best separating same-person from
+    different-person pairs of the enrolled faces (balanced: each kind weighs half); None below
+    ``MIN_SAME_PAIRS`` same-person pairs."""
+    same, diff = _pair_distances(X, names)
+    if len(same) < MIN_SAME_PAIRS or len(diff) == 0:
+        return None
+    rng = np.random.default_rng(1)
+    m = min(len(same), len(diff))
+    t, _ = best_split_threshold(-rng.choice(same, m, replace=False), -rng.choice(diff, m, replace=False))
+    return float(-t), int(len(same))
+
+
+def calibrate_distances(X: np.ndarray, names: Sequence[str]) -> Optional[dict]:
+    """Platt scaling of P(same person | squared distance) on the enrolled pairs (balanced); None
+    without at least one pair of each kind."""
+    same, diff = _pair_distances(X, names)
+    if len(same) == 0 or len(diff) == 0:
+        return None
+    from openface_py.recognize.classify import ScoreCalibrator
+
+    m = min(len(same), len(diff))
+    rng = np.random.default_rng(2)
+    s = np.concatenate([-rng.choice(same, m, replace=False), -rng.choice(diff, m, replace=False)])
+    right = np.concatenate([np.ones(m, bool), np.zeros(m, bool)])
+    cal = ScoreCalibrator.fit(s, right)
+    return {"a": cal.a, "b": cal.b}
+
+
+def photo_faces(pipeline, rgb: np.ndarray, multi: bool = False) -> list[FaceRecord]:
+    """The faces to enroll from one photo of one person: the largest (``multi``: every face)."""
+    return [
+        FaceRecord(f.box.as_list(), np.asarray(f.embedding, np.float32), f.landmarks)
+        for f in pipeline.process(rgb, multi=multi)
+    ]
+
+
+def enroll_photo(db: FaceDatabase, pipeline, name: str, data: bytes, source: Optional[str] = None) -> EnrollResult:
+    """Detect, align and embed the largest face of a photo (its bytes) and enroll it as ``name``.
+
+    Raises ``ImageLoadError`` for a photo that cannot be read and ``NoFaceError`` for one
+    without a face: nothing is written then."""
+    import hashlib
+
+    from openface_py.io import load_image
+
+    name = valid_name(name)
+    rgb = load_image(data)
+    faces = photo_faces(pipeline, rgb)
+    if not faces:
+        raise NoFaceError("no face found")
+    return db.enroll(name, hashlib.sha256(data).hexdigest(), faces, pipeline.embedder.identity, source=source)
+
+
+class NoFaceError(OpenFacePyError):
+    """A photo to enroll shows no face."""
