@@ -36,7 +36,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.9",
     packages=find_packages(include=["openface_py", "openface_py.*"]),
-    package_data={"openface_py": ["data/*.csv"]},
+    package_data={"openface_py": ["data/*.csv", "service/static/*.html"]},
     install_requires=[
         "dlib-bin>=19.24",  # prebuilt dlib wheel: `import dlib` without a compiler
         "face_recognition_models>=0.3.0",  # dlib's landmark, MMOD and ResNet .dat files
@@ -54,9 +54,14 @@ setup(
         "onnx>=1.14",  # needed by torch.onnx.export to write the ONNX file
         "pytorch-metric-learning>=2.9,<3",  # triplet/contrastive/ArcFace losses and miners of train-net
         "faiss-cpu>=1.8",  # 1:N search of the face database (exact and IVF indexes, removal by id)
+        "fastapi>=0.110",  # the HTTP service: routing, validation, OpenAPI docs at /docs
+        "uvicorn>=0.29",  # its ASGI server (one or several worker processes)
+        "python-multipart>=0.0.9",  # multipart photo uploads for FastAPI/Starlette
     ],
     # setuptools>=70.1 builds wheels itself: the wheel test builds one without a network
-    extras_require={"test": ["pytest>=7", "ruff>=0.4", "hypothesis>=6.100", "setuptools>=70.1"]},
+    extras_require={
+        "test": ["pytest>=7", "ruff>=0.4", "hypothesis>=6.100", "setuptools>=70.1", "httpx>=0.27", "selenium>=4.20"]
+    },
     cmdclass={"build_py": BuildPyWithModels},
     entry_points={"console_scripts": ["openface-py=openface_py.cli:main"]},
     classifiers=[

@@ -22,6 +22,7 @@ LAYERS = [
     {"jobs"},
     {"eval"},
     {"train"},
+    {"service"},
     {"cli", "__main__"},
 ]
 
@@ -74,4 +75,4 @@ def test_stage_packages_and_architecture_agree():
         shown = path.relative_to(PKG).as_posix()
         assert f"`{shown}`" in arch, f"ARCHITECTURE.md does not place {shown}"
     tops = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
-    assert tops == {"faces", "nets", "recognize", "jobs", "eval", "train", "cli"}
+    assert tops == {"faces", "nets", "recognize", "jobs", "eval", "train", "service", "cli"}

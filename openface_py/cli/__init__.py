@@ -4,7 +4,8 @@ One module per command family, each holding its sub-commands' options beside the
 (``register`` adds the parsers, ``set_defaults(handler=...)`` ties each to its function):
 ``folders`` (align, represent, run), ``photos`` (detect, embed), ``people`` (train, infer,
 compare, identify), ``video``, ``lfw`` (lfw, lfw-classify), ``train`` (train-net), ``models``,
-``db`` (the face database). A new command family is a new module with a ``register`` function, added to ``FAMILIES``.
+``db`` (the face database), ``serve`` (the HTTP service). A new command family is a new module
+with a ``register`` function, added to ``FAMILIES``.
 
 Exit codes: 0 success; 1 the job failed (nothing could be processed, unreadable input);
 2 bad arguments (including an unknown --model); 3 a model is not installed (the message says
@@ -20,11 +21,11 @@ import sys
 from typing import Optional, Sequence
 
 from openface_py import __version__
-from openface_py.cli import db, folders, lfw, models, people, photos, train, video
+from openface_py.cli import db, folders, lfw, models, people, photos, serve, train, video
 from openface_py.cli.common import EXIT_FAILED, EXIT_NO_MODEL, EXIT_OK, EXIT_USAGE, log
 from openface_py.errors import ModelNotInstalledError, OpenFacePyError, UsageError
 
-FAMILIES = (folders, video, photos, people, lfw, train)
+FAMILIES = (folders, video, photos, people, lfw, train, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

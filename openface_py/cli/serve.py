@@ -1,0 +1,69 @@
+"""`serve`: the HTTP service and web page over a face database."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from openface_py.cli.common import EXIT_OK, add_detector_args, log
+
+
+def register(add_command) -> None:
+    p = add_command("serve", help="HTTP API (/v1, OpenAPI at /docs) and web page (/) over a face database")
+    p.add_argument("--db", type=Path, required=True, help="the database (openface-py db create)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="key that enroll/delete need (default: $OPENFACE_PY_API_KEY; without one, writes are refused)",
+    )
+    p.add_argument("--protect-all", action="store_true", help="every endpoint but / and /v1/health needs the key")
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own models (default: 1)")
+    p.add_argument("--inference-threads", type=int, default=1, help="inference threads per process (default: 1)")
+    p.add_argument("--max-queue", type=int, default=32, help="requests running or waiting per process; more get 503")
+    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default: 20 MB)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest photo in pixels (default: 40 M)")
+    p.add_argument("--index-save-s", type=float, default=30.0, help="seconds between saves of a changed index")
+    add_detector_args(p)
+    p.set_defaults(handler=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from openface_py.recognize.facedb import FaceDatabase
+    from openface_py.service.app import API_KEY_ENV, ServiceSettings, create_app
+
+    FaceDatabase.open(args.db).close()  # a missing or foreign database fails here, with its reason
+    settings = ServiceSettings(
+        db=str(args.db.resolve()),
+        api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        protect_all=args.protect_all,
+        detector=args.detector,
+        upsample=args.upsample,
+        max_side=args.max_side,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
+        inference_threads=args.inference_threads,
+        max_queue=args.max_queue,
+        index_save_s=args.index_save_s,
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: reachable from other machines%s", args.host,
+                    "" if settings.api_key else " (no API key: writes are refused, reads are open)")  # fmt: skip
+    if not settings.api_key:
+        log.warning("no API key (--api-key or $%s): enroll and delete are refused", API_KEY_ENV)
+    level = "warning" if args.quiet else "info"
+    if args.workers > 1:
+        env = {k: v for k, v in json.loads(settings.to_json()).items() if k != "api_key"}
+        os.environ["OPENFACE_PY_SERVE"] = json.dumps(env)
+        if settings.api_key:
+            os.environ[API_KEY_ENV] = settings.api_key
+        uvicorn.run("openface_py.service.app:app_from_env", factory=True, host=args.host, port=args.port,
+                    workers=args.workers, log_level=level)  # fmt: skip
+    else:
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=level)
+    return EXIT_OK
