@@ -1,16 +1,17 @@
-"""1:N search of the face database: exact (flat) against approximate (IVF) FAISS indexes.
+"""1:N search of the face database: exact (flat) against approximate (HNSW, IVF) FAISS indexes.
 
-    python benchmarks/bench_search.py --sizes 10000,100000,1000000 --lfw ../shared/datasets/lfw \
-        --out benchmarks/results/search.json
+    python benchmarks/bench_search.py --sizes 10000,50000,100000,1000000 --probes 500 \
+        --lfw ../shared/datasets/lfw --out benchmarks/results/search.json
 
-Galleries: synthetic unit vectors whose same-person and different-person squared-L2 distances
-follow the real model's (fitted to the shipped model's embeddings of real faces: the LFW pairs
+Galleries: synthetic unit vectors drawn from a Gaussian model of the real embeddings (between-
+and within-person covariance, ``FaceModel``, fitted to the shipped model's embeddings of real faces: the LFW pairs
 images when ``--lfw`` is given, else data/lfw-sample), 5 faces per person; probes are new faces
 of enrolled people. With ``--lfw``, also the real LFW gallery (its pairs images' faces, each
-probed by the others of the same person). Per size: build time, index memory, ms per probe
-(one probe per call, as the service searches, and batches of 256), recall@1 of IVF against the
-exact search at several ``nprobe``; and the whole ``FaceDatabase.search`` (index + SQLite name
-lookup) per probe. Prints machine info and peak RSS.
+probed by itself and its nearest other face). Per size: build time, index bytes, ms per probe
+(one probe per call, as the service searches, and batches of 256), recall@1 against the exact
+search of HNSW at several ``efSearch`` (and of IVF at several ``nprobe`` with ``--ivf``); and the
+whole ``FaceDatabase.search`` (index + SQLite name lookup) per probe. Prints machine info and
+peak RSS.
 """
 
 from __future__ import annotations
@@ -69,36 +70,39 @@ def pair_means(X: np.ndarray, y: np.ndarray, rng, n: int = 200_000) -> tuple[flo
     return float(d[same].mean()), float(d[~same].mean())
 
 
-def generate(n_people: int, alpha: float, s: float, seed: int, per: int = PER_PERSON) -> np.ndarray:
-    """Faces of ``n_people`` people: centres share a direction (weight ``alpha``), faces scatter by ``s``."""
-    rng = np.random.default_rng(seed)
-    d = 128
-    m = np.ones(d, np.float32) / np.sqrt(d)
-    centres = alpha * m + rng.standard_normal((n_people, d), dtype=np.float32) / np.sqrt(d)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    out = np.repeat(centres, per, axis=0)
-    out += s * rng.standard_normal(out.shape, dtype=np.float32) / np.sqrt(d)
-    out /= np.linalg.norm(out, axis=1, keepdims=True)
-    return out
+class FaceModel:
+    """A Gaussian model of the real embeddings: person centres ~ N(mu, Sb), a person's faces ~
+    N(centre, Sw), projected back onto the unit sphere. Sb and Sw (between- and within-person
+    covariance, as Joint Bayesian estimates them) come from real faces, so synthetic galleries have
+    the real model's anisotropy (its PCA spectrum) and distance distribution, not an isotropic blob."""
 
+    def __init__(self, X: np.ndarray, y: np.ndarray) -> None:
+        X = X.astype(np.float64)
+        people, inv, counts = np.unique(y, return_inverse=True, return_counts=True)
+        means = np.zeros((len(people), X.shape[1]))
+        np.add.at(means, inv, X)
+        means /= counts[:, None]
+        multi = counts[inv] >= 2
+        within = X[multi] - means[inv[multi]]
+        dof = len(within) - int((counts >= 2).sum())
+        self.sw = within.T @ within / max(dof, 1)
+        sb = np.cov(means[counts >= 1].T) - self.sw * float(np.mean(1.0 / counts))
+        w, v = np.linalg.eigh(sb)
+        self.sb = (v * np.clip(w, 0, None)) @ v.T
+        self.mu = X.mean(0)
+        self.lb = np.linalg.cholesky(self.sb + 1e-9 * np.eye(len(self.mu)))
+        self.lw = np.linalg.cholesky(self.sw + 1e-9 * np.eye(len(self.mu)))
 
-def fit_generator(same_target: float, diff_target: float) -> tuple[float, float]:
-    """alpha, s so that synthetic same/different mean squared distances match the real ones."""
-    rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(400), PER_PERSON)
-    alpha, s = 0.5, 0.5
-    for _ in range(3):
-        lo, hi = 0.0, 5.0
-        for _ in range(30):  # different-person distance falls as alpha grows
-            alpha = (lo + hi) / 2
-            _, diff = pair_means(generate(400, alpha, s, 1), y, rng, 50_000)
-            lo, hi = (alpha, hi) if diff > diff_target else (lo, alpha)
-        lo, hi = 0.0, 5.0
-        for _ in range(30):  # same-person distance grows with s
-            s = (lo + hi) / 2
-            same, _ = pair_means(generate(400, alpha, s, 1), y, rng, 50_000)
-            lo, hi = (s, hi) if same < same_target else (lo, s)
-    return alpha, s
+    def centres(self, n_people: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        return (self.mu + rng.standard_normal((n_people, len(self.mu))) @ self.lb.T).astype(np.float32)
+
+    def faces(self, centres: np.ndarray, per: int, seed: int) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        out = np.repeat(centres, per, axis=0).astype(np.float64)
+        out += rng.standard_normal(out.shape) @ self.lw.T
+        out /= np.linalg.norm(out, axis=1, keepdims=True)
+        return out.astype(np.float32)
 
 
 def time_single(index: VectorIndex, probes: np.ndarray, k: int = 1) -> tuple[float, np.ndarray]:
@@ -116,7 +120,15 @@ def time_batched(index: VectorIndex, probes: np.ndarray) -> float:
     return (time.perf_counter() - t) / len(probes) * 1e3
 
 
-def measure(name: str, X: np.ndarray, probes: np.ndarray, nprobes: list[int], ivf: bool) -> dict:
+def measure(
+    name: str,
+    X: np.ndarray,
+    probes: np.ndarray,
+    nprobes: list[int],
+    efs: list[int],
+    approx: bool,
+    with_ivf: bool = False,
+) -> dict:
     ids = np.arange(len(X), dtype=np.int64)
     row: dict = {"gallery": name, "faces": len(X), "probes": len(probes)}
     t = time.perf_counter()
@@ -125,7 +137,23 @@ def measure(name: str, X: np.ndarray, probes: np.ndarray, nprobes: list[int], iv
     ms, exact = time_single(flat, probes)
     row["flat"].update(ms_per_probe=round(ms, 4), ms_per_probe_batched=round(time_batched(flat, probes), 4))
     print(f"{name}: flat {row['flat']}", flush=True)
-    if ivf and len(X) >= 39 * ivf_lists(len(X)):
+    if approx:
+        t = time.perf_counter()
+        graph = VectorIndex.build(ids, X, 128, kind="hnsw")
+        row["hnsw"] = {"build_s": round(time.perf_counter() - t, 2), "bytes": len(graph.to_bytes()), "ef_search": []}
+        import openface_py.recognize.vectorindex as vi
+
+        default_ef = vi.HNSW_EF_SEARCH
+        for ef in efs:
+            vi.HNSW_EF_SEARCH = ef  # what VectorIndex.search asks FAISS for
+            ms, got = time_single(graph, probes)
+            r = {"ef_search": ef, "ms_per_probe": round(ms, 4), "recall_at_1": round(float((got == exact).mean()), 4),
+                 "ms_per_probe_batched": round(time_batched(graph, probes), 4)}  # fmt: skip
+            row["hnsw"]["ef_search"].append(r)
+            print(f"{name}: hnsw {r}", flush=True)
+        vi.HNSW_EF_SEARCH = default_ef
+        del graph
+    if approx and with_ivf and len(X) >= 39 * ivf_lists(len(X)):
         t = time.perf_counter()
         approx = VectorIndex.build(ids, X, 128, kind="ivf")
         row["ivf"] = {"lists": ivf_lists(len(X)), "build_s": round(time.perf_counter() - t, 2),
@@ -177,11 +205,13 @@ def database_search(X: np.ndarray, probes: np.ndarray, names: list[str]) -> dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--sizes", default="10000,50000,100000,1000000")
     ap.add_argument("--probes", type=int, default=1000)
-    ap.add_argument("--nprobe", default="8,16,24,32,48,64")
+    ap.add_argument("--nprobe", default="16,64,256")
+    ap.add_argument("--ef-search", default="64,128,256")
     ap.add_argument("--lfw", type=Path, default=None)
     ap.add_argument("--db-sizes", default="10000,100000", help="sizes at which FaceDatabase.search is timed")
+    ap.add_argument("--ivf", action="store_true", help="also measure IVF indexes")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     import faiss
@@ -198,30 +228,30 @@ def main() -> None:
     print(json.dumps(info), flush=True)
     X_real, y_real, source = real_faces(args.lfw)
     rng = np.random.default_rng(1)
+    model = FaceModel(X_real, y_real)
     same, diff = pair_means(X_real, y_real, rng)
-    alpha, s = fit_generator(same, diff)
-    check = pair_means(generate(2000, alpha, s, 5), np.repeat(np.arange(2000), PER_PERSON), rng)
-    dist = {"source": source, "real_same_mean": round(same, 4), "real_diff_mean": round(diff, 4), "alpha": alpha,
-            "s": s, "synthetic_same_mean": round(check[0], 4), "synthetic_diff_mean": round(check[1], 4)}  # fmt: skip
+    labels = np.repeat(np.arange(2000), PER_PERSON)
+    check = pair_means(model.faces(model.centres(2000, 5), PER_PERSON, 6), labels, rng)
+    dist = {"source": source, "real_same_mean": round(same, 4), "real_diff_mean": round(diff, 4),
+            "synthetic_same_mean": round(check[0], 4), "synthetic_diff_mean": round(check[1], 4)}  # fmt: skip
     print(json.dumps(dist), flush=True)
     nprobes = [int(v) for v in args.nprobe.split(",")]
+    efs = [int(v) for v in args.ef_search.split(",")]
     rows = []
     for size in [int(v) for v in args.sizes.split(",")]:
         people = size // PER_PERSON
-        X = generate(people, alpha, s, seed=size)
+        centres = model.centres(people, seed=size)
+        X = model.faces(centres, PER_PERSON, seed=size + 1)
         # probes: a new face of a random enrolled person (same centre, new scatter)
-        pr = np.random.default_rng(size + 1)
-        who = pr.integers(0, people, args.probes)
-        centres = generate(people, alpha, 0.0, seed=size, per=1)[who]
-        probes = centres + s * pr.standard_normal(centres.shape, dtype=np.float32) / np.sqrt(128)
-        probes /= np.linalg.norm(probes, axis=1, keepdims=True)
-        rows.append(measure(f"synthetic-{size}", X, probes.astype(np.float32), nprobes, ivf=True))
+        who = np.random.default_rng(size + 2).integers(0, people, args.probes)
+        probes = model.faces(centres[who], 1, seed=size + 3)
+        rows.append(measure(f"synthetic-{size}", X, probes, nprobes, efs, approx=True, with_ivf=args.ivf))
         if str(size) in args.db_sizes.split(","):
             rows[-1]["database"] = database_search(X, probes[:300], [f"p{k // PER_PERSON}" for k in range(size)])
             print(f"synthetic-{size}: database {rows[-1]['database']}", flush=True)
         del X
     if args.lfw is not None:
-        rows.append(measure("lfw-pairs-images", X_real, X_real, nprobes, ivf=False))
+        rows.append(measure("lfw-pairs-images", X_real, X_real, nprobes, efs, approx=False))
         # recall of the real gallery: each face's nearest other face is the same person
         flat = VectorIndex.build(np.arange(len(X_real)), X_real, 128, kind="flat")
         found = flat.search(X_real, 2)

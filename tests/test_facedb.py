@@ -24,7 +24,7 @@ from conftest import EXAMPLES, ROOT, SAMPLE
 from test_cli_commands import cli
 
 from openface_py.errors import UsageError
-from openface_py.recognize import facedb
+from openface_py.recognize import facedb, vectorindex
 from openface_py.recognize.facedb import FaceDatabase, FaceDatabaseError, FaceRecord, valid_name
 from openface_py.recognize.vectorindex import VectorIndex
 
@@ -186,11 +186,15 @@ def assert_exact(db: FaceDatabase, probes: np.ndarray) -> None:
         assert (matches[0].name, matches[0].distance) == (name, pytest.approx(d, abs=1e-4))
 
 
-def test_index_is_never_stale(tmp_path):
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_index_is_never_stale(tmp_path, monkeypatch, kind):
+    if kind == "hnsw":  # the graph index with its skipped (removed) ids, on a small database
+        monkeypatch.setattr(vectorindex, "APPROX_MIN", 1)
     X, names = synthetic(30, 4)
     probes = synthetic(30, 1, seed=1)[0]
     db = fill(tmp_path / "a.db", X, names)
     assert_exact(db, probes)
+    assert db.sync_index().kind == kind
     db.save_index()
     idx = db.index_path
     # another process (connection) writes; this one's index catches up before searching
@@ -235,6 +239,26 @@ def test_index_is_never_stale(tmp_path):
             assert all(m.name != "newer" for ms in db.search(probes, top_k=30) for m in ms)
             db.save_index()
         idx.write_bytes(saved) if damage != "future" else None
+
+
+def test_hnsw_index_recall_removal_and_round_trip(monkeypatch):
+    X, _ = synthetic(2000, 5, seed=7)
+    ids = np.arange(len(X), dtype=np.int64) * 5 + 3
+    flat = VectorIndex.build(ids, X, 128, kind="flat")
+    graph = VectorIndex.build(ids, X, 128, kind="hnsw")
+    probes = X[::50] + 0.02 * np.random.default_rng(8).normal(size=X[::50].shape).astype(np.float32)
+    exact = flat.search(probes, 1).ids[:, 0]
+    assert (graph.search(probes, 1).ids[:, 0] == exact).mean() >= 0.95
+    assert graph.remove(exact) == len(set(exact.tolist())) and graph.remove(exact) == 0 and graph.remove([1]) == 0
+    assert graph.ntotal == len(X) - len(set(exact.tolist()))
+    assert not np.isin(graph.search(probes, 20).ids, exact).any()  # removed rows are never answered
+    again = VectorIndex.from_bytes(graph.to_bytes(), "hnsw", 128, graph.trained_on, graph.deleted)
+    np.testing.assert_array_equal(again.search(probes, 5).ids, graph.search(probes, 5).ids)
+    assert graph.needs_rebuild()  # 10,000 rows: below APPROX_MIN an exact index is built instead
+    monkeypatch.setattr(vectorindex, "APPROX_MIN", 1000)
+    assert not graph.needs_rebuild()
+    graph.remove(ids[: len(ids) // 4])
+    assert graph.needs_rebuild()  # a quarter removed: rebuilt rather than searched around
 
 
 def test_ivf_index_recall_removal_and_round_trip():

@@ -22,7 +22,12 @@ def register(add_command) -> None:
     )
     p.add_argument("--protect-all", action="store_true", help="every endpoint but / and /v1/health needs the key")
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own models (default: 1)")
-    p.add_argument("--inference-threads", type=int, default=1, help="inference threads per process (default: 1)")
+    p.add_argument(
+        "--inference-threads",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="inference threads per process, each with its own pipeline (default: the cores, at most 4)",
+    )
     p.add_argument("--max-queue", type=int, default=32, help="requests running or waiting per process; more get 503")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default: 20 MB)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest photo in pixels (default: 40 M)")

@@ -54,7 +54,7 @@ MIN_SAME_PAIRS = 10
 #: pairs sampled (each kind) when learning the threshold and the calibration
 MAX_PAIRS = 20_000
 #: decisions (threshold, calibration) are refreshed on every change below this many faces
-REFRESH_ALWAYS_BELOW = 20_000
+REFRESH_ALWAYS_BELOW = 2_000
 DECISION_PEOPLE = 1000
 DECISION_PER_PERSON = 10
 NAME_RE = re.compile(r"^[^\W_][\w .'\-]{0,127}$")
@@ -216,6 +216,7 @@ class FaceDatabase:
         self.dim = int(meta["dim"])
         self._index: Optional[VectorIndex] = None
         self._index_gen = -1
+        self._verified = False
         self._names: dict[int, str] = {}
 
     # ---------------------------------------------------------------- opening
@@ -581,7 +582,8 @@ class FaceDatabase:
                 data = fh.read()
             if header["uuid"] != self.uuid or header["identity"] != self.identity:
                 raise ValueError("the index belongs to another database")
-            index = VectorIndex.from_bytes(data, header["kind"], self.dim, header.get("trained_on", 0))
+            deleted = np.array(header.get("deleted", []), dtype=np.int64)
+            index = VectorIndex.from_bytes(data, header["kind"], self.dim, header.get("trained_on", 0), deleted)
             return index, int(header["generation"])
         except Exception as exc:  # a cache: rebuild it
             log.warning("index %s not used (%s: %s): rebuilding it", p, type(exc).__name__, exc)
@@ -599,6 +601,7 @@ class FaceDatabase:
                 "kind": self._index.kind,
                 "trained_on": self._index.trained_on,
                 "ntotal": self._index.ntotal,
+                "deleted": self._index.deleted.tolist(),
             }
         ).encode()
         with atomic_output(self.index_path) as fh:
@@ -614,6 +617,7 @@ class FaceDatabase:
             self.conn.execute("COMMIT")
         self._index = VectorIndex.build(ids, X, self.dim, kind=kind)
         self._index_gen = gen
+        self._verified = True  # built from the rows of this very generation
         log.info("index rebuilt: %s, %d faces, generation %d", self._index.kind, len(ids), gen)
         return self._index
 
@@ -623,8 +627,11 @@ class FaceDatabase:
             loaded = self._load_index()
             if loaded is not None:
                 self._index, self._index_gen = loaded
+                self._verified = False
         if self._index is None or self._index_gen > self.generation:
             return self.rebuild_index()
+        if self._verified and self.generation == self._index_gen:
+            return self._index  # nothing committed since the index was last checked: one query
         self.conn.execute("BEGIN")
         try:
             gen = self.generation
@@ -642,7 +649,6 @@ class FaceDatabase:
                     "SELECT id, embedding FROM faces WHERE gen > ? ORDER BY id", (self._index_gen,)
                 ).fetchall()
                 self._index.remove(removed)
-                self._index.remove(np.array([r[0] for r in added], dtype=np.int64))  # re-added below: no duplicates
                 self._index.add(np.array([r[0] for r in added], np.int64), _vectors((r[1] for r in added), self.dim))
                 self._index_gen = gen
             count = self.conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
@@ -652,6 +658,7 @@ class FaceDatabase:
             if self._index.ntotal != count:
                 log.warning("index holds %d faces, database %d: rebuilding", self._index.ntotal, count)
             return self.rebuild_index()
+        self._verified = True
         return self._index
 
     # ---------------------------------------------------------------- searching
@@ -734,7 +741,7 @@ def _pair_distances(X: np.ndarray, names: Sequence[str], seed: int = 0) -> tuple
     n = len(y)
     if n < 2:
         return np.zeros(0), np.zeros(0)
-    if n <= 2000:
+    if n <= 500:
         i, j = np.triu_indices(n, 1)
     else:  # bounded memory: sample pairs
         i, j = rng.integers(0, n, 4 * MAX_PAIRS), rng.integers(0, n, 4 * MAX_PAIRS)

@@ -60,7 +60,7 @@ class ServiceSettings:
     max_side: Optional[int] = None
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
-    inference_threads: int = 1
+    inference_threads: int = 2
     max_queue: int = 32
     index_save_s: float = 30.0
     max_top_k: int = 20
@@ -81,10 +81,14 @@ class Service:
     """What one server process holds: the database, the pipelines and the admission counter."""
 
     def __init__(self, settings: ServiceSettings) -> None:
+        import faiss
+
         from openface_py.faces.detect import make_detector
         from openface_py.nets.embed import load_embedder
         from openface_py.pipeline import FacePipeline
 
+        # one probe per request: FAISS's OpenMP threads would only spin against the inference threads
+        faiss.omp_set_num_threads(1)
         self.settings = settings
         self.db = FaceDatabase.open(settings.db)
         self.db_lock = threading.Lock()
