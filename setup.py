@@ -54,7 +54,8 @@ setup(
         "onnx>=1.14",  # needed by torch.onnx.export to write the ONNX file
         "pytorch-metric-learning>=2.9,<3",  # triplet/contrastive/ArcFace losses and miners of train-net
         "faiss-cpu>=1.8",  # 1:N search of the face database (exact and IVF indexes, removal by id)
-        "fastapi>=0.110",  # the HTTP service: routing, validation, OpenAPI docs at /docs
+        "fastapi>=0.115",  # the HTTP service: routing, validation, OpenAPI docs at /docs
+        "starlette>=0.44",  # (FastAPI's) multipart limits used directly: form(max_part_size=...)
         "uvicorn>=0.29",  # its ASGI server (one or several worker processes)
         "python-multipart>=0.0.9",  # multipart photo uploads for FastAPI/Starlette
     ],

@@ -12,10 +12,11 @@ from __future__ import annotations
 import io as _io
 import os
 import tempfile
+import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Iterator, Union
+from typing import BinaryIO, Iterator, Optional, Union
 
 import numpy as np
 
@@ -38,6 +39,34 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray]
 
 #: Every temporary file this package writes starts with this: cleanup deletes nothing else.
 TEMP_PREFIX = ".openface-py-tmp."
+
+
+_CAP_LOCK = threading.Lock()
+_cap_users = 0
+_cap_saved: Optional[int] = None
+
+
+def _pillow_cap_off() -> None:
+    """Switch Pillow's own pixel cap off while any thread is in ``load_image`` (ours is checked
+    first); counted, so concurrent threads cannot leave it off for good."""
+    global _cap_users, _cap_saved
+    from PIL import Image
+
+    with _CAP_LOCK:
+        if _cap_users == 0:
+            _cap_saved = Image.MAX_IMAGE_PIXELS
+            Image.MAX_IMAGE_PIXELS = None
+        _cap_users += 1
+
+
+def _pillow_cap_restore() -> None:
+    global _cap_users
+    from PIL import Image
+
+    with _CAP_LOCK:
+        _cap_users -= 1
+        if _cap_users == 0:
+            Image.MAX_IMAGE_PIXELS = _cap_saved
 
 
 def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -72,8 +101,7 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            old_cap = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = None  # our own cap below, checked before decoding
+            _pillow_cap_off()  # our own cap below, checked before decoding
             try:
                 with Image.open(stream, formats=DECODER_FORMATS) as im:  # type: ignore[arg-type]
                     w, h = im.size
@@ -91,13 +119,11 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
                     im = ImageOps.exif_transpose(im)
                     return _pil_to_rgb(im)
             finally:
-                Image.MAX_IMAGE_PIXELS = old_cap
+                _pillow_cap_restore()
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
-        raise ImageLoadError(
-            name, f"not a recognised image format (supported: {', '.join(DECODER_FORMATS)})"
-        ) from None
+        raise ImageLoadError(name, f"not a recognised image format (supported: {', '.join(DECODER_FORMATS)})") from None
     except PermissionError as exc:
         raise ImageLoadError(name, f"permission denied: {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

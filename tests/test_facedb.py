@@ -137,6 +137,16 @@ def test_import_is_incremental_reports_failures_and_replaces_changed_photos(gall
         assert n_photos == 1
         probe = d.conn.execute("SELECT embedding FROM faces ORDER BY id DESC LIMIT 1").fetchone()[0]
         assert brute_force(d, np.frombuffer(probe, "<f4"))[0] == "Tony_Blair"
+    # a photo changed into one without a face takes its earlier face with it
+    victim.write_bytes((EXAMPLES / "LICENSE").read_bytes())
+    rep = json.loads(cli("db", "import", str(db), str(g), "--json")[1])
+    assert rep["faces"] == ENROLLED and "Tony_Blair/group.jpg" in [f["path"] for f in rep["failures"]]
+    # the duplicate's original changes: the duplicate is imported in its place
+    original = g / "Colin_Powell" / "Colin_Powell_0001.jpg"
+    shutil.copy2(SAMPLE / "Colin_Powell" / "Colin_Powell_0009.jpg", original)
+    os.utime(original, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    rep = json.loads(cli("db", "import", str(db), str(g), "--json")[1])
+    assert (rep["enrolled"], rep["replaced"], rep["faces"]) == (2, 1, ENROLLED + 1)
 
 
 def test_enroll_list_remove_and_names(built, tmp_path):
@@ -214,7 +224,7 @@ def test_index_is_never_stale(tmp_path, monkeypatch, kind):
         db.save_index()
     # missing, damaged, foreign and from-the-future index files are rebuilt
     saved = idx.read_bytes()
-    for damage in ("missing", "truncated", "garbage", "foreign", "future"):
+    for damage in ("missing", "truncated", "garbage", "foreign", "future", "other-history"):
         if damage == "missing":
             idx.unlink()
         elif damage == "truncated":
@@ -234,6 +244,19 @@ def test_index_is_never_stale(tmp_path, monkeypatch, kind):
                 db.sync_index()
                 db.save_index()
             shutil.copy2(backup, tmp_path / "a.db")
+        elif damage == "other-history":  # restored, then written again up to the index's generation
+            backup = tmp_path / "backup2.db"
+            shutil.copy2(tmp_path / "a.db", backup)
+            with FaceDatabase.open(tmp_path / "a.db") as db:
+                db.enroll("newer", "sha-newer", [FaceRecord([0, 0, 9, 9], probes[1])], "m|a")
+                db.sync_index()
+                db.save_index()
+            shutil.copy2(backup, tmp_path / "a.db")
+            with FaceDatabase.open(tmp_path / "a.db") as db:  # same generation, same reused face id
+                db.enroll("other", "sha-other", [FaceRecord([0, 0, 9, 9], probes[2])], "m|a")
+            with FaceDatabase.open(tmp_path / "a.db") as db:
+                assert db.search(probes[2:3])[0][0].name == "other"
+                assert db.search(probes[1:2])[0][0].name != "newer"
         with FaceDatabase.open(tmp_path / "a.db") as db:
             assert_exact(db, probes)
             assert all(m.name != "newer" for ms in db.search(probes, top_k=30) for m in ms)
@@ -274,6 +297,16 @@ def test_ivf_index_recall_removal_and_round_trip():
     assert not np.isin(ivf.search(X[:100], 5).ids, ids[:100]).any()
     again = VectorIndex.from_bytes(ivf.to_bytes(), "ivf", 128, ivf.trained_on)
     np.testing.assert_array_equal(again.search(probes, 3).ids, ivf.search(probes, 3).ids)
+
+
+def test_top_k_people_when_one_person_owns_the_nearest_faces(tmp_path):
+    X, names = synthetic(6, 2, seed=11)
+    rng = np.random.default_rng(12)
+    crowd = X[0] + 0.001 * rng.normal(size=(60, 128)).astype(np.float32)
+    crowd /= np.linalg.norm(crowd, axis=1, keepdims=True)
+    with fill(tmp_path / "k.db", np.vstack([X, crowd]), names + ["p0"] * 60) as db:
+        got = db.search(X[:1], top_k=4)[0]
+        assert [m.name for m in got][0] == "p0" and len({m.name for m in got}) == 4
 
 
 def test_refusals(tmp_path):

@@ -144,6 +144,12 @@ def test_bad_requests_get_4xx_with_a_reason(server, tmp_path):
             (c.post("/v1/identify", content=b"{nope", headers={"content-type": "application/json"}), 400, "JSON"),
             (c.post("/v1/identify", json={"photo": "@@@"}), 400, "base64"),
             (c.post("/v1/identify", json=[1, 2]), 400, "JSON object"),
+            (c.post("/v1/identify", content=b"[" * 100000, headers={"content-type": "application/json"}), 400, "JSON"),
+            (
+                c.post("/v1/people/Someone/faces", json={"photos": ["aGk="] * 65}, headers={"X-API-Key": KEY}),
+                413,
+                "at most 64",
+            ),  # fmt: skip
             (c.post("/v1/identify", params={"top_k": 0}, files={"photo": photo}), 422, "top_k"),
             (c.post("/v1/identify", params={"top_k": "x"}, files={"photo": photo}), 422, "top_k"),
             (

@@ -90,9 +90,70 @@ class _ImportWorker:
         return item, hashlib.sha256(data).hexdigest(), faces, ""
 
 
+DUPLICATE = "duplicate"
+
+
+def _still_enrolled(db: FaceDatabase, root: Path, rel: Path) -> bool:
+    """Whether the photo a recorded duplicate repeats is still enrolled for the same person."""
+    try:
+        sha = hashlib.sha256((root / rel).read_bytes()).hexdigest()
+    except OSError:
+        return False
+    row = db.conn.execute(
+        "SELECT 1 FROM photos p JOIN people q ON q.id = p.person_id WHERE q.name = ? AND p.sha256 = ?",
+        (valid_name(person_of(rel)), sha),
+    ).fetchone()
+    return row is not None
+
+
 def person_of(rel: Path) -> str:
     """The person a gallery photo shows: its sub-folder, or the file's name for a photo at the top."""
     return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _enroll_all(
+    db: FaceDatabase,
+    job: ImportJob,
+    root: Path,
+    todo: list[tuple[str, int, int]],
+    known: dict,
+    identity: str,
+    workers: int,
+    progress: bool,
+    report: ImportReport,
+) -> None:
+    """Embed ``todo`` in worker processes and commit each photo as it comes back."""
+    if not todo:
+        return
+    from tqdm import tqdm
+
+    with (
+        tqdm(total=len(todo), unit="photo", desc="import", disable=not progress) as bar,
+        mapped(
+            _ImportWorker, (job,), todo, max(1, int(workers)), ordered=False,
+            on_crash=lambda item, why: (item, None, None, why),
+        ) as results,
+    ):  # fmt: skip
+        for (rel, size, mtime_ns), sha, faces, reason in results:
+            source = (root / rel).resolve().as_posix()
+            seen = source in known  # enrolled or recorded before: this run's record replaces that one
+            changed = seen and known[source][2] is None  # it had faces
+            if faces is None:  # a changed photo that now fails: its earlier faces go too
+                db.record_failure(source, size, mtime_ns, reason, replace=changed)
+                report.failures.append(Failure(rel, reason))
+                log.warning("%s: %s", rel, reason)
+            else:
+                res = db.enroll(
+                    person_of(Path(rel)), sha, faces, identity, source=source, size=size, mtime_ns=mtime_ns,
+                    replace_source=seen,
+                )  # fmt: skip
+                if res.duplicate:
+                    report.duplicates += 1
+                    db.record_failure(source, size, mtime_ns, f"{DUPLICATE}: the same photo is already enrolled")
+                else:
+                    report.enrolled += 1
+                    report.replaced += int(changed)
+            bar.update(1)
 
 
 def import_folder(
@@ -119,6 +180,7 @@ def import_folder(
     rels = list_images(root)
     report = ImportReport(total=len(rels))
     todo: list[tuple[str, int, int]] = []
+    duplicates: list[tuple[Path, int, int]] = []
     for rel in rels:
         key = (root / rel).resolve().as_posix()
         try:
@@ -133,8 +195,11 @@ def import_folder(
             continue
         seen = known.get(key)
         if seen is not None and seen[0] == st.st_size and seen[1] == st.st_mtime_ns:
-            if seen[2] is None or seen[2].startswith("duplicate"):
+            if seen[2] is None:
                 report.already_done += 1
+                continue
+            if seen[2].startswith(DUPLICATE):  # checked after the others: the photo it repeats may change now
+                duplicates.append((rel, st.st_size, st.st_mtime_ns))
                 continue
             if not retry_failed:
                 report.already_done += 1
@@ -143,35 +208,12 @@ def import_folder(
         todo.append((rel.as_posix(), st.st_size, st.st_mtime_ns))
     log.info("%d photos, %d done earlier, %d to import", len(rels), report.already_done, len(todo))
 
-    from tqdm import tqdm
-
     job = ImportJob(str(root), db.model, detector, upsample, max_side)
-    with (
-        tqdm(total=len(todo), unit="photo", desc="import", disable=not progress) as bar,
-        mapped(
-            _ImportWorker, (job,), todo, max(1, int(workers)), ordered=False,
-            on_crash=lambda item, why: (item, None, None, why),
-        ) as results,
-    ):  # fmt: skip
-        for (rel, size, mtime_ns), sha, faces, reason in results:
-            source = (root / rel).resolve().as_posix()
-            changed = source in known
-            if faces is None:
-                db.record_failure(source, size, mtime_ns, reason)
-                report.failures.append(Failure(rel, reason))
-                log.warning("%s: %s", rel, reason)
-            else:
-                res = db.enroll(
-                    person_of(Path(rel)), sha, faces, identity, source=source, size=size, mtime_ns=mtime_ns,
-                    replace_source=changed,
-                )  # fmt: skip
-                if res.duplicate:
-                    report.duplicates += 1
-                    db.record_failure(source, size, mtime_ns, "duplicate: the same photo is already enrolled")
-                else:
-                    report.enrolled += 1
-                    report.replaced += int(changed)
-            bar.update(1)
+    _enroll_all(db, job, root, todo, known, identity, workers, progress, report)
+    # recorded duplicates whose original is no longer enrolled (it changed or went): imported now
+    again = [(rel.as_posix(), size, mt) for rel, size, mt in duplicates if not _still_enrolled(db, root, rel)]
+    report.already_done += len(duplicates) - len(again)
+    _enroll_all(db, job, root, again, known, identity, workers, progress, report)
     db.sync_index()
     db.save_index()
     info = db.info()

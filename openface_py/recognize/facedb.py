@@ -98,6 +98,7 @@ CREATE TRIGGER face_removed AFTER DELETE ON faces BEGIN
     INSERT OR REPLACE INTO removed_faces VALUES
         (old.id, (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'));
 END;
+CREATE TABLE generations(gen INTEGER PRIMARY KEY, token TEXT NOT NULL);
 CREATE TABLE import_failures(
     source TEXT PRIMARY KEY,
     size INTEGER,
@@ -216,6 +217,7 @@ class FaceDatabase:
         self.dim = int(meta["dim"])
         self._index: Optional[VectorIndex] = None
         self._index_gen = -1
+        self._index_token: Optional[str] = None
         self._verified = False
         self._names: dict[int, str] = {}
 
@@ -268,6 +270,7 @@ class FaceDatabase:
                 "created": repr(time.time()),
             }
             conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+            conn.execute("INSERT INTO generations VALUES (0, ?)", (uuid.uuid4().hex,))
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
@@ -372,10 +375,21 @@ class FaceDatabase:
 
     # ---------------------------------------------------------------- writing
     def _begin_write(self) -> int:
-        """Start a write transaction and return its (new) generation."""
+        """Start a write transaction and return its (new) generation.
+
+        Each generation gets a random token (rolled back with the transaction), so an index saved
+        at generation G is caught up only if this database's history at G is the one it saw: a
+        database restored from a backup and written again reaches the same generation numbers
+        with other contents (and reused face ids), and its index is then rebuilt."""
         self.conn.execute("BEGIN IMMEDIATE")
         self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-        return self.generation
+        gen = self.generation
+        self.conn.execute("INSERT OR REPLACE INTO generations VALUES (?, ?)", (gen, uuid.uuid4().hex))
+        return gen
+
+    def _token(self, gen: int) -> Optional[str]:
+        row = self.conn.execute("SELECT token FROM generations WHERE gen = ?", (gen,)).fetchone()
+        return None if row is None else row[0]
 
     def _check_identity(self, identity: str) -> None:
         if identity != self.identity:
@@ -445,10 +459,16 @@ class FaceDatabase:
             raise
         return EnrollResult(name, len(faces), False)
 
-    def record_failure(self, source: str, size: Optional[int], mtime_ns: Optional[int], reason: str) -> None:
-        """Remember that an imported photo failed (an unchanged file is not tried again)."""
+    def record_failure(
+        self, source: str, size: Optional[int], mtime_ns: Optional[int], reason: str, replace: bool = False
+    ) -> None:
+        """Remember that an imported photo failed (an unchanged file is not tried again); ``replace``
+        also removes what an earlier version of the file enrolled (it changed, and now fails)."""
         gen = self._begin_write()
         try:
+            if replace:
+                self.conn.execute("DELETE FROM photos WHERE source = ?", (source,))
+                self._refresh_decisions()
             self.conn.execute(
                 "INSERT OR REPLACE INTO import_failures VALUES (?,?,?,?,?)", (source, size, mtime_ns, reason, gen)
             )
@@ -569,7 +589,7 @@ class FaceDatabase:
     def index_path(self) -> Path:
         return self.path.with_name(self.path.name + ".faiss")
 
-    def _load_index(self) -> Optional[tuple[VectorIndex, int]]:
+    def _load_index(self) -> Optional[tuple[VectorIndex, int, str]]:
         p = self.index_path
         if not p.is_file():
             return None
@@ -582,9 +602,11 @@ class FaceDatabase:
                 data = fh.read()
             if header["uuid"] != self.uuid or header["identity"] != self.identity:
                 raise ValueError("the index belongs to another database")
+            if header.get("token") != self._token(int(header["generation"])):
+                raise ValueError("the index saw another history of this database (restored from a backup?)")
             deleted = np.array(header.get("deleted", []), dtype=np.int64)
             index = VectorIndex.from_bytes(data, header["kind"], self.dim, header.get("trained_on", 0), deleted)
-            return index, int(header["generation"])
+            return index, int(header["generation"]), header["token"]
         except Exception as exc:  # a cache: rebuild it
             log.warning("index %s not used (%s: %s): rebuilding it", p, type(exc).__name__, exc)
             return None
@@ -598,6 +620,7 @@ class FaceDatabase:
                 "uuid": self.uuid,
                 "identity": self.identity,
                 "generation": self._index_gen,
+                "token": self._index_token,
                 "kind": self._index.kind,
                 "trained_on": self._index.trained_on,
                 "ntotal": self._index.ntotal,
@@ -612,11 +635,12 @@ class FaceDatabase:
         self.conn.execute("BEGIN")  # one snapshot: the rows and the generation they are at
         try:
             gen = self.generation
+            token = self._token(gen)
             ids, X, _ = self.embeddings()
         finally:
             self.conn.execute("COMMIT")
         self._index = VectorIndex.build(ids, X, self.dim, kind=kind)
-        self._index_gen = gen
+        self._index_gen, self._index_token = gen, token
         self._verified = True  # built from the rows of this very generation
         log.info("index rebuilt: %s, %d faces, generation %d", self._index.kind, len(ids), gen)
         return self._index
@@ -626,9 +650,13 @@ class FaceDatabase:
         if self._index is None:
             loaded = self._load_index()
             if loaded is not None:
-                self._index, self._index_gen = loaded
+                self._index, self._index_gen, self._index_token = loaded
                 self._verified = False
-        if self._index is None or self._index_gen > self.generation:
+        if (
+            self._index is None
+            or self._index_gen > self.generation
+            or self._token(self._index_gen) != self._index_token
+        ):
             return self.rebuild_index()
         if self._verified and self.generation == self._index_gen:
             return self._index  # nothing committed since the index was last checked: one query
@@ -650,7 +678,7 @@ class FaceDatabase:
                 ).fetchall()
                 self._index.remove(removed)
                 self._index.add(np.array([r[0] for r in added], np.int64), _vectors((r[1] for r in added), self.dim))
-                self._index_gen = gen
+                self._index_gen, self._index_token = gen, self._token(gen)
             count = self.conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
         finally:
             self.conn.execute("COMMIT")
@@ -679,19 +707,25 @@ class FaceDatabase:
         index = self.sync_index()
         self._names.clear()  # names may have changed (a person removed and a name reused)
         probes = np.atleast_2d(np.asarray(probes, dtype=np.float32))
-        k_faces = min(index.ntotal, max(8 * top_k, 32))
-        found = index.search(probes, k_faces)
-        names = self._person_names(found.ids)
-        out = []
-        for ids, dists in zip(found.ids, found.distances):
-            best: dict[str, Match] = {}
-            for i, d in zip(ids, dists):
-                name = names.get(int(i))
-                if i < 0 or name is None:
-                    continue
-                if name not in best:
-                    best[name] = Match(name, float(d), int(i))
-            out.append(sorted(best.values(), key=lambda m: m.distance)[:top_k])
+        out: list[list[Match]] = [[] for _ in probes]
+        todo = np.arange(len(probes))
+        k_faces = max(8 * top_k, 32)
+        while len(todo):  # more faces until each probe has top_k people (a person may own many near faces)
+            k = min(index.ntotal, k_faces)
+            found = index.search(probes[todo], k)
+            names = self._person_names(found.ids)
+            again = []
+            for row, ids, dists in zip(todo, found.ids, found.distances):
+                best: dict[str, Match] = {}
+                for i, d in zip(ids, dists):
+                    name = names.get(int(i))
+                    if i >= 0 and name is not None and name not in best:
+                        best[name] = Match(name, float(d), int(i))
+                out[row] = sorted(best.values(), key=lambda m: m.distance)[:top_k]
+                if len(out[row]) < top_k and k < index.ntotal:
+                    again.append(row)
+            todo = np.array(again, dtype=np.int64)
+            k_faces *= 4
         return out
 
     def identify(self, probes: np.ndarray, top_k: int = 1, threshold: Optional[float] = None) -> list[Answer]:
@@ -735,28 +769,34 @@ def _migrate(conn: sqlite3.Connection, version: int, path: Path) -> None:
 
 
 def _pair_distances(X: np.ndarray, names: Sequence[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Squared L2 distances of same-person and (sampled, at most ``MAX_PAIRS``) different-person pairs."""
+    """Squared L2 distances of same-person pairs (every pair within each person, at most
+    ``MAX_PAIRS`` sampled) and of as many sampled different-person pairs."""
     rng = np.random.default_rng(seed)
-    y = np.unique(np.asarray(names), return_inverse=True)[1] if len(names) else np.zeros(0, int)
-    n = len(y)
+    n = len(names)
     if n < 2:
         return np.zeros(0), np.zeros(0)
-    if n <= 500:
-        i, j = np.triu_indices(n, 1)
-    else:  # bounded memory: sample pairs
-        i, j = rng.integers(0, n, 4 * MAX_PAIRS), rng.integers(0, n, 4 * MAX_PAIRS)
-        keep = i != j
-        i, j = i[keep], j[keep]
-    same = y[i] == y[j]
-    si, di = np.where(same)[0], np.where(~same)[0]
-    si = si[rng.permutation(len(si))[:MAX_PAIRS]]
-    di = di[rng.permutation(len(di))[:MAX_PAIRS]]
+    y = np.unique(np.asarray(names), return_inverse=True)[1]
+    order = np.argsort(y, kind="stable")
+    bounds = np.flatnonzero(np.diff(y[order])) + 1
+    si, sj = [], []
+    for group in np.split(order, bounds):
+        if len(group) >= 2:
+            a, b = np.triu_indices(len(group), 1)
+            si.append(group[a])
+            sj.append(group[b])
+    si = np.concatenate(si) if si else np.zeros(0, np.int64)
+    sj = np.concatenate(sj) if sj else np.zeros(0, np.int64)
+    if len(si) > MAX_PAIRS:
+        pick = rng.choice(len(si), MAX_PAIRS, replace=False)
+        si, sj = si[pick], sj[pick]
+    di, dj = rng.integers(0, n, 4 * MAX_PAIRS), rng.integers(0, n, 4 * MAX_PAIRS)
+    keep = y[di] != y[dj]
+    di, dj = di[keep][:MAX_PAIRS], dj[keep][:MAX_PAIRS]
 
-    def dist(idx):
-        a, b = X[i[idx]].astype(np.float64), X[j[idx]].astype(np.float64)
-        return ((a - b) ** 2).sum(1)
+    def dist(i, j):
+        return ((X[i].astype(np.float64) - X[j].astype(np.float64)) ** 2).sum(1)
 
-    return dist(si), dist(di)
+    return dist(si, sj), dist(di, dj)
 
 
 def learn_distance_threshold(X: np.ndarray, names: Sequence[str]) -> Optional[tuple[float, int]]:

@@ -20,7 +20,6 @@ JSON. Design points:
   index is caught up from the database on the next start (``FaceDatabase.sync_index``).
 """
 
-
 import asyncio
 import base64
 import binascii
@@ -46,6 +45,8 @@ from openface_py.recognize.facedb import FaceDatabase, photo_faces, valid_name
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "OPENFACE_PY_API_KEY"
+#: photos (files or base64 strings) accepted in one request
+MAX_PHOTOS = 64
 
 
 @dataclass
@@ -122,17 +123,23 @@ class Service:
             self.db.save_index()
             self.dirty = False
 
-    async def run(self, fn: Callable[..., Any], *args) -> Any:
-        """Run ``fn(pipeline, *args)`` in the inference pool, or answer 503 when the queue is full."""
+    @asynccontextmanager
+    async def slot(self):
+        """Admission: at most ``max_queue`` requests past this point (reading their bodies included);
+        one more is answered 503 with ``Retry-After`` before anything of it is read."""
         with self.pending_lock:
             if self.pending >= self.settings.max_queue:
                 raise HttpError(503, "server busy: too many requests in progress; retry shortly", {"Retry-After": "1"})
             self.pending += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, self._with_pipeline, fn, args)
+            yield
         finally:
             with self.pending_lock:
                 self.pending -= 1
+
+    async def run(self, fn: Callable[..., Any], *args) -> Any:
+        """Run ``fn(pipeline, *args)`` in the inference pool (off the event loop)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self._with_pipeline, fn, args)
 
     def _with_pipeline(self, fn, args):
         pipe = self.pipelines.get()
@@ -213,12 +220,12 @@ async def read_body(request, limit: int) -> bytes:
         raise HttpError(400, "bad Content-Length") from None
     if n > limit:
         raise HttpError(413, f"request of {n} bytes is over the limit of {limit}")
-    body = b""
+    body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
             raise HttpError(413, f"request over the limit of {limit} bytes")
-    return body
+    return bytes(body)
 
 
 def _b64(value: Any, field: str) -> bytes:
@@ -246,7 +253,9 @@ async def photos_from(request, limit: int, fields: tuple[str, ...], many: bool =
             return {"type": "http.request", "body": body, "more_body": False}
 
         try:
-            form = await Request(request.scope, receive).form(max_files=64, max_fields=64, max_part_size=limit)
+            form = await Request(request.scope, receive).form(
+                max_files=MAX_PHOTOS, max_fields=MAX_PHOTOS, max_part_size=limit
+            )
         except Exception as exc:  # the multipart parser's own errors: malformed input
             raise HttpError(400, f"malformed multipart body: {getattr(exc, 'detail', exc)}") from None
         for f in fields:
@@ -257,7 +266,7 @@ async def photos_from(request, limit: int, fields: tuple[str, ...], many: bool =
     elif ctype == "application/json":
         try:
             obj = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise HttpError(400, "malformed JSON body") from None
         if not isinstance(obj, dict):
             raise HttpError(400, "expected a JSON object")
@@ -266,6 +275,8 @@ async def photos_from(request, limit: int, fields: tuple[str, ...], many: bool =
             if v is None:
                 continue
             values = v if (many and isinstance(v, list)) else [v]
+            if len(values) > MAX_PHOTOS:
+                raise HttpError(413, f"{f}: at most {MAX_PHOTOS} photos per request")
             out[f] = [_b64(x, f) for x in values]
     else:
         raise HttpError(415, "send photos as multipart/form-data or as base64 in application/json")
@@ -315,7 +326,10 @@ def create_app(settings: ServiceSettings):
 
         while True:
             await asyncio.sleep(settings.index_save_s)
-            await asyncio.to_thread(save)
+            try:
+                await asyncio.to_thread(save)
+            except Exception:  # e.g. a full disk: the database is safe; try again next time
+                log.exception("saving the index failed (it is caught up from the database on the next start)")
 
     @asynccontextmanager
     async def lifespan(app):
@@ -380,8 +394,12 @@ def create_app(settings: ServiceSettings):
     @app.get("/v1/health", summary="liveness, model and database counts")
     async def health():
         s = svc()
-        with s.db_lock:
-            info = s.db.info()
+
+        def read() -> dict:
+            with s.db_lock:
+                return s.db.info()
+
+        info = await asyncio.to_thread(read)
         return {
             "status": "ok",
             "version": __version__,
@@ -399,9 +417,8 @@ def create_app(settings: ServiceSettings):
     )
     async def detect(request: Request):
         check_key(request, write=False)
-        data = (await photos_from(request, settings.max_upload_bytes, ("photo",)))["photo"][0]
 
-        def work(pipe):
+        def work(pipe, data: bytes) -> dict:
             rgb = svc().decode(data)
             aligned = pipe.faces(rgb, multi=True)
             return {
@@ -414,18 +431,21 @@ def create_app(settings: ServiceSettings):
                 ],
             }  # fmt: skip
 
-        return await svc().run(work)
+        async with svc().slot():
+            data = (await photos_from(request, settings.max_upload_bytes, ("photo",)))["photo"][0]
+            return await svc().run(work, data)
 
     @app.post("/v1/embed", summary="the embedding of every face in a photo", openapi_extra=_photo_body({"photo": ""}))
     async def embed(request: Request):
         check_key(request, write=False)
-        data = (await photos_from(request, settings.max_upload_bytes, ("photo",)))["photo"][0]
 
-        def work(pipe):
+        def work(pipe, data: bytes) -> dict:
             _, faces = svc().faces(pipe, data)
             return {"model": pipe.embedder.identity, "faces": [f.to_json() for f in faces]}
 
-        return await svc().run(work)
+        async with svc().slot():
+            data = (await photos_from(request, settings.max_upload_bytes, ("photo",)))["photo"][0]
+            return await svc().run(work, data)
 
     @app.post(
         "/v1/verify",
@@ -434,8 +454,9 @@ def create_app(settings: ServiceSettings):
     )
     async def verify(request: Request):
         check_key(request, write=False)
-        got = await photos_from(request, settings.max_upload_bytes, ("photo1", "photo2"))
-        return await svc().run(svc().verify, got["photo1"][0], got["photo2"][0])
+        async with svc().slot():
+            got = await photos_from(request, settings.max_upload_bytes, ("photo1", "photo2"))
+            return await svc().run(svc().verify, got["photo1"][0], got["photo2"][0])
 
     @app.post(
         "/v1/identify", summary="name every face of a photo (or unknown)", openapi_extra=_photo_body({"photo": ""})
@@ -444,15 +465,20 @@ def create_app(settings: ServiceSettings):
         check_key(request, write=False)
         if not 1 <= top_k <= settings.max_top_k:
             raise HttpError(422, f"top_k must be between 1 and {settings.max_top_k}")
-        data = (await photos_from(request, settings.max_upload_bytes, ("photo",)))["photo"][0]
-        return await svc().run(svc().identify, data, top_k)
+        async with svc().slot():
+            data = (await photos_from(request, settings.max_upload_bytes, ("photo",)))["photo"][0]
+            return await svc().run(svc().identify, data, top_k)
 
     @app.get("/v1/people", summary="the enrolled people")
     async def people(request: Request):
         check_key(request, write=False)
         s = svc()
-        with s.db_lock:
-            rows = s.db.people()
+
+        def read() -> list:
+            with s.db_lock:
+                return s.db.people()
+
+        rows = await asyncio.to_thread(read)
         return {"people": [{"name": p.name, "photos": p.photos, "faces": p.faces} for p in rows]}
 
     @app.post(
@@ -464,8 +490,9 @@ def create_app(settings: ServiceSettings):
     async def enroll(name: str, request: Request):
         check_key(request, write=True)
         name = valid_name(name)
-        photos = (await photos_from(request, settings.max_upload_bytes, ("photos",), many=True))["photos"]
-        out = await svc().run(svc().enroll, name, photos)
+        async with svc().slot():
+            photos = (await photos_from(request, settings.max_upload_bytes, ("photos",), many=True))["photos"]
+            out = await svc().run(svc().enroll, name, photos)
         if not any("status" in p for p in out["photos"]):
             reasons = "; ".join(f"photo {p['index']}: {p['error']}" for p in out["photos"])
             raise HttpError(422, f"nothing enrolled: {reasons}")
@@ -484,7 +511,8 @@ def create_app(settings: ServiceSettings):
                 s.dirty = True
             return {"name": name, "removed_faces": n}
 
-        return await s.run(work)
+        async with s.slot():
+            return await s.run(work)
 
     return app
 
