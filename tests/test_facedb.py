@@ -196,6 +196,17 @@ def assert_exact(db: FaceDatabase, probes: np.ndarray) -> None:
         assert (matches[0].name, matches[0].distance) == (name, pytest.approx(d, abs=1e-4))
 
 
+def restore_after_a_write(path: Path, vector: np.ndarray) -> None:
+    """Back the database up, enroll "newer" and save the index, then put the backup back."""
+    backup = path.with_name("backup.db")
+    shutil.copy2(path, backup)
+    with FaceDatabase.open(path) as db:
+        db.enroll("newer", "sha-newer", [FaceRecord([0, 0, 9, 9], vector)], "m|a")
+        db.sync_index()
+        db.save_index()
+    shutil.copy2(backup, path)
+
+
 @pytest.mark.parametrize("kind", ["flat", "hnsw"])
 def test_index_is_never_stale(tmp_path, monkeypatch, kind):
     if kind == "hnsw":  # the graph index with its skipped (removed) ids, on a small database
@@ -237,21 +248,9 @@ def test_index_is_never_stale(tmp_path, monkeypatch, kind):
                 f.save_index()
                 shutil.copy2(f.index_path, idx)
         elif damage == "future":  # the database restored from an older backup than its index
-            backup = tmp_path / "backup.db"
-            shutil.copy2(tmp_path / "a.db", backup)
-            with FaceDatabase.open(tmp_path / "a.db") as db:
-                db.enroll("newer", "sha-newer", [FaceRecord([0, 0, 9, 9], probes[1])], "m|a")
-                db.sync_index()
-                db.save_index()
-            shutil.copy2(backup, tmp_path / "a.db")
+            restore_after_a_write(tmp_path / "a.db", probes[1])
         elif damage == "other-history":  # restored, then written again up to the index's generation
-            backup = tmp_path / "backup2.db"
-            shutil.copy2(tmp_path / "a.db", backup)
-            with FaceDatabase.open(tmp_path / "a.db") as db:
-                db.enroll("newer", "sha-newer", [FaceRecord([0, 0, 9, 9], probes[1])], "m|a")
-                db.sync_index()
-                db.save_index()
-            shutil.copy2(backup, tmp_path / "a.db")
+            restore_after_a_write(tmp_path / "a.db", probes[1])
             with FaceDatabase.open(tmp_path / "a.db") as db:  # same generation, same reused face id
                 db.enroll("other", "sha-other", [FaceRecord([0, 0, 9, 9], probes[2])], "m|a")
             with FaceDatabase.open(tmp_path / "a.db") as db:

@@ -194,7 +194,7 @@ def search_photos(db, args: argparse.Namespace, photos: list[Path], top_k: int) 
     """Name every face of ``photos`` from the database and print the answers (``db search``, ``identify DB``)."""
     import numpy as np
 
-    from openface_py.cli.common import per_image
+    from openface_py.cli.common import per_image, print_results
     from openface_py.errors import UsageError
 
     pipe = pipeline_for(db.model, args)
@@ -207,22 +207,20 @@ def search_photos(db, args: argparse.Namespace, photos: list[Path], top_k: int) 
         answers = db.identify(np.stack([f.embedding for f in faces]), top_k, threshold) if faces else []
         return {"faces": [{"box": f.box.as_list(), **a.to_json()} for f, a in zip(faces, answers)]}
 
+    def face_lines(r):
+        for face in r["faces"]:
+            x = (face["box"][0] + face["box"][2]) / 2.0
+            if face["distance"] is None:
+                yield f"  x={x:.0f}: {face['name']} (the database is empty)"
+                continue
+            conf = "" if face["confidence"] is None else f", confidence {face['confidence']:.3f}"
+            yield f"  x={x:.0f}: {face['name']} (nearest {face['nearest']}, distance {face['distance']:.3f}{conf})"
+
     results, failed = per_image(photos, run)
     if args.json:
         print(json.dumps({"threshold": threshold, "model": db.identity, "results": results}, indent=2))
     else:
-        for r in results:
-            if "error" in r:
-                print(f"{r['path']}: ERROR {r['error']}")
-                continue
-            print(f"{r['path']}: {len(r['faces'])} face(s)")
-            for face in r["faces"]:
-                x = (face["box"][0] + face["box"][2]) / 2.0
-                if face["distance"] is None:
-                    print(f"  x={x:.0f}: {face['name']} (the database is empty)")
-                    continue
-                conf = "" if face["confidence"] is None else f", confidence {face['confidence']:.3f}"
-                print(f"  x={x:.0f}: {face['name']} (nearest {face['nearest']}, distance {face['distance']:.3f}{conf})")
+        print_results(results, False, face_lines)
     return EXIT_FAILED if failed == len(photos) else EXIT_OK
 
 

@@ -17,6 +17,7 @@ from openface_py.cli.common import (
     log,
     per_image,
     pipeline_for,
+    print_results,
 )
 from openface_py.errors import UsageError
 
@@ -276,18 +277,16 @@ def cmd_identify(args: argparse.Namespace) -> int:
             ]
         }
 
+    def face_lines(r):
+        for face in r["faces"]:
+            x = (face["box"][0] + face["box"][2]) / 2.0
+            yield f"  x={x:.0f}: {face['name']} (nearest {face['nearest']}, distance {face['distance']:.3f})"
+
     results, failed = per_image(args.images, run)
     if args.json:
         print(json.dumps({"threshold": threshold, "model": pipe.embedder.identity, "results": results}, indent=2))
     else:
-        for r in results:
-            if "error" in r:
-                print(f"{r['path']}: ERROR {r['error']}")
-                continue
-            print(f"{r['path']}: {len(r['faces'])} face(s)")
-            for face in r["faces"]:
-                x = (face["box"][0] + face["box"][2]) / 2.0
-                print(f"  x={x:.0f}: {face['name']} (nearest {face['nearest']}, distance {face['distance']:.3f})")
+        print_results(results, False, face_lines)
     return EXIT_FAILED if failed == len(args.images) else EXIT_OK
 
 

@@ -652,14 +652,14 @@ class FaceDatabase:
             if loaded is not None:
                 self._index, self._index_gen, self._index_token = loaded
                 self._verified = False
+        if self._verified and self.generation == self._index_gen:
+            return self._index  # nothing committed since the index was last checked: one query
         if (
             self._index is None
             or self._index_gen > self.generation
             or self._token(self._index_gen) != self._index_token
         ):
             return self.rebuild_index()
-        if self._verified and self.generation == self._index_gen:
-            return self._index  # nothing committed since the index was last checked: one query
         self.conn.execute("BEGIN")
         try:
             gen = self.generation
