@@ -338,19 +338,36 @@ def test_refusals(tmp_path):
 def test_schema_migration_runs_each_step_in_order(tmp_path, monkeypatch):
     with fill(tmp_path / "m.db", *synthetic(3, 2)):
         pass
-    monkeypatch.setattr(facedb, "SCHEMA_VERSION", 3)
-    monkeypatch.setattr(
-        facedb,
-        "MIGRATIONS",
-        {1: ["ALTER TABLE people ADD COLUMN note TEXT"], 2: ["UPDATE people SET note = 'v3: ' || name"]},
-    )
+    v = facedb.SCHEMA_VERSION
+    monkeypatch.setattr(facedb, "SCHEMA_VERSION", v + 2)
+    monkeypatch.setitem(facedb.MIGRATIONS, v, ["ALTER TABLE people ADD COLUMN note TEXT"])
+    monkeypatch.setitem(facedb.MIGRATIONS, v + 1, ["UPDATE people SET note = 'v3: ' || name"])
     with FaceDatabase.open(tmp_path / "m.db") as db:
-        assert db.meta("schema_version") == "3"
+        assert db.meta("schema_version") == str(v + 2)
         assert db.conn.execute("SELECT note FROM people WHERE name = 'p0'").fetchone()[0] == "v3: p0"
         assert len(db.search(synthetic(3, 1)[0])) == 3
-    monkeypatch.setattr(facedb, "SCHEMA_VERSION", 4)
-    with pytest.raises(FaceDatabaseError, match="no migration from schema version 3"):
+    monkeypatch.setattr(facedb, "SCHEMA_VERSION", v + 3)
+    with pytest.raises(FaceDatabaseError, match=f"no migration from schema version {v + 2}"):
         FaceDatabase.open(tmp_path / "m.db")
+
+
+def test_a_version_1_database_is_migrated_and_its_old_index_rebuilt(tmp_path):
+    X, names = synthetic(5, 2)
+    probes = synthetic(5, 1, seed=1)[0]
+    with fill(tmp_path / "old.db", X, names) as db:
+        db.sync_index()
+        db.save_index()
+    con = sqlite3.connect(tmp_path / "old.db")  # what version 1 wrote: no generation tokens
+    con.execute("DROP TABLE generations")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.commit()
+    con.close()
+    with FaceDatabase.open(tmp_path / "old.db") as db:
+        assert db.meta("schema_version") == str(facedb.SCHEMA_VERSION)
+        assert db._load_index() is None  # the version-1 index has no token for this history: rebuilt
+        assert_exact(db, probes)
+        db.enroll("late", "sha-late", [FaceRecord([0, 0, 9, 9], probes[0])], "m|a")
+        assert db.search(probes[:1])[0][0].name == "late"
 
 
 def test_learned_threshold_is_the_best_split_of_enrolled_pairs(tmp_path):

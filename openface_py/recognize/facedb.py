@@ -47,7 +47,7 @@ from openface_py.recognize.vectorindex import VectorIndex
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 INDEX_MAGIC = b"OFPYFDX1"
 #: learning a threshold needs this many same-person pairs among the enrolled faces
 MIN_SAME_PAIRS = 10
@@ -109,7 +109,15 @@ CREATE TABLE import_failures(
 """
 
 #: schema migrations: MIGRATIONS[v] takes a database from version v to v + 1 (inside one transaction)
-MIGRATIONS: dict[int, list[str]] = {}
+MIGRATIONS: dict[int, list[str]] = {
+    # 1 -> 2: a token per generation (an index from another history of a restored database is rebuilt);
+    # the current generation gets one, so an index saved before the upgrade is rebuilt once
+    1: [
+        "CREATE TABLE generations(gen INTEGER PRIMARY KEY, token TEXT NOT NULL)",
+        "INSERT INTO generations SELECT CAST(value AS INTEGER), lower(hex(randomblob(16))) FROM meta"
+        " WHERE key = 'generation'",
+    ],
+}
 
 
 class FaceDatabaseError(OpenFacePyError):
