@@ -7,23 +7,25 @@ from typing import Optional
 
 import numpy as np
 
-from openface_py.faces.align import AlignedFace, Aligner, make_aligner
+from openface_py.faces.align import AlignedFace, Aligner, align_detection, make_aligner
 from openface_py.faces.detect import BoundingBox, Detector, make_detector, select_faces
 from openface_py.nets.embed import Embedder, load_embedder
 
 
 @dataclass
 class FaceResult:
-    """One face in a photo: box, detector score, landmarks, aligned image and embedding."""
+    """One face in a photo: box, detector score, landmarks, aligned image, embedding, and which
+    landmarks aligned it (``dlib68`` or ``mtcnn5``)."""
 
     box: BoundingBox
     score: float
     landmarks: np.ndarray
     aligned: np.ndarray
     embedding: Optional[np.ndarray] = None
+    aligned_from: str = "dlib68"
 
     def to_json(self) -> dict:
-        out = {"box": self.box.as_list(), "score": round(self.score, 4)}
+        out = {"box": self.box.as_list(), "score": round(self.score, 4), "aligned_from": self.aligned_from}
         if self.embedding is not None:
             out["embedding"] = [round(float(v), 7) for v in self.embedding]
         return out
@@ -58,20 +60,22 @@ class FacePipeline:
         upsample: int = 1,
         threads: Optional[int] = None,
         max_side: Optional[int] = None,
+        detector_options: Optional[dict] = None,
     ) -> FacePipeline:
-        """A pipeline for a named model (see ``embed.load_embedder``) and detector (``detect.make_detector``)."""
-        found = make_detector(detector, upsample=upsample, max_side=max_side)
+        """A pipeline for a named model (see ``embed.load_embedder``) and detector (``detect.make_detector``,
+        with ``detector_options`` such as MTCNN's ``min_face``)."""
+        found = make_detector(detector, upsample=upsample, max_side=max_side, **(detector_options or {}))
         return cls(found, embedder=load_embedder(model, threads=threads))
 
     def faces(self, rgb: np.ndarray, multi: bool = True, skip_multi: bool = False) -> list[AlignedFace]:
         """Detect and align: every face left to right (``multi``) or the largest one."""
         dets = select_faces(self.detector.detect(rgb), multi=multi, skip_multi=skip_multi)
-        return [self.aligner.align(rgb, d.box, score=d.score) for d in dets]
+        return [align_detection(self.aligner, rgb, d) for d in dets]
 
     def process(self, rgb: np.ndarray, multi: bool = True, skip_multi: bool = False) -> list[FaceResult]:
         """Detect, align and embed the faces of one RGB image."""
         aligned = self.faces(rgb, multi=multi, skip_multi=skip_multi)
-        results = [FaceResult(a.box, a.score, a.landmarks, a.image) for a in aligned]
+        results = [FaceResult(a.box, a.score, a.landmarks, a.image, aligned_from=a.aligned_from) for a in aligned]
         if self.embedder is not None and results:
             reps = self.embedder.embed([r.aligned for r in results])
             for r, rep in zip(results, reps):

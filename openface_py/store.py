@@ -67,6 +67,10 @@ NN4_SMALL2_DISTILLED = ShippedFile(
 )
 
 
+#: MTCNN's three networks (P-, R-, O-Net) from facenet-pytorch 2.6.0, MIT (models/MTCNN_CARD.md).
+MTCNN_WEIGHTS = ShippedFile("mtcnn.pt", "67bbb01021b97a47af0602f1d2e69d1f95b74fef91be9befab4f85c869804d4f")
+
+
 def cache_dir() -> Path:
     """The weights cache: ``$OPENFACE_PY_HOME`` or ``~/.cache/openface_py``."""
     env = os.environ.get("OPENFACE_PY_HOME")

@@ -75,7 +75,7 @@ def test_detector_rejects_wrong_input(hog):
     with pytest.raises(ValueError, match="RGB uint8"):
         hog.detect(np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError, match="unknown detector"):
-        make_detector("mtcnn")
+        make_detector("retinaface")
 
 
 def test_affine_transform_matches_independent_solution():

@@ -17,19 +17,70 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MODEL = 0, 1, 2, 3
 
 
 def add_detector_args(p: argparse.ArgumentParser, default: str = "hog") -> None:
-    from openface_py.faces.detect import DETECTOR_NAMES
+    from openface_py.faces.detect import ALIGN_FROM, DETECTOR_NAMES, MTCNN_ALIGN_DEFAULT
 
     p.add_argument(
         "--detector",
         choices=DETECTOR_NAMES,
         default=default,
         help=f"face detector (default: {default}; hog = OpenFace's; hog-adaptive = upsample only when "
-        "nothing is found at the photo's own resolution; cnn = dlib MMOD)",
+        "nothing is found at the photo's own resolution; cnn = dlib MMOD; mtcnn = MTCNN, finds turned faces; "
+        "hog-mtcnn = hog-adaptive, then MTCNN where it finds nothing)",
     )
     p.add_argument("--upsample", type=int, default=1, help="times to upsample before detecting (default: 1)")
     p.add_argument(
         "--max-side", type=int, default=None, help="detect on a copy downscaled to this longer side (large photos)"
     )
+    p.add_argument("--min-face", type=int, default=20, help="mtcnn: smallest face side searched for, px (default: 20)")
+    p.add_argument(
+        "--mtcnn-thresholds",
+        type=_three_floats,
+        default=(0.6, 0.7, 0.7),
+        metavar="P,R,O",
+        help="mtcnn: score thresholds of its three stages (default: 0.6,0.7,0.7)",
+    )
+    p.add_argument(
+        "--align-from",
+        choices=ALIGN_FROM,
+        default=None,
+        help="mtcnn: align from its own 5 points or from dlib's 68 landmarks in its box "
+        f"(default: {MTCNN_ALIGN_DEFAULT})",
+    )
+
+
+def detector_choice(args: argparse.Namespace):
+    """``add_detector_args``'s options as one ``eval.lfw.DetectorChoice`` (for the benchmarks)."""
+    from openface_py.eval.lfw import DetectorChoice
+
+    options = {**detector_options(args), **({"max_side": args.max_side} if args.max_side else {})}
+    return DetectorChoice(args.detector, int(args.upsample), options or None)
+
+
+def _three_floats(text: str) -> tuple[float, float, float]:
+    try:
+        vals = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three numbers like 0.6,0.7,0.7, got {text!r}") from None
+    if len(vals) != 3 or not all(0.0 <= v <= 1.0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected three numbers between 0 and 1, got {text!r}")
+    return vals  # type: ignore[return-value]
+
+
+def detector_options(args: argparse.Namespace) -> dict:
+    """The MTCNN settings of ``add_detector_args`` for ``make_detector`` (none for dlib's detectors,
+    so their run folders and caches read as before)."""
+    from openface_py.errors import UsageError
+    from openface_py.faces.detect import MTCNN_ALIGN_DEFAULT
+
+    if "mtcnn" not in args.detector:
+        if getattr(args, "align_from", None):
+            raise UsageError("--align-from applies to the mtcnn and hog-mtcnn detectors")
+        return {}
+    return {
+        "min_face": int(args.min_face),
+        "thresholds": list(args.mtcnn_thresholds),
+        "align_from": args.align_from or MTCNN_ALIGN_DEFAULT,
+    }
 
 
 def per_image(paths: Sequence[Path], fn) -> tuple[list[dict], int]:
@@ -79,7 +130,11 @@ def pipeline_for(model_name: Optional[str], args: argparse.Namespace):
     from openface_py.pipeline import FacePipeline
 
     return FacePipeline.create(
-        model_name or best_installed_model(), detector=args.detector, upsample=args.upsample, max_side=args.max_side
+        model_name or best_installed_model(),
+        detector=args.detector,
+        upsample=args.upsample,
+        max_side=args.max_side,
+        detector_options=detector_options(args),
     )
 
 

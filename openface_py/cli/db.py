@@ -7,7 +7,16 @@ import json
 import sys
 from pathlib import Path
 
-from openface_py.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, MODEL_HELP, add_detector_args, log, pipeline_for
+from openface_py.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    MODEL_HELP,
+    add_detector_args,
+    detector_options,
+    log,
+    pipeline_for,
+)
 
 
 def register(add_command, common) -> None:
@@ -139,6 +148,7 @@ def _import(db, args: argparse.Namespace) -> int:
         detector=args.detector,
         upsample=args.upsample,
         max_side=args.max_side,
+        detector_options=detector_options(args),
         workers=args.workers,
         retry_failed=args.retry_failed,
         progress=not args.quiet,

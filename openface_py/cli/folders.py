@@ -11,6 +11,7 @@ from openface_py.cli.common import (
     MODEL_HELP,
     add_detector_args,
     backend_choices,
+    detector_options,
     folder_report,
 )
 from openface_py.errors import UsageError
@@ -80,6 +81,7 @@ def cmd_align(args: argparse.Namespace) -> int:
         detector=args.detector,
         upsample=args.upsample,
         max_side=args.max_side,
+        detector_options=detector_options(args),
         skip_multi=args.skip_multi,
         workers=args.workers,
         model=args.model,
@@ -117,6 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         detector=args.detector,
         upsample=args.upsample,
         max_side=args.max_side,
+        detector_options=detector_options(args),
         multi=args.multi,
         skip_multi=args.skip_multi,
         workers=args.workers,

@@ -1,4 +1,4 @@
-"""`lfw`, `lfw-classify`: the LFW benchmarks."""
+"""`lfw`, `pairs-eval`, `lfw-classify`: the verification and classification benchmarks."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from pathlib import Path
 from openface_py.cli.common import (
     EXIT_OK,
     MODEL_HELP,
+    add_detector_args,
+    detector_choice,
 )
 
 
@@ -24,8 +26,34 @@ def register(add_command) -> None:
     p.add_argument("--folds", default=None, help="comma-separated 1-based folds to use (default: all 10)")
     p.add_argument("--pairs-per-fold", type=int, default=None, help="use only the first N pairs of each fold")
     p.add_argument("--workers", type=int, default=1, help="detection/alignment processes")
+    add_detector_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_lfw)
+
+    p = add_command(
+        "pairs-eval",
+        help="verification benchmark on any pair list (CSV path_a,path_b,same[,fold]): LFW's protocol and reports",
+    )
+    p.add_argument("pairs_csv", type=Path, help="CSV rows path_a,path_b,same[,fold] (paths relative to IMAGE_ROOT)")
+    p.add_argument("image_root", type=Path, help="folder the pair list's paths are relative to")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output folder (reports and embedding cache)")
+    p.add_argument("--model", default=None, help=MODEL_HELP() + " (default: best installed)")
+    p.add_argument("--metric", choices=("sqeuclidean", "cosine", "jb"), default="sqeuclidean")
+    p.add_argument("--flip", action="store_true", help="headline figures with mirror-averaged embeddings")
+    p.add_argument(
+        "--folds", type=int, default=10, help="without a fold column: cut the list into N blocks in order (default 10)"
+    )
+    p.add_argument(
+        "--on-miss",
+        choices=("fail", "whole-image"),
+        default="fail",
+        help="a photo with no face found: fail = its pairs are decided 'different' (default); "
+        "whole-image = align the whole photo as the face's box (for face crops)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="detection/alignment processes")
+    add_detector_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=cmd_pairs_eval)
 
     p = add_command("lfw-classify", help="OpenFace's LFW classification experiment (accuracy vs number of people)")
     p.add_argument("lfw_dir", type=Path)
@@ -58,16 +86,46 @@ def cmd_lfw(args: argparse.Namespace) -> int:
         per_fold=args.pairs_per_fold,
         workers=args.workers,
         progress=not args.quiet,
+        detector=detector_choice(args),
     )
+    title = f"LFW {args.images}"
+    found = f"Faces not found (central-box fallback): {len(emb.fallbacks)} of {len(emb.names)} images"
+    return _report(args, embedder, plain, flipped, title, found)
+
+
+def cmd_pairs_eval(args: argparse.Namespace) -> int:
+    from openface_py.eval.pairs import run_pairs_eval
+    from openface_py.nets.embed import best_installed_model, load_embedder
+
+    embedder = load_embedder(args.model or best_installed_model())
+    res = run_pairs_eval(
+        args.pairs_csv,
+        args.image_root,
+        args.output,
+        embedder,
+        metric=args.metric,
+        detector=detector_choice(args),
+        on_miss=args.on_miss,
+        folds=args.folds,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    policy = "pairs decided 'different'" if args.on_miss == "fail" else "whole photo aligned"
+    found = f"Faces not found ({policy}): {len(res.not_found)} of {res.photos} photos"
+    return _report(args, embedder, res.plain, res.flipped, str(args.pairs_csv), found)
+
+
+def _report(args: argparse.Namespace, embedder, plain, flipped, title: str, found: str) -> int:
+    """Print a verification result as ``lfw`` does (or the summaries with --json)."""
     main_res, other = (flipped, plain) if args.flip else (plain, flipped)
     if args.json:
         print(json.dumps({"headline": main_res.tag, "results": [
             json.loads((args.output / f"summary-{r.tag}.json").read_text()) for r in (main_res, other)
         ]}, indent=2))  # fmt: skip
         return EXIT_OK
-    print(f"LFW {args.images}, {main_res.n_pairs} pairs, model {embedder.identity}, metric {args.metric}"
+    print(f"{title}, {main_res.n_pairs} pairs, model {embedder.identity}, metric {args.metric}"
           f"{', flip-averaged' if args.flip else ''}")  # fmt: skip
-    print(f"Faces not found (central-box fallback): {len(emb.fallbacks)} of {len(emb.names)} images")
+    print(found)
     print(f"fold  threshold ({main_res.threshold_meaning})  accuracy")
     for f in main_res.folds:
         print(f"{f.fold + 1:4d}  {main_res.shown(f.threshold):9.4g}  {f.accuracy:.4f}")

@@ -10,6 +10,7 @@ from openface_py.cli.common import (
     EXIT_OK,
     MODEL_HELP,
     add_detector_args,
+    detector_options,
     per_image,
     print_results,
 )
@@ -38,13 +39,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from openface_py.faces.align import OpenFaceAligner
     from openface_py.faces.detect import make_detector
 
-    detector = make_detector(args.detector, upsample=args.upsample, max_side=args.max_side)
+    detector = make_detector(args.detector, upsample=args.upsample, max_side=args.max_side, **detector_options(args))
     aligner = OpenFaceAligner() if args.landmarks else None
 
     def run(rgb):
         faces = []
         for d in detector.detect(rgb):
-            item = {"box": d.box.as_list(), "score": round(d.score, 4)}
+            item = d.to_json()
             if aligner is not None:
                 item["landmarks"] = aligner.find_landmarks(rgb, d.box).astype(int).tolist()
             faces.append(item)
@@ -58,7 +59,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from openface_py.pipeline import FacePipeline
 
-    pipe = FacePipeline.create(args.model, detector=args.detector, upsample=args.upsample, max_side=args.max_side)
+    pipe = FacePipeline.create(
+        args.model,
+        detector=args.detector,
+        upsample=args.upsample,
+        max_side=args.max_side,
+        detector_options=detector_options(args),
+    )
 
     def run(rgb):
         faces = pipe.process(rgb, multi=args.multi)

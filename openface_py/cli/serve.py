@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from openface_py.cli.common import EXIT_OK, add_detector_args, log
+from openface_py.cli.common import EXIT_OK, add_detector_args, detector_options, log
 
 
 def register(add_command) -> None:
@@ -50,6 +50,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         detector=args.detector,
         upsample=args.upsample,
         max_side=args.max_side,
+        detector_options=detector_options(args),
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_pixels=args.max_pixels,
         inference_threads=args.inference_threads,

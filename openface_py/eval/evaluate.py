@@ -21,7 +21,14 @@ from typing import Optional, Sequence
 import numpy as np
 
 from openface_py.errors import OpenFacePyError, UsageError
-from openface_py.eval.lfw import LfwEmbeddings, Pair, embed_lfw_images, embedding_cache_path, image_name, parse_pairs
+from openface_py.eval.lfw import (
+    DetectorChoice,
+    LfwEmbeddings,
+    Pair,
+    embed_lfw_images,
+    embedding_cache_path,
+    parse_pairs,
+)
 from openface_py.io import atomic_write_bytes, atomic_write_text
 from openface_py.metrics import FoldResult, auc, best_split_threshold, eer, roc_curve, val_at_far
 from openface_py.recognize.jointbayes import JointBayesian
@@ -96,33 +103,62 @@ def select_pairs(
     return out
 
 
-def score_pairs(emb: LfwEmbeddings, pairs: list[Pair], metric: str, flip: bool) -> dict[int, np.ndarray]:
-    """Pair scores (higher = same) as seen by each fold's model: fold -> scores of all pairs."""
-    a = emb.lookup([image_name(p.name1, p.num1) for p in pairs], flip).astype(np.float64)
-    b = emb.lookup([image_name(p.name2, p.num2) for p in pairs], flip).astype(np.float64)
+def score_pairs(emb: LfwEmbeddings, pairs: Sequence, metric: str, flip: bool) -> dict[int, np.ndarray]:
+    """Pair scores (higher = same) as seen by each fold's model: fold -> scores of all pairs.
+
+    ``pairs`` have ``fold``, ``same``, ``path_a``, ``path_b`` (LFW's ``Pair`` or a pair list's
+    ``PairRow``). A pair with a photo where no face was embedded (``emb.missed``) gets a score
+    below every other: it is decided "different", as a system that found no face would."""
+    a = emb.lookup([p.path_a for p in pairs], flip).astype(np.float64)
+    b = emb.lookup([p.path_b for p in pairs], flip).astype(np.float64)
+    missing = np.isnan(a).any(axis=1) | np.isnan(b).any(axis=1)
     folds = sorted({p.fold for p in pairs})
     if metric == "sqeuclidean":
         s = -((a - b) ** 2).sum(axis=1)
-        return {f: s for f in folds}
-    if metric == "cosine":
+        out = {f: s for f in folds}
+    elif metric == "cosine":
         s = (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-        return {f: s for f in folds}
-    if metric != "jb":
+        out = {f: s for f in folds}
+    elif metric == "jb":
+        out = {}
+        for f in folds:
+            train = [p for p in pairs if p.fold != f]  # never the test fold's people
+            people = people_of(train)
+            names = sorted(set(people) - set(emb.missed))
+            jb = JointBayesian().fit(emb.lookup(names, flip), np.array([people[n] for n in names]))
+            out[f] = jb.score(np.nan_to_num(a), np.nan_to_num(b))
+    else:
         raise UsageError(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
-    out = {}
-    for f in folds:
-        images: dict[str, str] = {}
-        for p in pairs:
-            if p.fold != f:  # never the test fold's people
-                images[image_name(p.name1, p.num1)] = p.name1
-                images[image_name(p.name2, p.num2)] = p.name2
-        names = sorted(images)
-        jb = JointBayesian().fit(emb.lookup(names, flip), np.array([images[n] for n in names]))
-        out[f] = jb.score(a, b)
+    if missing.any():
+        shared = len({id(v) for v in out.values()}) == 1
+        floor = {f: (np.min(s[~missing]) if (~missing).any() else 0.0) - 1.0 for f, s in out.items()}
+        fixed = {f: np.where(missing, floor[f], s) for f, s in out.items()}
+        out = {f: fixed[folds[0]] for f in folds} if shared else fixed
     return out
 
 
-def evaluate(pairs: list[Pair], scores: dict[int, np.ndarray], metric: str, flip: bool) -> LfwResult:
+def people_of(pairs: Sequence) -> dict[str, str]:
+    """Photo -> a label of its person, for Joint Bayesian: the names where the pairs carry them
+    (LFW), else the groups the same-person pairs join (a photo in no such pair is its own)."""
+    if pairs and hasattr(pairs[0], "people"):
+        return {path: who for p in pairs for path, who in zip((p.path_a, p.path_b), p.people)}
+    parent: dict[str, str] = {}
+
+    def root(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for p in pairs:
+        ra, rb = root(p.path_a), root(p.path_b)
+        if p.same and ra != rb:
+            parent[ra] = rb
+    return {x: root(x) for x in list(parent)}
+
+
+def evaluate(pairs: Sequence, scores: dict[int, np.ndarray], metric: str, flip: bool) -> LfwResult:
     same = np.array([p.same for p in pairs])
     fold = np.array([p.fold for p in pairs])
     # One scoring for all folds (distances): the ROC is that of the raw scores of all pairs.
@@ -215,8 +251,12 @@ def run_lfw(
     per_fold: Optional[int] = None,
     workers: int = 1,
     progress: bool = True,
+    detector: Optional[DetectorChoice] = None,
 ) -> tuple[LfwResult, LfwResult, LfwEmbeddings]:
-    """Embed, score and evaluate; returns (result without flip, result with flip, embeddings)."""
+    """Embed, score and evaluate; returns (result without flip, result with flip, embeddings).
+
+    Faces are found by ``detector`` (default: HOG at upsample 1, as OpenFace); a photo where it
+    finds none is aligned in LFW's central box (``lfw.FALLBACK_BOX``)."""
     root, out = Path(lfw_dir), Path(out_dir)
     if not (root / "pairs.txt").is_file():
         raise OpenFacePyError(f"{root}: no pairs.txt (expected LFW's view-2 pairs file)")
@@ -224,22 +264,37 @@ def run_lfw(
         raise OpenFacePyError(f"{root / images}: image folder not found (see --images)")
     pairs, _, _ = parse_pairs(root / "pairs.txt")
     pairs = select_pairs(pairs, folds, per_fold)
-    names = sorted({image_name(p.name1, p.num1) for p in pairs} | {image_name(p.name2, p.num2) for p in pairs})
+    names = sorted({p.path_a for p in pairs} | {p.path_b for p in pairs})
     out.mkdir(parents=True, exist_ok=True)
+    detector = detector or DetectorChoice()
     emb = embed_lfw_images(
         root / images,
         names,
         embedder,
-        embedding_cache_path(out, embedder.identity, root / images),
+        embedding_cache_path(out, embedder.identity, root / images, detector),
         workers,
         progress=progress,
+        detector=detector,
+        upsample=detector.upsample,
     )
-    plain = evaluate(pairs, score_pairs(emb, pairs, metric, False), metric, False)
-    flipped = evaluate(pairs, score_pairs(emb, pairs, metric, True), metric, True)
-    extra = {"images": len(names), "no_face_fallbacks": len(emb.fallbacks), "fallback_images": emb.fallbacks}
+    plain, flipped = evaluate_both(pairs, emb, metric)
+    extra = {
+        "images": len(names),
+        **detector.describe(),
+        "no_face_fallbacks": len(emb.fallbacks),
+        "fallback_images": emb.fallbacks,
+    }
     for res in (plain, flipped):
         write_reports(out, res, embedder.name, extra)
     return plain, flipped, emb
+
+
+def evaluate_both(pairs: Sequence, emb: LfwEmbeddings, metric: str) -> tuple[LfwResult, LfwResult]:
+    """The protocol on plain and on mirror-averaged embeddings."""
+    return (
+        evaluate(pairs, score_pairs(emb, pairs, metric, False), metric, False),
+        evaluate(pairs, score_pairs(emb, pairs, metric, True), metric, True),
+    )
 
 
 # ---- OpenFace's classification experiment -------------------------------------------------

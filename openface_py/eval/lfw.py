@@ -9,8 +9,9 @@ number (lines end at ``\n``, as an editor counts them; ``\r\n`` is read too).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -34,6 +35,19 @@ class Pair:
     def same(self) -> bool:
         return self.name1 == self.name2
 
+    @property
+    def path_a(self) -> str:
+        return image_name(self.name1, self.num1)
+
+    @property
+    def path_b(self) -> str:
+        return image_name(self.name2, self.num2)
+
+    @property
+    def people(self) -> tuple[str, str]:
+        """Who is in each photo (LFW names them; Joint Bayesian trains on it)."""
+        return self.name1, self.name2
+
 
 def image_name(name: str, num: int) -> str:
     """LFW's file name for a person's n-th photo: ``Name/Name_0001.jpg``."""
@@ -47,14 +61,7 @@ def parse_pairs(path: os.PathLike | str) -> tuple[list[Pair], int, int]:
     a bad header, a wrong number of lines or fields, a number that is not plain ASCII digits, a
     name that is not a plain folder name (a path separator, ``.``/``..``, control characters).
     """
-    data = Path(path).read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):  # a byte-order mark, as some Windows editors write
-        data = data[3:]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        lineno = data.count(b"\n", 0, exc.start) + 1
-        raise PairsFormatError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    text = read_utf8(path, PairsFormatError)
     # split at "\n" only: str.splitlines() also ends lines at \f, \v, \x1c-\x1e, \x85 and \u2028,
     # which would make the line numbers in the messages disagree with the file
     lines = [line[:-1] if line.endswith("\r") else line for line in text.split("\n")]
@@ -96,6 +103,19 @@ def parse_pairs(path: os.PathLike | str) -> tuple[list[Pair], int, int]:
     return pairs, folds, per
 
 
+def read_utf8(path: os.PathLike | str, error: type[Exception]) -> str:
+    """A text file's content (a UTF-8 byte-order mark dropped); ``error`` names the line of a
+    byte that is not UTF-8."""
+    data = Path(path).read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):  # a byte-order mark, as some Windows editors write
+        data = data[3:]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        lineno = data.count(b"\n", 0, exc.start) + 1
+        raise error(f"{path}:{lineno}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
 def _count(field: str) -> int:
     """A positive number in plain ASCII digits (``int()`` would also take '+1', '1_0' and '\u0661')."""
     if not (field.isascii() and field.isdigit()) or len(field) > 9:
@@ -120,16 +140,42 @@ def _name(field: str) -> str:
 #: deep-funneled crops likewise for the 58 of 13,233 raw photos where dlib failed.
 FALLBACK_BOX = (70, 70, 179, 179)
 
+#: What to do with a photo where no face is found: LFW's central box (above), the whole photo
+#: as the face's box, or nothing (the photo is "missed": every pair with it is scored as
+#: different people, as a deployed system that found no face would answer).
+ON_MISS = ("central-box", "whole-image", "fail")
+
+
+@dataclass(frozen=True)
+class DetectorChoice:
+    """A detector by name with its settings (``faces.detect.make_detector``'s arguments)."""
+
+    name: str = "hog"
+    upsample: int = 1
+    options: Optional[dict] = None
+
+    def make(self):
+        from openface_py.faces.detect import make_detector
+
+        return make_detector(self.name, upsample=self.upsample, **(self.options or {}))
+
+    def describe(self) -> dict:
+        out: dict = {"detector": self.name, "upsample": int(self.upsample)}
+        return {**out, "options": self.options} if self.options else out
+
 
 @dataclass
 class LfwEmbeddings:
-    """Embeddings (plain and of the mirrored face) of LFW images, by ``Name/Name_0001.jpg``."""
+    """Embeddings (plain and of the mirrored face) of images by their path under the image root
+    (``Name/Name_0001.jpg`` for LFW). ``fallbacks``: no face found, aligned from the ``on_miss``
+    box; ``missed``: no face found and none embedded (``on_miss="fail"``; their rows are NaN)."""
 
     identity: str
     names: list
     reps: np.ndarray
     reps_flip: np.ndarray
     fallbacks: list
+    missed: list = field(default_factory=list)
 
     def index(self) -> dict:
         return {n: i for i, n in enumerate(self.names)}
@@ -144,37 +190,58 @@ class LfwEmbeddings:
         return m / np.linalg.norm(m, axis=1, keepdims=True)
 
 
-class _LfwAligner:
-    """Worker-side detect + align of one LFW photo (plain and mirrored aligned face)."""
+class _PhotoAligner:
+    """Worker-side detect + align of one photo: (name, face, mirrored face, status), status
+    "" (found), "fallback" (aligned in the ``on_miss`` box) or "missed" (faces are None)."""
 
-    def __init__(self, root: str, spec, upsample: int) -> None:
+    def __init__(self, root: str, spec, detector: DetectorChoice, on_miss: str = "central-box") -> None:
         from openface_py.faces.align import make_aligner
-        from openface_py.faces.detect import HogDetector
 
-        self.root = root
-        self.detector = HogDetector(upsample=upsample)
+        if on_miss not in ON_MISS:
+            raise ValueError(f"on_miss must be one of {ON_MISS}")
+        self.root, self.on_miss = root, on_miss
+        self.detector = detector.make()
         self.aligner = make_aligner(spec)
 
     def __call__(self, name: str):
+        from openface_py.faces.align import align_detection
         from openface_py.faces.detect import BoundingBox
         from openface_py.io import load_image
 
         rgb = load_image(Path(self.root) / name)
         dets = self.detector.detect(rgb)
-        fallback = not dets
-        box = max(dets, key=lambda d: d.box.area).box if dets else BoundingBox(*FALLBACK_BOX)
-        face = self.aligner.align(rgb, box).image
-        return name, face, np.ascontiguousarray(face[:, ::-1]), fallback
+        if dets:
+            face = align_detection(self.aligner, rgb, max(dets, key=lambda d: d.box.area)).image
+            status = ""
+        elif self.on_miss == "fail":
+            return name, None, None, "missed"
+        else:
+            h, w = rgb.shape[:2]
+            box = BoundingBox(*FALLBACK_BOX) if self.on_miss == "central-box" else BoundingBox(0, 0, w - 1, h - 1)
+            face, status = self.aligner.align(rgb, box).image, "fallback"
+        return name, face, np.ascontiguousarray(face[:, ::-1]), status
 
 
-def embedding_cache_path(out_dir: os.PathLike | str, identity: str, image_root: os.PathLike | str) -> Path:
-    """The embedding cache of one embedder and one image folder in an output folder (the identity
-    made file-safe, the image folder as a short hash of its resolved path)."""
+def embedding_cache_path(
+    out_dir: os.PathLike | str,
+    identity: str,
+    image_root: os.PathLike | str,
+    detector: Optional[DetectorChoice] = None,
+    on_miss: str = "central-box",
+) -> Path:
+    """The embedding cache of one embedder, image folder and detector in an output folder (the
+    identity made file-safe, the image folder as a short hash of its resolved path, a detector
+    other than OpenFace's HOG as a short hash of its settings)."""
     import hashlib
+    import json
 
     safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in identity)
     where = hashlib.sha1(str(Path(image_root).resolve()).encode()).hexdigest()[:10]
-    return Path(out_dir) / f"embeddings-{safe}-{where}.npz"
+    how = ""
+    if (detector or DetectorChoice()) != DetectorChoice() or on_miss != "central-box":
+        text = json.dumps({**(detector or DetectorChoice()).describe(), "on_miss": on_miss}, sort_keys=True)
+        how = f"-{(detector or DetectorChoice()).name}-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    return Path(out_dir) / f"embeddings-{safe}-{where}{how}.npz"
 
 
 def embed_lfw_images(
@@ -186,8 +253,12 @@ def embed_lfw_images(
     upsample: int = 1,
     batch_size: int = 32,
     progress: bool = True,
+    detector: Optional[DetectorChoice] = None,
+    on_miss: str = "central-box",
 ) -> LfwEmbeddings:
-    """Embed ``names`` (and their mirror images) under ``image_root``, reusing and extending the cache.
+    """Embed ``names`` (paths under ``image_root``) and their mirror images, reusing and extending
+    the cache. The largest face found by ``detector`` (default: HOG at ``upsample``, as OpenFace)
+    is aligned; where none is found, ``on_miss`` decides (``ON_MISS``).
 
     Detection and alignment run in ``workers`` processes; embedding in this one, batched.
     The cache is written every 512 images, so an interrupted run resumes.
@@ -199,19 +270,22 @@ def embed_lfw_images(
 
     from openface_py.io import atomic_write_bytes
 
+    detector = detector or DetectorChoice("hog", upsample)
     cache_path = Path(cache_path)
     setup = {"identity": embedder.identity, "image_root": str(Path(image_root).resolve()), "upsample": int(upsample)}
+    if detector != DetectorChoice("hog", upsample) or on_miss != "central-box":  # older caches lack these keys
+        setup.update(detector.describe(), on_miss=on_miss)
     have: dict = {}
-    fallbacks: set = set()
+    status: dict = {}
     if cache_path.is_file():
         with np.load(cache_path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            if all(meta.get(k) == v for k, v in setup.items()):
+            if {k: v for k, v in meta.items() if k not in ("names", "fallbacks", "missed")} == setup:
                 # read each array once: every z[...] access decompresses the whole array again
                 reps, reps_flip = np.array(z["reps"]), np.array(z["reps_flip"])
                 for i, n in enumerate(meta["names"]):
                     have[n] = (reps[i], reps_flip[i])
-                fallbacks = set(meta["fallbacks"])
+                status = {n: "fallback" for n in meta["fallbacks"]} | {n: "missed" for n in meta.get("missed", [])}
 
     def save() -> None:
         keys = sorted(have)
@@ -220,27 +294,31 @@ def embed_lfw_images(
             buf,
             reps=np.stack([have[k][0] for k in keys]),
             reps_flip=np.stack([have[k][1] for k in keys]),
-            meta=np.array(json.dumps({**setup, "names": keys, "fallbacks": sorted(fallbacks)})),
+            meta=np.array(json.dumps({**setup, "names": keys, **_status_lists(status)})),
         )
         atomic_write_bytes(cache_path, buf.getvalue())
 
     todo = [n for n in dict.fromkeys(names) if n not in have]
     if todo:
         pending: list = []
+        nan = np.full(embedder.dim, np.nan, dtype=np.float32)
 
         def flush() -> None:
-            faces = [p[1] for p in pending] + [p[2] for p in pending]
-            reps = embedder.embed(faces, batch_size=batch_size)
-            for k, p in enumerate(pending):
-                have[p[0]] = (reps[k], reps[k + len(pending)])
+            found = [p for p in pending if p[3] != "missed"]
+            reps = embedder.embed([p[1] for p in found] + [p[2] for p in found], batch_size=batch_size) if found else []
+            for k, p in enumerate(found):
+                have[p[0]] = (reps[k], reps[k + len(found)])
+            for p in pending:
+                if p[3] == "missed":
+                    have[p[0]] = (nan, nan)
                 if p[3]:
-                    fallbacks.add(p[0])
+                    status[p[0]] = p[3]
             pending.clear()
 
-        args = (str(image_root), embedder.alignment, upsample)
-        with mapped(_LfwAligner, args, todo, workers) as results:
+        args = (str(image_root), embedder.alignment, detector, on_miss)
+        with mapped(_PhotoAligner, args, todo, workers) as results:
             done = 0
-            for item in tqdm(results, total=len(todo), desc="lfw embed", unit="img", disable=not progress):
+            for item in tqdm(results, total=len(todo), desc="embed pairs' photos", unit="img", disable=not progress):
                 pending.append(item)
                 done += 1
                 if len(pending) >= batch_size:
@@ -252,13 +330,22 @@ def embed_lfw_images(
                 flush()
             save()
     keys = list(dict.fromkeys(names))
+    lists = _status_lists({k: status[k] for k in keys if k in status})
     return LfwEmbeddings(
         embedder.identity,
         keys,
         np.stack([have[k][0] for k in keys]).astype(np.float32),
         np.stack([have[k][1] for k in keys]).astype(np.float32),
-        sorted(fallbacks & set(keys)),
+        lists["fallbacks"],
+        lists["missed"],
     )
+
+
+def _status_lists(status: dict) -> dict:
+    return {
+        "fallbacks": sorted(n for n, s in status.items() if s == "fallback"),
+        "missed": sorted(n for n, s in status.items() if s == "missed"),
+    }
 
 
 def align_lfw_images(
@@ -289,11 +376,11 @@ def align_lfw_images(
             if all(meta.get(k) == v for k, v in setup.items()) and meta["names"] == names:
                 return np.array(z["faces"]), np.array(z["faces_flip"]), list(meta["fallbacks"])
     got: dict = {}
-    with mapped(_LfwAligner, (str(image_root), spec, upsample), names, workers) as results:
-        for name, face, flip, fallback in tqdm(
+    with mapped(_PhotoAligner, (str(image_root), spec, DetectorChoice("hog", upsample)), names, workers) as results:
+        for name, face, flip, status in tqdm(
             results, total=len(names), desc="lfw align", unit="img", disable=not progress
         ):
-            got[name] = (face, flip, fallback)
+            got[name] = (face, flip, status == "fallback")
     faces = np.stack([got[n][0] for n in names])
     flips = np.stack([got[n][1] for n in names])
     fallbacks = [n for n in names if got[n][2]]

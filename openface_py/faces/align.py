@@ -7,6 +7,9 @@
   scaled to the output size (Amos et al., "OpenFace: A general-purpose face recognition
   library with mobile applications", CMU-CS-16-118, 2016; template from OpenFace's
   ``models/dlib/mean.csv``, Apache-2.0).
+  With MTCNN's 5 points instead (``align_from="mtcnn5"``), the eye centres and the nose tip
+  are mapped onto the template's eye centres (means of points 36-41 and 42-47) and nose tip
+  (point 30) by the same kind of transform.
 * ``DlibChipAligner``: dlib's own 5-point similarity-transform chip (150x150, padding 0.25),
   the input dlib's ResNet face recogniser was trained on.
 
@@ -84,14 +87,20 @@ def dlib_chip_spec(size: int = 150, padding: float = 0.25) -> AlignmentSpec:
     return AlignmentSpec(DLIB_CHIP_METHOD, size, "dlib5", padding)
 
 
+#: How a face was aligned: dlib's 68 landmarks in the detector's box, or the detector's 5 points.
+DLIB68, MTCNN5 = "dlib68", "mtcnn5"
+
+
 @dataclass
 class AlignedFace:
-    """An aligned face: where it was, its landmarks in the photo, and the aligned RGB image."""
+    """An aligned face: where it was, its landmarks in the photo (68 from dlib or the detector's
+    5), the aligned RGB image, and which landmarks aligned it (``aligned_from``)."""
 
     box: BoundingBox
     landmarks: np.ndarray
     image: np.ndarray
     score: float = 0.0
+    aligned_from: str = DLIB68
 
 
 @lru_cache(maxsize=1)
@@ -125,10 +134,57 @@ def openface_transform(landmarks: np.ndarray, size: int, indices: tuple[int, ...
     return cv2.getAffineTransform(src, dst)
 
 
+def five_point_destination(size: int, scale: float = 1.0) -> np.ndarray:
+    """Where the eye centres and the nose tip land on OpenFace's template, (3, 2)."""
+    tpl = minmax_template()
+    pts = np.stack([tpl[36:42].mean(axis=0), tpl[42:48].mean(axis=0), tpl[30]])
+    return size * pts * scale + size * (1.0 - scale) / 2.0
+
+
+def five_point_transform(points: np.ndarray, size: int, scale: float = 1.0) -> np.ndarray:
+    """The 2x3 affine matrix taking MTCNN's eye centres and nose tip (its first 3 of 5 points)
+    onto the template's."""
+    import cv2
+
+    src = np.asarray(points, dtype=np.float32)[:3]
+    return cv2.getAffineTransform(src, five_point_destination(size, scale).astype(np.float32))
+
+
 class Aligner(Protocol):
     spec: AlignmentSpec
 
-    def align(self, rgb: np.ndarray, box: BoundingBox) -> AlignedFace: ...
+    def align(
+        self, rgb: np.ndarray, box: BoundingBox, score: float = 0.0, points: Optional[np.ndarray] = None
+    ) -> AlignedFace: ...
+
+
+#: MTCNN's box -> the box dlib's HOG detector gives the same face (dlib's landmark predictors
+#: were trained on HOG's boxes): centre moved by (dx * width, dy * height), square side
+#: (sw * width + sh * height) / 2. Medians over 468 CelebA in-the-wild photos where both found
+#: one face (not LFW, which measures the result; ``benchmarks/bench_detection.py --calibrate``).
+MTCNN_TO_DLIB_BOX = {"dx": 0.0074, "dy": 0.0714, "sw": 1.0764, "sh": 0.8103}
+
+
+def dlib_box_for(box: BoundingBox) -> BoundingBox:
+    """Where dlib's HOG detector would put the box of a face MTCNN found in ``box``."""
+    c = MTCNN_TO_DLIB_BOX
+    cx, cy = box.center
+    cx, cy = cx + c["dx"] * box.width, cy + c["dy"] * box.height
+    half = (c["sw"] * box.width + c["sh"] * box.height) / 4.0
+    return BoundingBox(int(round(cx - half)), int(round(cy - half)), int(round(cx + half)), int(round(cy + half)))
+
+
+def align_detection(aligner: Aligner, rgb: np.ndarray, det) -> AlignedFace:
+    """Align one ``Detection``: from its 5 points when its detector was set to align from them
+    (and the aligner can), else from dlib's landmarks in its box (an MTCNN box first mapped to
+    the box dlib's landmark models expect, ``dlib_box_for``). The face keeps the detector's box."""
+    if det.points is not None and det.align_with_points:
+        return aligner.align(rgb, det.box, score=det.score, points=np.asarray(det.points, dtype=np.float64))
+    if det.found_by == "mtcnn":
+        face = aligner.align(rgb, dlib_box_for(det.box), score=det.score)
+        face.box = det.box
+        return face
+    return aligner.align(rgb, det.box, score=det.score)
 
 
 class OpenFaceAligner:
@@ -160,7 +216,17 @@ class OpenFaceAligner:
         H = openface_transform(landmarks, self.spec.size, self.indices, self.scale)
         return cv2.warpAffine(rgb, H, (self.spec.size, self.spec.size))
 
-    def align(self, rgb: np.ndarray, box: BoundingBox, score: float = 0.0) -> AlignedFace:
+    def align(
+        self, rgb: np.ndarray, box: BoundingBox, score: float = 0.0, points: Optional[np.ndarray] = None
+    ) -> AlignedFace:
+        """Align from ``points`` (MTCNN's 5, see ``five_point_transform``) when given, else from
+        dlib's 68 landmarks found in ``box``."""
+        import cv2
+
+        if points is not None:
+            H = five_point_transform(points, self.spec.size, self.scale)
+            image = cv2.warpAffine(rgb, H, (self.spec.size, self.spec.size))
+            return AlignedFace(box, np.asarray(points, dtype=np.float64), image, score, MTCNN5)
         pts = self.find_landmarks(rgb, box)
         return AlignedFace(box=box, landmarks=pts, image=self.warp(rgb, pts), score=score)
 
@@ -177,7 +243,11 @@ class DlibChipAligner:
         path = predictor_path or store.dlib_model_path(store.DLIB_LANDMARKS_5)
         self._predictor = dlib.shape_predictor(str(path))
 
-    def align(self, rgb: np.ndarray, box: BoundingBox, score: float = 0.0) -> AlignedFace:
+    def align(
+        self, rgb: np.ndarray, box: BoundingBox, score: float = 0.0, points: Optional[np.ndarray] = None
+    ) -> AlignedFace:
+        """dlib's chip from its 5-point landmarks in ``box`` (``points`` from another detector are
+        not used: dlib's chip is defined on dlib's own points)."""
         import dlib
 
         img = np.ascontiguousarray(rgb)

@@ -1,4 +1,5 @@
-"""Face detection with dlib: the HOG detector (default, as OpenFace) or the CNN MMOD detector."""
+"""Face detection: dlib's HOG detector (default, as OpenFace), dlib's CNN (MMOD) detector, MTCNN
+(``faces/mtcnn.py``, finds turned faces and gives 5 landmarks), and a HOG-then-MTCNN cascade."""
 
 from __future__ import annotations
 
@@ -55,10 +56,24 @@ class BoundingBox:
 
 @dataclass(frozen=True)
 class Detection:
-    """One detected face: its box and the detector's score (HOG margin or MMOD confidence)."""
+    """One detected face: its box, the detector's score (HOG margin, MMOD confidence or MTCNN
+    probability) and, from MTCNN, its 5 landmarks: ((x, y) of the left eye, right eye, nose tip,
+    left and right mouth corner, as seen in the image). ``align_with_points``: the detector was
+    asked to have faces aligned from these 5 points rather than from dlib's 68 (``align_from``)."""
 
     box: BoundingBox
     score: float
+    points: Optional[tuple[tuple[float, float], ...]] = None
+    align_with_points: bool = False
+    found_by: str = ""
+
+    def to_json(self) -> dict:
+        out: dict = {"box": self.box.as_list(), "score": round(self.score, 4)}
+        if self.points is not None:
+            out["points5"] = [[round(x, 2), round(y, 2)] for x, y in self.points]
+        if self.found_by:
+            out["found_by"] = self.found_by
+        return out
 
 
 class Detector(Protocol):
@@ -182,21 +197,106 @@ class DownscaledDetector:
                 min(w - 1, int(b.right / scale)),
                 min(h - 1, int(b.bottom / scale)),
             )
-            out.append(Detection(box, d.score))
+            pts = None if d.points is None else tuple((x / scale, y / scale) for x, y in d.points)
+            out.append(Detection(box, d.score, pts, d.align_with_points, d.found_by))
         return out
 
 
-DETECTOR_NAMES = ("hog", "hog-adaptive", "cnn")
+class MtcnnDetector:
+    """MTCNN (``faces/mtcnn.py``): finds faces turned up to profile, with 5 landmarks.
+
+    ``min_face``: the smallest face side searched for, in pixels (cost grows as it shrinks);
+    ``thresholds``: P-, R- and O-Net's score thresholds; ``align_from``: ``mtcnn5`` to align
+    faces from MTCNN's own 5 points, ``dlib68`` from dlib's 68 landmarks in MTCNN's box.
+    """
+
+    name = "mtcnn"
+
+    def __init__(
+        self,
+        min_face: int = 20,
+        thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+        align_from: str = "dlib68",
+        weights: Optional[Path] = None,
+    ) -> None:
+        from openface_py.faces.mtcnn import Mtcnn
+
+        if align_from not in ALIGN_FROM:
+            raise UsageError(f"unknown align_from {align_from!r} (choose from {', '.join(ALIGN_FROM)})")
+        self.cascade = Mtcnn(min_face=min_face, thresholds=thresholds, weights=weights)
+        self.align_from = align_from
+        t = ",".join(f"{v:g}" for v in self.cascade.thresholds)
+        self.key = f"mtcnn(min_face={self.cascade.min_face},thresholds={t},align_from={align_from})"
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        return self.detect_many([rgb])[0]
+
+    def detect_many(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """Several photos at once (same-size photos share the P-Net passes)."""
+        use = self.align_from == "mtcnn5"
+        out = []
+        for faces in self.cascade.detect([_as_dlib_image(im) for im in images]):
+            dets = []
+            for f in faces:
+                x1, y1, x2, y2 = f.box
+                box = BoundingBox(int(round(x1)), int(round(y1)), int(round(x2)), int(round(y2)))
+                pts = tuple((float(x), float(y)) for x, y in f.points)
+                dets.append(Detection(box, f.score, pts, use, "mtcnn"))
+            out.append(sort_left_to_right(dets))
+        return out
 
 
-def make_detector(name: str = "hog", upsample: int = 1, max_side: Optional[int] = None, **kwargs) -> Detector:
-    """Build a detector by name (``DETECTOR_NAMES``), optionally on a copy downscaled to ``max_side``."""
+class CascadeDetector:
+    """A fast frontal detector first; MTCNN only on photos where it finds nothing.
+
+    Frontal photos keep HOG's speed; turned, tilted and small faces, which HOG misses, are
+    found by MTCNN. Each detection says which detector found it (``found_by``).
+    """
+
+    def __init__(self, first: Detector, fallback: MtcnnDetector) -> None:
+        self.first, self.fallback = first, fallback
+        self.name = f"{first.name}-mtcnn"
+        self.key = f"cascade({first.key},{fallback.key})"
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        found = self.first.detect(rgb)
+        if found:
+            name = self.first.name
+            return [Detection(d.box, d.score, d.points, d.align_with_points, d.found_by or name) for d in found]
+        return self.fallback.detect(rgb)
+
+
+DETECTOR_NAMES = ("hog", "hog-adaptive", "cnn", "mtcnn", "hog-mtcnn")
+#: Which landmarks align a face found by MTCNN: its own 5 points, or dlib's 68 in its box.
+ALIGN_FROM = ("mtcnn5", "dlib68")
+#: The better of the two for NN4-small2 on LFW (BENCHMARKS.md, "Detectors").
+MTCNN_ALIGN_DEFAULT = "dlib68"
+
+
+def make_detector(
+    name: str = "hog",
+    upsample: int = 1,
+    max_side: Optional[int] = None,
+    min_face: int = 20,
+    thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+    align_from: str = MTCNN_ALIGN_DEFAULT,
+    **kwargs,
+) -> Detector:
+    """Build a detector by name (``DETECTOR_NAMES``), optionally on a copy downscaled to ``max_side``.
+
+    ``upsample`` applies to dlib's detectors, ``min_face``, ``thresholds`` and ``align_from`` to
+    MTCNN; ``hog-mtcnn`` is ``hog-adaptive`` with MTCNN where it finds nothing.
+    """
     if name == "hog":
         det: Detector = HogDetector(upsample=upsample, **kwargs)
     elif name == "hog-adaptive":
         det = AdaptiveHogDetector(upsample=upsample, **kwargs)
     elif name == "cnn":
         det = CnnDetector(upsample=upsample, **kwargs)
+    elif name in ("mtcnn", "hog-mtcnn"):
+        det = MtcnnDetector(min_face=min_face, thresholds=thresholds, align_from=align_from, **kwargs)
+        if name == "hog-mtcnn":
+            det = CascadeDetector(AdaptiveHogDetector(upsample=upsample), det)
     else:
         raise UsageError(f"unknown detector {name!r} (choose from {', '.join(DETECTOR_NAMES)})")
     return DownscaledDetector(det, max_side) if max_side else det

@@ -22,7 +22,7 @@ import numpy as np
 
 from openface_py import __version__
 from openface_py.errors import AlignmentMismatchError, Failure, ImageLoadError, OpenFacePyError
-from openface_py.faces.align import AlignmentSpec, make_aligner
+from openface_py.faces.align import AlignmentSpec, align_detection, make_aligner
 from openface_py.faces.detect import make_detector, select_faces
 from openface_py.io import (
     atomic_output,
@@ -78,6 +78,7 @@ class AlignJob:
     upsample: int = 1
     skip_multi: bool = False
     max_side: Optional[int] = None
+    detector_options: Optional[dict] = None  # make_detector's other settings (MTCNN's min_face, ...)
 
 
 def output_names(rels: list[Path], taken: Optional[dict[str, Path]] = None) -> dict[Path, Path]:
@@ -116,7 +117,9 @@ class _AlignWorker:
 
     def __init__(self, job: AlignJob) -> None:
         self.job = job
-        self.detector = make_detector(job.detector, upsample=job.upsample, max_side=job.max_side)
+        self.detector = make_detector(
+            job.detector, upsample=job.upsample, max_side=job.max_side, **(job.detector_options or {})
+        )
         self.aligner = make_aligner(job.spec)
 
     def __call__(self, item: tuple[str, str]) -> tuple[str, str, str]:
@@ -130,7 +133,7 @@ class _AlignWorker:
             chosen = select_faces(dets, multi=False, skip_multi=self.job.skip_multi)
             if not chosen:
                 return rel, "failed", f"{len(dets)} faces found and --skip-multi is set"
-            face = self.aligner.align(rgb, chosen[0].box, score=chosen[0].score)
+            face = align_detection(self.aligner, rgb, chosen[0])
             atomic_write_bytes(Path(self.job.output_dir) / out_rel, encode_png(face.image))
             return rel, "ok", ""
         except ImageLoadError as exc:
@@ -158,6 +161,7 @@ def check_or_write_align_meta(output_dir: Path, job: AlignJob, model: Optional[s
         "model": model,
         "detector": job.detector,
         "upsample": job.upsample,
+        **({"detector_options": job.detector_options} if job.detector_options else {}),
         "skip_multi": job.skip_multi,
         "openface_py_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -177,12 +181,15 @@ def align_folder(
     retry_failed: bool = False,
     progress: bool = True,
     max_side: Optional[int] = None,
+    detector_options: Optional[dict] = None,
 ) -> AlignReport:
     """Align every photo below ``input_dir`` into ``output_dir`` (class sub-folders mirrored)."""
     in_dir, out_dir = Path(input_dir), Path(output_dir)
     if not in_dir.is_dir():
         raise OpenFacePyError(f"{in_dir}: input folder not found")
-    job = AlignJob(str(in_dir), str(out_dir), spec, detector, int(upsample), bool(skip_multi), max_side)
+    job = AlignJob(
+        str(in_dir), str(out_dir), spec, detector, int(upsample), bool(skip_multi), max_side, detector_options or None
+    )
     with OutputFolder(out_dir, ALIGN_META, "align"):
         check_or_write_align_meta(out_dir, job, model)
         return _align(job, out_dir, workers, retry_failed, progress)

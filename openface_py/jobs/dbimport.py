@@ -63,6 +63,7 @@ class ImportJob:
     detector: str = "hog"
     upsample: int = 1
     max_side: Optional[int] = None
+    detector_options: Optional[dict] = None
 
 
 class _ImportWorker:
@@ -73,7 +74,12 @@ class _ImportWorker:
 
         self.root = Path(job.gallery_dir)
         self.pipe = FacePipeline.create(
-            job.model, detector=job.detector, upsample=job.upsample, max_side=job.max_side, threads=1
+            job.model,
+            detector=job.detector,
+            upsample=job.upsample,
+            max_side=job.max_side,
+            threads=1,
+            detector_options=job.detector_options,
         )
 
     def __call__(self, item: tuple[str, int, int]) -> tuple:
@@ -165,6 +171,7 @@ def import_folder(
     workers: int = 1,
     retry_failed: bool = False,
     progress: bool = True,
+    detector_options: Optional[dict] = None,
 ) -> ImportReport:
     """Enroll every new or changed photo of ``gallery_dir`` into ``db`` (see the module's docstring)."""
     from openface_py.nets.embed import load_embedder
@@ -208,7 +215,7 @@ def import_folder(
         todo.append((rel.as_posix(), st.st_size, st.st_mtime_ns))
     log.info("%d photos, %d done earlier, %d to import", len(rels), report.already_done, len(todo))
 
-    job = ImportJob(str(root), db.model, detector, upsample, max_side)
+    job = ImportJob(str(root), db.model, detector, upsample, max_side, detector_options or None)
     _enroll_all(db, job, root, todo, known, identity, workers, progress, report)
     # recorded duplicates whose original is no longer enrolled (it changed or went): imported now
     again = [(rel.as_posix(), size, mt) for rel, size, mt in duplicates if not _still_enrolled(db, root, rel)]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -47,6 +48,9 @@ def _init(factory: Callable, args: tuple, job_pid: int) -> None:
         _PROCESS_CALLABLE = factory(*args)
     except Exception as exc:  # raised again for each item: the job sees the error, not a dead worker
         _INIT_ERROR = exc
+    torch = sys.modules.get("torch")
+    if torch is not None:  # the pool's processes are the parallelism (MTCNN in workers): one thread each
+        torch.set_num_threads(1)
 
 
 def _watch_parent(job_pid: int, interval: float = 0.5) -> None:

@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 
 from openface_py.errors import Failure, ImageLoadError, OpenFacePyError
-from openface_py.faces.align import AlignmentSpec, make_aligner
+from openface_py.faces.align import AlignmentSpec, align_detection, make_aligner
 from openface_py.faces.detect import make_detector, select_faces
 from openface_py.io import atomic_write_bytes, atomic_write_text, encode_png, list_images, load_image
 from openface_py.jobs.batch import AlignReport, output_names, write_embeddings
@@ -60,6 +60,7 @@ class RunJob:
     aligned_dir: Optional[str] = None  # also write aligned PNGs here
     max_side: Optional[int] = None
     aligned_names: Optional[dict] = None  # photo -> aligned PNG name (unique; see batch.output_names)
+    detector_options: Optional[dict] = None  # make_detector's other settings (MTCNN's min_face, ...)
 
 
 class _FaceWorker:
@@ -67,7 +68,9 @@ class _FaceWorker:
 
     def __init__(self, job: RunJob) -> None:
         self.job = job
-        self.detector = make_detector(job.detector, upsample=job.upsample, max_side=job.max_side)
+        self.detector = make_detector(
+            job.detector, upsample=job.upsample, max_side=job.max_side, **(job.detector_options or {})
+        )
         self.aligner = make_aligner(job.spec)
 
     def _aligned_path(self, rel: str, k: int) -> Path:
@@ -88,10 +91,10 @@ class _FaceWorker:
                 return rel, f"{len(dets)} faces found and --skip-multi is set", []
             faces = []
             for k, det in enumerate(chosen):
-                img = self.aligner.align(rgb, det.box, score=det.score).image
+                face = align_detection(self.aligner, rgb, det)
                 if self.job.aligned_dir:
-                    atomic_write_bytes(self._aligned_path(rel, k), encode_png(img))
-                faces.append((img, det.box.as_list(), det.score))
+                    atomic_write_bytes(self._aligned_path(rel, k), encode_png(face.image))
+                faces.append((face.image, det.box.as_list(), det.score, face.aligned_from))
             return rel, "", faces
         except ImageLoadError as exc:
             return rel, exc.reason, []
@@ -123,6 +126,7 @@ def run_folder(
     retry_failed: bool = False,
     progress: bool = True,
     max_side: Optional[int] = None,
+    detector_options: Optional[dict] = None,
 ) -> AlignReport:
     """Detect, align and embed every photo below ``input_dir``; outputs as described in the module doc.
 
@@ -141,6 +145,7 @@ def run_folder(
         "detector": detector,
         "upsample": int(upsample),
         "max_side": int(max_side) if max_side else None,
+        **({"detector_options": detector_options} if detector_options else {}),
         "multi": multi,
         "skip_multi": skip_multi,
     }
@@ -163,6 +168,7 @@ def run_folder(
             str(out_dir / "aligned") if save_aligned else None,
             int(max_side) if max_side else None,
             names,
+            detector_options or None,
         )
         report = _embed_missing(job, out_dir, embedder, journal, rels, workers, batch_size, max_pending, retry_failed,
                                 progress)  # fmt: skip
@@ -286,9 +292,11 @@ def _embed_missing(
                 report.failures.append(Failure(rel, reason))
                 log.warning("%s: %s", rel, reason)
                 continue
-            for k, (img, box, score) in enumerate(faces):
+            for k, (img, box, score, aligned_from) in enumerate(faces):
                 pending_faces.append(img)
-                pending_rows.append({"path": rel, "face": k, "box": box, "score": round(float(score), 4)})
+                pending_rows.append(
+                    {"path": rel, "face": k, "box": box, "score": round(float(score), 4), "aligned_from": aligned_from}
+                )
             pending_photos.append((rel, len(faces)))
             if len(pending_faces) >= batch_size:
                 flush(jnl)

@@ -25,7 +25,7 @@ import numpy as np
 
 from openface_py.errors import OpenFacePyError, UsageError
 from openface_py.faces.align import make_aligner
-from openface_py.faces.detect import BoundingBox, HogDetector
+from openface_py.faces.detect import BoundingBox, make_detector
 from openface_py.io import TEMP_PREFIX, fsync_dir
 from openface_py.nets.embed import Embedder
 
@@ -179,12 +179,15 @@ class VideoRecognizer:
         recognise_every: int = 15,
         tracker: str = "template",
         min_track_quality: Optional[float] = None,
+        detector: str = "hog",
+        detector_options: Optional[dict] = None,
     ) -> None:
         check_options(scale, tracker)
         self.embedder = embedder
         self.recognise = recognise
         self.aligner = make_aligner(embedder.alignment)
-        self.detector = HogDetector(upsample=upsample)
+        # on the scaled frame; tracked faces are aligned from dlib's landmarks in the tracked box
+        self.detector = make_detector(detector, upsample=upsample, **(detector_options or {}))
         self.scale = scale
         self.detect_every = max(1, int(detect_every))
         self.recognise_every = max(1, int(recognise_every))
@@ -433,5 +436,6 @@ def make_recognizer(
     limit = threshold if threshold is not None else embedder.same_person_threshold
     if limit is None:  # before the gallery is embedded
         raise UsageError(f"{embedder.name} has no calibrated same-person threshold; give one (--threshold)")
-    gallery = build_gallery(gallery_dir, FacePipeline(HogDetector(upsample=1), embedder=embedder), progress=progress)
+    det = make_detector(options.get("detector", "hog"), upsample=1, **(options.get("detector_options") or {}))
+    gallery = build_gallery(gallery_dir, FacePipeline(det, embedder=embedder), progress=progress)
     return VideoRecognizer(embedder, gallery_recogniser(gallery, limit), **options)

@@ -59,6 +59,7 @@ class ServiceSettings:
     detector: str = "hog"
     upsample: int = 1
     max_side: Optional[int] = None
+    detector_options: Optional[dict] = None
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     inference_threads: int = 2
@@ -101,7 +102,12 @@ class Service:
                 raise OpenFacePyError(
                     f"{self.db.model} now gives {emb.identity}; {settings.db} holds {self.db.identity}"
                 )
-            det = make_detector(settings.detector, upsample=settings.upsample, max_side=settings.max_side)
+            det = make_detector(
+                settings.detector,
+                upsample=settings.upsample,
+                max_side=settings.max_side,
+                **(settings.detector_options or {}),
+            )
             self.pipelines.put(FacePipeline(det, embedder=emb))
         self.executor = ThreadPoolExecutor(n, thread_name_prefix="inference")
         self.pending = 0
