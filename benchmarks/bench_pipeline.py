@@ -195,7 +195,7 @@ def main() -> int:
     ap.add_argument("--only", choices=("embed", "align", "run", "video"), default=None)
     ap.add_argument("--no-reference", action="store_true", help="run: skip the slow reference path (memory runs)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="run: worker counts (default 1 2)")
-    ap.add_argument("--detector", default="hog-adaptive", help="run: detector (default hog-adaptive, as run)")
+    ap.add_argument("--detector", default="hog-mtcnn", help="run: detector (default hog-mtcnn, as run)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(machine_info())

@@ -38,9 +38,11 @@ def test_same_faces_boxes_and_landmarks_as_the_original_port(config):
     for path, got in zip(paths, got_all):
         want = ref["images"][path]
         assert len(got) == len(want), path
-        for w in want:
+        free = list(range(len(got)))
+        for w in want:  # matched one to one
             box = np.array(w["box"]) - 1.0  # the port's 1-based boxes
-            k = int(np.argmin([np.abs(np.array(g.box) - box).max() for g in got]))
+            k = min(free, key=lambda j: np.abs(np.array(got[j].box) - box).max())
+            free.remove(k)
             assert np.abs(np.array(got[k].box) - box).max() <= 1.0, path
             assert np.abs(got[k].points - np.array(w["points"])).max() <= 1.0, path
             assert got[k].score == pytest.approx(w["prob"], abs=1e-3), path
@@ -96,19 +98,20 @@ def test_a_head_tilted_50_degrees_is_found_by_mtcnn_and_the_cascade_not_by_hog()
 def test_five_point_alignment_puts_eyes_and_nose_on_the_template(mtcnn):
     img = load_image(EXAMPLES / "clapton-2.jpg")
     det = make_detector("mtcnn", align_from="mtcnn5").detect(img)[0]
-    face = align_detection(OpenFaceAligner(), img, det)
+    # mark MTCNN's eye centres and nose tip in pure red and align the marked photo
+    marked = img.copy()
+    for x, y in det.points[:3]:
+        cv2.circle(marked, (int(round(x)), int(round(y))), 2, (255, 0, 0), -1)
+    face = align_detection(OpenFaceAligner(), marked, det)
     assert face.aligned_from == MTCNN5 and face.image.shape == (96, 96, 3)
-    # warp the photo's 3 points with the transform solved by numpy and compare with the template
-    src = np.array(det.points[:3])
-    dst = five_point_destination(96)
-    A = np.linalg.solve(np.hstack([src, np.ones((3, 1))]), dst)
-    marks = img.copy()
-    for x, y in src:
-        cv2.circle(marks, (int(round(x)), int(round(y))), 2, (255, 0, 0), -1)
-    warped = cv2.warpAffine(marks, A.T.astype(np.float64), (96, 96))
-    red = (warped[..., 0] > 200) & (warped[..., 1] < 80) & (warped[..., 2] < 80)
-    for x, y in dst:
+    red = (face.image[..., 0] > 200) & (face.image[..., 1] < 80) & (face.image[..., 2] < 80)
+    # the template's eye centres (means of dlib points 36-41, 42-47) and nose tip (30), from the CSV
+    tpl = np.loadtxt(ROOT / "openface_py" / "data" / "openface-dlib-mean-landmarks.csv", delimiter=",")
+    tpl = (tpl - tpl.min(axis=0)) / (tpl.max(axis=0) - tpl.min(axis=0)) * 96
+    for x, y in (tpl[36:42].mean(axis=0), tpl[42:48].mean(axis=0), tpl[30]):
         assert red[int(round(y)) - 1 : int(round(y)) + 2, int(round(x)) - 1 : int(round(x)) + 2].any()
+    assert red.sum() < 60  # three small dots, nothing else red
+    np.testing.assert_allclose(five_point_destination(96), np.stack([tpl[36:42].mean(0), tpl[42:48].mean(0), tpl[30]]))
 
 
 def test_detect_json_and_run_say_how_faces_were_found_and_aligned(tmp_path):
@@ -132,6 +135,16 @@ def test_detect_json_and_run_say_how_faces_were_found_and_aligned(tmp_path):
     rows = {r["path"]: r for r in json.loads((tmp_path / "out" / "faces.json").read_text())}
     assert set(rows) == {"tilted.jpg", "frontal.jpg"}
     assert all(r["aligned_from"] == "dlib68" for r in rows.values())
+    # the same run through the Python API resumes it (the settings are recorded in one form)
+    from openface_py.jobs.stream import run_folder
+    from openface_py.nets.embed import load_embedder
+
+    again = run_folder(photos, tmp_path / "out", load_embedder(None), detector="hog-mtcnn", workers=1, progress=False)
+    assert again.already_done == 2 and again.aligned == 0
+    hog_opts = subprocess.run(
+        cmd + ["detect", str(photos / "frontal.jpg"), "--min-face", "40"], capture_output=True, text=True
+    )
+    assert hog_opts.returncode == 2 and "apply to the mtcnn" in hog_opts.stderr
     bad = subprocess.run(
         cmd + ["detect", str(photos / "frontal.jpg"), "--align-from", "mtcnn5"], capture_output=True, text=True
     )

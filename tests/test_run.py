@@ -66,8 +66,8 @@ def test_parallel_equals_single_process_and_align_represent(photos, embedder, tm
     # same faces and embeddings as align + represent on the same photos
     from openface_py.jobs.batch import align_folder, represent_folder
 
-    # (run's default detector is hog-adaptive; align's is OpenFace's hog: give align the same one)
-    align_folder(photos, tmp_path / "aligned", embedder.alignment, detector="hog-adaptive", workers=2, progress=False)
+    # (run's default detector is hog-mtcnn; align's is OpenFace's hog: give align the same one)
+    align_folder(photos, tmp_path / "aligned", embedder.alignment, detector="hog-mtcnn", workers=2, progress=False)
     rep = represent_folder(tmp_path / "aligned", tmp_path / "reps", embedder, progress=False)
     by_path = {os.path.relpath(p, photos): r for p, r in zip(l1["paths"], r1)}
     for p, r in zip(rep.paths, rep.reps):

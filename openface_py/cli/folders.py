@@ -50,7 +50,7 @@ def register(add_command) -> None:
     p.add_argument("input_dir", type=Path)
     p.add_argument("output_dir", type=Path)
     p.add_argument("--model", default=None, help=MODEL_HELP())
-    add_detector_args(p, default="hog-adaptive")
+    add_detector_args(p, default="hog-mtcnn")
     p.add_argument("--multi", action="store_true", help="every face of a photo (default: the largest)")
     p.add_argument("--skip-multi", action="store_true", help="skip photos with more than one face")
     p.add_argument("--workers", type=int, default=0, help="detection/alignment processes (default: one per core)")

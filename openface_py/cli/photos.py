@@ -36,7 +36,7 @@ def register(add_command) -> None:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from openface_py.faces.align import OpenFaceAligner
+    from openface_py.faces.align import OpenFaceAligner, dlib_box_for
     from openface_py.faces.detect import make_detector
 
     detector = make_detector(args.detector, upsample=args.upsample, max_side=args.max_side, **detector_options(args))
@@ -47,7 +47,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         for d in detector.detect(rgb):
             item = d.to_json()
             if aligner is not None:
-                item["landmarks"] = aligner.find_landmarks(rgb, d.box).astype(int).tolist()
+                # in the box dlib's landmark model expects (MTCNN's is mapped, as for alignment)
+                box = dlib_box_for(d.raw_box or d.box) if d.found_by == "mtcnn" else d.box
+                item["landmarks"] = aligner.find_landmarks(rgb, box).astype(int).tolist()
             faces.append(item)
         return {"width": int(rgb.shape[1]), "height": int(rgb.shape[0]), "faces": faces}
 

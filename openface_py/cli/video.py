@@ -40,7 +40,12 @@ def register(add_command) -> None:
         default="hog",
         help="face detector on the scaled frames (default: hog; mtcnn finds turned faces, slower)",
     )
-    p.add_argument("--min-face", type=int, default=20, help="mtcnn: smallest face side searched for, px (default: 20)")
+    p.add_argument(
+        "--min-face",
+        type=int,
+        default=20,
+        help="mtcnn: smallest face side searched for, in pixels of the scaled frame (default: 20; 40 at --scale 0.5)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=cmd_video, mtcnn_thresholds=(0.6, 0.7, 0.7), align_from=None)
 

@@ -125,6 +125,12 @@ def score_pairs(emb: LfwEmbeddings, pairs: Sequence, metric: str, flip: bool) ->
             train = [p for p in pairs if p.fold != f]  # never the test fold's people
             people = people_of(train)
             names = sorted(set(people) - set(emb.missed))
+            labels = [people[n] for n in names]
+            if sum(labels.count(x) > 1 for x in set(labels)) < 2:
+                raise OpenFacePyError(
+                    f"fold {f + 1}: Joint Bayesian needs at least two people with two photos in the other folds "
+                    f"({len(emb.missed)} photos have no face); use another metric"
+                )
             jb = JointBayesian().fit(emb.lookup(names, flip), np.array([people[n] for n in names]))
             out[f] = jb.score(np.nan_to_num(a), np.nan_to_num(b))
     else:
@@ -235,7 +241,7 @@ def roc_png(res: LfwResult, model: str) -> bytes:
     ax.set_xlim(lo, 1.0)
     ax.set_xlabel("false accept rate")
     ax.set_ylabel("true accept rate")
-    ax.set_title(f"LFW view 2, {res.n_pairs} pairs: accuracy {res.mean:.4f} +- {res.std:.4f}", fontsize=9)
+    ax.set_title(f"{res.n_pairs} pairs: accuracy {res.mean:.4f} +- {res.std:.4f}", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     return _png(fig)

@@ -160,8 +160,15 @@ class DetectorChoice:
         return make_detector(self.name, upsample=self.upsample, **(self.options or {}))
 
     def describe(self) -> dict:
+        """The settings in one canonical form (defaults filled in), for caches and reports."""
+        from openface_py.faces.detect import detector_settings
+
         out: dict = {"detector": self.name, "upsample": int(self.upsample)}
-        return {**out, "options": self.options} if self.options else out
+        if how := detector_settings(self.name, self.options):
+            out["options"] = how
+        if (self.options or {}).get("max_side"):
+            out["max_side"] = int(self.options["max_side"])
+        return out
 
 
 @dataclass
@@ -238,7 +245,7 @@ def embedding_cache_path(
     safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in identity)
     where = hashlib.sha1(str(Path(image_root).resolve()).encode()).hexdigest()[:10]
     how = ""
-    if (detector or DetectorChoice()) != DetectorChoice() or on_miss != "central-box":
+    if (detector or DetectorChoice()).describe() != DetectorChoice().describe() or on_miss != "central-box":
         text = json.dumps({**(detector or DetectorChoice()).describe(), "on_miss": on_miss}, sort_keys=True)
         how = f"-{(detector or DetectorChoice()).name}-" + hashlib.sha1(text.encode()).hexdigest()[:8]
     return Path(out_dir) / f"embeddings-{safe}-{where}{how}.npz"
@@ -273,19 +280,31 @@ def embed_lfw_images(
     detector = detector or DetectorChoice("hog", upsample)
     cache_path = Path(cache_path)
     setup = {"identity": embedder.identity, "image_root": str(Path(image_root).resolve()), "upsample": int(upsample)}
-    if detector != DetectorChoice("hog", upsample) or on_miss != "central-box":  # older caches lack these keys
+    if detector.describe() != DetectorChoice("hog", upsample).describe() or on_miss != "central-box":
+        # (older caches lack these keys)
         setup.update(detector.describe(), on_miss=on_miss)
     have: dict = {}
     status: dict = {}
+    root = Path(image_root)
+
+    def stamp(name: str) -> list:
+        st = (root / name).stat()
+        return [st.st_size, st.st_mtime_ns]
+
+    stamps: dict = {}
     if cache_path.is_file():
         with np.load(cache_path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            if {k: v for k, v in meta.items() if k not in ("names", "fallbacks", "missed")} == setup:
+            if {k: v for k, v in meta.items() if k not in ("names", "fallbacks", "missed", "stamps")} == setup:
                 # read each array once: every z[...] access decompresses the whole array again
                 reps, reps_flip = np.array(z["reps"]), np.array(z["reps_flip"])
+                old = meta.get("stamps", {})
                 for i, n in enumerate(meta["names"]):
-                    have[n] = (reps[i], reps_flip[i])
+                    if n in old and (root / n).is_file() and stamp(n) != old[n]:
+                        continue  # the photo changed since it was embedded
+                    have[n], stamps[n] = (reps[i], reps_flip[i]), old.get(n)
                 status = {n: "fallback" for n in meta["fallbacks"]} | {n: "missed" for n in meta.get("missed", [])}
+                status = {n: s for n, s in status.items() if n in have}
 
     def save() -> None:
         keys = sorted(have)
@@ -294,7 +313,7 @@ def embed_lfw_images(
             buf,
             reps=np.stack([have[k][0] for k in keys]),
             reps_flip=np.stack([have[k][1] for k in keys]),
-            meta=np.array(json.dumps({**setup, "names": keys, **_status_lists(status)})),
+            meta=np.array(json.dumps({**setup, "names": keys, **_status_lists(status), "stamps": stamps})),
         )
         atomic_write_bytes(cache_path, buf.getvalue())
 
@@ -308,6 +327,8 @@ def embed_lfw_images(
             reps = embedder.embed([p[1] for p in found] + [p[2] for p in found], batch_size=batch_size) if found else []
             for k, p in enumerate(found):
                 have[p[0]] = (reps[k], reps[k + len(found)])
+            for p in pending:
+                stamps[p[0]] = stamp(p[0])
             for p in pending:
                 if p[3] == "missed":
                     have[p[0]] = (nan, nan)

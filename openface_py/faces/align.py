@@ -88,7 +88,7 @@ def dlib_chip_spec(size: int = 150, padding: float = 0.25) -> AlignmentSpec:
 
 
 #: How a face was aligned: dlib's 68 landmarks in the detector's box, or the detector's 5 points.
-DLIB68, MTCNN5 = "dlib68", "mtcnn5"
+DLIB68, MTCNN5, DLIB5 = "dlib68", "mtcnn5", "dlib5"
 
 
 @dataclass
@@ -160,8 +160,9 @@ class Aligner(Protocol):
 
 #: MTCNN's box -> the box dlib's HOG detector gives the same face (dlib's landmark predictors
 #: were trained on HOG's boxes): centre moved by (dx * width, dy * height), square side
-#: (sw * width + sh * height) / 2. Medians over 468 CelebA in-the-wild photos where both found
-#: one face (not LFW, which measures the result; ``benchmarks/bench_detection.py --calibrate``).
+#: (sw * width + sh * height) / 2. Medians over the 468 of 500 CelebA in-the-wild photos where
+#: HOG found one face and MTCNN that face (not LFW, which measures the result;
+#: ``benchmarks/bench_detection.py --calibrate``).
 MTCNN_TO_DLIB_BOX = {"dx": 0.0074, "dy": 0.0714, "sw": 1.0764, "sh": 0.8103}
 
 
@@ -178,10 +179,10 @@ def align_detection(aligner: Aligner, rgb: np.ndarray, det) -> AlignedFace:
     """Align one ``Detection``: from its 5 points when its detector was set to align from them
     (and the aligner can), else from dlib's landmarks in its box (an MTCNN box first mapped to
     the box dlib's landmark models expect, ``dlib_box_for``). The face keeps the detector's box."""
-    if det.points is not None and det.align_with_points:
+    if det.points is not None and det.align_with_points and aligner.spec.method == OPENFACE_METHOD:
         return aligner.align(rgb, det.box, score=det.score, points=np.asarray(det.points, dtype=np.float64))
     if det.found_by == "mtcnn":
-        face = aligner.align(rgb, dlib_box_for(det.box), score=det.score)
+        face = aligner.align(rgb, dlib_box_for(det.raw_box or det.box), score=det.score)
         face.box = det.box
         return face
     return aligner.align(rgb, det.box, score=det.score)
@@ -254,7 +255,7 @@ class DlibChipAligner:
         shape = self._predictor(img, box.to_dlib())
         pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
         chip = dlib.get_face_chip(img, shape, size=self.spec.size, padding=self.spec.padding)
-        return AlignedFace(box=box, landmarks=pts, image=np.asarray(chip), score=score)
+        return AlignedFace(box=box, landmarks=pts, image=np.asarray(chip), score=score, aligned_from=DLIB5)
 
 
 def make_aligner(spec: AlignmentSpec) -> Aligner:

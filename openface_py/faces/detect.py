@@ -59,13 +59,15 @@ class Detection:
     """One detected face: its box, the detector's score (HOG margin, MMOD confidence or MTCNN
     probability) and, from MTCNN, its 5 landmarks: ((x, y) of the left eye, right eye, nose tip,
     left and right mouth corner, as seen in the image). ``align_with_points``: the detector was
-    asked to have faces aligned from these 5 points rather than from dlib's 68 (``align_from``)."""
+    asked to have faces aligned from these 5 points rather than from dlib's 68 (``align_from``).
+    ``raw_box``: MTCNN's own box where ``box`` is that box cut to the photo (alignment uses it)."""
 
     box: BoundingBox
     score: float
     points: Optional[tuple[tuple[float, float], ...]] = None
     align_with_points: bool = False
     found_by: str = ""
+    raw_box: Optional[BoundingBox] = None
 
     def to_json(self) -> dict:
         out: dict = {"box": self.box.as_list(), "score": round(self.score, 4)}
@@ -198,7 +200,11 @@ class DownscaledDetector:
                 min(h - 1, int(b.bottom / scale)),
             )
             pts = None if d.points is None else tuple((x / scale, y / scale) for x, y in d.points)
-            out.append(Detection(box, d.score, pts, d.align_with_points, d.found_by))
+            raw = None
+            if d.raw_box is not None:
+                r = d.raw_box
+                raw = BoundingBox(int(r.left / scale), int(r.top / scale), int(r.right / scale), int(r.bottom / scale))
+            out.append(Detection(box, d.score, pts, d.align_with_points, d.found_by, raw))
         return out
 
 
@@ -235,13 +241,17 @@ class MtcnnDetector:
         """Several photos at once (same-size photos share the P-Net passes)."""
         use = self.align_from == "mtcnn5"
         out = []
-        for faces in self.cascade.detect([_as_dlib_image(im) for im in images]):
+        for img, faces in zip(images, self.cascade.detect([_as_dlib_image(im) for im in images])):
             dets = []
+            h, w = img.shape[:2]
             for f in faces:
-                x1, y1, x2, y2 = f.box
-                box = BoundingBox(int(round(x1)), int(round(y1)), int(round(x2)), int(round(y2)))
+                # reported and compared cut to the photo: a face cut by the edge is not "largest" by
+                # its unseen part (MTCNN's box may reach far outside); aligned from the whole box
+                x1, y1, x2, y2 = (int(round(v)) for v in f.box)
+                raw = BoundingBox(x1, y1, x2, y2)
+                box = BoundingBox(max(0, x1), max(0, y1), min(w - 1, x2), min(h - 1, y2))
                 pts = tuple((float(x), float(y)) for x, y in f.points)
-                dets.append(Detection(box, f.score, pts, use, "mtcnn"))
+                dets.append(Detection(box, f.score, pts, use, "mtcnn", raw))
             out.append(sort_left_to_right(dets))
         return out
 
@@ -262,11 +272,15 @@ class CascadeDetector:
         found = self.first.detect(rgb)
         if found:
             name = self.first.name
-            return [Detection(d.box, d.score, d.points, d.align_with_points, d.found_by or name) for d in found]
+            return [
+                Detection(d.box, d.score, d.points, d.align_with_points, d.found_by or name, d.raw_box) for d in found
+            ]
         return self.fallback.detect(rgb)
 
 
 DETECTOR_NAMES = ("hog", "hog-adaptive", "cnn", "mtcnn", "hog-mtcnn")
+#: MTCNN's settings when none are given (the paper's released code).
+MTCNN_DEFAULTS = {"min_face": 20, "thresholds": [0.6, 0.7, 0.7]}
 #: Which landmarks align a face found by MTCNN: its own 5 points, or dlib's 68 in its box.
 ALIGN_FROM = ("mtcnn5", "dlib68")
 #: The better of the two for NN4-small2 on LFW (BENCHMARKS.md, "Detectors").
@@ -300,6 +314,23 @@ def make_detector(
     else:
         raise UsageError(f"unknown detector {name!r} (choose from {', '.join(DETECTOR_NAMES)})")
     return DownscaledDetector(det, max_side) if max_side else det
+
+
+def detector_settings(name: str, options: Optional[dict] = None) -> dict:
+    """The settings a detector of ``name`` runs with, in one canonical JSON form (defaults filled
+    in, lists not tuples), for run folders and caches to record and compare; {} for dlib's."""
+    if "mtcnn" not in name:
+        return {}
+    given = dict(options or {})
+    out = {
+        "min_face": int(given.pop("min_face", MTCNN_DEFAULTS["min_face"])),
+        "thresholds": [float(t) for t in given.pop("thresholds", MTCNN_DEFAULTS["thresholds"])],
+        "align_from": str(given.pop("align_from", MTCNN_ALIGN_DEFAULT)),
+    }
+    given.pop("max_side", None)  # recorded by its own key
+    if given:
+        raise UsageError(f"unknown MTCNN settings: {', '.join(sorted(given))}")
+    return out
 
 
 def sort_left_to_right(dets: Sequence[Detection]) -> list[Detection]:

@@ -23,7 +23,7 @@ import numpy as np
 from openface_py import __version__
 from openface_py.errors import AlignmentMismatchError, Failure, ImageLoadError, OpenFacePyError
 from openface_py.faces.align import AlignmentSpec, align_detection, make_aligner
-from openface_py.faces.detect import make_detector, select_faces
+from openface_py.faces.detect import detector_settings, make_detector, select_faces
 from openface_py.io import (
     atomic_output,
     atomic_write_bytes,
@@ -161,7 +161,7 @@ def check_or_write_align_meta(output_dir: Path, job: AlignJob, model: Optional[s
         "model": model,
         "detector": job.detector,
         "upsample": job.upsample,
-        **({"detector_options": job.detector_options} if job.detector_options else {}),
+        **({"detector_options": how} if (how := detector_settings(job.detector, job.detector_options)) else {}),
         "skip_multi": job.skip_multi,
         "openface_py_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -31,7 +31,7 @@ import numpy as np
 
 from openface_py.errors import Failure, ImageLoadError, OpenFacePyError
 from openface_py.faces.align import AlignmentSpec, align_detection, make_aligner
-from openface_py.faces.detect import make_detector, select_faces
+from openface_py.faces.detect import detector_settings, make_detector, select_faces
 from openface_py.io import atomic_write_bytes, atomic_write_text, encode_png, list_images, load_image
 from openface_py.jobs.batch import AlignReport, output_names, write_embeddings
 from openface_py.jobs.journal import Journal, read_journal
@@ -115,7 +115,7 @@ def run_folder(
     input_dir: os.PathLike | str,
     output_dir: os.PathLike | str,
     embedder: Embedder,
-    detector: str = "hog-adaptive",
+    detector: str = "hog-mtcnn",
     upsample: int = 1,
     multi: bool = False,
     skip_multi: bool = False,
@@ -130,8 +130,9 @@ def run_folder(
 ) -> AlignReport:
     """Detect, align and embed every photo below ``input_dir``; outputs as described in the module doc.
 
-    The default detector is ``hog-adaptive``: on LFW's 13,233 photos it misses 36 faces where
-    OpenFace's HOG at upsample 1 misses 67, at a quarter of the detection cost (BENCHMARKS.md).
+    The default detector is ``hog-mtcnn``: HOG as ``hog-adaptive`` (a quarter of OpenFace's HOG
+    cost on LFW), and MTCNN only on photos where it finds nothing, which finds turned and tilted
+    faces (BENCHMARKS.md, "Detectors").
 
     ``workers`` = 0 means one per CPU core; 1 runs everything in this process. ``save_aligned``
     also writes the aligned faces to ``OUTPUT_DIR/aligned`` (``<photo>.png``, or
@@ -145,7 +146,7 @@ def run_folder(
         "detector": detector,
         "upsample": int(upsample),
         "max_side": int(max_side) if max_side else None,
-        **({"detector_options": detector_options} if detector_options else {}),
+        **({"detector_options": how} if (how := detector_settings(detector, detector_options)) else {}),
         "multi": multi,
         "skip_multi": skip_multi,
     }
@@ -183,9 +184,10 @@ def _check_or_write_settings(out_dir: Path, settings: dict) -> None:
     if meta_path.is_file():
         old = {"max_side": None, **json.loads(meta_path.read_text(encoding="utf-8"))}
         if old != settings:
-            changed = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            changed = {k: (old.get(k), settings.get(k)) for k in {**old, **settings} if old.get(k) != settings.get(k)}
             raise OpenFacePyError(
-                f"{out_dir} holds a run with other settings (was, now: {changed}); use another output folder"
+                f"{out_dir} holds a run with other settings (was, now: {changed}); use another output folder "
+                "or the earlier settings (e.g. its --detector)"
             )
     else:
         atomic_write_text(meta_path, json.dumps(settings, indent=2) + "\n")

@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Optional, Union
 import numpy as np
 
 from openface_py.errors import OpenFacePyError, UsageError
-from openface_py.faces.align import make_aligner
+from openface_py.faces.align import dlib_box_for, make_aligner
 from openface_py.faces.detect import BoundingBox, make_detector
 from openface_py.io import TEMP_PREFIX, fsync_dir
 from openface_py.nets.embed import Embedder
@@ -231,10 +231,11 @@ class VideoRecognizer:
         return _DlibCorrelationTracker(image, *corners)
 
     def _detect(self, rgb: np.ndarray, small: np.ndarray, image: np.ndarray) -> None:
-        found = [
-            self._to_full(d.box.left, d.box.top, d.box.right, d.box.bottom, rgb.shape)
-            for d in self.detector.detect(small)
-        ]
+        found = []
+        for d in self.detector.detect(small):
+            # tracks are aligned from dlib's landmarks: MTCNN's box goes into dlib's convention
+            b = dlib_box_for(d.raw_box or d.box) if d.found_by == "mtcnn" else d.box
+            found.append(self._to_full(b.left, b.top, b.right, b.bottom, rgb.shape))
         kept: list[_Track] = []
         unmatched = list(range(len(found)))
         for tr in self.tracks:
