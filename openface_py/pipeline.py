@@ -15,7 +15,7 @@ from openface_py.nets.embed import Embedder, load_embedder
 @dataclass
 class FaceResult:
     """One face in a photo: box, detector score, landmarks, aligned image, embedding, and which
-    landmarks aligned it (``dlib68`` or ``mtcnn5``)."""
+    landmarks aligned it (``dlib68``, ``mtcnn5`` or ``dlib5``: dlib's chip)."""
 
     box: BoundingBox
     score: float

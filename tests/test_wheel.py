@@ -25,8 +25,11 @@ from openface_py.io import load_image
 from openface_py.pipeline import FacePipeline
 pipe = FacePipeline.create()
 face = pipe.process(load_image(sys.argv[1]), multi=False)[0]
+from openface_py.faces.detect import make_detector
+mtcnn = make_detector("mtcnn").detect(load_image(sys.argv[1]))  # the wheel's pinned MTCNN weights
 print(json.dumps({"file": openface_py.__file__, "version": openface_py.__version__,
-                  "default": best_installed_model(), "embedding": face.embedding.tolist()}))
+                  "default": best_installed_model(), "embedding": face.embedding.tolist(),
+                  "mtcnn_boxes": [d.box.as_list() for d in mtcnn]}))
 """
 
 
@@ -64,6 +67,7 @@ def test_wheel_carries_weights_and_card(installed):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "openface_py/models/nn4.small2.distilled-v2.pt" in names
     assert "openface_py/models/MODEL_CARD.md" in names
+    assert "openface_py/models/mtcnn.pt" in names and "openface_py/models/MTCNN_CARD.md" in names
     assert "openface_py/data/openface-dlib-mean-landmarks.csv" in names
 
 
@@ -81,6 +85,9 @@ def test_installed_copy_resolves_the_default_model_and_embeds_like_the_checkout(
 
     here = FacePipeline.create().process(load_image(PHOTO), multi=False)[0].embedding
     assert np.abs(np.array(got["embedding"]) - here).max() < 1e-5
+    from openface_py.faces.detect import make_detector
+
+    assert got["mtcnn_boxes"] == [d.box.as_list() for d in make_detector("mtcnn").detect(load_image(PHOTO))] != []
 
 
 def test_version_agrees_across_entry_points(installed):

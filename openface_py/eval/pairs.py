@@ -87,9 +87,12 @@ def parse_pair_list(path: os.PathLike | str, folds: int = 10) -> list[PairRow]:
     used = sorted({r.fold for r in out})
     if len(used) < 2:
         raise PairListError(f"{path}: the protocol needs at least two folds (thresholds come from the other folds)")
+    same_by_fold = {f: sum(r.same for r in out if r.fold == f) for f in used}
+    size_by_fold = {f: sum(r.fold == f for r in out) for f in used}
+    n_same = sum(same_by_fold.values())
     for fold in used:
-        others = [r for r in out if r.fold != fold]
-        if not any(r.same for r in others) or all(r.same for r in others):
+        same_others = n_same - same_by_fold[fold]
+        if same_others == 0 or same_others == len(out) - size_by_fold[fold]:
             raise PairListError(
                 f"{path}: the folds other than {fold + 1} need same and different pairs to choose its threshold"
             )

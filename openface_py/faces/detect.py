@@ -307,10 +307,11 @@ def make_detector(
         det = AdaptiveHogDetector(upsample=upsample, **kwargs)
     elif name == "cnn":
         det = CnnDetector(upsample=upsample, **kwargs)
-    elif name in ("mtcnn", "hog-mtcnn"):
+    elif name == "mtcnn":
         det = MtcnnDetector(min_face=min_face, thresholds=thresholds, align_from=align_from, **kwargs)
-        if name == "hog-mtcnn":
-            det = CascadeDetector(AdaptiveHogDetector(upsample=upsample), det)
+    elif name == "hog-mtcnn":  # other keyword arguments (HOG's threshold) go to the HOG pass
+        mtcnn = MtcnnDetector(min_face=min_face, thresholds=thresholds, align_from=align_from)
+        det = CascadeDetector(AdaptiveHogDetector(upsample=upsample, **kwargs), mtcnn)
     else:
         raise UsageError(f"unknown detector {name!r} (choose from {', '.join(DETECTOR_NAMES)})")
     return DownscaledDetector(det, max_side) if max_side else det
