@@ -209,7 +209,8 @@ class DownscaledDetector:
 
 
 class MtcnnDetector:
-    """MTCNN (``faces/mtcnn.py``): finds faces turned up to profile, with 5 landmarks.
+    """MTCNN (``faces/mtcnn.py``): finds turned and tilted faces that HOG misses, with 5 landmarks
+    (measured on in-the-wild and rotated photos; profiles not measured here, BENCHMARKS.md).
 
     ``min_face``: the smallest face side searched for, in pixels (cost grows as it shrinks);
     ``thresholds``: P-, R- and O-Net's score thresholds; ``align_from``: ``mtcnn5`` to align
@@ -265,7 +266,7 @@ class CascadeDetector:
 
     def __init__(self, first: Detector, fallback: MtcnnDetector) -> None:
         self.first, self.fallback = first, fallback
-        self.name = f"{first.name}-mtcnn"
+        self.name = "hog-mtcnn" if first.name == "hog-adaptive" else f"{first.name}-mtcnn"  # as --detector names it
         self.key = f"cascade({first.key},{fallback.key})"
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
