@@ -67,24 +67,25 @@ def _three_floats(text: str) -> tuple[float, float, float]:
 
 
 def detector_options(args: argparse.Namespace) -> dict:
-    """The MTCNN settings of ``add_detector_args`` that differ from the defaults, for
-    ``make_detector`` (so run folders and caches record only what was chosen)."""
+    """The MTCNN settings of ``add_detector_args`` for ``make_detector`` (run folders and caches
+    record them in ``faces.detect.detector_settings``'s canonical form)."""
     from openface_py.errors import UsageError
-    from openface_py.faces.detect import MTCNN_ALIGN_DEFAULT
+    from openface_py.faces.detect import MTCNN_ALIGN_DEFAULT, MTCNN_DEFAULTS
 
     if "mtcnn" not in args.detector:
         if getattr(args, "align_from", None):
             raise UsageError("--align-from applies to the mtcnn and hog-mtcnn detectors")
-        if int(args.min_face) != 20 or list(args.mtcnn_thresholds) != [0.6, 0.7, 0.7]:
+        if (
+            int(args.min_face) != MTCNN_DEFAULTS["min_face"]
+            or list(args.mtcnn_thresholds) != MTCNN_DEFAULTS["thresholds"]
+        ):
             raise UsageError("--min-face and --mtcnn-thresholds apply to the mtcnn and hog-mtcnn detectors")
         return {}
-    chosen = {
+    return {
         "min_face": int(args.min_face),
         "thresholds": list(args.mtcnn_thresholds),
         "align_from": args.align_from or MTCNN_ALIGN_DEFAULT,
     }
-    defaults = {"min_face": 20, "thresholds": [0.6, 0.7, 0.7], "align_from": MTCNN_ALIGN_DEFAULT}
-    return {k: v for k, v in chosen.items() if v != defaults[k]}
 
 
 def per_image(paths: Sequence[Path], fn) -> tuple[list[dict], int]:

@@ -190,21 +190,20 @@ class DownscaledDetector:
         if scale >= 1:
             return self.inner.detect(rgb)
         small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+        def back(b: BoundingBox, clip: bool) -> BoundingBox:
+            x1, y1, x2, y2 = (int(v / scale) for v in b.as_list())
+            return (
+                BoundingBox(max(0, x1), max(0, y1), min(w - 1, x2), min(h - 1, y2))
+                if clip
+                else BoundingBox(x1, y1, x2, y2)
+            )
+
         out = []
         for d in self.inner.detect(small):
-            b = d.box
-            box = BoundingBox(
-                max(0, int(b.left / scale)),
-                max(0, int(b.top / scale)),
-                min(w - 1, int(b.right / scale)),
-                min(h - 1, int(b.bottom / scale)),
-            )
             pts = None if d.points is None else tuple((x / scale, y / scale) for x, y in d.points)
-            raw = None
-            if d.raw_box is not None:
-                r = d.raw_box
-                raw = BoundingBox(int(r.left / scale), int(r.top / scale), int(r.right / scale), int(r.bottom / scale))
-            out.append(Detection(box, d.score, pts, d.align_with_points, d.found_by, raw))
+            raw = None if d.raw_box is None else back(d.raw_box, clip=False)
+            out.append(Detection(back(d.box, clip=True), d.score, pts, d.align_with_points, d.found_by, raw))
         return out
 
 
