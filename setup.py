@@ -12,6 +12,9 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "openface_py" / "__init_
 #: wheels carry a copy as package data (openface_py/models/), found by store.project_models_dir().
 SHIPPED_MODELS = sorted(p.name for p in (HERE / "models").glob("*") if p.suffix in (".pt", ".md"))
 
+#: The `ray` extra (--engine ray); see extras_require.
+RAY = ["ray[data]>=2.40", "pyarrow>=14", "fsspec>=2023.1"]
+
 
 class BuildPyWithModels(build_py):
     """build_py that also copies models/ into the built package (not for editable installs,
@@ -61,7 +64,11 @@ setup(
     ],
     # setuptools>=70.1 builds wheels itself: the wheel test builds one without a network
     extras_require={
+        # --engine ray: Ray Data runs folder jobs on a cluster; pyarrow (which Ray Data brings) reads
+        # photos from URLs and writes --format parquet; fsspec opens the URLs pyarrow does not know
+        "ray": RAY,
         "test": ["pytest>=7", "ruff>=0.4", "hypothesis>=6.100", "setuptools>=70.1", "httpx>=0.27", "selenium>=4.20"]
+        + RAY,  # the Ray engine's tests run on a local Ray instance in CI
     },
     cmdclass={"build_py": BuildPyWithModels},
     entry_points={"console_scripts": ["openface-py=openface_py.cli:main"]},

@@ -48,6 +48,50 @@ def add_detector_args(p: argparse.ArgumentParser, default: str = "hog") -> None:
     )
 
 
+def add_engine_args(p: argparse.ArgumentParser, workers_help: str) -> None:
+    """``--engine local|ray``, ``--ray-address``, ``--workers``: where a folder job runs (``jobs.engine``)."""
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: worker processes on this machine (default); ray: a Ray cluster (pip install 'openface-py[ray]')",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="with --engine ray: the cluster to join (auto: the one `ray start` runs here; default: start a "
+        "private local Ray instance for this job)",
+    )
+    p.add_argument("--workers", type=int, default=None, help=workers_help)
+
+
+def engine_choice(args: argparse.Namespace, workers_default: int):
+    """``add_engine_args``'s options as a ``jobs.engine.Engine`` (the Ray engine is checked to be installed)."""
+    from openface_py.errors import UsageError
+    from openface_py.jobs.engine import Engine
+
+    if args.engine == "ray":
+        from openface_py.jobs.rayengine import require_ray
+
+        require_ray()
+        if args.workers is not None:
+            raise UsageError("--workers sets local worker processes; Ray sizes its actor pools from the cluster")
+    workers = workers_default if args.workers is None else int(args.workers)
+    return Engine(args.engine, workers=workers, address=args.ray_address)
+
+
+def embedder_for(model: Optional[str], engine, backend: str = "auto"):
+    """The local engine's loaded embedder (a missing model fails before any work), or for Ray the
+    ``EmbedderSpec`` its actors load."""
+    from openface_py.jobs.engine import EmbedderSpec
+    from openface_py.nets.embed import load_embedder
+
+    if engine.name == "ray":
+        return EmbedderSpec.of(model, backend)
+    return load_embedder(model, backend=backend)
+
+
 def detector_choice(args: argparse.Namespace):
     """``add_detector_args``'s options as one ``eval.lfw.DetectorChoice`` (for the benchmarks)."""
     from openface_py.eval.lfw import DetectorChoice

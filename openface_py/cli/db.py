@@ -13,7 +13,9 @@ from openface_py.cli.common import (
     EXIT_USAGE,
     MODEL_HELP,
     add_detector_args,
+    add_engine_args,
     detector_options,
+    engine_choice,
     log,
     pipeline_for,
 )
@@ -46,7 +48,7 @@ def register(add_command, common) -> None:
 
     a = action("import", "enroll a gallery folder (one sub-folder per person); only new or changed photos")
     a.add_argument("gallery_dir", type=Path)
-    a.add_argument("--workers", type=int, default=1, help="processes detecting and embedding (default: 1)")
+    add_engine_args(a, "detection/alignment processes of the local engine (default: 1)")
     a.add_argument("--retry-failed", action="store_true", help="try again photos that failed in an earlier import")
     add_detector_args(a)
     a.add_argument("--json", action="store_true")
@@ -149,9 +151,9 @@ def _import(db, args: argparse.Namespace) -> int:
         upsample=args.upsample,
         max_side=args.max_side,
         detector_options=detector_options(args),
-        workers=args.workers,
         retry_failed=args.retry_failed,
         progress=not args.quiet,
+        engine=engine_choice(args, workers_default=1),
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))

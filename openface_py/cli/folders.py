@@ -10,8 +10,11 @@ from openface_py.cli.common import (
     EXIT_OK,
     MODEL_HELP,
     add_detector_args,
+    add_engine_args,
     backend_choices,
     detector_options,
+    embedder_for,
+    engine_choice,
     folder_report,
 )
 from openface_py.errors import UsageError
@@ -47,13 +50,20 @@ def register(add_command) -> None:
     p.set_defaults(handler=cmd_represent)
 
     p = add_command("run", help="detect, align and embed a folder of photos in one pass (parallel, resumable)")
-    p.add_argument("input_dir", type=Path)
+    p.add_argument("input_dir", help="a folder, or a URL a cluster can read (s3://..., gs://..., file:///...)")
     p.add_argument("output_dir", type=Path)
     p.add_argument("--model", default=None, help=MODEL_HELP())
     add_detector_args(p, default="hog-mtcnn")
     p.add_argument("--multi", action="store_true", help="every face of a photo (default: the largest)")
     p.add_argument("--skip-multi", action="store_true", help="skip photos with more than one face")
-    p.add_argument("--workers", type=int, default=0, help="detection/alignment processes (default: one per core)")
+    add_engine_args(p, "detection/alignment processes of the local engine (default: one per core)")
+    p.add_argument(
+        "--format",
+        choices=("openface", "parquet"),
+        default="openface",
+        help="openface: reps.csv, labels.csv, reps.npy, faces.json (default); parquet: faces.parquet, one row per "
+        "face (path, label, box, score, embedding, identity), for outputs too large for CSV",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--backend", choices=backend_choices(), default="auto", help="NN4-small2 backend (default: auto)")
     p.add_argument("--save-aligned", action="store_true", help="also write the aligned faces (OUTPUT_DIR/aligned)")
@@ -109,9 +119,9 @@ def cmd_represent(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from openface_py.jobs.stream import RUN_REPORT, run_folder
-    from openface_py.nets.embed import load_embedder
 
-    embedder = load_embedder(args.model, backend=args.backend)
+    engine = engine_choice(args, workers_default=0)
+    embedder = embedder_for(args.model, engine, args.backend)
     report = run_folder(
         args.input_dir,
         args.output_dir,
@@ -122,10 +132,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         detector_options=detector_options(args),
         multi=args.multi,
         skip_multi=args.skip_multi,
-        workers=args.workers,
         batch_size=args.batch_size,
         save_aligned=args.save_aligned,
         retry_failed=args.retry_failed,
         progress=not args.quiet,
+        engine=engine,
+        output_format=args.format,
     )
     return folder_report(report, args.json, "embedded", args.output_dir / RUN_REPORT, f"{embedder.identity}; ")

@@ -10,7 +10,10 @@ from openface_py.cli.common import (
     EXIT_OK,
     MODEL_HELP,
     add_detector_args,
+    add_engine_args,
     detector_choice,
+    embedder_for,
+    engine_choice,
 )
 
 
@@ -25,7 +28,7 @@ def register(add_command) -> None:
     p.add_argument("--flip", action="store_true", help="headline figures with mirror-averaged embeddings")
     p.add_argument("--folds", default=None, help="comma-separated 1-based folds to use (default: all 10)")
     p.add_argument("--pairs-per-fold", type=int, default=None, help="use only the first N pairs of each fold")
-    p.add_argument("--workers", type=int, default=1, help="detection/alignment processes")
+    add_engine_args(p, "detection/alignment processes of the local engine (default: 1)")
     add_detector_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_lfw)
@@ -50,7 +53,7 @@ def register(add_command) -> None:
         help="a photo with no face found: fail = its pairs are decided 'different' (default); "
         "whole-image = align the whole photo as the face's box (for face crops)",
     )
-    p.add_argument("--workers", type=int, default=1, help="detection/alignment processes")
+    add_engine_args(p, "detection/alignment processes of the local engine (default: 1)")
     add_detector_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_pairs_eval)
@@ -72,9 +75,9 @@ def register(add_command) -> None:
 
 def cmd_lfw(args: argparse.Namespace) -> int:
     from openface_py.eval.evaluate import run_lfw
-    from openface_py.nets.embed import best_installed_model, load_embedder
 
-    embedder = load_embedder(args.model or best_installed_model())
+    engine = engine_choice(args, workers_default=1)
+    embedder = embedder_for(args.model, engine)
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     plain, flipped, emb = run_lfw(
         args.lfw_dir,
@@ -84,9 +87,9 @@ def cmd_lfw(args: argparse.Namespace) -> int:
         images=args.images,
         folds=folds,
         per_fold=args.pairs_per_fold,
-        workers=args.workers,
         progress=not args.quiet,
         detector=detector_choice(args),
+        engine=engine,
     )
     title = f"LFW {args.images}"
     found = f"Faces not found (central-box fallback): {len(emb.fallbacks)} of {len(emb.names)} images"
@@ -95,9 +98,9 @@ def cmd_lfw(args: argparse.Namespace) -> int:
 
 def cmd_pairs_eval(args: argparse.Namespace) -> int:
     from openface_py.eval.pairs import run_pairs_eval
-    from openface_py.nets.embed import best_installed_model, load_embedder
 
-    embedder = load_embedder(args.model or best_installed_model())
+    engine = engine_choice(args, workers_default=1)
+    embedder = embedder_for(args.model, engine)
     res = run_pairs_eval(
         args.pairs_csv,
         args.image_root,
@@ -107,8 +110,8 @@ def cmd_pairs_eval(args: argparse.Namespace) -> int:
         detector=detector_choice(args),
         on_miss=args.on_miss,
         folds=args.folds,
-        workers=args.workers,
         progress=not args.quiet,
+        engine=engine,
     )
     policy = "pairs decided 'different'" if args.on_miss == "fail" else "whole photo aligned"
     found = f"Faces not found ({policy}): {len(res.not_found)} of {res.photos} photos"

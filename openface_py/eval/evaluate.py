@@ -30,6 +30,7 @@ from openface_py.eval.lfw import (
     parse_pairs,
 )
 from openface_py.io import atomic_write_bytes, atomic_write_text
+from openface_py.jobs.engine import Engine
 from openface_py.metrics import FoldResult, auc, best_split_threshold, eer, roc_curve, val_at_far
 from openface_py.recognize.jointbayes import JointBayesian
 
@@ -258,6 +259,7 @@ def run_lfw(
     workers: int = 1,
     progress: bool = True,
     detector: Optional[DetectorChoice] = None,
+    engine: Optional[Engine] = None,
 ) -> tuple[LfwResult, LfwResult, LfwEmbeddings]:
     """Embed, score and evaluate; returns (result without flip, result with flip, embeddings).
 
@@ -282,6 +284,7 @@ def run_lfw(
         progress=progress,
         detector=detector,
         upsample=detector.upsample,
+        engine=engine,
     )
     plain, flipped = evaluate_both(pairs, emb, metric)
     extra = {

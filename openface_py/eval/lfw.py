@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from openface_py.errors import OpenFacePyError
+from openface_py.jobs.engine import Engine, PhotoFaces, embed_photos
 from openface_py.jobs.parallel import mapped
 
 
@@ -140,6 +141,8 @@ def _name(field: str) -> str:
 #: deep-funneled crops likewise for the 58 of 13,233 raw photos where dlib failed.
 FALLBACK_BOX = (70, 70, 179, 179)
 
+#: The face stage's reason for a photo where no face is found and ``on_miss`` is "fail".
+MISSED = "missed"
 #: What to do with a photo where no face is found: LFW's central box (above), the whole photo
 #: as the face's box, or nothing (the photo is "missed": every pair with it is scored as
 #: different people, as a deployed system that found no face would answer).
@@ -198,8 +201,9 @@ class LfwEmbeddings:
 
 
 class _PhotoAligner:
-    """Worker-side detect + align of one photo: (name, face, mirrored face, status), status
-    "" (found), "fallback" (aligned in the ``on_miss`` box) or "missed" (faces are None)."""
+    """Worker-side detect + align of one photo (a face stage of ``jobs.engine``): the aligned face
+    and its mirror image, with ``info`` "" (found) or "fallback" (aligned in the ``on_miss``
+    box); reason ``MISSED`` when no face is found and ``on_miss`` is "fail"."""
 
     def __init__(self, root: str, spec, detector: DetectorChoice, on_miss: str = "central-box") -> None:
         from openface_py.faces.align import make_aligner
@@ -210,7 +214,7 @@ class _PhotoAligner:
         self.detector = detector.make()
         self.aligner = make_aligner(spec)
 
-    def __call__(self, name: str):
+    def __call__(self, name: str) -> PhotoFaces:
         from openface_py.faces.align import align_detection
         from openface_py.faces.detect import BoundingBox
         from openface_py.io import load_image
@@ -221,12 +225,12 @@ class _PhotoAligner:
             face = align_detection(self.aligner, rgb, max(dets, key=lambda d: d.box.area)).image
             status = ""
         elif self.on_miss == "fail":
-            return name, None, None, "missed"
+            return PhotoFaces(name, MISSED)
         else:
             h, w = rgb.shape[:2]
             box = BoundingBox(*FALLBACK_BOX) if self.on_miss == "central-box" else BoundingBox(0, 0, w - 1, h - 1)
             face, status = self.aligner.align(rgb, box).image, "fallback"
-        return name, face, np.ascontiguousarray(face[:, ::-1]), status
+        return PhotoFaces(name, "", [face, np.ascontiguousarray(face[:, ::-1])], status)
 
 
 def embedding_cache_path(
@@ -262,12 +266,14 @@ def embed_lfw_images(
     progress: bool = True,
     detector: Optional[DetectorChoice] = None,
     on_miss: str = "central-box",
+    engine: Optional[Engine] = None,
 ) -> LfwEmbeddings:
     """Embed ``names`` (paths under ``image_root``) and their mirror images, reusing and extending
     the cache. The largest face found by ``detector`` (default: HOG at ``upsample``, as OpenFace)
     is aligned; where none is found, ``on_miss`` decides (``ON_MISS``).
 
-    Detection and alignment run in ``workers`` processes; embedding in this one, batched.
+    Detection and alignment run in ``workers`` processes, embedding in this one, batched; or
+    both on Ray with ``engine`` (``jobs.engine``; ``embedder`` is then an ``EmbedderSpec``).
     The cache is written every 512 images, so an interrupted run resumes.
     """
     import io as _io
@@ -319,37 +325,28 @@ def embed_lfw_images(
 
     todo = [n for n in dict.fromkeys(names) if n not in have]
     if todo:
-        pending: list = []
         nan = np.full(embedder.dim, np.nan, dtype=np.float32)
-
-        def flush() -> None:
-            found = [p for p in pending if p[3] != "missed"]
-            reps = embedder.embed([p[1] for p in found] + [p[2] for p in found], batch_size=batch_size) if found else []
-            for k, p in enumerate(found):
-                have[p[0]] = (reps[k], reps[k + len(found)])
-            for p in pending:
-                stamps[p[0]] = stamp(p[0])
-            for p in pending:
-                if p[3] == "missed":
-                    have[p[0]] = (nan, nan)
-                if p[3]:
-                    status[p[0]] = p[3]
-            pending.clear()
-
         args = (str(image_root), embedder.alignment, detector, on_miss)
-        with mapped(_PhotoAligner, args, todo, workers) as results:
-            done = 0
-            for item in tqdm(results, total=len(todo), desc="embed pairs' photos", unit="img", disable=not progress):
-                pending.append(item)
-                done += 1
-                if len(pending) >= batch_size:
-                    flush()
+        engine = engine or Engine("local", workers=max(1, int(workers)))
+        with (
+            embed_photos(_PhotoAligner, args, todo, embedder, engine, batch_size) as results,
+            tqdm(total=len(todo), desc="embed pairs' photos", unit="img", disable=not progress) as bar,
+        ):
+            for done, photo in enumerate(results, 1):
+                bar.update(1)
+                name = photo.item
+                if photo.reason == MISSED:
+                    have[name], status[name] = (nan, nan), "missed"
+                elif photo.reason:  # a photo that cannot be read: the benchmark cannot be run without it
+                    raise OpenFacePyError(f"{Path(image_root) / name}: {photo.reason}")
+                else:
+                    have[name] = (photo.reps[0], photo.reps[1])
+                    if photo.info:
+                        status[name] = photo.info
+                stamps[name] = stamp(name)
                 if done % 512 == 0:
-                    flush()
                     save()
-            if pending:
-                flush()
-            save()
+        save()
     keys = list(dict.fromkeys(names))
     lists = _status_lists({k: status[k] for k in keys if k in status})
     return LfwEmbeddings(
@@ -398,10 +395,8 @@ def align_lfw_images(
                 return np.array(z["faces"]), np.array(z["faces_flip"]), list(meta["fallbacks"])
     got: dict = {}
     with mapped(_PhotoAligner, (str(image_root), spec, DetectorChoice("hog", upsample)), names, workers) as results:
-        for name, face, flip, status in tqdm(
-            results, total=len(names), desc="lfw align", unit="img", disable=not progress
-        ):
-            got[name] = (face, flip, status == "fallback")
+        for photo in tqdm(results, total=len(names), desc="lfw align", unit="img", disable=not progress):
+            got[photo.item] = (photo.faces[0], photo.faces[1], photo.info == "fallback")
     faces = np.stack([got[n][0] for n in names])
     flips = np.stack([got[n][1] for n in names])
     fallbacks = [n for n in names if got[n][2]]

@@ -26,6 +26,7 @@ from typing import Optional
 from openface_py.errors import OpenFacePyError
 from openface_py.eval.evaluate import LfwResult, evaluate_both, write_reports
 from openface_py.eval.lfw import DetectorChoice, LfwEmbeddings, embed_lfw_images, embedding_cache_path, read_utf8
+from openface_py.jobs.engine import Engine
 
 HEADER = ("path_a", "path_b", "same", "fold")
 TRUE, FALSE = {"1", "true", "yes", "same"}, {"0", "false", "no", "different"}
@@ -132,6 +133,7 @@ def run_pairs_eval(
     folds: int = 10,
     workers: int = 1,
     progress: bool = True,
+    engine: Optional[Engine] = None,
 ) -> PairsEvalResult:
     """Embed the pair list's photos (cached in ``out_dir``), score and evaluate with and without
     mirror averaging, and write the same reports as ``lfw``."""
@@ -158,6 +160,7 @@ def run_pairs_eval(
         progress=progress,
         detector=detector,
         on_miss=on_miss,
+        engine=engine,
     )
     plain, flipped = evaluate_both(pairs, emb, metric)
     result = PairsEvalResult(plain, flipped, emb, len(names), on_miss)

@@ -3,9 +3,10 @@
 Incremental and resumable: the database is the journal. A photo whose path, size and
 modification time are already recorded (enrolled, or failed earlier) is not read again; a
 changed photo replaces what its earlier version enrolled. Each photo is committed in its own
-transaction as soon as a worker has embedded it, so a killed import keeps everything committed
-and a rerun does only the rest. Photos are detected, aligned and embedded in worker processes
-(``jobs.parallel``, like ``run``); the database is written by this process alone.
+transaction as soon as it is embedded, so a killed import keeps everything committed
+and a rerun does only the rest. Photos are detected and aligned in worker processes and embedded
+here in batches, or all on Ray (``jobs.engine``, shared with ``run``); the database is written by
+this process alone.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from openface_py.errors import Failure, ImageLoadError, OpenFacePyError, UsageError
+from openface_py.faces.align import AlignmentSpec
 from openface_py.io import list_images, load_image
-from openface_py.jobs.parallel import mapped
-from openface_py.recognize.facedb import FaceDatabase, photo_faces, valid_name
+from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_photos
+from openface_py.recognize.facedb import FaceDatabase, FaceRecord, valid_name
 
 log = logging.getLogger(__name__)
 
@@ -59,41 +63,45 @@ class ImportJob:
     """What every worker needs to build its pipeline."""
 
     gallery_dir: str
-    model: str
     detector: str = "hog"
     upsample: int = 1
     max_side: Optional[int] = None
     detector_options: Optional[dict] = None
 
 
-class _ImportWorker:
-    """One process's pipeline; embeds the largest face of one photo per call."""
+class _ImportFaces:
+    """One worker's detector + aligner (the face stage of ``jobs.engine.embed_photos``): the largest
+    face of one gallery photo, with the photo's SHA-256 and the face's box and landmarks."""
 
-    def __init__(self, job: ImportJob) -> None:
+    def __init__(self, job: ImportJob, spec: AlignmentSpec) -> None:
+        from openface_py.faces.align import make_aligner
+        from openface_py.faces.detect import make_detector
         from openface_py.pipeline import FacePipeline
 
         self.root = Path(job.gallery_dir)
-        self.pipe = FacePipeline.create(
-            job.model,
-            detector=job.detector,
-            upsample=job.upsample,
-            max_side=job.max_side,
-            threads=1,
-            detector_options=job.detector_options,
+        detector = make_detector(
+            job.detector, upsample=job.upsample, max_side=job.max_side, **(job.detector_options or {})
         )
+        self.pipe = FacePipeline(detector, aligner=make_aligner(spec))
 
-    def __call__(self, item: tuple[str, int, int]) -> tuple:
-        rel = item[0]
+    def __call__(self, item: tuple[str, int, int]) -> PhotoFaces:
         try:
-            data = (self.root / rel).read_bytes()
-            faces = photo_faces(self.pipe, load_image(data))
+            data = (self.root / item[0]).read_bytes()
+            faces = self.pipe.faces(load_image(data), multi=False)
         except ImageLoadError as exc:
-            return item, None, None, exc.reason
+            return PhotoFaces(item, exc.reason)
         except OSError as exc:
-            return item, None, None, f"cannot read: {exc.strerror or exc}"
+            return PhotoFaces(item, f"cannot read: {exc.strerror or exc}")
         if not faces:
-            return item, None, None, "no face found"
-        return item, hashlib.sha256(data).hexdigest(), faces, ""
+            return PhotoFaces(item, "no face found")
+        info = {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "faces": [
+                {"box": f.box.as_list(), "landmarks": None if f.landmarks is None else np.asarray(f.landmarks).tolist()}
+                for f in faces
+            ],
+        }
+        return PhotoFaces(item, "", [f.image for f in faces], info)
 
 
 DUPLICATE = "duplicate"
@@ -123,35 +131,39 @@ def _enroll_all(
     root: Path,
     todo: list[tuple[str, int, int]],
     known: dict,
-    identity: str,
-    workers: int,
+    embedder,
+    engine: Engine,
     progress: bool,
     report: ImportReport,
 ) -> None:
-    """Embed ``todo`` in worker processes and commit each photo as it comes back."""
+    """Detect, align and embed ``todo`` on ``engine`` and commit each photo as it comes back."""
     if not todo:
         return
     from tqdm import tqdm
 
+    identity = embedder.identity
     with (
         tqdm(total=len(todo), unit="photo", desc="import", disable=not progress) as bar,
-        mapped(
-            _ImportWorker, (job,), todo, max(1, int(workers)), ordered=False,
-            on_crash=lambda item, why: (item, None, None, why),
-        ) as results,
-    ):  # fmt: skip
-        for (rel, size, mtime_ns), sha, faces, reason in results:
+        embed_photos(_ImportFaces, (job, embedder.alignment), todo, embedder, engine) as results,
+    ):
+        for photo in results:
+            rel, size, mtime_ns = photo.item
+            reason = photo.reason
             source = (root / rel).resolve().as_posix()
             seen = source in known  # enrolled or recorded before: this run's record replaces that one
             changed = seen and known[source][2] is None  # it had faces
-            if faces is None:  # a changed photo that now fails: its earlier faces go too
+            if reason:  # a changed photo that now fails: its earlier faces go too
                 db.record_failure(source, size, mtime_ns, reason, replace=changed)
                 report.failures.append(Failure(rel, reason))
                 log.warning("%s: %s", rel, reason)
             else:
+                faces = [
+                    FaceRecord(f["box"], rep, None if f["landmarks"] is None else np.asarray(f["landmarks"]))
+                    for f, rep in zip(photo.info["faces"], photo.reps)
+                ]
                 res = db.enroll(
-                    person_of(Path(rel)), sha, faces, identity, source=source, size=size, mtime_ns=mtime_ns,
-                    replace_source=seen,
+                    person_of(Path(rel)), photo.info["sha256"], faces, identity, source=source, size=size,
+                    mtime_ns=mtime_ns, replace_source=seen,
                 )  # fmt: skip
                 if res.duplicate:
                     report.duplicates += 1
@@ -172,15 +184,22 @@ def import_folder(
     retry_failed: bool = False,
     progress: bool = True,
     detector_options: Optional[dict] = None,
+    engine: Optional[Engine] = None,
 ) -> ImportReport:
-    """Enroll every new or changed photo of ``gallery_dir`` into ``db`` (see the module's docstring)."""
+    """Enroll every new or changed photo of ``gallery_dir`` into ``db`` (see the module's docstring).
+
+    ``engine``: detection and alignment in ``workers`` local processes and embedding here
+    (default), or both on Ray (``jobs.engine``)."""
     from openface_py.nets.embed import load_embedder
 
     root = Path(gallery_dir)
     if not root.is_dir():
         raise UsageError(f"{root}: gallery folder not found")
     started = time.monotonic()
-    identity = load_embedder(db.model).identity  # checked once here: workers load the same weights
+    engine = engine or Engine("local", workers=max(1, int(workers)))
+    # checked once here; Ray's actors check they load the same weights
+    embedder = EmbedderSpec.of(db.model) if engine.name == "ray" else load_embedder(db.model)
+    identity = embedder.identity
     if identity != db.identity:
         raise OpenFacePyError(f"{db.path} holds {db.identity} embeddings, but {db.model} now gives {identity}")
     known = db.known_sources()
@@ -215,12 +234,12 @@ def import_folder(
         todo.append((rel.as_posix(), st.st_size, st.st_mtime_ns))
     log.info("%d photos, %d done earlier, %d to import", len(rels), report.already_done, len(todo))
 
-    job = ImportJob(str(root), db.model, detector, upsample, max_side, detector_options or None)
-    _enroll_all(db, job, root, todo, known, identity, workers, progress, report)
+    job = ImportJob(str(root), detector, upsample, max_side, detector_options or None)
+    _enroll_all(db, job, root, todo, known, embedder, engine, progress, report)
     # recorded duplicates whose original is no longer enrolled (it changed or went): imported now
     again = [(rel.as_posix(), size, mt) for rel, size, mt in duplicates if not _still_enrolled(db, root, rel)]
     report.already_done += len(duplicates) - len(again)
-    _enroll_all(db, job, root, again, known, identity, workers, progress, report)
+    _enroll_all(db, job, root, again, known, embedder, engine, progress, report)
     db.sync_index()
     db.save_index()
     info = db.info()

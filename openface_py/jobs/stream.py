@@ -23,20 +23,21 @@ import json
 import logging
 import os
 import zipfile
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Optional
 
 import numpy as np
 
 from openface_py.errors import Failure, ImageLoadError, OpenFacePyError
 from openface_py.faces.align import AlignmentSpec, align_detection, make_aligner
 from openface_py.faces.detect import detector_settings, make_detector, select_faces
-from openface_py.io import atomic_write_bytes, atomic_write_text, encode_png, list_images, load_image
-from openface_py.jobs.batch import AlignReport, output_names, write_embeddings
+from openface_py.io import atomic_output, atomic_write_bytes, atomic_write_text, encode_png, load_image
+from openface_py.jobs.batch import EMBED_META, AlignReport, output_names, write_embeddings
+from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_photos
 from openface_py.jobs.journal import Journal, read_journal
 from openface_py.jobs.outdir import OutputFolder
-from openface_py.jobs.parallel import mapped
+from openface_py.jobs.source import INSTALL_HINT, PhotoSource
 from openface_py.nets.embed import Embedder
 
 log = logging.getLogger(__name__)
@@ -45,13 +46,17 @@ RUN_JOURNAL = ".openface-py-run.jsonl"
 RUN_REPORT = "run-report.json"
 RUN_META = "run.json"
 PARTS = ".parts"
+PARQUET = "faces.parquet"
+#: What ``--format`` chooses between: OpenFace's files (``represent``'s, plus faces.json) or Parquet.
+OUTPUT_FORMATS = ("openface", "parquet")
+OPENFACE_FILES = ("reps.csv", "labels.csv", "reps.npy", "labels.json", EMBED_META, "faces.json")
 
 
 @dataclass(frozen=True)
 class RunJob:
     """Per-photo settings, sent to each worker once."""
 
-    input_dir: str
+    source: PhotoSource
     spec: AlignmentSpec
     detector: str = "hog"
     upsample: int = 1
@@ -64,7 +69,8 @@ class RunJob:
 
 
 class _FaceWorker:
-    """One process's detector + aligner: a photo -> its aligned faces (or the failure reason)."""
+    """One worker's detector + aligner (the face stage of ``engine.embed_photos``): a photo's
+    name -> its aligned faces with one ``{box, score, aligned_from}`` each, or the failure reason."""
 
     def __init__(self, job: RunJob) -> None:
         self.job = job
@@ -80,27 +86,33 @@ class _FaceWorker:
             name = name.with_name(f"{name.stem}-{k}.png")
         return Path(self.job.aligned_dir) / name
 
-    def __call__(self, rel: str) -> tuple[str, str, list]:
+    def __call__(self, rel: str) -> PhotoFaces:
         try:
-            rgb = load_image(Path(self.job.input_dir) / rel)
+            try:
+                data = self.job.source.read(rel)
+            except OSError as exc:
+                return PhotoFaces(rel, f"cannot read: {exc.strerror or exc}")
+            rgb = load_image(data)
             dets = self.detector.detect(rgb)
             if not dets:
-                return rel, "no face found", []
+                return PhotoFaces(rel, "no face found")
             chosen = select_faces(dets, multi=self.job.multi, skip_multi=self.job.skip_multi)
             if not chosen:
-                return rel, f"{len(dets)} faces found and --skip-multi is set", []
-            faces = []
+                return PhotoFaces(rel, f"{len(dets)} faces found and --skip-multi is set")
+            faces, info = [], []
             for k, det in enumerate(chosen):
                 face = align_detection(self.aligner, rgb, det)
                 if self.job.aligned_dir:
                     atomic_write_bytes(self._aligned_path(rel, k), encode_png(face.image))
-                faces.append((face.image, det.box.as_list(), det.score, face.aligned_from))
-            return rel, "", faces
+                faces.append(face.image)
+                info.append({"box": det.box.as_list(), "score": round(float(det.score), 4),
+                             "aligned_from": face.aligned_from})  # fmt: skip
+            return PhotoFaces(rel, "", faces, info)
         except ImageLoadError as exc:
-            return rel, exc.reason, []
+            return PhotoFaces(rel, exc.reason)
         except Exception as exc:  # one bad photo must not stop the run; the reason is reported
             log.debug("unexpected error on %s", rel, exc_info=True)
-            return rel, f"{type(exc).__name__}: {exc}", []
+            return PhotoFaces(rel, f"{type(exc).__name__}: {exc}")
 
 
 def _write_part(out_dir: Path, index: int, rows: list[dict], reps: np.ndarray) -> str:
@@ -114,7 +126,7 @@ def _write_part(out_dir: Path, index: int, rows: list[dict], reps: np.ndarray) -
 def run_folder(
     input_dir: os.PathLike | str,
     output_dir: os.PathLike | str,
-    embedder: Embedder,
+    embedder: Embedder | EmbedderSpec,
     detector: str = "hog-mtcnn",
     upsample: int = 1,
     multi: bool = False,
@@ -127,20 +139,33 @@ def run_folder(
     progress: bool = True,
     max_side: Optional[int] = None,
     detector_options: Optional[dict] = None,
+    engine: Optional[Engine] = None,
+    output_format: str = "openface",
 ) -> AlignReport:
     """Detect, align and embed every photo below ``input_dir``; outputs as described in the module doc.
 
-    The default detector is ``hog-mtcnn``: HOG as ``hog-adaptive`` (a quarter of OpenFace's HOG
-    cost on LFW), and MTCNN only on photos where it finds nothing, which finds turned and tilted
-    faces (BENCHMARKS.md, "Detectors").
+    ``input_dir``: a local folder or a URL (``jobs.source``). The default detector is
+    ``hog-mtcnn``: HOG as ``hog-adaptive`` (a quarter of OpenFace's HOG cost on LFW), and MTCNN
+    only on photos where it finds nothing, which finds turned and tilted faces (BENCHMARKS.md,
+    "Detectors").
 
-    ``workers`` = 0 means one per CPU core; 1 runs everything in this process. ``save_aligned``
-    also writes the aligned faces to ``OUTPUT_DIR/aligned`` (``<photo>.png``, or
-    ``<photo>-K.png`` for each face with ``multi``; names never collide, see ``batch.output_names``).
+    ``engine``: local worker processes (default; ``workers`` = 0 means one per CPU core, 1 runs
+    everything in this process) or Ray (``Engine("ray", address=...)``, with an ``EmbedderSpec``).
+    Either engine resumes a folder the other started. ``save_aligned`` also writes the aligned
+    faces to ``OUTPUT_DIR/aligned`` (``<photo>.png``, or ``<photo>-K.png`` for each face with
+    ``multi``; names never collide, see ``batch.output_names``). ``output_format``: ``openface``
+    (the files ``represent`` writes, plus ``faces.json``) or ``parquet`` (``faces.parquet``, one row
+    per face, written part by part: for outputs too large for CSV).
     """
-    in_dir, out_dir = Path(input_dir), Path(output_dir)
-    if not in_dir.is_dir():
-        raise OpenFacePyError(f"{in_dir}: input folder not found")
+    if output_format not in OUTPUT_FORMATS:
+        raise OpenFacePyError(f"unknown output format {output_format!r}: one of {', '.join(OUTPUT_FORMATS)}")
+    engine = engine or Engine("local", workers=workers)
+    if engine.name == "local" and workers and not engine.workers:
+        engine = replace(engine, workers=workers)
+    source = PhotoSource.open(input_dir)
+    out_dir = Path(output_dir)
+    if source.local and Path(source.location).resolve() == out_dir.resolve():
+        raise OpenFacePyError(f"{out_dir}: the output folder must not be the input folder")
     settings = {
         "identity": embedder.identity,
         "detector": detector,
@@ -153,14 +178,14 @@ def run_folder(
     with OutputFolder(out_dir, RUN_META, "run"):
         _check_or_write_settings(out_dir, settings)
         (out_dir / PARTS).mkdir(exist_ok=True)
-        rels = [r.as_posix() for r in list_images(in_dir)]
+        rels = source.list()
         journal = read_journal(out_dir / RUN_JOURNAL)
         names = None
         if save_aligned:
             taken = {k: e["aligned"] for k, e in journal.items() if e.get("aligned")}
             names = {r.as_posix(): n.as_posix() for r, n in output_names([Path(r) for r in rels], taken).items()}
         job = RunJob(
-            str(in_dir),
+            source,
             embedder.alignment,
             detector,
             int(upsample),
@@ -171,9 +196,12 @@ def run_folder(
             names,
             detector_options or None,
         )
-        report = _embed_missing(job, out_dir, embedder, journal, rels, workers, batch_size, max_pending, retry_failed,
+        report = _embed_missing(job, out_dir, embedder, engine, journal, rels, batch_size, max_pending, retry_failed,
                                 progress)  # fmt: skip
-        _gather(out_dir, embedder, in_dir, report)
+        if output_format == "parquet":
+            _gather_parquet(out_dir, embedder, source, report)
+        else:
+            _gather(out_dir, embedder, source, report)
         atomic_write_text(out_dir / RUN_REPORT, json.dumps(report.to_json(), indent=2) + "\n")
     return report
 
@@ -220,16 +248,16 @@ def _usable_parts(out_dir: Path, journal: dict[str, dict]) -> set[str]:
 def _embed_missing(
     job: RunJob,
     out_dir: Path,
-    embedder: Embedder,
+    embedder: Embedder | EmbedderSpec,
+    engine: Engine,
     journal: dict[str, dict],
     rels: list[str],
-    workers: int,
     batch_size: int,
     max_pending: int,
     retry_failed: bool,
     progress: bool,
 ) -> AlignReport:
-    """Detect, align and embed every photo the journal does not vouch for; journal each batch."""
+    """Detect, align and embed every photo the journal does not vouch for; journal each part file."""
     from tqdm import tqdm
 
     parts = _usable_parts(out_dir, journal)
@@ -253,8 +281,7 @@ def _embed_missing(
     next_part = 1 + max((int(n[len("part-") : -len(".npz")]) for n in names), default=0)
     log.info("%d photos, %d finished earlier, %d to do", len(rels), report.already_done, len(todo))
 
-    workers = int(workers) or os.cpu_count() or 1
-    pending_faces: list[np.ndarray] = []
+    pending_reps: list[np.ndarray] = []
     pending_rows: list[dict] = []
     pending_photos: list[tuple[str, int]] = []
 
@@ -262,7 +289,7 @@ def _embed_missing(
         nonlocal next_part
         if not pending_photos:
             return
-        reps = embedder.embed(pending_faces, batch_size=batch_size) if pending_faces else np.zeros((0, embedder.dim))
+        reps = np.concatenate(pending_reps) if pending_reps else np.zeros((0, embedder.dim), np.float32)
         part = _write_part(out_dir, next_part, pending_rows, reps)
         next_part += 1
         entries = []
@@ -273,65 +300,123 @@ def _embed_missing(
             entries.append(entry)
         jnl.append(entries)
         report.aligned += len(pending_photos)
-        pending_faces.clear()
+        pending_reps.clear()
         pending_rows.clear()
         pending_photos.clear()
-
-    def crashed(rel: str, why: str) -> tuple[str, str, list]:
-        return rel, why, []
 
     with (
         Journal(out_dir / RUN_JOURNAL) as jnl,
         tqdm(total=len(todo), unit="photo", desc="run", disable=not progress) as bar,
-        mapped(
-            _FaceWorker, (job,), todo, workers, ordered=False, max_pending=max_pending, on_crash=crashed
-        ) as results,
+        embed_photos(_FaceWorker, (job,), todo, embedder, engine, batch_size, max_pending) as results,
     ):
-        for rel, reason, faces in results:
+        for photo in results:
             bar.update(1)
-            if reason:
-                jnl.append([{"src": rel, "status": "failed", "reason": reason}])
-                report.failures.append(Failure(rel, reason))
-                log.warning("%s: %s", rel, reason)
+            rel = photo.item
+            if photo.reason:
+                jnl.append([{"src": rel, "status": "failed", "reason": photo.reason}])
+                report.failures.append(Failure(rel, photo.reason))
+                log.warning("%s: %s", rel, photo.reason)
                 continue
-            for k, (img, box, score, aligned_from) in enumerate(faces):
-                pending_faces.append(img)
-                pending_rows.append(
-                    {"path": rel, "face": k, "box": box, "score": round(float(score), 4), "aligned_from": aligned_from}
-                )
-            pending_photos.append((rel, len(faces)))
-            if len(pending_faces) >= batch_size:
+            for k, face in enumerate(photo.info):
+                pending_rows.append({"path": rel, "face": k, **face})
+            pending_reps.append(photo.reps)
+            pending_photos.append((rel, len(photo.info)))
+            if len(pending_rows) >= batch_size:
                 flush(jnl)
         flush(jnl)
     report.failures.sort(key=lambda f: f.path)
     return report
 
 
-def _gather(out_dir: Path, embedder: Embedder, in_dir: Path, report: AlignReport) -> None:
-    """Assemble the part files the journal vouches for into the final output files (sorted by path).
-
-    Sets ``report.done_ok_total`` to the number of photos whose rows really are in the output.
-    """
+def _vouched_parts(out_dir: Path) -> Iterator[tuple[list[dict], np.ndarray]]:
+    """Each part file the journal vouches for, cut to the rows it vouches for (a photo redone
+    after a kill counts once: only its journaled part holds it)."""
     journal = read_journal(out_dir / RUN_JOURNAL)
-    wanted = {e["part"] for e in journal.values() if e["status"] == "ok"}
-    reps, rows = [], []
-    for name in sorted(wanted):
+    for name in sorted({e["part"] for e in journal.values() if e["status"] == "ok"}):
         try:
             part_rows, part_reps = _read_part(out_dir / PARTS / name)
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             # only photos no longer in the input folder can get here (the others were redone)
             log.warning("part file %s is gone or unreadable (%s); its photos are left out", name, exc)
             continue
-        for i, row in enumerate(part_rows):
-            entry = journal.get(row["path"])
-            if entry and entry.get("part") == name:  # a photo redone after a kill counts once
-                rows.append(row)
-                reps.append(part_reps[i])
+        keep = [i for i, row in enumerate(part_rows) if (journal.get(row["path"]) or {}).get("part") == name]
+        yield [part_rows[i] for i in keep], part_reps[keep]
+
+
+def _label(rel: str) -> str:
+    """A photo's class: its folder below the input ("" for a photo at the top)."""
+    parent = PurePosixPath(rel).parent.as_posix()
+    return "" if parent == "." else parent
+
+
+def _remove_outputs(out_dir: Path, names: tuple[str, ...]) -> None:
+    """Drop the other format's files, so that a folder never holds two runs' worth of outputs."""
+    for name in names:
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _gather(out_dir: Path, embedder, source: PhotoSource, report: AlignReport) -> None:
+    """Assemble the part files the journal vouches for into the final output files (sorted by path).
+
+    Sets ``report.done_ok_total`` to the number of photos whose rows really are in the output.
+    """
+    reps, rows = [], []
+    for part_rows, part_reps in _vouched_parts(out_dir):
+        rows.extend(part_rows)
+        reps.extend(part_reps)
     order = sorted(range(len(rows)), key=lambda i: (rows[i]["path"], rows[i]["face"]))
     rows = [rows[i] for i in order]
     matrix = np.stack([reps[i] for i in order]).astype(np.float32) if rows else np.zeros((0, embedder.dim), np.float32)
-    labels = [Path(r["path"]).parent.as_posix() if Path(r["path"]).parent != Path(".") else "" for r in rows]
-    paths = [str(in_dir / r["path"]) for r in rows]
+    labels = [_label(r["path"]) for r in rows]
+    paths = [source.where(r["path"]) for r in rows]
     write_embeddings(out_dir, matrix, labels, paths, embedder)
     atomic_write_text(out_dir / "faces.json", json.dumps(rows, ensure_ascii=False, indent=1) + "\n")
+    _remove_outputs(out_dir, (PARQUET,))
     report.done_ok_total = len({r["path"] for r in rows})
+
+
+def _gather_parquet(out_dir: Path, embedder, source: PhotoSource, report: AlignReport) -> None:
+    """Write ``faces.parquet`` (one row per face: path, label, face, box, score, aligned_from,
+    embedding, identity) one part file at a time, so memory stays flat on any number of faces;
+    rows are in the order the parts were written (sort by ``path`` and ``face`` when needed)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise OpenFacePyError(f"--format parquet needs pyarrow: {INSTALL_HINT}") from None
+    schema = pa.schema(
+        [
+            ("path", pa.string()),
+            ("label", pa.string()),
+            ("face", pa.int32()),
+            ("box", pa.list_(pa.int32(), 4)),
+            ("score", pa.float32()),
+            ("aligned_from", pa.string()),
+            ("embedding", pa.list_(pa.float32(), embedder.dim)),
+            ("identity", pa.string()),
+        ],
+        metadata={"identity": embedder.identity, "model": embedder.name},
+    )
+    photos = set()
+    with atomic_output(out_dir / PARQUET) as fh, pq.ParquetWriter(fh, schema) as writer:
+        for rows, reps in _vouched_parts(out_dir):
+            if not rows:
+                continue
+            photos.update(r["path"] for r in rows)
+            flat = pa.array(np.ascontiguousarray(reps, np.float32).reshape(-1), pa.float32())
+            table = pa.table(
+                {
+                    "path": [source.where(r["path"]) for r in rows],
+                    "label": [_label(r["path"]) for r in rows],
+                    "face": pa.array([r["face"] for r in rows], pa.int32()),
+                    "box": pa.array([r["box"] for r in rows], pa.list_(pa.int32(), 4)),
+                    "score": pa.array([r["score"] for r in rows], pa.float32()),
+                    "aligned_from": [r.get("aligned_from", "") for r in rows],
+                    "embedding": pa.FixedSizeListArray.from_arrays(flat, embedder.dim),
+                    "identity": [embedder.identity] * len(rows),
+                },
+                schema=schema,
+            )
+            writer.write_table(table)
+    _remove_outputs(out_dir, OPENFACE_FILES)
+    report.done_ok_total = len(photos)

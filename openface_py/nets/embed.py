@@ -230,10 +230,13 @@ def best_installed_model() -> str:
     raise ModelNotInstalledError("no embedding model is installed; " + nn4_missing_message())
 
 
-def load_embedder(model: Optional[str] = None, threads: Optional[int] = None, backend: str = "auto") -> Embedder:
+def load_embedder(
+    model: Optional[str] = None, threads: Optional[int] = None, backend: str = "auto", device: str = "cpu"
+) -> Embedder:
     """An embedder by name (``MODEL_NAMES``) or by a path to NN4-small2 weights.
 
-    ``backend`` (NN4-small2 only): ``auto``, ``eager``, ``compile`` or ``onnx`` (``backends.py``).
+    ``backend`` and ``device`` (NN4-small2 only): ``auto``, ``eager``, ``compile`` or ``onnx``
+    (``backends.py``); a torch device (``cuda`` for a GPU; dlib's ResNet uses dlib's own build).
     """
     model = model or best_installed_model()
     if model == DLIB_RESNET_V1:
@@ -246,29 +249,50 @@ def load_embedder(model: Optional[str] = None, threads: Optional[int] = None, ba
                 "installation lacks the shipped weights (reinstall the package, or use a source checkout)"
             )
         _check_sha256(path, store.NN4_SMALL2_DISTILLED.sha256)
-        return _nn4(path, NN4_SMALL2_DISTILLED, threads, backend)
+        return _nn4(path, NN4_SMALL2_DISTILLED, threads, backend, device)
     if model == NN4_SMALL2_V1:
         path = find_nn4_small2_v1()
         if path is None:
             raise ModelNotInstalledError(nn4_missing_message())
         _check_official_md5(path)
-        return _nn4(path, NN4_SMALL2_V1, threads, backend)
+        return _nn4(path, NN4_SMALL2_V1, threads, backend, device)
     p = Path(model)
     if p.exists():
         known = known_weights(p)
         if known is not None:
             log.info("%s is a copy of %s", p, known)
-            return _nn4(p, known, threads, backend)
+            return _nn4(p, known, threads, backend, device)
         threshold = weights_metadata(p).get("same_person_threshold")
         return NN4Embedder(
-            p, threads=threads, backend=backend, same_person_threshold=None if threshold is None else float(threshold)
+            p,
+            threads=threads,
+            backend=backend,
+            device=device,
+            same_person_threshold=None if threshold is None else float(threshold),
         )
     raise UsageError(f"unknown model {model!r}: not one of {', '.join(MODEL_NAMES)} and no such weights file or folder")
 
 
-def _nn4(path: Path, name: str, threads: Optional[int], backend: str) -> NN4Embedder:
+def describe_model(model: Optional[str] = None) -> tuple[str, str, AlignmentSpec]:
+    """(model as ``load_embedder`` takes it, the embedder's ``name``, its alignment) without loading
+    torch or the weights, so a job's driver can record the identity its workers will give."""
+    model = model or best_installed_model()
+    if model in MODEL_NAMES:
+        return model, model, alignment_for(model)
+    p = Path(model)
+    if not p.exists():
+        raise UsageError(
+            f"unknown model {model!r}: not one of {', '.join(MODEL_NAMES)} and no such weights file or folder"
+        )
+    known = known_weights(p)
+    return model, known or f"nn4.small2@sha256:{weights_digest(p)[:16]}", openface_spec()
+
+
+def _nn4(path: Path, name: str, threads: Optional[int], backend: str, device: str = "cpu") -> NN4Embedder:
     threshold = SAME_PERSON_THRESHOLDS[name]
-    return NN4Embedder(path, name=name, threads=threads, backend=backend, same_person_threshold=threshold)
+    return NN4Embedder(
+        path, name=name, threads=threads, backend=backend, device=device, same_person_threshold=threshold
+    )
 
 
 _DIGESTS: dict[tuple, str] = {}

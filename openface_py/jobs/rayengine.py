@@ -1,0 +1,217 @@
+"""The Ray engine of ``jobs.engine.embed_photos``: the same face stage and embedder on a Ray cluster.
+
+Ray Data (streaming execution, bounded in-flight blocks) runs two actor pools:
+
+1. the job's face stage (read the photo, detect, align), one CPU per actor, built once per
+   actor; the pool grows with the cluster's CPUs;
+2. the embedder, loaded once per actor: one actor per GPU when the cluster has GPUs, else CPU
+   actors, one per ``CPUS_PER_EMBED_ACTOR`` CPUs (the measured ratio of the two stages' CPU
+   cost, BENCHMARKS.md "Folder jobs on Ray").
+
+Photos travel as their names; aligned faces and embeddings travel between the stages as raw
+bytes, one row per photo. Results stream back to the driver, which writes the outputs (as with
+the local engine). A batch that Ray loses (its actor died twice, or it raised past the stage's
+own error handling) does not end the job: its photos come back with ``LOST``.
+
+Without ``--ray-address`` a private local Ray instance is started for the job and stopped after
+it; with an address (``auto``: the cluster ``ray start`` runs on this machine) the job joins
+that cluster. Inside a process that already called ``ray.init`` that session is used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Callable, Iterator
+
+import numpy as np
+
+from openface_py.errors import UsageError
+from openface_py.jobs.engine import EmbeddedPhoto, EmbedderSpec, Engine, PhotoFaces
+from openface_py.jobs.source import INSTALL_HINT
+
+log = logging.getLogger(__name__)
+
+#: CPUs of face stage per CPU embedding actor: per photo the face stage (decode + hog-mtcnn +
+#: landmarks + warp) costs about 2x what NN4-small2 costs on one thread (BENCHMARKS.md).
+CPUS_PER_EMBED_ACTOR = 3
+#: Photos per Ray Data block: small blocks keep in-flight data small and the actors busy.
+PHOTOS_PER_BLOCK = 16
+#: The reason given for a photo whose batch Ray lost.
+LOST = "lost by Ray: its batch failed (a worker died or raised); run again with --retry-failed"
+
+
+def require_ray():
+    """The ``ray`` module with Ray Data, or a ``UsageError`` saying how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401  (Ray Data is the part we need: 'ray[data]')
+    except ImportError as exc:
+        raise UsageError(f"--engine ray needs Ray Data, which is not installed ({exc}): {INSTALL_HINT}") from None
+    return ray
+
+
+@contextmanager
+def ray_session(engine: Engine) -> Iterator[object]:
+    """Connect to (or start) the Ray instance ``engine`` names; a private one is stopped at the end."""
+    ray = require_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    quiet = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": False}
+    if engine.address:
+        ray.init(address=engine.address, **quiet)
+    else:
+        ray.init(num_cpus=engine.num_cpus, **quiet)
+    log.info("Ray %s: %s", ray.__version__, ray.cluster_resources())
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+class _FaceActor:
+    """Ray Data callable class: the job's face stage, built once per actor."""
+
+    def __init__(self, stage: Callable, stage_args: tuple) -> None:
+        self.fn = stage(*stage_args)
+
+    def __call__(self, batch: dict) -> dict:
+        out: dict = {"key": [], "reason": [], "n": [], "faces": [], "info": []}
+        for key in batch["key"]:
+            item = json.loads(key)
+            try:
+                photo = self.fn(item)
+            except Exception as exc:  # the stage reports bad photos itself; anything else is this photo's too
+                photo = PhotoFaces(item, f"{type(exc).__name__}: {exc}")
+            out["key"].append(key)
+            out["reason"].append(photo.reason)
+            out["n"].append(len(photo.faces))
+            out["faces"].append(b"".join(np.ascontiguousarray(f, dtype=np.uint8).tobytes() for f in photo.faces))
+            out["info"].append(json.dumps(photo.info))
+        return {k: np.array(v, dtype=np.int64 if k == "n" else object) for k, v in out.items()}
+
+
+class _EmbedActor:
+    """Ray Data callable class: the embedder, loaded once per actor (on its GPU if it has one)."""
+
+    def __init__(self, spec: EmbedderSpec, batch_size: int) -> None:
+        self.embedder = spec.load()
+        self.size = spec.alignment.size
+        self.batch_size = batch_size
+
+    def __call__(self, batch: dict) -> dict:
+        counts = [int(n) for n in batch["n"]]
+        faces = [
+            face
+            for n, raw in zip(counts, batch["faces"])
+            if n
+            for face in np.frombuffer(raw, np.uint8).reshape(n, self.size, self.size, 3)
+        ]
+        reps = self.embedder.embed(faces, batch_size=self.batch_size)
+        rows, at = [], 0
+        for n in counts:
+            rows.append(reps[at : at + n].astype(np.float32).tobytes())
+            at += n
+        return {
+            "key": batch["key"],
+            "reason": batch["reason"],
+            "info": batch["info"],
+            "reps": np.array(rows, dtype=object),
+        }
+
+
+def plan(resources: dict, engine: Engine) -> dict:
+    """Actor pools for a cluster with ``resources`` (``ray.cluster_resources()``).
+
+    With GPUs: one embedding actor per GPU (and one CPU each to feed it), a face-stage actor on
+    every other CPU. On CPUs alone: a face-stage actor per CPU, as the local engine has a worker
+    per core, and one embedding actor per ``CPUS_PER_EMBED_ACTOR`` CPUs; their CPU reservations
+    split the cluster's CPUs in the measured proportion of the two stages' costs (embedding a
+    third), so both pools fit at once and the CPUs are as busy as the local engine keeps them.
+    """
+    cpus = max(1, int(resources.get("CPU", 1)))
+    gpus = int(resources.get("GPU", 0))
+    if gpus:
+        n = engine.embed_actors or gpus
+        face = max(1, cpus - n)
+        return {"face": {"size": face, "num_cpus": 1}, "embed": {"size": n, "num_gpus": 1, "num_cpus": 1}}
+    n = engine.embed_actors or max(1, round(cpus / CPUS_PER_EMBED_ACTOR))
+    share = 1 / CPUS_PER_EMBED_ACTOR
+
+    def down(x: float) -> float:  # Ray counts resources in 1/10000ths: never ask for more than there is
+        return math.floor(x * 10000) / 10000
+
+    return {
+        "face": {"size": cpus, "num_cpus": down(1 - share)},
+        "embed": {"size": n, "num_gpus": 0, "num_cpus": down(cpus * share / n)},
+    }
+
+
+@contextmanager
+def ray_embed_photos(
+    stage: Callable,
+    stage_args: tuple,
+    items: list,
+    spec: EmbedderSpec,
+    engine: Engine,
+    batch_size: int,
+    progress: bool,
+) -> Iterator[Iterator[EmbeddedPhoto]]:
+    """``embed_photos`` on Ray (see the module's docstring)."""
+    with ray_session(engine) as ray:
+        yield _stream(ray, stage, stage_args, items, spec, engine, batch_size, progress)
+
+
+def _stream(ray, stage, stage_args, items, spec, engine, batch_size, progress) -> Iterator[EmbeddedPhoto]:
+    if not items:
+        return
+    from ray.data import ActorPoolStrategy, DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = bool(progress)
+    ctx.max_errored_blocks = -1  # a lost batch is reported per photo, never fatal to the job
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+    layout = plan(ray.cluster_resources(), engine)
+    face, emb = layout["face"], layout["embed"]
+    if emb["num_gpus"]:
+        spec = replace(spec, device="cuda")
+    elif spec.threads is None:
+        spec = replace(spec, threads=max(1, round(emb["num_cpus"])))
+    log.info("Ray plan: %s", layout)
+    keys = {json.dumps(item): item for item in items}
+    ds = ray.data.from_items(
+        [{"key": k} for k in keys], override_num_blocks=max(1, math.ceil(len(keys) / PHOTOS_PER_BLOCK))
+    )
+    ds = ds.map_batches(
+        _FaceActor,
+        fn_constructor_args=(stage, stage_args),
+        batch_size=PHOTOS_PER_BLOCK,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(min_size=1, max_size=face["size"], initial_size=face["size"]),
+        num_cpus=face["num_cpus"],
+    )
+    ds = ds.map_batches(
+        _EmbedActor,
+        fn_constructor_args=(spec, batch_size),
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ActorPoolStrategy(size=emb["size"]),
+        num_cpus=emb["num_cpus"],
+        num_gpus=emb["num_gpus"],
+    )
+    dim = spec.dim
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        for key, reason, info, reps in zip(batch["key"], batch["reason"], batch["info"], batch["reps"]):
+            item = keys.pop(key, None)
+            if item is None:  # a batch Ray ran twice: the photo came back already
+                continue
+            vectors = np.frombuffer(reps, np.float32).reshape(-1, dim).copy()
+            yield EmbeddedPhoto(item, str(reason), json.loads(info), vectors)
+    for item in keys.values():
+        log.warning("%s: %s", item, LOST)
+        yield EmbeddedPhoto(item, LOST, None, np.zeros((0, dim), np.float32))

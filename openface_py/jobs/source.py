@@ -1,0 +1,111 @@
+"""Where a folder job's photos are: a local (or shared) folder, or a URL a cluster can read.
+
+A URL (``s3://bucket/photos/``, ``gs://...``, ``hdfs://...``, ``file:///...``) is opened with
+``pyarrow.fs`` where pyarrow knows the scheme and with fsspec otherwise (``memory://``,
+``gcs://``, anything fsspec has a driver for). Both come with the ``ray`` extra
+(``pip install openface-py[ray]``). A source is small and picklable: each worker (a local
+process or a Ray actor on another machine) reads the photos it is given itself, so photo bytes
+never pass through the driver.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Union
+
+from openface_py.errors import OpenFacePyError
+from openface_py.io import IMAGE_EXTENSIONS, list_images
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+INSTALL_HINT = "pip install 'openface-py[ray]'"
+
+
+def is_url(text: Union[str, os.PathLike]) -> bool:
+    """Whether ``text`` is a URL (``scheme://...``) rather than a local path."""
+    return bool(_URL.match(str(text)))
+
+
+@dataclass(frozen=True)
+class PhotoSource:
+    """A folder of photos; ``rel`` names are POSIX paths below it, as ``list_images`` gives them."""
+
+    location: str  # a local folder or a URL, as the user gave it
+    filesystem: object = None  # a pyarrow.fs.FileSystem for a URL; None for a local folder
+    root: str = ""  # the folder's path inside ``filesystem``
+
+    @classmethod
+    def open(cls, location: Union[str, os.PathLike]) -> PhotoSource:
+        """A source for a local folder or a URL; raises ``OpenFacePyError`` when it is not a folder."""
+        text = str(location)
+        if not is_url(text):
+            if not Path(text).is_dir():
+                raise OpenFacePyError(f"{text}: input folder not found")
+            return cls(text)
+        fs, root = _filesystem_for(text)
+        from pyarrow import fs as pafs
+
+        info = fs.get_file_info(root)
+        if info.type != pafs.FileType.Directory:
+            raise OpenFacePyError(f"{text}: input folder not found (no directory at {root!r})")
+        return cls(text, fs, root.rstrip("/"))
+
+    @property
+    def local(self) -> bool:
+        return self.filesystem is None
+
+    def list(self) -> list[str]:
+        """Every image below the folder (recursive, sorted; hidden entries skipped, as ``list_images``)."""
+        if self.local:
+            return [r.as_posix() for r in list_images(self.location)]
+        from pyarrow import fs as pafs
+
+        found = []
+        for info in self.filesystem.get_file_info(pafs.FileSelector(self.root, recursive=True)):
+            if info.type != pafs.FileType.File:
+                continue
+            rel = PurePosixPath(info.path).relative_to(PurePosixPath(self.root))
+            if any(part.startswith(".") for part in rel.parts):
+                continue
+            if rel.name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(rel.as_posix())
+        return sorted(found)
+
+    def read(self, rel: str) -> bytes:
+        """The bytes of one photo (``OSError`` when it cannot be read)."""
+        if self.local:
+            return (Path(self.location) / rel).read_bytes()
+        with self.filesystem.open_input_stream(f"{self.root}/{rel}") as f:
+            return f.readall()
+
+    def where(self, rel: str) -> str:
+        """The photo's full name for output files: a path for a local folder, a URL otherwise."""
+        if self.local:
+            return str(Path(self.location) / rel)
+        return self.location.rstrip("/") + "/" + rel
+
+
+def _filesystem_for(url: str):
+    """(pyarrow filesystem, path inside it) for a URL: pyarrow's own where it knows the scheme,
+    else fsspec's wrapped for pyarrow."""
+    try:
+        from pyarrow import fs as pafs
+    except ImportError:
+        raise OpenFacePyError(f"reading photos from a URL ({url}) needs pyarrow: {INSTALL_HINT}") from None
+    try:
+        return pafs.FileSystem.from_uri(url)
+    except Exception as arrow_error:  # pyarrow raises ArrowInvalid for schemes it does not know
+        try:
+            import fsspec
+        except ImportError:
+            raise OpenFacePyError(
+                f"{url}: pyarrow cannot open it ({arrow_error}) and fsspec is not installed"
+            ) from None
+        try:
+            fs, path = fsspec.core.url_to_fs(url)
+        except (ValueError, ImportError) as exc:
+            raise OpenFacePyError(f"{url}: neither pyarrow nor fsspec can open it ({exc})") from None
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path

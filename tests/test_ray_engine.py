@@ -1,0 +1,200 @@
+"""`--engine ray` on a local Ray instance (2 CPUs, started and stopped here): the same rows and
+embeddings as the local engine, bad photos reported alike, a `file://` URL as input, Parquet
+output, resuming after the driver is killed, `lfw`/`db import` through the same pipeline, and
+the message when Ray is not installed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import EXAMPLES, ROOT, SAMPLE
+
+from openface_py.jobs.engine import EmbedderSpec, Engine
+from openface_py.jobs.stream import RUN_JOURNAL, run_folder
+from openface_py.nets.embed import NN4_SMALL2_DISTILLED, load_embedder
+
+ray = pytest.importorskip(
+    "ray", reason="the Ray engine's tests need Ray: pip install 'openface-py[ray]' (make test does)"
+)
+pq = pytest.importorskip("pyarrow.parquet", reason="needs pyarrow (the ray extra)")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """The 100 sample photos in their people's folders, a corrupt file, a photo without a face, a two-face photo."""
+    root = tmp_path_factory.mktemp("ray-photos")
+    shutil.copytree(SAMPLE, root, dirs_exist_ok=True)
+    (root / "Tony_Blair" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "none").mkdir()
+    import cv2
+
+    cv2.imwrite(str(root / "none" / "grey.png"), np.full((120, 160, 3), 128, np.uint8))
+    shutil.copy(EXAMPLES / "longoria-cooper.jpg", root / "none" / "two.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def local(photos, tmp_path_factory):
+    """The local engine's outputs for the photos: what every Ray run must give."""
+    out = tmp_path_factory.mktemp("local")
+    embedder = load_embedder(NN4_SMALL2_DISTILLED, backend="onnx")
+    report = run_folder(photos, out, embedder, workers=2, progress=False)
+    return out, report
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    """A local Ray instance of 2 CPUs for this module's in-process runs (they join it)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _rows(d):
+    reps = np.load(d / "reps.npy")
+    return reps, json.loads((d / "labels.json").read_text()), json.loads((d / "faces.json").read_text())
+
+
+def test_ray_equals_local_and_reports_bad_photos_alike(photos, local, ray_instance, tmp_path):
+    ref_dir, ref_report = local
+    spec = EmbedderSpec.of(NN4_SMALL2_DISTILLED, backend="onnx")
+    report = run_folder(photos, tmp_path / "ray", spec, engine=Engine("ray"), batch_size=8, progress=False)
+    assert report.total == ref_report.total == 103
+    assert report.done_ok_total == ref_report.done_ok_total == 101
+    assert {(f.path, f.reason) for f in report.failures} == {(f.path, f.reason) for f in ref_report.failures}
+    assert {f.path for f in report.failures} == {"Tony_Blair/broken.jpg", "none/grey.png"}
+    reps, labels, faces = _rows(tmp_path / "ray")
+    ref_reps, ref_labels, ref_faces = _rows(ref_dir)
+    assert labels == ref_labels and faces == ref_faces  # same photos, faces, boxes, in the same order
+    assert reps.shape == ref_reps.shape == (101, 128)
+    assert np.abs(reps - ref_reps).max() < 1e-5
+    saved = json.loads((tmp_path / "ray" / "run-report.json").read_text())
+    assert saved["failed"] == 2 and saved["aligned_total"] == 101
+
+
+def test_url_input_and_parquet_output(photos, local, ray_instance, tmp_path):
+    ref_dir, _ = local
+    url = photos.resolve().as_uri()  # file:///...: read through pyarrow.fs, as s3:// would be
+    spec = EmbedderSpec.of(NN4_SMALL2_DISTILLED, backend="onnx")
+    report = run_folder(url, tmp_path / "pq", spec, engine=Engine("ray"), output_format="parquet", progress=False)
+    assert report.done_ok_total == 101 and len(report.failures) == 2
+    assert not (tmp_path / "pq" / "reps.csv").exists()
+    table = pq.read_table(tmp_path / "pq" / "faces.parquet").to_pylist()
+    ref_reps, ref_labels, ref_faces = _rows(ref_dir)
+    assert len(table) == 101
+    got = {(r["path"], r["face"]): r for r in table}
+    for rep, path, face in zip(ref_reps, ref_labels["paths"], ref_faces):
+        row = got[(url + "/" + face["path"], face["face"])]
+        assert os.path.relpath(path, photos) == face["path"]
+        assert row["box"] == face["box"] and row["label"] == face["path"].rsplit("/", 1)[0]
+        assert row["identity"] == spec.identity
+        assert np.abs(np.array(row["embedding"], np.float32) - rep).max() < 1e-5
+
+
+def _ray_run(photos, out, *extra) -> list:
+    return [sys.executable, "-m", "openface_py", "-q", "run", str(photos), str(out), "--engine", "ray",
+            "--batch-size", "4", "--model", NN4_SMALL2_DISTILLED, "--backend", "onnx", *extra]  # fmt: skip
+
+
+def test_resumes_after_the_driver_is_killed_without_redoing_photos(photos, local, ray_instance, tmp_path):
+    """A CLI driver on a running Ray instance (--ray-address), killed part-way (SIGKILL, the driver
+    alone), then resumed by a CLI driver with a private instance of its own."""
+    out = tmp_path / "killed"
+    address = ray.get_runtime_context().gcs_address
+    proc = subprocess.Popen(
+        _ray_run(photos, out, "--ray-address", address), cwd=ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    journal = out / RUN_JOURNAL
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if journal.is_file() and len(journal.read_text().splitlines()) >= 12:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = [json.loads(x) for x in journal.read_text().splitlines() if x.strip()]
+    assert 12 <= len(before) < 103, "kill the run part-way"
+    r = subprocess.run(_ray_run(photos, out, "--json"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    assert report["already_done"] == len({e["src"] for e in before})
+    assert report["aligned"] == 101 - sum(e["status"] == "ok" for e in before)  # only the rest was embedded
+    assert report["aligned_total"] == 101 and report["failed"] == 2 and report["total"] == 103
+    after = [json.loads(x) for x in journal.read_text().splitlines() if x.strip()]
+    assert len(after) == 103 and len({e["src"] for e in after}) == 103  # nothing done twice
+    reps, labels, faces = _rows(out)
+    ref_reps, ref_labels, ref_faces = _rows(local[0])
+    assert labels == ref_labels and faces == ref_faces
+    assert np.abs(reps - ref_reps).max() < 1e-5
+
+
+def test_lfw_and_db_import_share_the_pipeline(photos, ray_instance, tmp_path):
+    """pairs-eval's photo embedding and db import on Ray give what the local engine gives."""
+    from openface_py.eval.lfw import DetectorChoice, embed_lfw_images
+    from openface_py.jobs.dbimport import import_folder
+    from openface_py.recognize.facedb import FaceDatabase
+
+    names = sorted(p.relative_to(SAMPLE).as_posix() for p in SAMPLE.glob("Colin_Powell/*.jpg"))
+    embedder = load_embedder(NN4_SMALL2_DISTILLED, backend="onnx")
+    spec = EmbedderSpec.of(NN4_SMALL2_DISTILLED, backend="onnx")
+    det = DetectorChoice("hog")
+    here = embed_lfw_images(SAMPLE, names, embedder, tmp_path / "a.npz", workers=2, detector=det, progress=False)
+    there = embed_lfw_images(
+        SAMPLE, names, spec, tmp_path / "b.npz", detector=det, engine=Engine("ray"), progress=False
+    )
+    assert here.names == there.names and here.fallbacks == there.fallbacks
+    assert np.abs(here.reps - there.reps).max() < 1e-5 and np.abs(here.reps_flip - there.reps_flip).max() < 1e-5
+
+    gallery = tmp_path / "gallery"
+    for person in ("Colin_Powell", "Hugo_Chavez"):
+        shutil.copytree(photos / person, gallery / person)
+    (gallery / "Hugo_Chavez" / "broken.jpg").write_bytes(b"not a photo")
+    dbs = {}
+    for engine in ("local", "ray"):
+        db = FaceDatabase.create(tmp_path / f"{engine}.db", NN4_SMALL2_DISTILLED, spec.identity, 0.16)
+        rep = import_folder(db, gallery, engine=Engine(engine, workers=2), progress=False)
+        assert rep.enrolled == 20 and [f.path for f in rep.failures] == ["Hugo_Chavez/broken.jpg"]
+        dbs[engine] = db, rep.failures[0].reason
+    assert dbs["local"][1] == dbs["ray"][1]  # the same reason from either engine
+    dbs = {e: db for e, (db, _) in dbs.items()}
+    rows = {
+        e: db.conn.execute(
+            "SELECT p.source, f.box, f.embedding FROM faces f JOIN photos p ON p.id = f.photo_id ORDER BY p.source"
+        ).fetchall()
+        for e, db in dbs.items()
+    }
+    assert len(rows["local"]) == 20 and [r[:2] for r in rows["local"]] == [r[:2] for r in rows["ray"]]
+    for (_, _, a), (_, _, b) in zip(rows["local"], rows["ray"]):
+        assert np.abs(np.frombuffer(a, np.float32) - np.frombuffer(b, np.float32)).max() < 1e-5
+    for db in dbs.values():
+        db.close()
+
+
+NO_RAY = """
+import sys
+sys.modules["ray"] = None  # as if Ray were not installed
+from openface_py.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_without_ray_the_engine_says_how_to_install_it(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-c", NO_RAY, "run", str(SAMPLE), str(tmp_path / "out"), "--engine", "ray"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "pip install 'openface-py[ray]'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
