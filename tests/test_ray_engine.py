@@ -179,6 +179,36 @@ def test_lfw_and_db_import_share_the_pipeline(photos, ray_instance, tmp_path):
         db.close()
 
 
+class _KillsItsActor:
+    """run's face stage, except that one photo kills the process it runs in (a crash in native code)."""
+
+    def __init__(self, job) -> None:
+        from openface_py.jobs.stream import _FaceWorker
+
+        self.inner = _FaceWorker(job)
+
+    def __call__(self, rel: str):
+        if rel.endswith("Colin_Powell_0003.jpg"):
+            os._exit(1)
+        return self.inner(rel)
+
+
+@pytest.mark.slow
+def test_a_photo_that_kills_its_actor_is_reported_and_the_rest_embedded(photos, ray_instance, tmp_path, monkeypatch):
+    from ray import cloudpickle
+
+    from openface_py.jobs import stream
+    from openface_py.jobs.rayengine import LOST
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import a test module
+    monkeypatch.setattr(stream, "_FaceWorker", _KillsItsActor)
+    spec = EmbedderSpec.of(NN4_SMALL2_DISTILLED, backend="onnx")
+    report = run_folder(photos, tmp_path / "out", spec, engine=Engine("ray"), progress=False)
+    assert report.done_ok_total == 100  # every other photo with a face, also those of the killer's first block
+    assert {(f.path, f.reason) for f in report.failures} >= {("Colin_Powell/Colin_Powell_0003.jpg", LOST)}
+    assert len(report.failures) == 3
+
+
 NO_RAY = """
 import sys
 sys.modules["ray"] = None  # as if Ray were not installed

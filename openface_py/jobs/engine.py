@@ -116,8 +116,6 @@ class Engine:
         if self.name == "local" and self.address:
             raise UsageError("--ray-address goes with --engine ray")
 
-    def describe(self) -> dict:
-        return {"engine": self.name, **({"ray_address": self.address} if self.address else {})}
 
 
 @contextmanager

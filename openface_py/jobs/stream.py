@@ -164,8 +164,6 @@ def run_folder(
         engine = replace(engine, workers=workers)
     source = PhotoSource.open(input_dir)
     out_dir = Path(output_dir)
-    if source.local and Path(source.location).resolve() == out_dir.resolve():
-        raise OpenFacePyError(f"{out_dir}: the output folder must not be the input folder")
     settings = {
         "identity": embedder.identity,
         "detector": detector,
