@@ -78,6 +78,8 @@ def engine_choice(args: argparse.Namespace, workers_default: int):
         if args.workers is not None:
             raise UsageError("--workers sets local worker processes; Ray sizes its actor pools from the cluster")
     workers = workers_default if args.workers is None else int(args.workers)
+    if workers_default == 1:  # these commands always took --workers 0 as one process
+        workers = max(1, workers)
     return Engine(args.engine, workers=workers, address=args.ray_address)
 
 

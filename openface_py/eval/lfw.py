@@ -326,7 +326,7 @@ def embed_lfw_images(
     todo = [n for n in dict.fromkeys(names) if n not in have]
     if todo:
         nan = np.full(embedder.dim, np.nan, dtype=np.float32)
-        args = (str(image_root), embedder.alignment, detector, on_miss)
+        args = (str(Path(image_root).resolve()), embedder.alignment, detector, on_miss)  # absolute: Ray's workers
         engine = engine or Engine("local", workers=max(1, int(workers)))
         with (
             embed_photos(_PhotoAligner, args, todo, embedder, engine, batch_size) as results,

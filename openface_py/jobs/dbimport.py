@@ -152,7 +152,10 @@ def _enroll_all(
             source = (root / rel).resolve().as_posix()
             seen = source in known  # enrolled or recorded before: this run's record replaces that one
             changed = seen and known[source][2] is None  # it had faces
-            if reason:  # a changed photo that now fails: its earlier faces go too
+            if reason and photo.retry:  # lost by the engine: reported, not recorded, so a rerun tries it again
+                report.failures.append(Failure(rel, reason))
+                log.warning("%s: %s", rel, reason)
+            elif reason:  # a changed photo that now fails: its earlier faces go too
                 db.record_failure(source, size, mtime_ns, reason, replace=changed)
                 report.failures.append(Failure(rel, reason))
                 log.warning("%s: %s", rel, reason)
@@ -234,7 +237,7 @@ def import_folder(
         todo.append((rel.as_posix(), st.st_size, st.st_mtime_ns))
     log.info("%d photos, %d done earlier, %d to import", len(rels), report.already_done, len(todo))
 
-    job = ImportJob(str(root), detector, upsample, max_side, detector_options or None)
+    job = ImportJob(str(root.resolve()), detector, upsample, max_side, detector_options or None)
     _enroll_all(db, job, root, todo, known, embedder, engine, progress, report)
     # recorded duplicates whose original is no longer enrolled (it changed or went): imported now
     again = [(rel.as_posix(), size, mt) for rel, size, mt in duplicates if not _still_enrolled(db, root, rel)]

@@ -46,12 +46,16 @@ class PhotoFaces:
 
 @dataclass
 class EmbeddedPhoto:
-    """A ``PhotoFaces`` after embedding: ``reps`` holds one row per face (none when ``reason`` is set)."""
+    """A ``PhotoFaces`` after embedding: ``reps`` holds one row per face (none when ``reason`` is set).
+
+    ``retry``: the engine lost the photo (not the photo's fault as far as is known): jobs report
+    it but do not record it as failed, so that a rerun tries it again."""
 
     item: Any
     reason: str
     info: Any
     reps: np.ndarray
+    retry: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,6 @@ class Engine:
             raise UsageError("--ray-address goes with --engine ray")
 
 
-
 @contextmanager
 def embed_photos(
     stage: Callable,
@@ -133,7 +136,8 @@ def embed_photos(
 
     ``embedder``: a loaded ``Embedder`` or an ``EmbedderSpec`` (the local engine loads a spec
     here; the Ray engine needs a spec, which its actors load). An item whose worker dies twice
-    (local) or whose batch is lost by Ray comes back with a reason, never ends the job.
+    (local) or that Ray loses twice comes back with a reason (Ray's with ``retry`` set) and the
+    job goes on; only an engine that cannot run at all (no actor starts) raises.
     """
     if engine.name == "ray":
         from openface_py.jobs.rayengine import ray_embed_photos

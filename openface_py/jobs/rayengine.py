@@ -56,6 +56,7 @@ def require_ray():
     try:
         import ray
         import ray.data  # noqa: F401  (Ray Data is the part we need: 'ray[data]')
+        import ray.exceptions  # noqa: F401
     except ImportError as exc:
         raise UsageError(f"--engine ray needs Ray Data, which is not installed ({exc}): {INSTALL_HINT}") from None
     return ray
@@ -198,14 +199,11 @@ def _stream(ray, stage, stage_args, items, spec, engine, batch_size, progress) -
         return
     from ray.data import DataContext
 
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = bool(progress)
-    ctx.max_errored_blocks = -1  # a lost batch is reported per photo, never fatal to the job
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-
     layout = plan(ray.cluster_resources(), engine)
     face, emb = layout["face"], layout["embed"]
     if emb["num_gpus"]:
+        if spec.backend == "onnx":
+            raise UsageError("--backend onnx runs on CPUs, and this cluster embeds on its GPUs: use auto or eager")
         spec = replace(spec, device="cuda")
     elif spec.threads is None:
         spec = replace(spec, threads=max(1, round(emb["num_cpus"])))
@@ -213,20 +211,30 @@ def _stream(ray, stage, stage_args, items, spec, engine, batch_size, progress) -
     keys = {json.dumps(item): item for item in items}
     # large blocks, but at least 4 per face actor so that every actor has work on small jobs
     per_block = max(1, min(MAX_PHOTOS_PER_BLOCK, math.ceil(len(keys) / (4 * face["size"]))))
-    yield from _pass(ray, list(keys), keys, per_block, stage, stage_args, spec, layout, batch_size)
-    if keys and per_block > 1:  # the photos of lost blocks again, one per block: only a culprit is lost
-        log.warning("%d photos were in blocks Ray lost; retrying them one at a time", len(keys))
-        yield from _pass(ray, list(keys), keys, 1, stage, stage_args, spec, layout, batch_size)
+    # this job's Ray Data settings, put back afterwards (the process may run other Ray Data work)
+    ctx = DataContext.get_current()
+    saved = ctx.enable_progress_bars, ctx.max_errored_blocks
+    ctx.enable_progress_bars = bool(progress)
+    ctx.max_errored_blocks = -1  # a lost block is reported per photo, never fatal to the job
+    try:
+        yield from _pass(ray, list(keys), keys, per_block, batch_size, stage, stage_args, spec, layout)
+        if keys:  # the photos of lost blocks again, one per block in both stages: only a culprit is lost
+            log.warning("%d photos were in blocks Ray lost; retrying them one at a time", len(keys))
+            yield from _pass(ray, list(keys), keys, 1, 1, stage, stage_args, spec, layout)
+    finally:
+        ctx.enable_progress_bars, ctx.max_errored_blocks = saved
     for item in keys.values():
         log.warning("%s: %s", item, LOST)
-        yield EmbeddedPhoto(item, LOST, None, np.zeros((0, spec.dim), np.float32))
+        yield EmbeddedPhoto(item, LOST, None, np.zeros((0, spec.dim), np.float32), retry=True)
 
 
-def _pass(ray, todo, keys, per_block, stage, stage_args, spec, layout, batch_size) -> Iterator[EmbeddedPhoto]:
+def _pass(ray, todo, keys, per_block, batch_size, stage, stage_args, spec, layout) -> Iterator[EmbeddedPhoto]:
     """One Ray Data pass over the keys ``todo``; each photo that comes back leaves ``keys``.
 
     A task whose actor dies is retried once on a restarted actor; a block that fails again is
-    dropped (``max_errored_blocks``), and its photos stay in ``keys``."""
+    dropped (``max_errored_blocks``), and its photos stay in ``keys``. What Ray cannot do at all
+    (an actor that cannot start: a model missing on a node, no such device) ends the job with
+    ``OpenFacePyError``; what was written before stays, and a rerun goes on from there."""
     from ray.data import ActorPoolStrategy
 
     face, emb = layout["face"], layout["embed"]
@@ -251,7 +259,15 @@ def _pass(ray, todo, keys, per_block, stage, stage_args, spec, layout, batch_siz
         num_gpus=emb["num_gpus"],
         **retries,
     )
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+    batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except ray.exceptions.RayError as exc:
+            cause = str(exc).strip().splitlines()
+            raise OpenFacePyError(f"Ray could not run the job: {type(exc).__name__}: {' '.join(cause[:3])}") from exc
         for key, reason, info, reps in zip(batch["key"], batch["reason"], batch["info"], batch["reps"]):
             item = keys.pop(key, None)
             if item is None:  # a batch Ray ran twice: the photo came back already

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Union
 
-from openface_py.errors import OpenFacePyError
-from openface_py.io import IMAGE_EXTENSIONS, list_images
+import numpy as np
+
+from openface_py.errors import ImageLoadError, OpenFacePyError
+from openface_py.io import IMAGE_EXTENSIONS, list_images, load_image
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -33,22 +35,28 @@ def is_url(text: Union[str, os.PathLike]) -> bool:
 class PhotoSource:
     """A folder of photos; ``rel`` names are POSIX paths below it, as ``list_images`` gives them."""
 
-    location: str  # a local folder or a URL, as the user gave it
+    location: str  # a local folder or a URL, as the user gave it (output files name photos with it)
     filesystem: object = None  # a pyarrow.fs.FileSystem for a URL; None for a local folder
-    root: str = ""  # the folder's path inside ``filesystem``
+    root: str = ""  # the folder's path inside ``filesystem``; a local folder's absolute path
 
     @classmethod
     def open(cls, location: Union[str, os.PathLike]) -> PhotoSource:
-        """A source for a local folder or a URL; raises ``OpenFacePyError`` when it is not a folder."""
+        """A source for a local folder or a URL; raises ``OpenFacePyError`` when it is not a folder.
+
+        A local folder is read by its absolute path: Ray's workers do not share the driver's
+        working directory."""
         text = str(location)
         if not is_url(text):
             if not Path(text).is_dir():
                 raise OpenFacePyError(f"{text}: input folder not found")
-            return cls(text)
+            return cls(text, None, str(Path(text).resolve()))
         fs, root = _filesystem_for(text)
         from pyarrow import fs as pafs
 
-        info = fs.get_file_info(root)
+        try:
+            info = fs.get_file_info(root)
+        except (OSError, ValueError) as exc:  # pyarrow's errors derive from these (access denied, network)
+            raise OpenFacePyError(f"{text}: cannot open it ({exc})") from None
         if info.type != pafs.FileType.Directory:
             raise OpenFacePyError(f"{text}: input folder not found (no directory at {root!r})")
         return cls(text, fs, root.rstrip("/"))
@@ -60,11 +68,15 @@ class PhotoSource:
     def list(self) -> list[str]:
         """Every image below the folder (recursive, sorted; hidden entries skipped, as ``list_images``)."""
         if self.local:
-            return [r.as_posix() for r in list_images(self.location)]
+            return [r.as_posix() for r in list_images(self.root)]
         from pyarrow import fs as pafs
 
+        try:
+            infos = self.filesystem.get_file_info(pafs.FileSelector(self.root, recursive=True))
+        except (OSError, ValueError) as exc:
+            raise OpenFacePyError(f"{self.location}: cannot list it ({exc})") from None
         found = []
-        for info in self.filesystem.get_file_info(pafs.FileSelector(self.root, recursive=True)):
+        for info in infos:
             if info.type != pafs.FileType.File:
                 continue
             rel = PurePosixPath(info.path).relative_to(PurePosixPath(self.root))
@@ -77,9 +89,20 @@ class PhotoSource:
     def read(self, rel: str) -> bytes:
         """The bytes of one photo (``OSError`` when it cannot be read)."""
         if self.local:
-            return (Path(self.location) / rel).read_bytes()
+            return (Path(self.root) / rel).read_bytes()
         with self.filesystem.open_input_stream(f"{self.root}/{rel}") as f:
             return f.readall()
+
+    def image(self, rel: str) -> np.ndarray:
+        """One photo decoded (``io.load_image``; ``ImageLoadError`` with the reason when it cannot
+        be): a local file by its path, so the reasons are those of every other command."""
+        if self.local:
+            return load_image(Path(self.root) / rel)
+        try:
+            data = self.read(rel)
+        except OSError as exc:
+            raise ImageLoadError(f"{self.location}/{rel}", f"cannot read: {exc.strerror or exc}") from None
+        return load_image(data)
 
     def where(self, rel: str) -> str:
         """The photo's full name for output files: a path for a local folder, a URL otherwise."""
@@ -106,6 +129,6 @@ def _filesystem_for(url: str):
             ) from None
         try:
             fs, path = fsspec.core.url_to_fs(url)
-        except (ValueError, ImportError) as exc:
+        except (ValueError, ImportError, OSError) as exc:
             raise OpenFacePyError(f"{url}: neither pyarrow nor fsspec can open it ({exc})") from None
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path

@@ -32,7 +32,7 @@ import numpy as np
 from openface_py.errors import Failure, ImageLoadError, OpenFacePyError
 from openface_py.faces.align import AlignmentSpec, align_detection, make_aligner
 from openface_py.faces.detect import detector_settings, make_detector, select_faces
-from openface_py.io import atomic_output, atomic_write_bytes, atomic_write_text, encode_png, load_image
+from openface_py.io import atomic_output, atomic_write_bytes, atomic_write_text, encode_png
 from openface_py.jobs.batch import EMBED_META, AlignReport, output_names, write_embeddings
 from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_photos
 from openface_py.jobs.journal import Journal, read_journal
@@ -88,11 +88,7 @@ class _FaceWorker:
 
     def __call__(self, rel: str) -> PhotoFaces:
         try:
-            try:
-                data = self.job.source.read(rel)
-            except OSError as exc:
-                return PhotoFaces(rel, f"cannot read: {exc.strerror or exc}")
-            rgb = load_image(data)
+            rgb = self.job.source.image(rel)
             dets = self.detector.detect(rgb)
             if not dets:
                 return PhotoFaces(rel, "no face found")
@@ -159,10 +155,16 @@ def run_folder(
     """
     if output_format not in OUTPUT_FORMATS:
         raise OpenFacePyError(f"unknown output format {output_format!r}: one of {', '.join(OUTPUT_FORMATS)}")
+    if output_format == "parquet":
+        try:
+            import pyarrow  # noqa: F401  (checked before any work, not at the end)
+        except ImportError:
+            raise OpenFacePyError(f"--format parquet needs pyarrow: {INSTALL_HINT}") from None
     engine = engine or Engine("local", workers=workers)
     if engine.name == "local" and workers and not engine.workers:
         engine = replace(engine, workers=workers)
     source = PhotoSource.open(input_dir)
+    rels = source.list()  # before the output folder is made: a source that cannot be listed leaves nothing
     out_dir = Path(output_dir)
     settings = {
         "identity": embedder.identity,
@@ -176,7 +178,6 @@ def run_folder(
     with OutputFolder(out_dir, RUN_META, "run"):
         _check_or_write_settings(out_dir, settings)
         (out_dir / PARTS).mkdir(exist_ok=True)
-        rels = source.list()
         journal = read_journal(out_dir / RUN_JOURNAL)
         names = None
         if save_aligned:
@@ -189,7 +190,7 @@ def run_folder(
             int(upsample),
             multi,
             skip_multi,
-            str(out_dir / "aligned") if save_aligned else None,
+            str((out_dir / "aligned").resolve()) if save_aligned else None,  # absolute: Ray's workers
             int(max_side) if max_side else None,
             names,
             detector_options or None,
@@ -311,7 +312,8 @@ def _embed_missing(
             bar.update(1)
             rel = photo.item
             if photo.reason:
-                jnl.append([{"src": rel, "status": "failed", "reason": photo.reason}])
+                if not photo.retry:  # a photo lost by the engine is not journaled: a rerun tries it again
+                    jnl.append([{"src": rel, "status": "failed", "reason": photo.reason}])
                 report.failures.append(Failure(rel, photo.reason))
                 log.warning("%s: %s", rel, photo.reason)
                 continue

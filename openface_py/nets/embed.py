@@ -278,6 +278,10 @@ def describe_model(model: Optional[str] = None) -> tuple[str, str, AlignmentSpec
     torch or the weights, so a job's driver can record the identity its workers will give."""
     model = model or best_installed_model()
     if model in MODEL_NAMES:
+        if not any(st.installed for st in model_statuses() if st.name == model):
+            raise ModelNotInstalledError(
+                nn4_missing_message() if model == NN4_SMALL2_V1 else f"{model} is not installed here"
+            )
         return model, model, alignment_for(model)
     p = Path(model)
     if not p.exists():
@@ -285,7 +289,8 @@ def describe_model(model: Optional[str] = None) -> tuple[str, str, AlignmentSpec
             f"unknown model {model!r}: not one of {', '.join(MODEL_NAMES)} and no such weights file or folder"
         )
     known = known_weights(p)
-    return model, known or f"nn4.small2@sha256:{weights_digest(p)[:16]}", openface_spec()
+    # an absolute path: workers elsewhere (Ray's) do not share this process's working directory
+    return str(p.resolve()), known or f"nn4.small2@sha256:{weights_digest(p)[:16]}", openface_spec()
 
 
 def _nn4(path: Path, name: str, threads: Optional[int], backend: str, device: str = "cpu") -> NN4Embedder:
