@@ -75,7 +75,7 @@ def _ready() -> bool:
 #: Why a pool whose workers die before doing anything usually does.
 NO_START_HINT = (
     "worker processes died while starting. If this runs from a script, put the call under "
-    '`if __name__ == "__main__":`: workers are spawned, and each imports the main script again '
+    "`if __name__ == \"__main__\":`: workers are spawned, and each imports the main script again "
     "(Python's multiprocessing 'spawn' start method)"
 )
 
