@@ -38,8 +38,9 @@ from openface_py.jobs.source import INSTALL_HINT
 
 log = logging.getLogger(__name__)
 
-#: CPUs of face stage per CPU embedding actor: per photo the face stage (decode + hog-mtcnn +
-#: landmarks + warp) costs about 2x what NN4-small2 costs on one thread (BENCHMARKS.md).
+#: CPUs per CPU embedding actor: per LFW photo the face stage (decode + hog-mtcnn + landmarks +
+#: warp) costs 1.7-2x what NN4-small2 costs on one thread, so embedding is a third of the CPU time
+#: or a little more (BENCHMARKS.md, "Folder jobs on Ray").
 CPUS_PER_EMBED_ACTOR = 3
 #: Most photos per Ray Data block. The driver's CPU cost is mostly per block (1.6-2.1 ms per photo
 #: with blocks of 16, 0.94 ms with 64, on 1,948 LFW photos); a block of 64 aligned faces is 1.7 MB.
