@@ -49,13 +49,30 @@ def http_server(tmp_path):
     server.server_close()
 
 
-def test_help_for_every_command():
-    for args in ([], ["align"], ["represent"], ["detect"], ["embed"], ["models"], ["models", "download"]):
-        r = cli(*args, "--help")
-        assert r.returncode == 0 and "usage: openface-py" in r.stdout
-    assert cli().returncode == 2
-    assert cli("align").returncode == 2
-    assert "openface-py 0." in cli("--version").stdout
+def _commands(parser, path=()):
+    """Every command path of the parser (("db",), ("db", "import"), ...), found by walking it."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield (*path, name)
+                yield from _commands(sub, (*path, name))
+
+
+def test_help_for_every_command(capsys):
+    commands = [(), *_commands(cli_mod.build_parser())]
+    assert {("align",), ("run",), ("db", "import"), ("models", "download"), ("serve",)} <= set(commands)
+    for args in commands:  # in this process: one interpreter start per command would cost 1.7 s each
+        with pytest.raises(SystemExit) as exit_:
+            cli_mod.main([*args, "--help"])
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0 and out.startswith("usage: openface-py"), args
+    assert cli_mod.main([]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        cli_mod.main(["align"])  # its arguments missing
+    assert exit_.value.code == 2
+    assert "openface-py 0." in cli("--version").stdout  # `python -m openface_py` itself
 
 
 def test_detect_json_two_faces_and_a_bad_file(tmp_path):

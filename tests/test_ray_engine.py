@@ -189,6 +189,7 @@ class _KillsItsActor:
 
     def __call__(self, rel: str):
         if rel.endswith("Colin_Powell_0003.jpg"):
+            time.sleep(1)  # after some work, as a real crash comes: meanwhile more tasks queue on this actor
             os._exit(1)
         return self.inner(rel)
 
@@ -198,7 +199,7 @@ def test_a_photo_that_kills_its_actor_is_reported_and_left_for_a_rerun(ray_insta
     embedded, also those of its first block; it is reported, and not journaled (a rerun tries it again)."""
     from ray import cloudpickle
 
-    from openface_py.jobs import stream
+    from openface_py.jobs import rayengine, stream
     from openface_py.jobs.rayengine import LOST
 
     photos = tmp_path / "photos"
@@ -206,8 +207,11 @@ def test_a_photo_that_kills_its_actor_is_reported_and_left_for_a_rerun(ray_insta
         shutil.copytree(SAMPLE / person, photos / person)
     spec = EmbedderSpec.of(NN4_SMALL2_DISTILLED, backend="onnx")
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import a test module
+    plan = rayengine.plan
     with monkeypatch.context() as m:
         m.setattr(stream, "_FaceWorker", _KillsItsActor)
+        # the layout Ray gets on one CPU: a single face actor, so tasks queue behind the crashing one
+        m.setattr(rayengine, "plan", lambda resources, engine: plan({**resources, "CPU": 1}, engine))
         report = run_folder(photos, tmp_path / "out", spec, engine=Engine("ray"), progress=False)
     assert [(f.path, f.reason) for f in report.failures] == [("Colin_Powell/Colin_Powell_0003.jpg", LOST)]
     assert report.done_ok_total == 19

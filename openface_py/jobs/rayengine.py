@@ -12,7 +12,8 @@ Photos travel as their names, in blocks of up to ``MAX_PHOTOS_PER_BLOCK``; align
 embeddings travel between the stages as raw bytes, one row per photo. Results stream back to
 the driver, which writes the outputs (as with the local engine). A batch that Ray loses (its
 actor died twice, or it raised past the stage's own error handling) does not end the job: its
-photos are tried again one per block, and the one that fails again comes back with ``LOST``
+photos are tried again one per block and one task at a time per actor (a crash fails every
+task queued on its actor, innocent ones too), and the one that fails again comes back with ``LOST``
 (the local engine's rule for a photo that kills its worker twice).
 
 Without ``--ray-address`` a private local Ray instance is started for the job and stopped after
@@ -219,9 +220,10 @@ def _stream(ray, stage, stage_args, items, spec, engine, batch_size, progress) -
     ctx.max_errored_blocks = -1  # a lost block is reported per photo, never fatal to the job
     try:
         yield from _pass(ray, list(keys), keys, per_block, batch_size, stage, stage_args, spec, layout)
-        if keys:  # the photos of lost blocks again, one per block in both stages: only a culprit is lost
+        if keys:  # the photos of lost blocks again, one per block and one task at a time per actor in
+            # both stages, so that a crash takes no other photo's task with it: only a culprit is lost
             log.warning("%d photos were in blocks Ray lost; retrying them one at a time", len(keys))
-            yield from _pass(ray, list(keys), keys, 1, 1, stage, stage_args, spec, layout)
+            yield from _pass(ray, list(keys), keys, 1, 1, stage, stage_args, spec, layout, alone=True)
     finally:
         ctx.enable_progress_bars, ctx.max_errored_blocks = saved
     for item in keys.values():
@@ -229,13 +231,17 @@ def _stream(ray, stage, stage_args, items, spec, engine, batch_size, progress) -
         yield EmbeddedPhoto(item, LOST, None, np.zeros((0, spec.dim), np.float32), retry=True)
 
 
-def _pass(ray, todo, keys, per_block, batch_size, stage, stage_args, spec, layout) -> Iterator[EmbeddedPhoto]:
+def _pass(
+    ray, todo, keys, per_block, batch_size, stage, stage_args, spec, layout, alone=False
+) -> Iterator[EmbeddedPhoto]:
     """One Ray Data pass over the keys ``todo``; each photo that comes back leaves ``keys``.
 
     A task whose actor dies is retried once on a restarted actor; a block that fails again is
     dropped (``max_errored_blocks``), and its photos stay in ``keys``. What Ray cannot do at all
     (an actor that cannot start: a model missing on a node, no such device) ends the job with
-    ``OpenFacePyError``; what was written before stays, and a rerun goes on from there."""
+    ``OpenFacePyError``; what was written before stays, and a rerun goes on from there. With
+    ``alone``, each actor runs one task at a time: Ray pipelines several per actor otherwise, and
+    a crash fails them all (measured: an innocent photo lost beside the culprit under load)."""
     from ray.data import ActorPoolStrategy
 
     face, emb = layout["face"], layout["embed"]
@@ -246,7 +252,12 @@ def _pass(ray, todo, keys, per_block, batch_size, stage, stage_args, spec, layou
         fn_constructor_args=(stage, stage_args),
         batch_size=per_block,
         batch_format="numpy",
-        compute=ActorPoolStrategy(min_size=1, max_size=face["size"], initial_size=face["size"]),
+        compute=ActorPoolStrategy(
+            min_size=1,
+            max_size=face["size"],
+            initial_size=face["size"],
+            max_tasks_in_flight_per_actor=1 if alone else None,
+        ),
         num_cpus=face["num_cpus"],
         **retries,
     )
@@ -255,7 +266,7 @@ def _pass(ray, todo, keys, per_block, batch_size, stage, stage_args, spec, layou
         fn_constructor_args=(spec, batch_size),
         batch_size=batch_size,
         batch_format="numpy",
-        compute=ActorPoolStrategy(size=emb["size"]),
+        compute=ActorPoolStrategy(size=emb["size"], max_tasks_in_flight_per_actor=1 if alone else None),
         num_cpus=emb["num_cpus"],
         num_gpus=emb["num_gpus"],
         **retries,
