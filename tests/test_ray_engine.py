@@ -221,6 +221,27 @@ def test_a_photo_that_kills_its_actor_is_reported_and_left_for_a_rerun(ray_insta
     assert "Colin_Powell/Colin_Powell_0003.jpg" not in {e["src"] for e in journal}
 
 
+def test_an_actor_that_cannot_start_ends_the_job_with_a_message(ray_instance, tmp_path):
+    """A node whose weights differ from the driver's (the identity its actor loads is not the job's):
+    the job stops with an OpenFacePyError that says so, not a Ray traceback, and embeds nothing."""
+    from dataclasses import replace
+
+    from openface_py.errors import OpenFacePyError
+
+    photos = tmp_path / "photos"
+    shutil.copytree(SAMPLE / "Hugo_Chavez", photos / "Hugo_Chavez")
+    spec = EmbedderSpec.of(NN4_SMALL2_DISTILLED, backend="onnx")
+    other = replace(spec, identity=spec.identity.replace("|", "-other-node|", 1))
+    with pytest.raises(OpenFacePyError, match="Ray could not run the job") as err:
+        run_folder(photos, tmp_path / "out", other, engine=Engine("ray"), progress=False)
+    message = str(err.value)  # the cause from the actor's traceback, in one line
+    assert "(ActorDiedError): OpenFacePyError: this worker's nn4.small2.distilled-v2 gives " in message
+    assert message.endswith("the machines hold different weights")
+    assert "\n" not in message and "\x1b" not in message
+    journal = tmp_path / "out" / RUN_JOURNAL
+    assert not journal.exists() or not journal.read_text().strip()
+
+
 NO_RAY = """
 import sys
 sys.modules["ray"] = None  # as if Ray were not installed

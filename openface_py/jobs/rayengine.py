@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import socket
 from contextlib import contextmanager
 from dataclasses import replace
@@ -154,6 +155,25 @@ class _EmbedActor:
         }
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): (.*)$")
+
+
+def root_cause(exc: BaseException) -> str:
+    """The exception that started a Ray error, as ``Type: message``.
+
+    Ray's errors carry the remote traceback as text, with terminal colours (an actor whose
+    constructor raised: its start-up, a missing model, other weights on that node); the last
+    exception line is the cause. Without one, the message's first line."""
+    lines = [_ANSI.sub("", line).rstrip() for line in str(exc).splitlines()]
+    for line in reversed(lines):
+        found = _EXCEPTION_LINE.match(line)
+        if found:
+            return f"{found.group(1)}: {found.group(2)}"
+    first = next((line.strip() for line in lines if line.strip()), "")
+    return first or type(exc).__name__
+
+
 def plan(resources: dict, engine: Engine) -> dict:
     """Actor pools for a cluster with ``resources`` (``ray.cluster_resources()``).
 
@@ -278,8 +298,7 @@ def _pass(
         except StopIteration:
             return
         except ray.exceptions.RayError as exc:
-            cause = str(exc).strip().splitlines()
-            raise OpenFacePyError(f"Ray could not run the job: {type(exc).__name__}: {' '.join(cause[:3])}") from exc
+            raise OpenFacePyError(f"Ray could not run the job ({type(exc).__name__}): {root_cause(exc)}") from exc
         for key, reason, info, reps in zip(batch["key"], batch["reason"], batch["info"], batch["reps"]):
             item = keys.pop(key, None)
             if item is None:  # a batch Ray ran twice: the photo came back already
