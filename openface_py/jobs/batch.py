@@ -334,8 +334,18 @@ def represent_folder(
     return RepresentResult(matrix, labels, paths, failures, embedder.identity)
 
 
-def write_embeddings(out_dir: Path, reps: np.ndarray, labels: list[str], paths: list[str], embedder: Embedder) -> None:
-    """Write reps/labels in OpenFace's CSV format and as .npy/.json, plus the identity metadata."""
+def write_embeddings(
+    out_dir: Path,
+    reps: np.ndarray,
+    labels: list[str],
+    paths: list[str],
+    embedder: Embedder,
+    csv_paths: Optional[list[str]] = None,
+) -> None:
+    """Write reps/labels in OpenFace's CSV format and as .npy/.json, plus the identity metadata.
+
+    ``csv_paths``: labels.csv's paths where they differ from ``paths``. OpenFace's classifier
+    takes each label from its path's parent folder, which a chained URL's last part is not."""
     out_dir.mkdir(parents=True, exist_ok=True)
     classes: list[str] = []
     for lab in labels:
@@ -349,7 +359,7 @@ def write_embeddings(out_dir: Path, reps: np.ndarray, labels: list[str], paths: 
     with atomic_output(out_dir / "labels.csv") as fh:
         text = _io.TextIOWrapper(fh, "utf-8", newline="")
         writer = csv.writer(text, lineterminator="\n")
-        for lab, p in zip(labels, paths):
+        for lab, p in zip(labels, paths if csv_paths is None else csv_paths):
             writer.writerow([index[lab], p])
         text.flush()
         text.detach()  # atomic_output syncs and closes the file itself

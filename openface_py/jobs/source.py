@@ -105,9 +105,22 @@ class PhotoSource:
         return load_image(data)
 
     def where(self, rel: str) -> str:
-        """The photo's full name for output files: a path for a local folder, a URL otherwise."""
+        """The photo's full name for output files: a path for a local folder, a URL otherwise.
+
+        In a chained fsspec URL (``zip://folder::file:///photos.zip``) the path belongs to the
+        first link, so the name stays a URL fsspec opens (``zip://folder/a.jpg::file:///photos.zip``)."""
         if self.local:
             return str(Path(self.location) / rel)
+        head, chained, rest = self.location.partition("::")
+        head = head if head.endswith("://") else head.rstrip("/") + "/"
+        return head + rel + chained + rest
+
+    def below(self, rel: str) -> str:
+        """The photo's name as the source's location, then its path below it: ``where`` except
+        for chained URLs (``zip://::file:///photos.zip/people/a.jpg``, which fsspec does not
+        open). The parent folder is the label, as OpenFace's classifier reads labels.csv."""
+        if self.local:
+            return self.where(rel)
         return self.location.rstrip("/") + "/" + rel
 
 
@@ -129,6 +142,6 @@ def _filesystem_for(url: str):
             ) from None
         try:
             fs, path = fsspec.core.url_to_fs(url)
-        except (ValueError, ImportError, OSError) as exc:
+        except Exception as exc:  # fsspec's drivers raise their own kinds too (tarfile.ReadError, ...)
             raise OpenFacePyError(f"{url}: neither pyarrow nor fsspec can open it ({exc})") from None
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
