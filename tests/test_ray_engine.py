@@ -242,6 +242,24 @@ def test_an_actor_that_cannot_start_ends_the_job_with_a_message(ray_instance, tm
     assert not journal.exists() or not journal.read_text().strip()
 
 
+def test_the_cause_is_read_from_a_remote_traceback():
+    """Ray's errors carry the remote traceback as text: the cause is its last exception line after
+    a stack frame, not one of Ray's wrappers, whatever the exception class is called."""
+    from openface_py.jobs.rayengine import root_cause
+
+    chained = (
+        "Task failed\nTraceback (most recent call last):\n  File \"a.py\", line 3, in load\n    raise e\n"
+        "onnxruntime.capi.onnxruntime_pybind11_state.InvalidProtobuf: [ONNXRuntimeError] : 7 : INVALID_PROTOBUF\n\n"
+        "The above exception was the direct cause of the following exception:\n\n"
+        "Traceback (most recent call last):\n  File \"b.py\", line 9, in __call__\n"
+        "ray.data.exceptions.UserCodeException: UDF failed to process a data block."
+    )
+    assert root_cause(RuntimeError(chained)) == "InvalidProtobuf: [ONNXRuntimeError] : 7 : INVALID_PROTOBUF"
+    coloured = "error in \x1b[36mray::X.__init__()\x1b[39m\n  File \"m.py\", line 2, in f\nMemoryError"
+    assert root_cause(RuntimeError(coloured)) == "MemoryError"
+    assert root_cause(RuntimeError("No: traceback here\nsecond line")) == "No: traceback here"
+
+
 NO_RAY = """
 import sys
 sys.modules["ray"] = None  # as if Ray were not installed

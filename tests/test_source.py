@@ -60,18 +60,19 @@ def test_a_zip_archive_is_read_in_place_and_named_by_urls_fsspec_opens(archive, 
     assert got.done_ok_total == ref.done_ok_total == 20
     assert [(f.path, f.reason) for f in got.failures] == [(f.path, f.reason) for f in ref.failures]
     assert [f.path for f in got.failures] == ["Hugo_Chavez/broken.jpg"]
-    rows = pq.read_table(tmp_path / "ref" / PARQUET).to_pylist()
+    ref_rows = {(r["path"], r["face"]): r for r in pq.read_table(tmp_path / "ref" / PARQUET).to_pylist()}
     reps = np.load(tmp_path / "zip" / "reps.npy")
     faces = json.loads((tmp_path / "zip" / "faces.json").read_text())
     labels = json.loads((tmp_path / "zip" / "labels.json").read_text())
-    assert len(rows) == len(faces) == len(reps) == 20
-    for row, face, rep, path in zip(rows, faces, reps, labels["paths"]):
-        assert row["path"] == str(folder / face["path"]) and row["box"] == face["box"]
+    assert len(ref_rows) == len(faces) == len(reps) == 20
+    for face, rep, label, path in zip(faces, reps, labels["labels"], labels["paths"]):
+        row = ref_rows[(str(folder / face["path"]), face["face"])]
+        assert row["box"] == face["box"] and row["label"] == label
         assert path == source.where(face["path"])  # a URL that opens (checked above)
         assert np.abs(np.array(row["embedding"]) - rep).max() < 1e-6
     with open(tmp_path / "zip" / "labels.csv", newline="") as fh:  # OpenFace's classifier: label = parent folder
         csv_rows = list(csv.reader(fh))
-    assert [os.path.basename(os.path.dirname(p)) for _, p in csv_rows] == [r["label"] for r in rows]
+    assert [os.path.basename(os.path.dirname(p)) for _, p in csv_rows] == labels["labels"]
     assert csv_rows[0][1] == f"{url}/Colin_Powell/Colin_Powell_0001.jpg"
 
 

@@ -156,7 +156,8 @@ class _EmbedActor:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): (.*)$")
+# a traceback's exception line: an unindented (dotted) class name, then ": message" or nothing
+_EXCEPTION_LINE = re.compile(r"^((?:[A-Za-z_]\w*\.)*)([A-Z]\w*)(?:: (.*))?$")
 
 
 def root_cause(exc: BaseException) -> str:
@@ -164,12 +165,22 @@ def root_cause(exc: BaseException) -> str:
 
     Ray's errors carry the remote traceback as text, with terminal colours (an actor whose
     constructor raised: its start-up, a missing model, other weights on that node); the last
-    exception line is the cause. Without one, the message's first line."""
+    exception line after a stack frame, not one of Ray's own wrappers (``ray.*``), is the
+    cause. Without one, the message's first line."""
     lines = [_ANSI.sub("", line).rstrip() for line in str(exc).splitlines()]
-    for line in reversed(lines):
-        found = _EXCEPTION_LINE.match(line)
-        if found:
-            return f"{found.group(1)}: {found.group(2)}"
+    framed = False
+    cause = ""
+    for line in lines:
+        if line.startswith("  File "):
+            framed = True
+            continue
+        found = _EXCEPTION_LINE.match(line) if framed else None
+        if found and not found.group(1).startswith("ray."):
+            message = found.group(3)
+            cause = f"{found.group(2)}: {message}" if message else found.group(2)
+            framed = False
+    if cause:
+        return cause
     first = next((line.strip() for line in lines if line.strip()), "")
     return first or type(exc).__name__
 

@@ -38,6 +38,7 @@ class PhotoSource:
     location: str  # a local folder or a URL, as the user gave it (output files name photos with it)
     filesystem: object = None  # a pyarrow.fs.FileSystem for a URL; None for a local folder
     root: str = ""  # the folder's path inside ``filesystem``; a local folder's absolute path
+    archive: bool = False  # an fsspec archive (``zip://inner::file:///photos.zip``): see ``where``
 
     @classmethod
     def open(cls, location: Union[str, os.PathLike]) -> PhotoSource:
@@ -50,16 +51,16 @@ class PhotoSource:
             if not Path(text).is_dir():
                 raise OpenFacePyError(f"{text}: input folder not found")
             return cls(text, None, str(Path(text).resolve()))
-        fs, root = _filesystem_for(text)
+        fs, root, archive = _filesystem_for(text)
         from pyarrow import fs as pafs
 
         try:
             info = fs.get_file_info(root)
-        except (OSError, ValueError) as exc:  # pyarrow's errors derive from these (access denied, network)
-            raise OpenFacePyError(f"{text}: cannot open it ({exc})") from None
+        except Exception as exc:  # pyarrow's (access denied, network) and fsspec drivers' own kinds
+            raise OpenFacePyError(f"{text}: cannot open it ({type(exc).__name__}: {exc})") from None
         if info.type != pafs.FileType.Directory:
             raise OpenFacePyError(f"{text}: input folder not found (no directory at {root!r})")
-        return cls(text, fs, root.rstrip("/"))
+        return cls(text, fs, root.rstrip("/"), archive)
 
     @property
     def local(self) -> bool:
@@ -73,8 +74,8 @@ class PhotoSource:
 
         try:
             infos = self.filesystem.get_file_info(pafs.FileSelector(self.root, recursive=True))
-        except (OSError, ValueError) as exc:
-            raise OpenFacePyError(f"{self.location}: cannot list it ({exc})") from None
+        except Exception as exc:  # as in ``open``
+            raise OpenFacePyError(f"{self.location}: cannot list it ({type(exc).__name__}: {exc})") from None
         found = []
         for info in infos:
             if info.type != pafs.FileType.File:
@@ -101,38 +102,48 @@ class PhotoSource:
         try:
             data = self.read(rel)
         except OSError as exc:
-            raise ImageLoadError(f"{self.location}/{rel}", f"cannot read: {exc.strerror or exc}") from None
+            raise ImageLoadError(self.where(rel), f"cannot read: {exc.strerror or exc}") from None
         return load_image(data)
 
     def where(self, rel: str) -> str:
         """The photo's full name for output files: a path for a local folder, a URL otherwise.
 
-        In a chained fsspec URL (``zip://folder::file:///photos.zip``) the path belongs to the
-        first link, so the name stays a URL fsspec opens (``zip://folder/a.jpg::file:///photos.zip``)."""
+        In an archive's chained URL (``zip://folder::file:///photos.zip``) the path inside the
+        archive is the first link's, so the name stays a URL fsspec opens
+        (``zip://folder/a.jpg::file:///photos.zip``)."""
         if self.local:
             return str(Path(self.location) / rel)
-        head, chained, rest = self.location.partition("::")
-        head = head if head.endswith("://") else head.rstrip("/") + "/"
-        return head + rel + chained + rest
+        if self.archive:
+            first, chain, rest = self.location.partition("::")
+            return _join(first, rel) + chain + rest
+        return _join(self.location, rel)
 
     def below(self, rel: str) -> str:
-        """The photo's name as the source's location, then its path below it: ``where`` except
-        for chained URLs (``zip://::file:///photos.zip/people/a.jpg``, which fsspec does not
-        open). The parent folder is the label, as OpenFace's classifier reads labels.csv."""
+        """The photo's name as the location, then its path below it: ``where`` except for an
+        archive (``zip://::file:///photos.zip/people/a.jpg``, which fsspec does not open), where
+        only this name has the photo's folder as its parent, the label, as OpenFace's classifier
+        reads labels.csv."""
         if self.local:
             return self.where(rel)
-        return self.location.rstrip("/") + "/" + rel
+        return _join(self.location, rel)
+
+
+def _join(url: str, rel: str) -> str:
+    """``rel`` below the folder ``url`` names: ``file:///`` and ``memory://`` keep their slashes."""
+    scheme = url.find("://") + 3 if "://" in url else 0
+    path = url[scheme:]
+    return url + rel if not path.strip("/") else url[:scheme] + path.rstrip("/") + "/" + rel
 
 
 def _filesystem_for(url: str):
-    """(pyarrow filesystem, path inside it) for a URL: pyarrow's own where it knows the scheme,
-    else fsspec's wrapped for pyarrow."""
+    """(pyarrow filesystem, path inside it, whether an fsspec archive) for a URL: pyarrow's own
+    where it knows the scheme, else fsspec's wrapped for pyarrow."""
     try:
         from pyarrow import fs as pafs
     except ImportError:
         raise OpenFacePyError(f"reading photos from a URL ({url}) needs pyarrow: {INSTALL_HINT}") from None
     try:
-        return pafs.FileSystem.from_uri(url)
+        return (*pafs.FileSystem.from_uri(url), False)
     except Exception as arrow_error:  # pyarrow raises ArrowInvalid for schemes it does not know
         try:
             import fsspec
@@ -143,5 +154,9 @@ def _filesystem_for(url: str):
         try:
             fs, path = fsspec.core.url_to_fs(url)
         except Exception as exc:  # fsspec's drivers raise their own kinds too (tarfile.ReadError, ...)
-            raise OpenFacePyError(f"{url}: neither pyarrow nor fsspec can open it ({exc})") from None
-        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+            raise OpenFacePyError(
+                f"{url}: neither pyarrow nor fsspec can open it ({type(exc).__name__}: {exc})"
+            ) from None
+        from fsspec.archive import AbstractArchiveFileSystem
+
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path, isinstance(fs, AbstractArchiveFileSystem)

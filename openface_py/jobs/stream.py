@@ -369,7 +369,8 @@ def _gather(out_dir: Path, embedder, source: PhotoSource, report: AlignReport) -
     matrix = np.stack([reps[i] for i in order]).astype(np.float32) if rows else np.zeros((0, embedder.dim), np.float32)
     labels = [_label(r["path"]) for r in rows]
     paths = [source.where(r["path"]) for r in rows]
-    write_embeddings(out_dir, matrix, labels, paths, embedder, [source.below(r["path"]) for r in rows])
+    csv_paths = [source.below(r["path"]) for r in rows] if source.archive else None  # OpenFace's labels
+    write_embeddings(out_dir, matrix, labels, paths, embedder, csv_paths)
     atomic_write_text(out_dir / "faces.json", json.dumps(rows, ensure_ascii=False, indent=1) + "\n")
     _remove_outputs(out_dir, (PARQUET,))
     report.done_ok_total = len({r["path"] for r in rows})
