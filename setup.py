@@ -60,6 +60,7 @@ setup(
         "fastapi>=0.115",  # the HTTP service: routing, validation, OpenAPI docs at /docs
         "starlette>=0.44",  # (FastAPI's) multipart limits used directly: form(max_part_size=...)
         "uvicorn>=0.29",  # its ASGI server (one or several worker processes)
+        "fastapi-offline>=1.7",  # the API docs' Swagger UI / ReDoc scripts packaged, not from a CDN (MIT)
         "python-multipart>=0.0.9",  # multipart photo uploads for FastAPI/Starlette
     ],
     # setuptools>=70.1 builds wheels itself: the wheel test builds one without a network

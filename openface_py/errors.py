@@ -43,3 +43,11 @@ class AlignmentMismatchError(OpenFacePyError):
 
 class UsageError(OpenFacePyError, ValueError):
     """The arguments cannot work together (the command line exits with 2, as for bad options)."""
+
+
+class DatabaseError(OpenFacePyError):
+    """TEMPORARY placeholder (merged from the database branch)."""
+
+    def __init__(self, message: str, kind: str = "corrupt") -> None:
+        super().__init__(message)
+        self.kind = kind

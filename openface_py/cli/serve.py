@@ -26,12 +26,40 @@ def register(add_command) -> None:
         "--inference-threads",
         type=int,
         default=min(4, os.cpu_count() or 1),
-        help="inference threads per process, each with its own pipeline (default: the cores, at most 4)",
+        help="inference worker processes per server process, each with its own models (default: the cores, at most 4)",
     )
     p.add_argument("--max-queue", type=int, default=32, help="requests running or waiting per process; more get 503")
     p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default: 20 MB)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="largest photo in pixels (default: 40 M)")
     p.add_argument("--index-save-s", type=float, default=30.0, help="seconds between saves of a changed index")
+    p.add_argument(
+        "--inference-timeout-s",
+        type=float,
+        default=60.0,
+        help="a photo that takes longer is refused (422) and its worker replaced (default: 60)",
+    )
+    p.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=10.0,
+        help="a request body that sends nothing for this long is cut off with 408 (default: 10)",
+    )
+    p.add_argument(
+        "--allowed-host",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a Host name the server answers to, besides loopback names and --host (repeat; '*': any). "
+        "Other names are refused: a web page cannot reach the server by re-pointing its own name (DNS rebinding)",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (https://app.example) whose pages may call the API from a browser (repeat); "
+        "other cross-origin browser requests are refused",
+    )
     add_detector_args(p)
     p.set_defaults(handler=cmd_serve)
 
@@ -41,8 +69,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from openface_py.recognize.facedb import FaceDatabase
     from openface_py.service.app import API_KEY_ENV, ServiceSettings, create_app
+    from openface_py.service.guard import default_allowed_hosts
 
     FaceDatabase.open(args.db).close()  # a missing or foreign database fails here, with its reason
+    allowed_hosts = default_allowed_hosts(args.host) + list(args.allowed_host or [])
     settings = ServiceSettings(
         db=str(args.db.resolve()),
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
@@ -54,12 +84,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_pixels=args.max_pixels,
         inference_threads=args.inference_threads,
+        inference_timeout_s=args.inference_timeout_s,
         max_queue=args.max_queue,
         index_save_s=args.index_save_s,
+        body_timeout_s=args.body_timeout_s,
+        allowed_hosts=allowed_hosts,
+        cors_origins=list(args.cors_origin),
     )
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("listening on %s: reachable from other machines%s", args.host,
                     "" if settings.api_key else " (no API key: writes are refused, reads are open)")  # fmt: skip
+        if not args.allowed_host:
+            log.warning("only requests for %s are answered: give the names clients use with --allowed-host",
+                        ", ".join(allowed_hosts))  # fmt: skip
     if not settings.api_key:
         log.warning("no API key (--api-key or $%s): enroll and delete are refused", API_KEY_ENV)
     level = "warning" if args.quiet else "info"

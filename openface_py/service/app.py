@@ -4,18 +4,27 @@ JSON API under ``/v1`` (detect, embed, verify, identify, people, enroll, delete,
 OpenAPI docs at ``/docs``, a web page at ``/``. Photos come as multipart uploads or base64 in
 JSON. Design points:
 
-- Models are loaded once per process, at start-up (``Service``), never at import.
-- Inference runs off the event loop in a pool of ``inference_threads`` threads, each with its
-  own pipeline. Admission is bounded: at most ``max_queue`` requests are running or waiting;
-  one more is answered 503 with ``Retry-After`` at once (no unbounded backlog).
+- Photos are decoded, detected and embedded in ``inference_threads`` worker processes
+  (``service.inference``), each with its own models, loaded once at start-up: a photo that
+  crashes native code or runs past ``inference_timeout_s`` costs a worker (replaced in the
+  background) and gets a 422, never the server. Admission is bounded: at most ``max_queue``
+  requests are running or waiting for a worker; one more is answered 503 with ``Retry-After``
+  at once (no unbounded backlog).
 - Requests are bounded (``Content-Length`` required, at most ``max_upload_bytes``; photos at
-  most ``max_pixels``); bad photos get 4xx with the reason; any unexpected error is logged
-  here and answered 500 without details: clients never see a stack trace.
+  most ``max_pixels``). Bodies are read against a budget of ``max_buffered_bytes`` (claimed
+  from ``Content-Length`` before reading) and a deadline (``body_timeout_s`` without a byte, a
+  minimum rate overall), so idle or slow clients are cut off with 408 and cannot hold the
+  inference slots. Bad photos get 4xx with the reason; any unexpected error is logged here and
+  answered 500 without details: clients never see a stack trace.
+- ``service.guard`` refuses other Host names (DNS rebinding), cross-origin browser requests
+  and ambiguous framing before any route runs. The API docs at ``/docs`` need no internet.
 - Writes (enroll, delete) need the API key (``X-API-Key`` or ``Authorization: Bearer``,
   compared in constant time); without a configured key they are refused. ``protect_all``
   puts every endpoint but the page and ``/v1/health`` behind the key. Names are validated and
   nothing a client sends becomes a file path.
-- Every write is one SQLite transaction, acknowledged only after it committed; the FAISS index
+- Every write is one SQLite transaction, acknowledged only after it committed; a database that
+  cannot be written (read-only, full disk, damaged) is answered 503/507 with the cause, and
+  ``/v1/health`` says so (``writes_enabled``). The FAISS index
   is saved every ``index_save_s`` seconds when changed and at shutdown, and a killed server's
   index is caught up from the database on the next start (``FaceDatabase.sync_index``).
 """
@@ -27,20 +36,20 @@ import hashlib
 import hmac
 import json
 import logging
-import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-from openface_py.errors import ImageLoadError, OpenFacePyError, UsageError
-from openface_py.io import load_image
-from openface_py.recognize.facedb import FaceDatabase, photo_faces, valid_name
+from openface_py.errors import DatabaseError, OpenFacePyError, UsageError
+from openface_py.recognize.facedb import FaceDatabase, FaceRecord, valid_name
+from openface_py.service.guard import RequestGuard, default_allowed_hosts
+from openface_py.service.inference import InferencePool, PhotoCrashed, PhotoError, PhotoTimedOut, WorkerSpec
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +72,17 @@ class ServiceSettings:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     inference_threads: int = 2
+    inference_timeout_s: float = 60.0
     max_queue: int = 32
     index_save_s: float = 30.0
     max_top_k: int = 20
+    #: request bodies being read at once may hold at most this many bytes (claimed from Content-Length)
+    max_buffered_bytes: int = 160 * 1024 * 1024
+    #: a body that sends nothing for this long is cut off (408), and so is one slower than min_body_rate
+    body_timeout_s: float = 10.0
+    min_body_rate: int = 32 * 1024
+    allowed_hosts: list = field(default_factory=lambda: default_allowed_hosts("127.0.0.1"))
+    cors_origins: list = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -80,45 +97,44 @@ class HttpError(Exception):
 
 
 class Service:
-    """What one server process holds: the database, the pipelines and the admission counter."""
+    """What one server process holds: the database, the inference workers and the admission counters."""
 
     def __init__(self, settings: ServiceSettings) -> None:
         import faiss
 
-        from openface_py.faces.detect import make_detector
-        from openface_py.nets.embed import load_embedder
-        from openface_py.pipeline import FacePipeline
-
-        # one probe per request: FAISS's OpenMP threads would only spin against the inference threads
+        # one probe per request: FAISS's OpenMP threads would only spin against the inference workers
         faiss.omp_set_num_threads(1)
         self.settings = settings
         self.db = FaceDatabase.open(settings.db)
         self.db_lock = threading.Lock()
-        self.pipelines: queue.Queue = queue.Queue()
         n = max(1, int(settings.inference_threads))
-        for _ in range(n):
-            emb = load_embedder(self.db.model, threads=1)
-            if emb.identity != self.db.identity:
-                raise OpenFacePyError(
-                    f"{self.db.model} now gives {emb.identity}; {settings.db} holds {self.db.identity}"
-                )
-            det = make_detector(
-                settings.detector,
-                upsample=settings.upsample,
-                max_side=settings.max_side,
-                **(settings.detector_options or {}),
+        spec = WorkerSpec(
+            model=self.db.model,
+            detector=settings.detector,
+            upsample=settings.upsample,
+            max_side=settings.max_side,
+            detector_options=dict(settings.detector_options or {}),
+            max_pixels=settings.max_pixels,
+        )
+        self.pool = InferencePool(spec, n, timeout_s=settings.inference_timeout_s)
+        if self.pool.identity != self.db.identity:
+            self.pool.close()
+            raise OpenFacePyError(
+                f"{self.db.model} now gives {self.pool.identity}; {settings.db} holds {self.db.identity}"
             )
-            self.pipelines.put(FacePipeline(det, embedder=emb))
         self.executor = ThreadPoolExecutor(n, thread_name_prefix="inference")
         self.pending = 0
+        self.buffered = 0
         self.pending_lock = threading.Lock()
         self.dirty = False
         with self.db_lock:
             self.db.sync_index()
-            self.db.save_index()
+            if self.db.writable() is None:
+                self.db.save_index()
 
     def close(self) -> None:
         self.executor.shutdown(wait=True)
+        self.pool.close()
         with self.db_lock:
             self.save_index()
             self.db.close()
@@ -129,61 +145,75 @@ class Service:
             self.db.save_index()
             self.dirty = False
 
+    def _admit(self, counter: str, amount: int, limit: int, what: str) -> None:
+        with self.pending_lock:
+            if getattr(self, counter) + amount > limit:
+                raise HttpError(503, f"server busy: {what}; retry shortly", {"Retry-After": "1"})
+            setattr(self, counter, getattr(self, counter) + amount)
+
+    def _release(self, counter: str, amount: int) -> None:
+        with self.pending_lock:
+            setattr(self, counter, getattr(self, counter) - amount)
+
     @asynccontextmanager
     async def slot(self):
-        """Admission: at most ``max_queue`` requests past this point (reading their bodies included);
-        one more is answered 503 with ``Retry-After`` before anything of it is read."""
-        with self.pending_lock:
-            if self.pending >= self.settings.max_queue:
-                raise HttpError(503, "server busy: too many requests in progress; retry shortly", {"Retry-After": "1"})
-            self.pending += 1
+        """Admission to inference: at most ``max_queue`` requests past this point; one more is
+        answered 503 with ``Retry-After`` at once."""
+        self._admit("pending", 1, self.settings.max_queue, "too many requests in progress")
         try:
             yield
         finally:
-            with self.pending_lock:
-                self.pending -= 1
+            self._release("pending", 1)
+
+    @asynccontextmanager
+    async def reading(self, request):
+        """Admission to read a body: its ``Content-Length`` is claimed from ``max_buffered_bytes``
+        before a byte is read (503 when the budget is spent), and given back when the request ends."""
+        n = declared_length(request, self.settings.max_upload_bytes)
+        self._admit("buffered", n, self.settings.max_buffered_bytes, "too many request bodies being received")
+        try:
+            yield n
+        finally:
+            self._release("buffered", n)
 
     async def run(self, fn: Callable[..., Any], *args) -> Any:
-        """Run ``fn(pipeline, *args)`` in the inference pool (off the event loop)."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self._with_pipeline, fn, args)
+        """Run ``fn(*args)`` in the inference threads (off the event loop; they wait on the workers)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    def _with_pipeline(self, fn, args):
-        pipe = self.pipelines.get()
+    # ------------------------------------------------------------ work done off the event loop
+    def infer(self, op: str, data: bytes, *args, what: str = "photo") -> Any:
+        """``op`` on a photo in an inference worker; the photo's problems become 422 with the reason."""
         try:
-            return fn(pipe, *args)
-        finally:
-            self.pipelines.put(pipe)
-
-    # ------------------------------------------------------------ work done in the pool
-    def decode(self, data: bytes, what: str = "photo") -> np.ndarray:
-        try:
-            return load_image(data, max_pixels=self.settings.max_pixels)
-        except ImageLoadError as exc:
+            return self.pool.call(op, data, *args)
+        except PhotoError as exc:
             raise HttpError(422, f"{what}: {exc.reason}") from None
+        except PhotoCrashed as exc:
+            raise HttpError(422, f"{what}: the face pipeline crashed on this photo ({exc}); it is refused") from None
+        except PhotoTimedOut as exc:
+            raise HttpError(422, f"{what}: {exc}; it is refused") from None
 
-    def faces(self, pipe, data: bytes, multi: bool = True, what: str = "photo"):
-        rgb = self.decode(data, what)
-        return rgb, pipe.process(rgb, multi=multi)
+    def faces(self, data: bytes, multi: bool = True, what: str = "photo") -> list[dict]:
+        return self.infer("faces", data, multi, what=what)
 
-    def identify(self, pipe, data: bytes, top_k: int) -> dict:
-        _, faces = self.faces(pipe, data)
+    def identify(self, data: bytes, top_k: int) -> dict:
+        faces = self.faces(data)
         with self.db_lock:
             threshold = self.db.threshold
             if threshold is None:
                 raise HttpError(409, "the database has no same-person threshold yet (see `openface-py db threshold`)")
-            answers = self.db.identify(np.stack([f.embedding for f in faces]), top_k) if faces else []
+            answers = self.db.identify(np.stack([f["embedding"] for f in faces]), top_k) if faces else []
         return {
             "threshold": threshold,
-            "faces": [{"box": f.box.as_list(), **a.to_json()} for f, a in zip(faces, answers)],
+            "faces": [{"box": f["box"], **a.to_json()} for f, a in zip(faces, answers)],
         }
 
-    def verify(self, pipe, a: bytes, b: bytes) -> dict:
+    def verify(self, a: bytes, b: bytes) -> dict:
         reps = []
         for data, what in ((a, "photo1"), (b, "photo2")):
-            _, faces = self.faces(pipe, data, multi=False, what=what)
+            faces = self.faces(data, multi=False, what=what)
             if not faces:
                 raise HttpError(422, f"{what}: no face found")
-            reps.append(faces[0].embedding)
+            reps.append(faces[0]["embedding"])
         d = float(np.sum((reps[0].astype(np.float64) - reps[1]) ** 2))
         with self.db_lock:
             threshold = self.db.threshold
@@ -193,20 +223,20 @@ class Service:
         out["p_same"] = None if p_same is None else round(p_same, 4)
         return out
 
-    def enroll(self, pipe, name: str, photos: list[bytes]) -> dict:
+    def enroll(self, name: str, photos: list[bytes]) -> dict:
         results, added = [], 0
         for k, data in enumerate(photos):
             try:
-                rgb = load_image(data, max_pixels=self.settings.max_pixels)
-            except ImageLoadError as exc:
-                results.append({"index": k, "error": exc.reason})
+                faces = self.faces(data, multi=False)
+            except HttpError as exc:
+                results.append({"index": k, "error": exc.detail.removeprefix("photo: ")})
                 continue
-            faces = photo_faces(pipe, rgb)
             if not faces:
                 results.append({"index": k, "error": "no face found"})
                 continue
+            records = [FaceRecord(f["box"], np.asarray(f["embedding"], np.float32), f["landmarks"]) for f in faces]
             with self.db_lock:
-                res = self.db.enroll(name, hashlib.sha256(data).hexdigest(), faces, pipe.embedder.identity)
+                res = self.db.enroll(name, hashlib.sha256(data).hexdigest(), records, self.pool.identity)
                 self.dirty = True
             added += res.added_faces
             results.append({"index": k, "status": "duplicate" if res.duplicate else "enrolled"})
@@ -216,22 +246,43 @@ class Service:
 # ---------------------------------------------------------------- request parsing
 
 
-async def read_body(request, limit: int) -> bytes:
+def declared_length(request, limit: int) -> int:
+    """The body's ``Content-Length``, checked against ``limit`` (411, 400, 413 otherwise)."""
     length = request.headers.get("content-length")
     if length is None:
         raise HttpError(411, "Content-Length required")
-    try:
-        n = int(length)
-    except ValueError:
-        raise HttpError(400, "bad Content-Length") from None
+    if not length.isdigit():
+        raise HttpError(400, "bad Content-Length")
+    n = int(length)
     if n > limit:
         raise HttpError(413, f"request of {n} bytes is over the limit of {limit}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HttpError(413, f"request over the limit of {limit} bytes")
-    return bytes(body)
+    return n
+
+
+async def read_body(request, n: int, idle_s: float, min_rate: float) -> bytes:
+    """The body of ``n`` bytes, read within ``idle_s`` seconds between chunks and ``idle_s + n /
+    min_rate`` seconds in all; a client that is slower gets 408 and its connection is closed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + idle_s + n / max(1.0, min_rate)
+    chunks, got = [], 0
+    stream = request.stream().__aiter__()
+    while True:
+        wait = min(idle_s, deadline - loop.time())
+        try:
+            if wait <= 0:
+                raise asyncio.TimeoutError
+            chunk = await asyncio.wait_for(stream.__anext__(), wait)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise HttpError(
+                408, f"request body too slow: {got} of {n} bytes received in time", {"Connection": "close"}
+            ) from None
+        chunks.append(chunk)
+        got += len(chunk)
+        if got > n:
+            raise HttpError(400, "request body longer than its Content-Length", {"Connection": "close"})
+    return b"".join(chunks)
 
 
 def _b64(value: Any, field: str) -> bytes:
@@ -245,12 +296,17 @@ def _b64(value: Any, field: str) -> bytes:
         raise HttpError(400, f"{field}: not valid base64") from None
 
 
-async def photos_from(request, limit: int, fields: tuple[str, ...], many: bool = False) -> dict[str, list[bytes]]:
+async def photos_from(service: Service, request, fields: tuple[str, ...], many: bool = False) -> dict[str, list[bytes]]:
     """The photos of a request, by field: multipart files or base64 strings in a JSON object."""
     from starlette.datastructures import UploadFile
 
+    settings = service.settings
+    limit = settings.max_upload_bytes
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await read_body(request, limit)
+    if ctype not in ("multipart/form-data", "application/json"):
+        raise HttpError(415, "send photos as multipart/form-data or as base64 in application/json")
+    async with service.reading(request) as n:
+        body = await read_body(request, n, settings.body_timeout_s, settings.min_body_rate)
     out: dict[str, list[bytes]] = {f: [] for f in fields}
     if ctype == "multipart/form-data":
         from starlette.requests import Request
@@ -284,8 +340,6 @@ async def photos_from(request, limit: int, fields: tuple[str, ...], many: bool =
             if len(values) > MAX_PHOTOS:
                 raise HttpError(413, f"{f}: at most {MAX_PHOTOS} photos per request")
             out[f] = [_b64(x, f) for x in values]
-    else:
-        raise HttpError(415, "send photos as multipart/form-data or as base64 in application/json")
     for f in fields:
         if not out[f]:
             raise HttpError(400, f"missing {f}")
@@ -316,7 +370,7 @@ def _photo_body(fields: dict[str, str], many: bool = False) -> dict:
 
 def create_app(settings: ServiceSettings):
     """The FastAPI app for ``settings`` (models are loaded when the app starts, not here)."""
-    from fastapi import FastAPI, Request
+    from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -334,8 +388,8 @@ def create_app(settings: ServiceSettings):
             await asyncio.sleep(settings.index_save_s)
             try:
                 await asyncio.to_thread(save)
-            except Exception:  # e.g. a full disk: the database is safe; try again next time
-                log.exception("saving the index failed (it is caught up from the database on the next start)")
+            except Exception as exc:  # e.g. a full disk: the database is safe; try again next time
+                log.error("saving the index failed: %s (it is caught up from the database on the next start)", exc)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -349,15 +403,34 @@ def create_app(settings: ServiceSettings):
             saver.cancel()
             await asyncio.to_thread(service.close)
 
-    app = FastAPI(
+    from fastapi_offline import FastAPIOffline
+    from starlette.middleware.cors import CORSMiddleware
+
+    # FastAPIOffline: /docs and /redoc with their scripts served from this package's dependency,
+    # not a CDN (the docs of a loopback server work without internet)
+    app = FastAPIOffline(
         title="openface-py",
         version=__version__,
         description="Face detection, embedding, verification and 1:N identification against a face database.",
         lifespan=lifespan,
     )
 
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["X-API-Key", "Authorization", "Content-Type"],
+        )
+    app.add_middleware(RequestGuard, allowed_hosts=settings.allowed_hosts, cors_origins=settings.cors_origins)
+
     def svc() -> Service:
         return state["service"]
+
+    def check_writable() -> None:
+        reason = svc().db.writable()
+        if reason is not None:
+            raise HttpError(503, f"the database cannot be written: {reason}")
 
     def check_key(request: Request, write: bool) -> None:
         if not (write or settings.protect_all):
@@ -388,6 +461,14 @@ def create_app(settings: ServiceSettings):
     async def usage_error(request, exc):
         return JSONResponse({"detail": str(exc)}, status_code=422)
 
+    @app.exception_handler(DatabaseError)
+    async def database_error(request, exc: DatabaseError):
+        # the real cause in the log; the client learns what it can do about it
+        log.error("database error on %s %s: %s", request.method, request.url.path, exc)
+        status = 507 if exc.kind == "full" else 503
+        headers = {"Retry-After": "1"} if exc.kind == "locked" else None
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
     @app.exception_handler(Exception)
     async def internal_error(request, exc):
         log.exception("unexpected error on %s %s", request.method, request.url.path)
@@ -401,11 +482,11 @@ def create_app(settings: ServiceSettings):
     async def health():
         s = svc()
 
-        def read() -> dict:
+        def read() -> tuple[dict, Optional[str]]:
             with s.db_lock:
-                return s.db.info()
+                return s.db.info(), s.db.writable()
 
-        info = await asyncio.to_thread(read)
+        info, unwritable = await asyncio.to_thread(read)
         return {
             "status": "ok",
             "version": __version__,
@@ -415,7 +496,10 @@ def create_app(settings: ServiceSettings):
             "threshold": info["threshold"],
             "threshold_source": info["threshold_source"],
             "queue": {"pending": s.pending, "limit": settings.max_queue},
-            "writes_enabled": bool(settings.api_key),
+            "receiving_bytes": s.buffered,
+            "inference": s.pool.stats.to_json(),
+            "writes_enabled": bool(settings.api_key) and unwritable is None,
+            "writes_disabled_because": ("no API key" if not settings.api_key else unwritable),
         }
 
     @app.post(
@@ -423,35 +507,28 @@ def create_app(settings: ServiceSettings):
     )
     async def detect(request: Request):
         check_key(request, write=False)
-
-        def work(pipe, data: bytes) -> dict:
-            rgb = svc().decode(data)
-            aligned = pipe.faces(rgb, multi=True)
-            return {
-                "width": int(rgb.shape[1]),
-                "height": int(rgb.shape[0]),
-                "faces": [
-                    {"box": a.box.as_list(), "score": round(float(a.score), 4),
-                     "landmarks": np.round(a.landmarks, 1).tolist()}
-                    for a in aligned
-                ],
-            }  # fmt: skip
-
+        data = (await photos_from(svc(), request, ("photo",)))["photo"][0]
         async with svc().slot():
-            data = (await photos_from(request, settings.max_upload_bytes, ("photo",)))["photo"][0]
-            return await svc().run(work, data)
+            found = await svc().run(svc().infer, "detect", data)
+        for face in found["faces"]:
+            face["score"] = round(face["score"], 4)
+            face["landmarks"] = np.round(face["landmarks"], 1).tolist()
+        return found
 
     @app.post("/v1/embed", summary="the embedding of every face in a photo", openapi_extra=_photo_body({"photo": ""}))
     async def embed(request: Request):
         check_key(request, write=False)
-
-        def work(pipe, data: bytes) -> dict:
-            _, faces = svc().faces(pipe, data)
-            return {"model": pipe.embedder.identity, "faces": [f.to_json() for f in faces]}
-
+        data = (await photos_from(svc(), request, ("photo",)))["photo"][0]
         async with svc().slot():
-            data = (await photos_from(request, settings.max_upload_bytes, ("photo",)))["photo"][0]
-            return await svc().run(work, data)
+            faces = await svc().run(svc().faces, data)
+        return {
+            "model": svc().pool.identity,
+            "faces": [
+                {"box": f["box"], "score": round(f["score"], 4), "aligned_from": f["aligned_from"],
+                 "embedding": [round(float(v), 7) for v in f["embedding"]]}
+                for f in faces
+            ],
+        }  # fmt: skip
 
     @app.post(
         "/v1/verify",
@@ -460,8 +537,8 @@ def create_app(settings: ServiceSettings):
     )
     async def verify(request: Request):
         check_key(request, write=False)
+        got = await photos_from(svc(), request, ("photo1", "photo2"))
         async with svc().slot():
-            got = await photos_from(request, settings.max_upload_bytes, ("photo1", "photo2"))
             return await svc().run(svc().verify, got["photo1"][0], got["photo2"][0])
 
     @app.post(
@@ -471,8 +548,8 @@ def create_app(settings: ServiceSettings):
         check_key(request, write=False)
         if not 1 <= top_k <= settings.max_top_k:
             raise HttpError(422, f"top_k must be between 1 and {settings.max_top_k}")
+        data = (await photos_from(svc(), request, ("photo",)))["photo"][0]
         async with svc().slot():
-            data = (await photos_from(request, settings.max_upload_bytes, ("photo",)))["photo"][0]
             return await svc().run(svc().identify, data, top_k)
 
     @app.get("/v1/people", summary="the enrolled people")
@@ -496,8 +573,9 @@ def create_app(settings: ServiceSettings):
     async def enroll(name: str, request: Request):
         check_key(request, write=True)
         name = valid_name(name)
+        check_writable()
+        photos = (await photos_from(svc(), request, ("photos",), many=True))["photos"]
         async with svc().slot():
-            photos = (await photos_from(request, settings.max_upload_bytes, ("photos",), many=True))["photos"]
             out = await svc().run(svc().enroll, name, photos)
         if not any("status" in p for p in out["photos"]):
             reasons = "; ".join(f"photo {p['index']}: {p['error']}" for p in out["photos"])
@@ -507,9 +585,11 @@ def create_app(settings: ServiceSettings):
     @app.delete("/v1/people/{name}", summary="remove a person and their faces; needs the API key")
     async def remove(name: str, request: Request):
         check_key(request, write=True)
+        name = valid_name(name)
+        check_writable()
         s = svc()
 
-        def work(_pipe):
+        def work():
             with s.db_lock:
                 if name not in {p.name for p in s.db.people()}:
                     raise HttpError(404, f"no person named {name!r}")
@@ -518,7 +598,7 @@ def create_app(settings: ServiceSettings):
             return {"name": name, "removed_faces": n}
 
         async with s.slot():
-            return await s.run(work)
+            return await asyncio.to_thread(work)
 
     return app
 
