@@ -137,8 +137,11 @@ def raw_request(port: int, head: bytes, body: bytes = b"", read: bool = True, ti
 
 
 def test_idle_request_bodies_cannot_hold_the_service(db, tmp_path):
-    s = Server(copy_of(db, tmp_path, "idle.db"), "--body-timeout-s", "3", "--max-queue", "32")
-    socks = []
+    s = Server(
+        copy_of(db, tmp_path, "idle.db"), "--body-timeout-s", "3", "--header-timeout-s", "4", "--max-queue", "32"
+    )
+    socks: list = []
+    slow_headers: list = []
     try:
         head = (
             b"POST /v1/identify HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=x\r\n"
@@ -148,7 +151,14 @@ def test_idle_request_bodies_cannot_hold_the_service(db, tmp_path):
             sk = socket.create_connection(("127.0.0.1", s.port), timeout=30)
             sk.sendall(head)
             socks.append(sk)
+        slow_headers = []
+        for _ in range(16):  # and clients that never finish their headers ("slowloris")
+            sk = socket.create_connection(("127.0.0.1", s.port), timeout=30)
+            sk.sendall(b"GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-a: b")
+            slow_headers.append(sk)
         time.sleep(0.5)
+        for sk in slow_headers:
+            sk.sendall(b"c")  # a byte now and then does not keep the connection open
         with httpx.Client(base_url=s.url, timeout=60) as c:
             for _ in range(3):  # real requests are answered while the 64 idle bodies are open
                 identify_ok(c)
@@ -164,11 +174,19 @@ def test_idle_request_bodies_cannot_hold_the_service(db, tmp_path):
                 reply += got
             assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
             assert b"too slow" in reply
+        for sk in slow_headers:
+            reply = b""
+            while True:
+                got = sk.recv(65536)
+                if not got:
+                    break
+                reply += got
+            assert reply.startswith(b"HTTP/1.1 408") and b"headers" in reply, reply[:200]
         assert time.monotonic() - t0 < 20
         with httpx.Client(base_url=s.url, timeout=60) as c:
             assert c.get("/v1/health").json()["receiving_bytes"] == 0
     finally:
-        for sk in socks:
+        for sk in socks + slow_headers:
             sk.close()
         s.stop()
 

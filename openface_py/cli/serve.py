@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from openface_py.cli.common import EXIT_OK, add_detector_args, detector_options, log
+from openface_py.cli.common import EXIT_FAILED, EXIT_OK, add_detector_args, detector_options, log
 
 
 def register(add_command) -> None:
@@ -45,6 +45,13 @@ def register(add_command) -> None:
         help="a request body that sends nothing for this long is cut off with 408 (default: 10)",
     )
     p.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=20.0,
+        help="a request's headers must arrive within this many seconds, else 408 and the connection closes "
+        "(default: 20)",
+    )
+    p.add_argument(
         "--allowed-host",
         action="append",
         default=None,
@@ -70,6 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from openface_py.recognize.facedb import FaceDatabase
     from openface_py.service.app import API_KEY_ENV, ServiceSettings, create_app
     from openface_py.service.guard import default_allowed_hosts
+    from openface_py.service.protocol import HeaderDeadlineProtocol
 
     FaceDatabase.open(args.db).close()  # a missing or foreign database fails here, with its reason
     allowed_hosts = default_allowed_hosts(args.host) + list(args.allowed_host or [])
@@ -88,6 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         index_save_s=args.index_save_s,
         body_timeout_s=args.body_timeout_s,
+        header_timeout_s=args.header_timeout_s,
         allowed_hosts=allowed_hosts,
         cors_origins=list(args.cors_origin),
     )
@@ -100,13 +109,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not settings.api_key:
         log.warning("no API key (--api-key or $%s): enroll and delete are refused", API_KEY_ENV)
     level = "warning" if args.quiet else "info"
+    # uvicorn's HTTP/1.1 with a deadline for request headers (service.protocol: slow-header clients)
     if args.workers > 1:
         env = {k: v for k, v in json.loads(settings.to_json()).items() if k != "api_key"}
-        os.environ["OPENFACE_PY_SERVE"] = json.dumps(env)
+        os.environ["OPENFACE_PY_SERVE"] = json.dumps(env)  # the processes' settings, the deadline included
         if settings.api_key:
             os.environ[API_KEY_ENV] = settings.api_key
         uvicorn.run("openface_py.service.app:app_from_env", factory=True, host=args.host, port=args.port,
-                    workers=args.workers, log_level=level)  # fmt: skip
+                    workers=args.workers, log_level=level, http=HeaderDeadlineProtocol)  # fmt: skip
     else:
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=level)
+        config = uvicorn.Config(create_app(settings), host=args.host, port=args.port, log_level=level,
+                                http=HeaderDeadlineProtocol)  # fmt: skip
+        config.header_timeout_s = settings.header_timeout_s
+        server = uvicorn.Server(config)
+        server.run()
+        if not server.started:  # the port taken, or the models failed to load (uvicorn logged why)
+            return EXIT_FAILED
     return EXIT_OK

@@ -80,6 +80,8 @@ class ServiceSettings:
     max_buffered_bytes: int = 160 * 1024 * 1024
     #: a body that sends nothing for this long is cut off (408), and so is one slower than min_body_rate
     body_timeout_s: float = 10.0
+    #: a request's headers must be complete this long after the connection opened or the last answer
+    header_timeout_s: float = 20.0
     min_body_rate: int = 32 * 1024
     allowed_hosts: list = field(default_factory=lambda: default_allowed_hosts("127.0.0.1"))
     cors_origins: list = field(default_factory=list)
