@@ -9,6 +9,7 @@ database file itself damaged, made read-only, or filled up; and names that look 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -112,6 +113,11 @@ def test_any_damaged_byte_of_the_index_is_found_and_search_equals_brute_force(co
         caplog.clear()
         assert_brute_force(copy, probes, expected)
         assert "rebuilding" in caplog.text, f"a changed byte at {pos} of {len(saved)} went unnoticed"
+        assert hashlib.sha256(index.read_bytes()).digest() != hashlib.sha256(damaged).digest(), "not replaced"
+        if pos == positions[0]:  # which is used as it is by the next search
+            caplog.clear()
+            assert_brute_force(copy, probes, expected)
+            assert "rebuild" not in caplog.text
     index.write_bytes(saved)  # and the undamaged file is used as it is, without a rebuild
     caplog.clear()
     assert_brute_force(copy, probes, expected)
@@ -129,6 +135,9 @@ def test_an_index_whose_ids_are_not_the_rows_is_rebuilt(copy, caplog):
     probes = probes_for(X, seed=1)
     assert_brute_force(copy, probes, brute_force(X, names, probes))
     assert "other face ids" in caplog.text
+    caplog.clear()  # the rebuilt index replaced the file: used without a rebuild next time
+    assert_brute_force(copy, probes, brute_force(X, names, probes))
+    assert "rebuild" not in caplog.text
 
 
 # ---------------------------------------------------------------------------- item 6: the database
@@ -366,3 +375,20 @@ def test_enrolment_lookup_and_removal_agree_on_names(copy, caplog):
     caplog.clear()
     assert cli("db", "remove", str(copy), "Ada")[0] == 1
     assert "no person named 'Ada'" in caplog.text
+
+
+def test_a_database_held_by_another_writer_is_locked_not_a_traceback(copy):
+    holder = sqlite3.connect(copy, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process writing, for longer than our busy timeout
+    try:
+        with FaceDatabase.open(copy) as db:
+            db.conn.execute("PRAGMA busy_timeout = 50")
+            with pytest.raises(DatabaseError) as err:
+                db.enroll("Someone", "sha-x", [face(1)], db.identity)
+            assert err.value.kind == "locked" and "database is locked" in str(err.value)
+            assert len(db.search(face(1).embedding[None])[0]) == 1  # readers are not blocked (WAL)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    with FaceDatabase.open(copy) as db:
+        assert db.enroll("Someone", "sha-x", [face(1)], db.identity).added_faces == 1

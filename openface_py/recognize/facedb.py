@@ -354,6 +354,8 @@ class FaceDatabase:
         self._index_gen = -1
         self._index_token: Optional[str] = None
         self._verified = False
+        #: the index file on disk was refused: the rebuilt index replaces it
+        self._replace_file = False
         self._names: dict[int, str] = {}
 
     # ---------------------------------------------------------------- opening
@@ -842,6 +844,7 @@ class FaceDatabase:
             raise
         except Exception as exc:  # a cache: rebuild it
             log.warning("index %s not used (%s: %s): rebuilding it", p, type(exc).__name__, exc)
+            self._replace_file = True
             return None
 
     def save_index(self) -> bool:
@@ -887,7 +890,14 @@ class FaceDatabase:
         """The index, brought up to date with the database (loaded, caught up or rebuilt as needed).
 
         A loaded index is used only if its checksum matches, and once caught up its ids must be
-        exactly the face rows' ids; otherwise it is rebuilt from the rows (with a warning)."""
+        exactly the face rows' ids; otherwise it is rebuilt from the rows (with a warning), and
+        the rebuilt one replaces the refused file (when the file can be written)."""
+        index = self._sync_index()
+        if self._replace_file and self._verified:
+            self._replace_file = not self.save_index()
+        return index
+
+    def _sync_index(self) -> VectorIndex:
         loaded_now = False
         if self._index is None:
             loaded = self._load_index()
@@ -929,9 +939,11 @@ class FaceDatabase:
             )
         if self._index.ntotal != count:
             log.warning("index holds %d faces, database %d: rebuilding", self._index.ntotal, count)
+            self._replace_file = loaded_now
             return self.rebuild_index()
         if rows is not None and not np.array_equal(self._index.ids(), rows):
             log.warning("index %s holds other face ids than the database: rebuilding", self.index_path)
+            self._replace_file = True
             return self.rebuild_index()
         if self._index.needs_rebuild():
             return self.rebuild_index()
