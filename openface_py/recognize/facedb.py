@@ -14,7 +14,13 @@ reflects. On opening, an index from another database, for another identity, unre
 from a *later* generation (a restored database) is rebuilt; one from an earlier generation is
 brought up to date from the rows added and removed since; and an index whose row count then
 differs from the faces table is rebuilt. So a process killed after committing but before
-saving the index loses nothing: the next open catches up.
+saving the index loses nothing: the next open catches up. The file carries the SHA-256 of its
+content (checked before FAISS reads a byte of it) and, once caught up, a loaded index's ids must
+be the faces table's: any damage to it is found, logged and the index rebuilt from the rows.
+
+Every SQLite error (a damaged, read-only, full or locked file) leaves this module as an
+``errors.DatabaseError`` naming the file, with its ``kind``; ``writable`` says beforehand why
+writes would fail. Person names have one form, ``valid_name``, wherever they come in.
 
 Decisions: the nearest enrolled face names the person when its squared-L2 distance is within
 the database's threshold (the model's same-person threshold, or one learned from pairs of the
@@ -267,6 +273,8 @@ def database_error(exc: sqlite3.Error, path: os.PathLike | str, why: Optional[st
         return DatabaseError(str(path), "full", f"cannot be written ({message})")
     if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
         return DatabaseError(str(path), "locked", f"{message}: another process held it too long; try again")
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR):  # not the content: the file or the disk
+        return DatabaseError(str(path), "corrupt", f"cannot be read ({message})")
     return DatabaseError(str(path), "corrupt", f"damaged or not a database ({message}); restore it from a backup")
 
 
@@ -322,9 +330,9 @@ def _unwritable_reason(path: Path) -> Optional[str]:
         return "its folder is read-only (SQLite writes its -wal and -shm files beside it)"
     try:
         st = os.statvfs(folder)
-    except OSError:
+    except (OSError, AttributeError):  # (no statvfs on Windows)
         return None
-    free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize
+    free = (st.f_bfree if getattr(os, "geteuid", lambda: -1)() == 0 else st.f_bavail) * st.f_frsize
     if free < MIN_FREE_BYTES:
         return f"the disk is full ({free} bytes free)"
     return None
