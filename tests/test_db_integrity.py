@@ -124,6 +124,18 @@ def test_any_damaged_byte_of_the_index_is_found_and_search_equals_brute_force(co
     assert "rebuild" not in caplog.text
 
 
+def test_an_index_of_the_first_format_is_rebuilt_once_and_replaced(copy):
+    """The first format (magic OFPYFDX1, no checksum) cannot be trusted: rebuilt, and saved anew."""
+    index = copy.with_name("people.db.faiss")
+    new = index.read_bytes()
+    assert new.startswith(facedb.INDEX_MAGIC)
+    index.write_bytes(b"OFPYFDX1" + new[len(facedb.INDEX_MAGIC) + 32 :])  # the same content, as version 1 wrote it
+    X, names = rows(copy)
+    probes = probes_for(X, seed=2)
+    assert_brute_force(copy, probes, brute_force(X, names, probes))
+    assert index.read_bytes().startswith(facedb.INDEX_MAGIC)
+
+
 def test_an_index_whose_ids_are_not_the_rows_is_rebuilt(copy, caplog):
     """An intact index file of the right generation, but the rows were renumbered behind its back
     (no generation change, same count): its ids are checked against the rows after loading."""

@@ -829,6 +829,7 @@ class FaceDatabase:
                 magic = fh.read(len(INDEX_MAGIC))
                 if magic in OLD_INDEX_MAGICS:
                     log.info("index %s is of an older format: rebuilding it", p)
+                    self._replace_file = True
                     return None
                 if magic != INDEX_MAGIC:
                     raise ValueError("not an openface-py index file")
