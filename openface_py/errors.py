@@ -46,8 +46,24 @@ class UsageError(OpenFacePyError, ValueError):
 
 
 class DatabaseError(OpenFacePyError):
-    """TEMPORARY placeholder (merged from the database branch)."""
+    """A face database that cannot be read or written, with why (``kind``) and the file named.
 
-    def __init__(self, message: str, kind: str = "corrupt") -> None:
-        super().__init__(message)
+    ``kind`` is one of ``DATABASE_ERROR_KINDS``: ``corrupt`` (damaged, truncated or not readable
+    as a database), ``readonly`` (the file, its folder or the connection cannot be written),
+    ``full`` (the disk or the database's page limit is full), ``locked`` (another process held
+    it longer than the busy timeout). The command line exits with 1 for every kind."""
+
+    def __init__(self, path: str, kind: str, reason: str) -> None:
+        if kind not in DATABASE_ERROR_KINDS:
+            raise ValueError(f"unknown database error kind {kind!r}")
+        super().__init__(f"{path}: {reason}")
+        self.path = path
         self.kind = kind
+        self.reason = reason
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.kind, self.reason))
+
+
+#: the kinds of ``DatabaseError``
+DATABASE_ERROR_KINDS = ("corrupt", "readonly", "full", "locked")

@@ -74,7 +74,13 @@ def register(add_command, common) -> None:
     p.set_defaults(handler=cmd_db, db_parser=p)
 
 
+#: the actions that write to the database
+WRITING_ACTIONS = ("enroll", "import", "remove", "threshold")
+
+
 def cmd_db(args: argparse.Namespace) -> int:
+    """Run one ``db`` action. A damaged, read-only or full database ends it with one line and
+    exit code 1 (``DatabaseError``); a refused name with exit code 2."""
     from openface_py.recognize.facedb import FaceDatabase
 
     if args.db_command is None:
@@ -83,6 +89,8 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.db_command == "create":
         return _create(args)
     with FaceDatabase.open(args.db) as db:
+        if args.db_command in WRITING_ACTIONS:
+            db.require_writable()  # a read-only or full database fails here, before any model is loaded
         return {
             "enroll": _enroll,
             "import": _import,
@@ -184,13 +192,16 @@ def _list(db, args: argparse.Namespace) -> int:
 
 
 def _remove(db, args: argparse.Namespace) -> int:
-    n = db.remove_person(args.name)
-    if not n and args.name not in {p.name for p in db.people()}:
-        log.error("%s: no person named %r", args.db, args.name)
+    from openface_py.recognize.facedb import quote_name
+
+    name = db.find_person(args.name)  # the same normalisation as enrolment
+    if name is None:
+        log.error("%s: no person named %s", args.db, quote_name(args.name))
         return EXIT_FAILED
+    n = db.remove_person(name)
     db.sync_index()
     db.save_index()
-    print(f"removed {args.name} ({n} faces)")
+    print(f"removed {name} ({n} faces)")
     return EXIT_OK
 
 

@@ -14,7 +14,13 @@ reflects. On opening, an index from another database, for another identity, unre
 from a *later* generation (a restored database) is rebuilt; one from an earlier generation is
 brought up to date from the rows added and removed since; and an index whose row count then
 differs from the faces table is rebuilt. So a process killed after committing but before
-saving the index loses nothing: the next open catches up.
+saving the index loses nothing: the next open catches up. The file carries the SHA-256 of its
+content (checked before FAISS reads a byte of it) and, once caught up, a loaded index's ids must
+be the faces table's: any damage to it is found, logged and the index rebuilt from the rows.
+
+Every SQLite error (a damaged, read-only, full or locked file) leaves this module as an
+``errors.DatabaseError`` naming the file, with its ``kind``; ``writable`` says beforehand why
+writes would fail. Person names have one form, ``valid_name``, wherever they come in.
 
 Decisions: the nearest enrolled face names the person when its squared-L2 distance is within
 the database's threshold (the model's same-person threshold, or one learned from pairs of the
@@ -25,10 +31,12 @@ same-person and one different-person pair).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
 import json
 import logging
 import os
-import re
 import sqlite3
 import struct
 import time
@@ -36,11 +44,12 @@ import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
+from urllib.parse import quote
 
 import numpy as np
 
-from openface_py.errors import OpenFacePyError, UsageError
+from openface_py.errors import DatabaseError, OpenFacePyError, UsageError
 from openface_py.io import atomic_output
 from openface_py.metrics import best_split_threshold
 from openface_py.recognize.vectorindex import VectorIndex
@@ -48,7 +57,15 @@ from openface_py.recognize.vectorindex import VectorIndex
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
-INDEX_MAGIC = b"OFPYFDX1"
+#: index file: magic, SHA-256 of everything after it, header length, JSON header, FAISS bytes
+INDEX_MAGIC = b"OFPYFDX2"
+#: index files of the first format (no checksum): rebuilt once
+OLD_INDEX_MAGICS = (b"OFPYFDX1",)
+#: ``PRAGMA quick_check`` runs on opening a database file up to this size (larger ones are
+#: checked where they are read: every SQLite error becomes a ``DatabaseError``)
+QUICK_CHECK_MAX_BYTES = 64 * 2**20
+#: ``writable`` reports a disk with less free space than this as full
+MIN_FREE_BYTES = 2**20
 #: learning a threshold needs this many same-person pairs among the enrolled faces
 MIN_SAME_PAIRS = 10
 #: pairs sampled (each kind) when learning the threshold and the calibration
@@ -57,7 +74,17 @@ MAX_PAIRS = 20_000
 REFRESH_ALWAYS_BELOW = 2_000
 DECISION_PEOPLE = 1000
 DECISION_PER_PERSON = 10
-NAME_RE = re.compile(r"^[^\W_][\w .'\-]{0,127}$")
+NAME_MAX = 128
+#: characters allowed in a name besides letters, marks and digits
+NAME_PUNCTUATION = frozenset(" .'-_")
+#: error messages quote at most this many characters of a refused name
+NAME_QUOTE_MAX = 40
+#: scripts a name may mix (after UTS #39's "highly restrictive" level); any single script is fine
+NAME_SCRIPT_MIXES = (
+    frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}),
+    frozenset({"LATIN", "HAN", "BOPOMOFO"}),
+    frozenset({"LATIN", "HAN", "HANGUL"}),
+)
 UNKNOWN = "unknown"
 
 _SCHEMA = """
@@ -124,6 +151,17 @@ class FaceDatabaseError(OpenFacePyError):
     """A database that cannot be used: missing, foreign, newer, or for another model."""
 
 
+@dataclass
+class _Transaction:
+    """A write transaction in progress: its generation; ``cancel`` rolls it back without an error."""
+
+    gen: int
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 @dataclass(frozen=True)
 class FaceRecord:
     """One face to enroll: its box and landmarks in the photo, and its embedding."""
@@ -175,15 +213,86 @@ class Answer:
         }
 
 
+def quote_name(name: object) -> str:
+    """``name`` quoted for a message: at most ``NAME_QUOTE_MAX`` characters, then an ellipsis."""
+    text = str(name)
+    return repr(text[:NAME_QUOTE_MAX]) + "…" if len(text) > NAME_QUOTE_MAX else repr(text)
+
+
 def valid_name(name: str) -> str:
-    """The person's name in NFC form; refuses names that are empty, too long, hidden or path-like."""
-    norm = unicodedata.normalize("NFC", str(name)).strip()
-    if not NAME_RE.match(norm) or norm.lower() == UNKNOWN:
-        raise UsageError(
-            f"invalid person name {name!r}: 1-128 letters, digits, spaces, _ . ' -, starting with a letter "
-            f"or digit (not {UNKNOWN!r})"
-        )
+    """The one form of a person's name, used to enroll, look up and remove people.
+
+    NFKC (full-width and other compatibility forms folded: "Ａda" is "Ada"), surrounding
+    whitespace (newlines included) stripped. Refused (``UsageError``, quoting at most a short
+    prefix): empty, over ``NAME_MAX`` characters, ``unknown``, a first character that is not a
+    letter or digit, a character other than letters, marks, digits, space and ``_ . ' -``
+    (control and invisible ones included), and letters of scripts that do not go together
+    (Latin with Cyrillic: "Аda" with a Cyrillic А looks like "Ada")."""
+    norm = unicodedata.normalize("NFKC", str(name)).strip()
+    problem = _name_problem(norm)
+    if problem:
+        raise UsageError(f"invalid person name {quote_name(name)}: {problem}")
     return norm
+
+
+def _name_problem(name: str) -> Optional[str]:
+    """Why a normalised name is refused, or None."""
+    if not name:
+        return "empty"
+    if len(name) > NAME_MAX:
+        return f"{len(name)} characters (at most {NAME_MAX})"
+    if name.casefold() == UNKNOWN:
+        return f"{UNKNOWN!r} is the answer for strangers"
+    if unicodedata.category(name[0])[0] not in "LN":
+        return "must start with a letter or digit"
+    for ch in name:
+        if unicodedata.category(ch)[0] not in "LMN" and ch not in NAME_PUNCTUATION:
+            what = unicodedata.name(ch, "a control or unassigned character")
+            return f"U+{ord(ch):04X} ({what}) is not allowed: letters, digits, spaces and _ . ' - only"
+    scripts = {_script(ch) for ch in name if unicodedata.category(ch) in ("Lu", "Ll", "Lt", "Lo")}
+    if len(scripts) > 1 and not any(scripts <= mix for mix in NAME_SCRIPT_MIXES):
+        return f"mixes the {', '.join(sorted(scripts))} scripts (letters that look alike are refused)"
+    return None
+
+
+def _script(ch: str) -> str:
+    """A letter's script, from its Unicode name ("CYRILLIC CAPITAL LETTER A" -> CYRILLIC)."""
+    word = unicodedata.name(ch, "UNNAMED").split(" ")[0]
+    return "HAN" if word == "CJK" else word
+
+
+def database_error(exc: sqlite3.Error, path: os.PathLike | str, why: Optional[str] = None) -> DatabaseError:
+    """An SQLite error as a ``DatabaseError`` naming the file, its kind and SQLite's own message.
+
+    ``why``: what makes the database unwritable, added to a read-only error."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    message = str(exc) or type(exc).__name__
+    if code == sqlite3.SQLITE_READONLY or (code == sqlite3.SQLITE_CANTOPEN and why):
+        return DatabaseError(str(path), "readonly", f"cannot be written ({message}{': ' + why if why else ''})")
+    if code == sqlite3.SQLITE_FULL:
+        return DatabaseError(str(path), "full", f"cannot be written ({message})")
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return DatabaseError(str(path), "locked", f"{message}: another process held it too long; try again")
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_IOERR):  # not the content: the file or the disk
+        return DatabaseError(str(path), "corrupt", f"cannot be read ({message})")
+    return DatabaseError(str(path), "corrupt", f"damaged or not a database ({message}); restore it from a backup")
+
+
+def _guarded(method):
+    """Decorates a ``FaceDatabase`` method: SQLite errors leave it as ``DatabaseError``s."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+            if isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError)):
+                raise
+            code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+            why = self.writable() if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN) else None
+            raise database_error(exc, self.path, why) from exc
+
+    return wrapper
 
 
 def _blob(vec: np.ndarray) -> bytes:
@@ -207,6 +316,28 @@ def is_database(path: os.PathLike | str) -> bool:
         return False
 
 
+def _unwritable_reason(path: Path) -> Optional[str]:
+    """Why the file system will not let SQLite write ``path`` (and its -wal/-shm files), or None."""
+    path = Path(path)
+    if path.exists() and not os.access(path, os.W_OK):
+        return "the file is read-only"
+    for suffix in ("-wal", "-shm"):
+        side = Path(f"{path}{suffix}")
+        if side.exists() and not os.access(side, os.W_OK):
+            return f"{side.name} is read-only"
+    folder = path.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return "its folder is read-only (SQLite writes its -wal and -shm files beside it)"
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):  # (no statvfs on Windows)
+        return None
+    free = (st.f_bfree if getattr(os, "geteuid", lambda: -1)() == 0 else st.f_bavail) * st.f_frsize
+    if free < MIN_FREE_BYTES:
+        return f"the disk is full ({free} bytes free)"
+    return None
+
+
 class FaceDatabase:
     """Enrolled people and their faces, for one embedder identity; 1:N search with FAISS.
 
@@ -215,10 +346,14 @@ class FaceDatabase:
     what others committed (``sync_index``) before it searches.
     """
 
-    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+    def __init__(self, path: Path, conn: sqlite3.Connection, readonly: bool = False) -> None:
         self.path = path
         self.conn = conn
+        self.readonly = readonly
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        missing = {"uuid", "model", "identity", "dim"} - set(meta)
+        if missing:
+            raise FaceDatabaseError(f"{path}: not an openface-py face database (no {', '.join(sorted(missing))})")
         self.uuid = meta["uuid"]
         self.model = meta["model"]
         self.identity = meta["identity"]
@@ -227,16 +362,26 @@ class FaceDatabase:
         self._index_gen = -1
         self._index_token: Optional[str] = None
         self._verified = False
+        #: the index file on disk was refused: the rebuilt index replaces it
+        self._replace_file = False
         self._names: dict[int, str] = {}
 
     # ---------------------------------------------------------------- opening
     @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
-        conn = sqlite3.connect(str(path), timeout=60.0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA busy_timeout=60000")
+    def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+        if readonly:  # SQLite refuses every write on this connection (SQLITE_READONLY), even for root
+            target, uri = f"file:{quote(str(Path(path).resolve()))}?mode=ro", True
+        else:
+            target, uri = str(path), False
+        conn = sqlite3.connect(target, timeout=60.0, isolation_level=None, check_same_thread=False, uri=uri)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=60000")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     @classmethod
@@ -259,29 +404,34 @@ class FaceDatabase:
         tmp = p.with_name(f".openface-py-tmp.{p.name}.{os.getpid()}")
         for suffix in ("", "-wal", "-shm"):
             Path(f"{tmp}{suffix}").unlink(missing_ok=True)
-        conn = cls._connect(tmp)
         try:
-            conn.executescript(_SCHEMA)  # a temporary file: renamed into place only when complete
-            meta = {
-                "schema_version": str(SCHEMA_VERSION),
-                "uuid": uuid.uuid4().hex,
-                "model": model,
-                "identity": identity,
-                "dim": str(dim),
-                "generation": "0",
-                "model_threshold": json.dumps(threshold),
-                "threshold_mode": "learn" if learn_threshold else "model",
-                "threshold": json.dumps(threshold),
-                "threshold_source": "model" if threshold is not None else "none yet",
-                "calibration": "null",
-                "decisions_faces": "0",
-                "created": repr(time.time()),
-            }
-            conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-            conn.execute("INSERT INTO generations VALUES (0, ?)", (uuid.uuid4().hex,))
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
-            conn.close()
+            conn = cls._connect(tmp)
+            try:
+                conn.executescript(_SCHEMA)  # a temporary file: renamed into place only when complete
+                meta = {
+                    "schema_version": str(SCHEMA_VERSION),
+                    "uuid": uuid.uuid4().hex,
+                    "model": model,
+                    "identity": identity,
+                    "dim": str(dim),
+                    "generation": "0",
+                    "model_threshold": json.dumps(threshold),
+                    "threshold_mode": "learn" if learn_threshold else "model",
+                    "threshold": json.dumps(threshold),
+                    "threshold_source": "model" if threshold is not None else "none yet",
+                    "calibration": "null",
+                    "decisions_faces": "0",
+                    "created": repr(time.time()),
+                }
+                conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+                conn.execute("INSERT INTO generations VALUES (0, ?)", (uuid.uuid4().hex,))
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{tmp}{suffix}").unlink(missing_ok=True)
+            raise database_error(exc, p, _unwritable_reason(p)) from exc
         Path(f"{tmp}-wal").unlink(missing_ok=True)
         Path(f"{tmp}-shm").unlink(missing_ok=True)
         os.link(tmp, p)  # fails if someone created ``path`` meanwhile: never overwrite a database
@@ -289,31 +439,74 @@ class FaceDatabase:
         return cls.open(p)
 
     @classmethod
-    def open(cls, path: os.PathLike | str) -> FaceDatabase:
-        """Open an existing database (migrating an older schema; refusing a newer one or a foreign file)."""
+    def open(cls, path: os.PathLike | str, readonly: bool = False) -> FaceDatabase:
+        """Open an existing database (migrating an older schema; refusing a newer one or a foreign file).
+
+        A damaged file raises ``DatabaseError`` (kind ``corrupt``): files up to
+        ``QUICK_CHECK_MAX_BYTES`` are checked whole (``PRAGMA quick_check``), larger ones where
+        they are read. ``readonly``: the connection refuses every write (``writable`` says so)."""
         p = Path(path)
         if not p.is_file():
             raise FaceDatabaseError(f"{p}: no such database (create it with `openface-py db create`)")
         if not is_database(p):
             raise FaceDatabaseError(f"{p}: not an openface-py face database (not an SQLite file)")
-        conn = cls._connect(p)
+        conn = None
         try:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise FaceDatabaseError(f"{p}: not an openface-py face database ({exc})") from None
-        if row is None:
-            conn.close()
-            raise FaceDatabaseError(f"{p}: not an openface-py face database (no schema version)")
-        version = int(row[0])
-        if version > SCHEMA_VERSION:
-            conn.close()
-            raise FaceDatabaseError(
-                f"{p}: schema version {version} is newer than this openface-py understands ({SCHEMA_VERSION}); upgrade"
+            conn = cls._connect(p, readonly)
+            if p.stat().st_size <= QUICK_CHECK_MAX_BYTES:
+                problems = [r[0] for r in conn.execute("PRAGMA quick_check(3)").fetchall()]
+                if problems != ["ok"]:
+                    lines = [x for r in problems for x in r.splitlines() if x and not x.startswith("***")]
+                    found = "; ".join(lines[:2])
+                    raise DatabaseError(str(p), "corrupt", f"damaged ({found}); restore it from a backup")
+            try:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            except sqlite3.OperationalError as exc:  # no meta table: another program's database
+                raise FaceDatabaseError(f"{p}: not an openface-py face database ({exc})") from None
+            if row is None:
+                raise FaceDatabaseError(f"{p}: not an openface-py face database (no schema version)")
+            version = int(row[0])
+            if version > SCHEMA_VERSION:
+                raise FaceDatabaseError(
+                    f"{p}: schema version {version} is newer than this openface-py understands ({SCHEMA_VERSION});"
+                    " upgrade"
+                )
+            if version < SCHEMA_VERSION:
+                _migrate(conn, version, p)
+            return cls(p, conn, readonly)
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, sqlite3.Error):
+                why = "opened read-only" if readonly else _unwritable_reason(p)
+                raise database_error(exc, p, why) from exc
+            raise
+
+    def writable(self) -> Optional[str]:
+        """None when writes can succeed, else why not, in a few words (read-only file or folder,
+        read-only connection, full disk, page limit reached). Never raises; touches no lock."""
+        if self.readonly:
+            return "opened read-only"
+        why = _unwritable_reason(self.path)
+        if why:
+            return why
+        try:
+            pages, limit, free = (
+                self.conn.execute(f"PRAGMA {pragma}").fetchone()[0]
+                for pragma in ("page_count", "max_page_count", "freelist_count")
             )
-        if version < SCHEMA_VERSION:
-            _migrate(conn, version, p)
-        return cls(p, conn)
+        except sqlite3.Error as exc:
+            return f"unreadable ({exc})"
+        if pages >= limit and free == 0:
+            return f"the database has reached its page limit ({limit} pages)"
+        return None
+
+    def require_writable(self) -> None:
+        """Raise ``DatabaseError`` (kind ``readonly`` or ``full``) unless ``writable``."""
+        why = self.writable()
+        if why:
+            kind = "full" if ("full" in why or "page limit" in why) else "readonly"
+            raise DatabaseError(str(self.path), kind, f"cannot be written: {why}")
 
     def close(self) -> None:
         self.conn.close()
@@ -325,17 +518,21 @@ class FaceDatabase:
         self.close()
 
     # ---------------------------------------------------------------- reading
+    @_guarded
     def meta(self, key: str) -> str:
         return self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()[0]
 
     @property
+    @_guarded
     def generation(self) -> int:
         return int(self.meta("generation"))
 
     @property
+    @_guarded
     def threshold(self) -> Optional[float]:
         return json.loads(self.meta("threshold"))
 
+    @_guarded
     def info(self) -> dict:
         """What the database holds and how it decides (for ``db list --json`` and ``/health``)."""
         people, photos, faces = self.conn.execute(
@@ -356,6 +553,7 @@ class FaceDatabase:
             "index": None if self._index is None else self._index.kind,
         }
 
+    @_guarded
     def people(self) -> list[PersonInfo]:
         rows = self.conn.execute(
             "SELECT p.name, p.created, (SELECT COUNT(*) FROM photos WHERE person_id = p.id),"
@@ -363,6 +561,7 @@ class FaceDatabase:
         ).fetchall()
         return [PersonInfo(name, photos, faces, created) for name, created, photos, faces in rows]
 
+    @_guarded
     def known_sources(self) -> dict[str, tuple[int, int, Optional[str]]]:
         """source -> (size, mtime_ns, failure reason or None) of every imported (or failed) photo."""
         out = {
@@ -373,6 +572,7 @@ class FaceDatabase:
             out.setdefault(s, (size, mt, reason))
         return out
 
+    @_guarded
     def embeddings(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(face ids, N x dim embeddings, person names) of every enrolled face."""
         rows = self.conn.execute(
@@ -382,18 +582,43 @@ class FaceDatabase:
         return ids, _vectors((r[1] for r in rows), self.dim), [r[2] for r in rows]
 
     # ---------------------------------------------------------------- writing
-    def _begin_write(self) -> int:
-        """Start a write transaction and return its (new) generation.
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[_Transaction]:
+        """One write transaction, committed when the block ends (rolled back if it raises or
+        calls ``cancel``); yields its (new) generation.
 
         Each generation gets a random token (rolled back with the transaction), so an index saved
         at generation G is caught up only if this database's history at G is the one it saw: a
         database restored from a backup and written again reaches the same generation numbers
-        with other contents (and reused face ids), and its index is then rebuilt."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-        gen = self.generation
-        self.conn.execute("INSERT OR REPLACE INTO generations VALUES (?, ?)", (gen, uuid.uuid4().hex))
-        return gen
+        with other contents (and reused face ids), and its index is then rebuilt.
+
+        When SQLite fails (a full disk, a read-only file), that error is what leaves here: the
+        rollback runs only if a transaction is still open (SQLite ends some itself), and an error
+        of the rollback never hides the cause."""
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+            tx = _Transaction(self.generation)
+            self.conn.execute("INSERT OR REPLACE INTO generations VALUES (?, ?)", (tx.gen, uuid.uuid4().hex))
+            yield tx
+            self.conn.execute("ROLLBACK" if tx.cancelled else "COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """A read transaction: the queries in the block see one state of the database."""
+        try:
+            self.conn.execute("BEGIN")
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        _rollback(self.conn)
 
     def _token(self, gen: int) -> Optional[str]:
         row = self.conn.execute("SELECT token FROM generations WHERE gen = ?", (gen,)).fetchone()
@@ -405,6 +630,7 @@ class FaceDatabase:
                 f"{self.path} holds {self.identity} embeddings; refusing {identity} (one database per model)"
             )
 
+    @_guarded
     def enroll(
         self,
         name: str,
@@ -428,8 +654,7 @@ class FaceDatabase:
             if np.asarray(f.embedding).shape != (self.dim,) or not np.all(np.isfinite(f.embedding)):
                 raise ValueError(f"embedding of shape {np.asarray(f.embedding).shape}: expected ({self.dim},), finite")
         now = time.time()
-        gen = self._begin_write()
-        try:
+        with self._write() as tx:
             if replace_source and source is not None:
                 self.conn.execute("DELETE FROM photos WHERE source = ?", (source,))
                 self.conn.execute("DELETE FROM import_failures WHERE source = ?", (source,))
@@ -440,7 +665,6 @@ class FaceDatabase:
                 (person_id, sha256, source, size, mtime_ns, now),
             )
             if cur.rowcount == 0:
-                self.conn.execute("COMMIT")
                 return EnrollResult(name, 0, True)
             photo_id = cur.lastrowid
             self.conn.executemany(
@@ -455,67 +679,67 @@ class FaceDatabase:
                         _blob(f.embedding),
                         identity,
                         now,
-                        gen,
+                        tx.gen,
                     )
                     for f in faces
                 ],
             )
             self._refresh_decisions()
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
         return EnrollResult(name, len(faces), False)
 
+    @_guarded
     def record_failure(
         self, source: str, size: Optional[int], mtime_ns: Optional[int], reason: str, replace: bool = False
     ) -> None:
         """Remember that an imported photo failed (an unchanged file is not tried again); ``replace``
         also removes what an earlier version of the file enrolled (it changed, and now fails)."""
-        gen = self._begin_write()
-        try:
+        with self._write() as tx:
             if replace:
                 self.conn.execute("DELETE FROM photos WHERE source = ?", (source,))
                 self._refresh_decisions()
             self.conn.execute(
-                "INSERT OR REPLACE INTO import_failures VALUES (?,?,?,?,?)", (source, size, mtime_ns, reason, gen)
+                "INSERT OR REPLACE INTO import_failures VALUES (?,?,?,?,?)", (source, size, mtime_ns, reason, tx.gen)
             )
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 
+    @_guarded
     def forget_failures(self) -> int:
         """Drop the failure records so that ``db import`` tries those photos again."""
-        self._begin_write()
-        n = self.conn.execute("DELETE FROM import_failures").rowcount
-        self.conn.execute("COMMIT")
-        return n
+        with self._write():
+            return self.conn.execute("DELETE FROM import_failures").rowcount
 
+    @_guarded
+    def find_person(self, name: str) -> Optional[str]:
+        """The enrolled name that ``name`` refers to, or None: the name as stored (NFC, stripped:
+        a name enrolled before the present rules), else its ``valid_name`` form. Raises
+        ``UsageError`` for a name ``valid_name`` refuses that matches no one."""
+        legacy = unicodedata.normalize("NFC", str(name)).strip()
+        if self.conn.execute("SELECT 1 FROM people WHERE name = ?", (legacy,)).fetchone():
+            return legacy
+        norm = valid_name(name)
+        return norm if self.conn.execute("SELECT 1 FROM people WHERE name = ?", (norm,)).fetchone() else None
+
+    @_guarded
     def remove_person(self, name: str) -> int:
-        """Remove a person with their photos and faces; returns the faces removed (0: no such person)."""
-        name = unicodedata.normalize("NFC", str(name)).strip()
-        gen = self._begin_write()
-        try:
+        """Remove a person with their photos and faces; returns the faces removed (0: no such
+        person). ``name`` is found as ``find_person`` finds it (the normalisation of enrolment)."""
+        stored = self.find_person(name)
+        if stored is None:
+            return 0
+        with self._write() as tx:
             n = self.conn.execute(
-                "SELECT COUNT(*) FROM faces WHERE person_id = (SELECT id FROM people WHERE name = ?)", (name,)
+                "SELECT COUNT(*) FROM faces WHERE person_id = (SELECT id FROM people WHERE name = ?)", (stored,)
             ).fetchone()[0]
-            gone = self.conn.execute("DELETE FROM people WHERE name = ?", (name,)).rowcount
-            if not gone:
-                self.conn.execute("ROLLBACK")
+            if not self.conn.execute("DELETE FROM people WHERE name = ?", (stored,)).rowcount:
+                tx.cancel()  # removed by another process meanwhile
                 return 0
             self._refresh_decisions()
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        log.info("removed %s (%d faces) at generation %d", name, n, gen)
+        log.info("removed %s (%d faces) at generation %d", quote_name(stored), n, tx.gen)
         return n
 
+    @_guarded
     def set_threshold(self, value: Optional[float], learn: bool = False) -> None:
         """Use a fixed threshold (``value``), the model's (``value`` None), or learn it from the enrolled faces."""
-        self._begin_write()
-        try:
+        with self._write():
             if learn:
                 mode = "learn"
             elif value is None:
@@ -527,10 +751,6 @@ class FaceDatabase:
                 )
             self.conn.execute("UPDATE meta SET value = ? WHERE key = 'threshold_mode'", (mode,))
             self._refresh_decisions(force=True)
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
 
     def _decision_sample(self) -> tuple[np.ndarray, list[str]]:
         """Faces to learn the threshold and calibration from, bounded and the same for the same
@@ -598,31 +818,49 @@ class FaceDatabase:
         return self.path.with_name(self.path.name + ".faiss")
 
     def _load_index(self) -> Optional[tuple[VectorIndex, int, str]]:
+        """The saved index, its generation and token; None (logged) when missing or not to be trusted.
+
+        Nothing of a file whose SHA-256 does not match reaches FAISS: any changed byte is found."""
         p = self.index_path
         if not p.is_file():
             return None
         try:
             with open(p, "rb") as fh:
-                if fh.read(len(INDEX_MAGIC)) != INDEX_MAGIC:
+                magic = fh.read(len(INDEX_MAGIC))
+                if magic in OLD_INDEX_MAGICS:
+                    log.info("index %s is of an older format: rebuilding it", p)
+                    self._replace_file = True
+                    return None
+                if magic != INDEX_MAGIC:
                     raise ValueError("not an openface-py index file")
-                (n,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(n))
-                data = fh.read()
+                digest = fh.read(32)
+                body = fh.read()
+            if hashlib.sha256(body).digest() != digest:
+                raise ValueError("damaged: its SHA-256 does not match its content")
+            (n,) = struct.unpack("<Q", body[:8])
+            header = json.loads(body[8 : 8 + n])
+            data = body[8 + n :]
             if header["uuid"] != self.uuid or header["identity"] != self.identity:
                 raise ValueError("the index belongs to another database")
             if header.get("token") != self._token(int(header["generation"])):
                 raise ValueError("the index saw another history of this database (restored from a backup?)")
             deleted = np.array(header.get("deleted", []), dtype=np.int64)
             index = VectorIndex.from_bytes(data, header["kind"], self.dim, header.get("trained_on", 0), deleted)
+            if index.ntotal != header.get("ntotal"):
+                raise ValueError(f"it holds {index.ntotal} faces, its header says {header.get('ntotal')}")
             return index, int(header["generation"]), header["token"]
+        except sqlite3.Error:
+            raise
         except Exception as exc:  # a cache: rebuild it
             log.warning("index %s not used (%s: %s): rebuilding it", p, type(exc).__name__, exc)
+            self._replace_file = True
             return None
 
-    def save_index(self) -> None:
-        """Write the index (atomically) with the generation it reflects."""
+    def save_index(self) -> bool:
+        """Write the index (atomically) with the generation it reflects and its SHA-256; False
+        (logged) when the file cannot be written: the index is a cache, rebuilt when needed."""
         if self._index is None:
-            return
+            return False
         header = json.dumps(
             {
                 "uuid": self.uuid,
@@ -635,31 +873,47 @@ class FaceDatabase:
                 "deleted": self._index.deleted.tolist(),
             }
         ).encode()
-        with atomic_output(self.index_path) as fh:
-            fh.write(INDEX_MAGIC + struct.pack("<Q", len(header)) + header)
-            fh.write(self._index.to_bytes())
-
-    def rebuild_index(self, kind: str = "auto") -> VectorIndex:
-        self.conn.execute("BEGIN")  # one snapshot: the rows and the generation they are at
+        body = struct.pack("<Q", len(header)) + header + self._index.to_bytes()
         try:
+            with atomic_output(self.index_path) as fh:
+                fh.write(INDEX_MAGIC + hashlib.sha256(body).digest() + body)
+        except OSError as exc:
+            log.warning("index %s not saved (%s): it is rebuilt when next needed", self.index_path, exc)
+            return False
+        return True
+
+    @_guarded
+    def rebuild_index(self, kind: str = "auto") -> VectorIndex:
+        with self._snapshot():  # one snapshot: the rows and the generation they are at
             gen = self.generation
             token = self._token(gen)
             ids, X, _ = self.embeddings()
-        finally:
-            self.conn.execute("COMMIT")
         self._index = VectorIndex.build(ids, X, self.dim, kind=kind)
         self._index_gen, self._index_token = gen, token
         self._verified = True  # built from the rows of this very generation
         log.info("index rebuilt: %s, %d faces, generation %d", self._index.kind, len(ids), gen)
         return self._index
 
+    @_guarded
     def sync_index(self) -> VectorIndex:
-        """The index, brought up to date with the database (loaded, caught up or rebuilt as needed)."""
+        """The index, brought up to date with the database (loaded, caught up or rebuilt as needed).
+
+        A loaded index is used only if its checksum matches, and once caught up its ids must be
+        exactly the face rows' ids; otherwise it is rebuilt from the rows (with a warning), and
+        the rebuilt one replaces the refused file (when the file can be written)."""
+        index = self._sync_index()
+        if self._replace_file and self._verified:
+            self._replace_file = not self.save_index()
+        return index
+
+    def _sync_index(self) -> VectorIndex:
+        loaded_now = False
         if self._index is None:
             loaded = self._load_index()
             if loaded is not None:
                 self._index, self._index_gen, self._index_token = loaded
                 self._verified = False
+                loaded_now = True
         if self._verified and self.generation == self._index_gen:
             return self._index  # nothing committed since the index was last checked: one query
         if (
@@ -668,8 +922,7 @@ class FaceDatabase:
             or self._token(self._index_gen) != self._index_token
         ):
             return self.rebuild_index()
-        self.conn.execute("BEGIN")
-        try:
+        with self._snapshot():
             gen = self.generation
             if gen != self._index_gen:
                 removed = np.array(
@@ -688,11 +941,20 @@ class FaceDatabase:
                 self._index.add(np.array([r[0] for r in added], np.int64), _vectors((r[1] for r in added), self.dim))
                 self._index_gen, self._index_token = gen, self._token(gen)
             count = self.conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0]
-        finally:
-            self.conn.execute("COMMIT")
-        if self._index.ntotal != count or self._index.needs_rebuild():
-            if self._index.ntotal != count:
-                log.warning("index holds %d faces, database %d: rebuilding", self._index.ntotal, count)
+            rows = (
+                np.array([r[0] for r in self.conn.execute("SELECT id FROM faces ORDER BY id")], np.int64)
+                if loaded_now and self._index.ntotal == count
+                else None
+            )
+        if self._index.ntotal != count:
+            log.warning("index holds %d faces, database %d: rebuilding", self._index.ntotal, count)
+            self._replace_file = loaded_now
+            return self.rebuild_index()
+        if rows is not None and not np.array_equal(self._index.ids(), rows):
+            log.warning("index %s holds other face ids than the database: rebuilding", self.index_path)
+            self._replace_file = True
+            return self.rebuild_index()
+        if self._index.needs_rebuild():
             return self.rebuild_index()
         self._verified = True
         return self._index
@@ -710,6 +972,7 @@ class FaceDatabase:
             self._names.update(rows)
         return self._names
 
+    @_guarded
     def search(self, probes: np.ndarray, top_k: int = 1) -> list[list[Match]]:
         """For each probe: the ``top_k`` nearest *people* (each at the distance of their nearest face)."""
         index = self.sync_index()
@@ -736,6 +999,7 @@ class FaceDatabase:
             k_faces *= 4
         return out
 
+    @_guarded
     def identify(self, probes: np.ndarray, top_k: int = 1, threshold: Optional[float] = None) -> list[Answer]:
         """Name each probe face (or ``unknown``) with the database's threshold unless one is given."""
         threshold = self.threshold if threshold is None else threshold
@@ -757,20 +1021,30 @@ class FaceDatabase:
         return answers
 
 
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back after an error, if SQLite has not ended the transaction itself (a full disk
+    can); a failing rollback is logged, never raised: the caller's error is the one that matters."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            log.debug("rollback failed after an error: %s", exc)
+
+
 def _migrate(conn: sqlite3.Connection, version: int, path: Path) -> None:
     """Bring a database from ``version`` to ``SCHEMA_VERSION``, one step per transaction."""
     while version < SCHEMA_VERSION:
         step = MIGRATIONS.get(version)
         if step is None:
             raise FaceDatabaseError(f"{path}: no migration from schema version {version}")
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute("BEGIN IMMEDIATE")
             for statement in step:
                 conn.execute(statement)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version + 1),))
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         log.info("%s: migrated schema %d -> %d", path, version, version + 1)
         version += 1
@@ -863,12 +1137,3 @@ def enroll_photo(db: FaceDatabase, pipeline, name: str, data: bytes, source: Opt
 
 class NoFaceError(OpenFacePyError):
     """A photo to enroll shows no face."""
-
-
-def _tmp_writable(self) -> "Optional[str]":  # TEMPORARY until the database branch is merged
-    import os
-
-    return None if os.access(self.path, os.W_OK) else "read-only file"
-
-
-FaceDatabase.writable = _tmp_writable

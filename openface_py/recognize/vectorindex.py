@@ -122,6 +122,22 @@ class VectorIndex:
         """Rows the index answers with (removed ones excluded)."""
         return int(self.index.ntotal) - len(self.deleted)
 
+    def ids(self) -> np.ndarray:
+        """The ids the index answers with, sorted (each once: compare ``ntotal`` for duplicates)."""
+        faiss = _faiss()
+        if self.kind == "ivf":
+            ivf = faiss.extract_index_ivf(self.index)
+            lists = ivf.invlists
+            parts = [
+                faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                for i in range(ivf.nlist)
+                if lists.list_size(i)
+            ]
+            ids = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        else:
+            ids = faiss.vector_to_array(self.index.id_map)
+        return np.setdiff1d(ids.astype(np.int64), self.deleted)
+
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
             self.index.add_with_ids(

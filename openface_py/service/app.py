@@ -47,7 +47,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from openface_py.errors import DatabaseError, OpenFacePyError, UsageError
-from openface_py.recognize.facedb import FaceDatabase, FaceRecord, valid_name
+from openface_py.recognize.facedb import FaceDatabase, FaceRecord, quote_name, valid_name
 from openface_py.service.guard import RequestGuard, default_allowed_hosts
 from openface_py.service.inference import InferencePool, PhotoCrashed, PhotoError, PhotoTimedOut, WorkerSpec
 
@@ -587,17 +587,17 @@ def create_app(settings: ServiceSettings):
     @app.delete("/v1/people/{name}", summary="remove a person and their faces; needs the API key")
     async def remove(name: str, request: Request):
         check_key(request, write=True)
-        name = valid_name(name)
         check_writable()
         s = svc()
 
         def work():
             with s.db_lock:
-                if name not in {p.name for p in s.db.people()}:
-                    raise HttpError(404, f"no person named {name!r}")
-                n = s.db.remove_person(name)
+                stored = s.db.find_person(name)  # the name as enrolment normalised it
+                if stored is None:
+                    raise HttpError(404, f"no person named {quote_name(name)}")
+                n = s.db.remove_person(stored)
                 s.dirty = True
-            return {"name": name, "removed_faces": n}
+            return {"name": stored, "removed_faces": n}
 
         async with s.slot():
             return await asyncio.to_thread(work)
