@@ -430,9 +430,8 @@ def create_app(settings: ServiceSettings):
         return state["service"]
 
     def check_writable() -> None:
-        reason = svc().db.writable()
-        if reason is not None:
-            raise HttpError(503, f"the database cannot be written: {reason}")
+        """Refuse a write before its photos are read (DatabaseError: 503, 507 for a full disk)."""
+        svc().db.require_writable()
 
     def check_key(request: Request, write: bool) -> None:
         if not (write or settings.protect_all):
