@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol, Sequence
@@ -115,6 +116,12 @@ class HogDetector:
         return sort_left_to_right([Detection(BoundingBox.from_dlib(r), float(s)) for r, s in zip(rects, scores)])
 
 
+#: dlib's CNN fails on thin photos (measured: a side under 10 pixels at upsample 0, under 4 at
+#: upsample 1) with an error, and its process may then die (9 x 100 at upsample 0: SIGBUS at
+#: exit); 16 x 16 works at upsample 0-2. Its smallest face is larger, so there is nothing to find.
+CNN_MIN_SIDE = 16
+
+
 class CnnDetector:
     """dlib's CNN face detector (MMOD, ``mmod_human_face_detector.dat``).
 
@@ -134,6 +141,8 @@ class CnnDetector:
         self._detector = dlib.cnn_face_detection_model_v1(str(path))
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
+        if min(rgb.shape[:2]) < CNN_MIN_SIDE:  # dlib fails on these (CNN_MIN_SIDE)
+            return []
         found = self._detector(_as_dlib_image(rgb), self.upsample)
         return sort_left_to_right(
             [
@@ -168,31 +177,53 @@ class AdaptiveHogDetector:
 
 
 class DownscaledDetector:
-    """Detect on a copy whose longer side is at most ``max_side`` pixels; boxes map back.
+    """Detect on a copy whose longer side is at most ``max_side`` pixels and whose area is at most
+    ``max_pixels``; boxes (and MTCNN's points) map back to the photo. A photo within both bounds
+    is passed on untouched, so its detections are exactly the inner detector's.
 
     For large photos (phone pictures, video frames): HOG's cost grows with the pixel count,
-    and faces large enough to matter stay large enough to find.
+    and faces large enough to matter stay large enough to find. ``make_detector`` wraps every
+    detector in one with the detector's default ``max_pixels`` (``DEFAULT_DETECT_MAX_PIXELS``),
+    so no photo costs a detector more than that working size.
     """
 
-    def __init__(self, detector: Detector, max_side: int) -> None:
-        if max_side < 32:
+    def __init__(self, detector: Detector, max_side: Optional[int] = None, max_pixels: Optional[int] = None) -> None:
+        if max_side is not None and max_side < 32:
             raise UsageError("max_side must be at least 32 pixels")
+        if max_pixels is not None and max_pixels < 32 * 32:
+            raise UsageError("max_pixels must be at least 1024 pixels")
         self.inner = detector
-        self.max_side = int(max_side)
-        self.name = f"{detector.name}@{self.max_side}"
-        self.key = f"{detector.key}@max_side={self.max_side}"
+        self.max_side = int(max_side) if max_side else None
+        self.max_pixels = int(max_pixels) if max_pixels else None
+        self.name = f"{detector.name}@{self.max_side}" if self.max_side else detector.name
+        self.key = detector.key + (f"@max_side={self.max_side}" if self.max_side else "")
+        self.key += f"@max_pixels={self.max_pixels}" if self.max_pixels else ""
+
+    def working_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the copy the inner detector sees for a ``width`` x ``height`` photo."""
+        scale = 1.0
+        if self.max_side:
+            scale = min(scale, self.max_side / max(width, height))
+        if self.max_pixels:
+            scale = min(scale, math.sqrt(self.max_pixels / (width * height)))
+        if scale >= 1.0:
+            return width, height
+        return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         import cv2
 
         h, w = rgb.shape[:2]
-        scale = self.max_side / max(h, w)
-        if scale >= 1:
+        sw, sh = self.working_size(w, h)
+        if (sw, sh) == (w, h):
             return self.inner.detect(rgb)
-        small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        log.debug("detecting on a %dx%d copy of a %dx%d photo", sw, sh, w, h)
+        small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
+        fx, fy = w / sw, h / sh
 
         def back(b: BoundingBox, clip: bool) -> BoundingBox:
-            x1, y1, x2, y2 = (int(v / scale) for v in b.as_list())
+            x1, x2 = int(b.left * fx), int(b.right * fx)
+            y1, y2 = int(b.top * fy), int(b.bottom * fy)
             return (
                 BoundingBox(max(0, x1), max(0, y1), min(w - 1, x2), min(h - 1, y2))
                 if clip
@@ -201,7 +232,7 @@ class DownscaledDetector:
 
         out = []
         for d in self.inner.detect(small):
-            pts = None if d.points is None else tuple((x / scale, y / scale) for x, y in d.points)
+            pts = None if d.points is None else tuple((x * fx, y * fy) for x, y in d.points)
             raw = None if d.raw_box is None else back(d.raw_box, clip=False)
             out.append(Detection(back(d.box, clip=True), d.score, pts, d.align_with_points, d.found_by, raw))
         return out
@@ -287,6 +318,15 @@ ALIGN_FROM = ("mtcnn5", "dlib68")
 MTCNN_ALIGN_DEFAULT = "dlib68"
 
 
+#: The largest photo (in pixels, before the detector's own upsampling) each detector works on;
+#: a larger one is detected on a downscaled copy and its boxes mapped back (``DownscaledDetector``),
+#: alignment still uses the full photo. HOG and MTCNN: 13 MP, above a 12 MP phone photo (4032 x
+#: 3024), about 5 s and 0.6 GB for HOG at upsample 1 on 2 cores. dlib's CNN needs about 1 GB per
+#: working megapixel at upsample 1: 2 MP. Measured by ``benchmarks/bench_photo_cost.py``.
+DEFAULT_DETECT_MAX_PIXELS = {"hog": 13_000_000, "hog-adaptive": 13_000_000, "mtcnn": 13_000_000,
+                             "hog-mtcnn": 13_000_000, "cnn": 2_000_000}  # fmt: skip
+
+
 def make_detector(
     name: str = "hog",
     upsample: int = 1,
@@ -294,9 +334,12 @@ def make_detector(
     min_face: int = 20,
     thresholds: Sequence[float] = (0.6, 0.7, 0.7),
     align_from: str = MTCNN_ALIGN_DEFAULT,
+    max_pixels: Optional[int] = None,
     **kwargs,
 ) -> Detector:
-    """Build a detector by name (``DETECTOR_NAMES``), optionally on a copy downscaled to ``max_side``.
+    """Build a detector by name (``DETECTOR_NAMES``) that works on a copy of at most ``max_pixels``
+    pixels (None: the detector's ``DEFAULT_DETECT_MAX_PIXELS``; 0: no bound) and, if given, at
+    most ``max_side`` pixels on its longer side. Photos within the bounds are detected as they are.
 
     ``upsample`` applies to dlib's detectors, ``min_face``, ``thresholds`` and ``align_from`` to
     MTCNN; ``hog-mtcnn`` is ``hog-adaptive`` with MTCNN where it finds nothing.
@@ -314,7 +357,8 @@ def make_detector(
         det = CascadeDetector(AdaptiveHogDetector(upsample=upsample, **kwargs), mtcnn)
     else:
         raise UsageError(f"unknown detector {name!r} (choose from {', '.join(DETECTOR_NAMES)})")
-    return DownscaledDetector(det, max_side) if max_side else det
+    bound = DEFAULT_DETECT_MAX_PIXELS[name] if max_pixels is None else int(max_pixels)
+    return DownscaledDetector(det, max_side, bound or None) if (max_side or bound) else det
 
 
 def detector_settings(name: str, options: Optional[dict] = None) -> dict:
