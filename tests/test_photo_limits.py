@@ -194,3 +194,28 @@ def test_release_memory_returns_freed_heap_to_the_system():
     ok, released = out.stdout.split()
     assert ok == "True" and int(released) > 100 * 2**20, out.stdout + out.stderr
     assert isinstance(release_memory(), bool)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim, /proc")
+def test_memory_returns_near_baseline_after_a_large_photo():
+    """dlib's HOG kept its pyramid's buffers (about 27 MB per megapixel at upsample 1) inside the
+    detector for the life of the process; now a large photo's are freed with it, and trimming
+    hands them back to the system. Same boxes as the detector's own instance."""
+    code = (
+        "import ctypes, dlib, numpy as np\n"
+        "from openface_py.faces.detect import BoundingBox, HogDetector\n"
+        "from openface_py.io import load_image\n"
+        "def rss(): return int(open('/proc/self/statm').read().split()[1]) * 4096\n"
+        "det = HogDetector(upsample=1)\n"
+        f"face = load_image({str(SAMPLE / 'Colin_Powell' / 'Colin_Powell_0001.jpg')!r})\n"
+        "det.detect(face); ctypes.CDLL('libc.so.6').malloc_trim(0); base = rss()\n"
+        "big = np.full((1500, 2000, 3), 118, np.uint8); big[500:750, 800:1050] = face\n"
+        "found = [d.box for d in det.detect(big)]\n"
+        "ctypes.CDLL('libc.so.6').malloc_trim(0); kept = rss() - base\n"
+        "ref = [BoundingBox.from_dlib(r) for r in dlib.get_frontal_face_detector()(big, 1)]\n"
+        "print(kept // 2**20, len(found) == 1 and found == ref)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    kept_mb, same = out.stdout.split()
+    assert same == "True" and int(kept_mb) < 25, out.stdout + out.stderr
