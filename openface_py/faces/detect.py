@@ -133,8 +133,9 @@ class HogDetector:
 
 
 #: dlib's CNN fails on thin photos (measured: a side under 10 pixels at upsample 0, under 4 at
-#: upsample 1) with an error, and its process may then die (9 x 100 at upsample 0: SIGBUS at
-#: exit); 16 x 16 works at upsample 0-2. Its smallest face is larger, so there is nothing to find.
+#: upsample 1) with an error, and its process may then die (3 x 100 at upsample 1: SIGABRT;
+#: 9 x 100 at upsample 0: SIGBUS once); 16 x 16 works at upsample 0-2 (``bench_photo_cost.py
+#: --shapes``). Its smallest face is larger, so there is nothing to find.
 CNN_MIN_SIDE = 16
 
 
