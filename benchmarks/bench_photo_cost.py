@@ -1,6 +1,7 @@
 """Cost of one large photo (issue 23): wall time and memory of load + detect + align + embed.
 
-Usage: python benchmarks/bench_photo_cost.py [--out build/photo-cost] [--only webp,png,jpeg] [--shapes]
+Usage: python benchmarks/bench_photo_cost.py [--out build/photo-cost] [--only webp,png,jpeg]
+       python benchmarks/bench_photo_cost.py --shapes [--detector cnn]
 
 Generates the issue's files (a WebP of 16000 x 2400, an RGBA PNG of 6300 x 6300) and a
 7000 x 5000 JPEG, each flat gray with one LFW face (Colin_Powell_0001) enlarged on it, and runs
@@ -169,6 +170,8 @@ SHAPES = [  # (detector, upsample, width, height)
     ("cnn", 0, 100, 4),
     ("cnn", 1, 3, 100),
     ("cnn", 0, 16, 16),
+    ("cnn", 1, 1155, 866),  # cost per working megapixel: 1 MP
+    ("cnn", 1, 3162, 158),  # 0.5 MP at 20:1, the CNN's default working size
 ]
 
 
@@ -186,11 +189,13 @@ def shape_child(name: str, upsample: int, width: int, height: int) -> None:
         print(f"raised {type(exc).__name__}", flush=True)
 
 
-def run_shapes() -> None:
+def run_shapes(only: str = "") -> None:
     import signal
 
     print("detector   upsample  shape              how it ended")
     for name, upsample, w, h in SHAPES:
+        if only and name != only:
+            continue
         cmd = [sys.executable, __file__, "--shape-child", name, str(upsample), str(w), str(h)]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         said = (done.stdout.strip().splitlines() or ["(nothing)"])[-1]
@@ -206,6 +211,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "photo-cost")
     ap.add_argument("--only", default="webp,png,jpeg")
     ap.add_argument("--shapes", action="store_true", help="where each detector breaks (no bounds)")
+    ap.add_argument("--detector", default="", help="with --shapes: only this detector's rows")
     ap.add_argument("--child", nargs=2, metavar=("FILE", "MODE"), help=argparse.SUPPRESS)
     ap.add_argument("--shape-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -218,7 +224,7 @@ def main() -> None:
         return
     print(machine_info())
     if args.shapes:
-        run_shapes()
+        run_shapes(args.detector)
         return
     args.out.mkdir(parents=True, exist_ok=True)
     print(

@@ -344,10 +344,11 @@ MTCNN_ALIGN_DEFAULT = "dlib68"
 #: The largest photo (in pixels, before the detector's own upsampling) each detector works on;
 #: a larger one is detected on a downscaled copy and its boxes mapped back (``DownscaledDetector``),
 #: alignment still uses the full photo. HOG and MTCNN: 13 MP, above a 12 MP phone photo (4032 x
-#: 3024), about 5 s and 0.6 GB for HOG at upsample 1 on 2 cores. dlib's CNN needs about 1 GB per
-#: working megapixel at upsample 1: 2 MP. Measured by ``benchmarks/bench_photo_cost.py``.
+#: 3024), about 5 s and 0.6 GB for HOG at upsample 1 on 2 cores. dlib's CNN: 0.5 MP (it needs
+#: about 3.9 GB and a minute per megapixel at upsample 1). For dlib's detectors the bound is for
+#: upsample 1 and a quarter of it for each further step (each doubles the sides).
 DEFAULT_DETECT_MAX_PIXELS = {"hog": 13_000_000, "hog-adaptive": 13_000_000, "mtcnn": 13_000_000,
-                             "hog-mtcnn": 13_000_000, "cnn": 2_000_000}  # fmt: skip
+                             "hog-mtcnn": 13_000_000, "cnn": 500_000}  # fmt: skip
 
 
 def make_detector(
@@ -361,7 +362,8 @@ def make_detector(
     **kwargs,
 ) -> Detector:
     """Build a detector by name (``DETECTOR_NAMES``) that works on a copy of at most ``max_pixels``
-    pixels (None: the detector's ``DEFAULT_DETECT_MAX_PIXELS``; 0: no bound) and, if given, at
+    pixels (None: the detector's ``DEFAULT_DETECT_MAX_PIXELS``, a quarter of it per dlib upsample
+    step past 1; 0: no bound) and, if given, at
     most ``max_side`` pixels on its longer side. Photos within the bounds are detected as they are.
 
     ``upsample`` applies to dlib's detectors, ``min_face``, ``thresholds`` and ``align_from`` to
@@ -380,7 +382,11 @@ def make_detector(
         det = CascadeDetector(AdaptiveHogDetector(upsample=upsample, **kwargs), mtcnn)
     else:
         raise UsageError(f"unknown detector {name!r} (choose from {', '.join(DETECTOR_NAMES)})")
-    bound = DEFAULT_DETECT_MAX_PIXELS[name] if max_pixels is None else int(max_pixels)
+    if max_pixels is None:  # dlib's upsampling doubles each side: a quarter of the bound per step past 1
+        steps = max(0, int(upsample) - 1) if name != "mtcnn" else 0
+        bound = max(DEFAULT_DETECT_MAX_PIXELS[name] // 4**steps, 32 * 32)
+    else:
+        bound = int(max_pixels)
     return DownscaledDetector(det, max_side, bound or None) if (max_side or bound) else det
 
 
