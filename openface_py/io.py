@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io as _io
 import os
+import sys
 import tempfile
 import threading
 import warnings
@@ -25,6 +26,16 @@ from openface_py.errors import ImageLoadError
 #: Default cap on decoded pixels (width x height): 64 MP, about a 9000 x 7000 photo.
 #: A face toolkit has no use for more; the cap stops decompression bombs and OOM kills.
 DEFAULT_MAX_PIXELS = 64_000_000
+
+#: Default cap on either side, in pixels. dlib's HOG detector corrupts its heap or segfaults on
+#: very wide photos (measured with upsample 1: 70,000 x 100 passes, 80,000 x 100 aborts,
+#: 34,000,000 x 1 segfaults; BENCHMARKS.md "Photo limits"); 16384 is well inside that even at
+#: upsample 2, and wider than any camera's photo.
+DEFAULT_MAX_SIDE = 16_384
+
+#: Default cap on the ratio of the longer side to the shorter: a face photo, even a panorama
+#: (16000 x 2400 is 6.7:1), never needs more, and thin strips are where native code breaks.
+DEFAULT_MAX_ASPECT = 20.0
 
 #: File name endings treated as images when walking folders (compared lower-case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -69,11 +80,18 @@ def _pillow_cap_restore() -> None:
             Image.MAX_IMAGE_PIXELS = _cap_saved
 
 
-def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(
+    source: ImageSource,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int = DEFAULT_MAX_SIDE,
+    max_aspect: float = DEFAULT_MAX_ASPECT,
+) -> np.ndarray:
     """Read ``source`` (a path or encoded bytes) as an RGB uint8 array, EXIF-rotated.
 
-    Raises ``ImageLoadError`` for a missing, empty, non-image, corrupt or truncated file,
-    and for an image of more than ``max_pixels`` pixels (checked before decoding).
+    Raises ``ImageLoadError`` for a missing, empty, non-image, corrupt or truncated file, and
+    for an image of more than ``max_pixels`` pixels, with a side longer than ``max_side`` or a
+    longer side more than ``max_aspect`` times the shorter (all checked from the header, before
+    decoding; 0 switches a limit off).
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -105,18 +123,12 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
             try:
                 with Image.open(stream, formats=DECODER_FORMATS) as im:  # type: ignore[arg-type]
                     w, h = im.size
-                    if w * h > max_pixels:
-                        raise ImageLoadError(
-                            name,
-                            f"image too large: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the "
-                            f"limit of {max_pixels / 1e6:.1f} MP (max_pixels)",
-                        )
-                    if w == 0 or h == 0:
-                        raise ImageLoadError(name, f"image has zero size ({w}x{h})")
+                    _check_shape(name, *im.size, max_pixels, max_side, max_aspect)
                     im.load()
-                    if im.size[0] * im.size[1] > max_pixels:  # a decoder that changed the size
+                    if im.size != (w, h) and _shape_problem(*im.size, max_pixels, max_side, max_aspect):
+                        # a decoder that changed the size
                         raise ImageLoadError(name, f"image too large: decoded as {im.size[0]}x{im.size[1]}")
-                    im = ImageOps.exif_transpose(im)
+                    ImageOps.exif_transpose(im, in_place=True)  # no full-size copy when not rotated
                     return _pil_to_rgb(im)
             finally:
                 _pillow_cap_restore()
@@ -133,6 +145,31 @@ def load_image(source: ImageSource, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.
         # TIFF offset tag: TypeError from seek; struct.error, IndexError, ZeroDivisionError...);
         # Pillow's own fuzzers accept any Exception from bad input, and so does this loader.
         raise ImageLoadError(name, f"corrupt image data ({type(exc).__name__}: {exc})") from None
+
+
+def _shape_problem(w: int, h: int, max_pixels: int, max_side: int, max_aspect: float) -> Optional[str]:
+    """Why a ``w`` x ``h`` image is refused under these limits (0 = no limit), or None."""
+    if w <= 0 or h <= 0:
+        return f"image has zero size ({w}x{h})"
+    if max_pixels and w * h > max_pixels:
+        return (
+            f"image too large: {w}x{h} = {w * h / 1e6:.1f} MP exceeds the "
+            f"limit of {max_pixels / 1e6:.1f} MP (max_pixels)"
+        )
+    if max_side and max(w, h) > max_side:
+        return f"image too large: {w}x{h} has a side over the limit of {max_side} pixels (max_side)"
+    if max_aspect and max(w, h) > max_aspect * min(w, h):
+        return (
+            f"image shape not supported: {w}x{h} is {max(w, h) / min(w, h):.0f}:1, "
+            f"beyond the limit of {max_aspect:g}:1 (max_aspect)"
+        )
+    return None
+
+
+def _check_shape(name: str, w: int, h: int, max_pixels: int, max_side: int, max_aspect: float) -> None:
+    problem = _shape_problem(w, h, max_pixels, max_side, max_aspect)
+    if problem:
+        raise ImageLoadError(name, problem)
 
 
 def _pil_to_rgb(im) -> np.ndarray:
@@ -157,13 +194,26 @@ def _pil_to_rgb(im) -> np.ndarray:
         im = im.convert("RGBA")
         mode = "RGBA"
     if mode in ("RGBA", "RGBa"):
-        rgba = np.asarray(im.convert("RGBA")).astype(np.float32)
-        alpha = rgba[:, :, 3:4] / 255.0
-        rgb = rgba[:, :, :3] * alpha + 255.0 * (1.0 - alpha)
-        return np.ascontiguousarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8))
+        return composite_on_white(np.asarray(im if mode == "RGBA" else im.convert("RGBA")))
     if mode != "RGB":
         im = im.convert("RGB")
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+
+
+def composite_on_white(rgba: np.ndarray, chunk_pixels: int = 1 << 18) -> np.ndarray:
+    """RGB uint8 of an (H, W, 4) uint8 RGBA array laid on white, rounded to nearest.
+
+    Integer arithmetic a block of rows at a time, so the only full-size allocation is the
+    result (before: float32 copies of the whole photo, 3 GB for a 6300 x 6300 PNG); equal to
+    the float formula ``rint(rgb * a/255 + 255 * (1 - a/255))`` for every value and alpha."""
+    h, w = rgba.shape[:2]
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    rows = max(1, chunk_pixels // max(w, 1))
+    for top in range(0, h, rows):
+        block = rgba[top : top + rows].astype(np.uint32)
+        alpha = block[:, :, 3:4]
+        out[top : top + rows] = (block[:, :, :3] * alpha + 255 * (255 - alpha) + 127) // 255
+    return out
 
 
 def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -189,6 +239,28 @@ def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     elif not (arr.ndim == 3 and arr.shape[2] == 3):
         raise ValueError(f"expected an image of shape (H, W), (H, W, 3) or (H, W, 4), got {arr.shape}")
     return np.ascontiguousarray(arr)
+
+
+def release_memory() -> bool:
+    """Hand memory the process has freed back to the system (glibc's ``malloc_trim(0)``).
+
+    glibc keeps freed heap pages of a large photo (its decode, conversion and the detector's
+    pyramid) mapped in the process, so a long-running one (the service) stays gigabytes above its
+    baseline after one; call this after a large photo. Returns True when memory was released;
+    False where there is no glibc (macOS, Windows, musl) or nothing could be released.
+    """
+    import ctypes
+    import ctypes.util
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return bool(trim(0))
 
 
 def list_images(root: Union[str, os.PathLike]) -> list[Path]:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol, Sequence
@@ -91,6 +93,16 @@ class Detector(Protocol):
     def detect(self, rgb: np.ndarray) -> list[Detection]: ...
 
 
+#: Above this many pixels after upsampling, dlib's detectors run on a copy of the model that is
+#: dropped after the photo: dlib keeps its working buffers, sized by the largest photo it has
+#: seen, inside the detector, so one large photo would hold that memory for the process's life.
+KEEP_BUFFERS_PIXELS = 4_000_000
+
+
+def _working_pixels(rgb: np.ndarray, upsample: int) -> int:
+    return int(rgb.shape[0]) * int(rgb.shape[1]) * 4 ** int(upsample)
+
+
 class HogDetector:
     """dlib's HOG + linear SVM frontal face detector (OpenFace's default).
 
@@ -109,10 +121,22 @@ class HogDetector:
         self.threshold = float(threshold)
         self.key = f"hog(upsample={self.upsample},threshold={self.threshold:g})"
         self._detector = dlib.get_frontal_face_detector()
+        self._model = pickle.dumps(self._detector)  # a fresh copy loads in about 1 ms
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
-        rects, scores, _ = self._detector.run(_as_dlib_image(rgb), self.upsample, self.threshold)
+        # dlib keeps its pyramid's buffers in the detector, sized by the largest photo so far
+        # (350 MB after 13 MP at upsample 1): a large photo gets a copy that frees them after.
+        large = _working_pixels(rgb, self.upsample) > KEEP_BUFFERS_PIXELS
+        detector = pickle.loads(self._model) if large else self._detector
+        rects, scores, _ = detector.run(_as_dlib_image(rgb), self.upsample, self.threshold)
         return sort_left_to_right([Detection(BoundingBox.from_dlib(r), float(s)) for r, s in zip(rects, scores)])
+
+
+#: dlib's CNN fails on thin photos (measured: a side under 10 pixels at upsample 0, under 4 at
+#: upsample 1) with an error, and its process may then die (3 x 100 at upsample 1: SIGABRT;
+#: 9 x 100 at upsample 0: SIGBUS once); 16 x 16 works at upsample 0-2 (``bench_photo_cost.py
+#: --shapes``). Its smallest face is larger, so there is nothing to find.
+CNN_MIN_SIDE = 16
 
 
 class CnnDetector:
@@ -131,10 +155,18 @@ class CnnDetector:
         self.upsample = int(upsample)
         self.min_confidence = float(min_confidence)
         self.key = f"cnn(upsample={self.upsample},min_confidence={self.min_confidence:g})"
-        self._detector = dlib.cnn_face_detection_model_v1(str(path))
+        self._path = str(path)
+        self._detector = dlib.cnn_face_detection_model_v1(self._path)
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
-        found = self._detector(_as_dlib_image(rgb), self.upsample)
+        import dlib
+
+        if min(rgb.shape[:2]) < CNN_MIN_SIDE:  # dlib fails on these (CNN_MIN_SIDE)
+            return []
+        # as HOG's (about 0.6 GB kept after 1 MP at upsample 1): a large photo gets its own copy (2 ms)
+        large = _working_pixels(rgb, self.upsample) > KEEP_BUFFERS_PIXELS
+        net = dlib.cnn_face_detection_model_v1(self._path) if large else self._detector
+        found = net(_as_dlib_image(rgb), self.upsample)
         return sort_left_to_right(
             [
                 Detection(BoundingBox.from_dlib(d.rect), float(d.confidence))
@@ -168,31 +200,53 @@ class AdaptiveHogDetector:
 
 
 class DownscaledDetector:
-    """Detect on a copy whose longer side is at most ``max_side`` pixels; boxes map back.
+    """Detect on a copy whose longer side is at most ``max_side`` pixels and whose area is at most
+    ``max_pixels``; boxes (and MTCNN's points) map back to the photo. A photo within both bounds
+    is passed on untouched, so its detections are exactly the inner detector's.
 
     For large photos (phone pictures, video frames): HOG's cost grows with the pixel count,
-    and faces large enough to matter stay large enough to find.
+    and faces large enough to matter stay large enough to find. ``make_detector`` wraps every
+    detector in one with the detector's default ``max_pixels`` (``DEFAULT_DETECT_MAX_PIXELS``),
+    so no photo costs a detector more than that working size.
     """
 
-    def __init__(self, detector: Detector, max_side: int) -> None:
-        if max_side < 32:
+    def __init__(self, detector: Detector, max_side: Optional[int] = None, max_pixels: Optional[int] = None) -> None:
+        if max_side is not None and max_side < 32:
             raise UsageError("max_side must be at least 32 pixels")
+        if max_pixels is not None and max_pixels < 32 * 32:
+            raise UsageError("max_pixels must be at least 1024 pixels")
         self.inner = detector
-        self.max_side = int(max_side)
-        self.name = f"{detector.name}@{self.max_side}"
-        self.key = f"{detector.key}@max_side={self.max_side}"
+        self.max_side = int(max_side) if max_side else None
+        self.max_pixels = int(max_pixels) if max_pixels else None
+        self.name = f"{detector.name}@{self.max_side}" if self.max_side else detector.name
+        self.key = detector.key + (f"@max_side={self.max_side}" if self.max_side else "")
+        self.key += f"@max_pixels={self.max_pixels}" if self.max_pixels else ""
+
+    def working_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) of the copy the inner detector sees for a ``width`` x ``height`` photo."""
+        scale = 1.0
+        if self.max_side:
+            scale = min(scale, self.max_side / max(width, height))
+        if self.max_pixels:
+            scale = min(scale, math.sqrt(self.max_pixels / (width * height)))
+        if scale >= 1.0:
+            return width, height
+        return max(1, math.floor(width * scale)), max(1, math.floor(height * scale))
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         import cv2
 
         h, w = rgb.shape[:2]
-        scale = self.max_side / max(h, w)
-        if scale >= 1:
+        sw, sh = self.working_size(w, h)
+        if (sw, sh) == (w, h):
             return self.inner.detect(rgb)
-        small = cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        log.debug("detecting on a %dx%d copy of a %dx%d photo", sw, sh, w, h)
+        small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
+        fx, fy = w / sw, h / sh
 
         def back(b: BoundingBox, clip: bool) -> BoundingBox:
-            x1, y1, x2, y2 = (int(v / scale) for v in b.as_list())
+            x1, x2 = int(b.left * fx), int(b.right * fx)
+            y1, y2 = int(b.top * fy), int(b.bottom * fy)
             return (
                 BoundingBox(max(0, x1), max(0, y1), min(w - 1, x2), min(h - 1, y2))
                 if clip
@@ -201,7 +255,7 @@ class DownscaledDetector:
 
         out = []
         for d in self.inner.detect(small):
-            pts = None if d.points is None else tuple((x / scale, y / scale) for x, y in d.points)
+            pts = None if d.points is None else tuple((x * fx, y * fy) for x, y in d.points)
             raw = None if d.raw_box is None else back(d.raw_box, clip=False)
             out.append(Detection(back(d.box, clip=True), d.score, pts, d.align_with_points, d.found_by, raw))
         return out
@@ -287,6 +341,16 @@ ALIGN_FROM = ("mtcnn5", "dlib68")
 MTCNN_ALIGN_DEFAULT = "dlib68"
 
 
+#: The largest photo (in pixels, before the detector's own upsampling) each detector works on;
+#: a larger one is detected on a downscaled copy and its boxes mapped back (``DownscaledDetector``),
+#: alignment still uses the full photo. HOG and MTCNN: 13 MP, above a 12 MP phone photo (4032 x
+#: 3024), about 5 s and 0.6 GB for HOG at upsample 1 on 2 cores. dlib's CNN: 0.5 MP (it needs
+#: about 3.9 GB and a minute per megapixel at upsample 1). For dlib's detectors the bound is for
+#: upsample 1 and a quarter of it for each further step (each doubles the sides).
+DEFAULT_DETECT_MAX_PIXELS = {"hog": 13_000_000, "hog-adaptive": 13_000_000, "mtcnn": 13_000_000,
+                             "hog-mtcnn": 13_000_000, "cnn": 500_000}  # fmt: skip
+
+
 def make_detector(
     name: str = "hog",
     upsample: int = 1,
@@ -294,9 +358,13 @@ def make_detector(
     min_face: int = 20,
     thresholds: Sequence[float] = (0.6, 0.7, 0.7),
     align_from: str = MTCNN_ALIGN_DEFAULT,
+    max_pixels: Optional[int] = None,
     **kwargs,
 ) -> Detector:
-    """Build a detector by name (``DETECTOR_NAMES``), optionally on a copy downscaled to ``max_side``.
+    """Build a detector by name (``DETECTOR_NAMES``) that works on a copy of at most ``max_pixels``
+    pixels (None: the detector's ``DEFAULT_DETECT_MAX_PIXELS``, a quarter of it per dlib upsample
+    step past 1; 0: no bound) and, if given, at
+    most ``max_side`` pixels on its longer side. Photos within the bounds are detected as they are.
 
     ``upsample`` applies to dlib's detectors, ``min_face``, ``thresholds`` and ``align_from`` to
     MTCNN; ``hog-mtcnn`` is ``hog-adaptive`` with MTCNN where it finds nothing.
@@ -314,7 +382,12 @@ def make_detector(
         det = CascadeDetector(AdaptiveHogDetector(upsample=upsample, **kwargs), mtcnn)
     else:
         raise UsageError(f"unknown detector {name!r} (choose from {', '.join(DETECTOR_NAMES)})")
-    return DownscaledDetector(det, max_side) if max_side else det
+    if max_pixels is None:  # dlib's upsampling doubles each side: a quarter of the bound per step past 1
+        steps = max(0, int(upsample) - 1) if name != "mtcnn" else 0
+        bound = max(DEFAULT_DETECT_MAX_PIXELS[name] // 4**steps, 32 * 32)
+    else:
+        bound = int(max_pixels)
+    return DownscaledDetector(det, max_side, bound or None) if (max_side or bound) else det
 
 
 def detector_settings(name: str, options: Optional[dict] = None) -> dict:
