@@ -190,7 +190,7 @@ def align_folder(
     job = AlignJob(
         str(in_dir), str(out_dir), spec, detector, int(upsample), bool(skip_multi), max_side, detector_options or None
     )
-    with OutputFolder(out_dir, ALIGN_META, "align"):
+    with OutputFolder(out_dir, ALIGN_META, "align", bookkeeping=(ALIGN_JOURNAL,)):
         check_or_write_align_meta(out_dir, job, model)
         return _align(job, out_dir, workers, retry_failed, progress)
 

@@ -8,12 +8,18 @@ is refused with a message naming the first one's process; the operating system d
 when the process ends, however it ends, so a killed job never leaves a stale lock. Only under
 that lock are temporary files of a killed earlier run deleted, and only files named with
 ``io.TEMP_PREFIX``.
+
+A job that fails before it has done any work (a bad argument found by a worker, an unreadable
+input) leaves nothing behind: a fresh claim ends by removing the marker, the lock and the job's
+still-empty bookkeeping files, and the folder itself when the claim created it, so the corrected
+command can use the same folder. A folder with any other file in it (finished work) is kept.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Optional, Union
 
@@ -34,17 +40,25 @@ class OutputFolder:
 
     On entry: create the folder if needed, refuse a non-empty folder without the marker, take
     the lock (refuse if another process holds it), and remove temporary files a killed run left.
-    ``owned`` tells whether the marker was there before (a rerun / resume).
+    ``owned`` tells whether the marker was there before (a rerun / resume). ``bookkeeping``: names
+    of the job's own files and folders (journal, part folder) that mean no work was done while
+    they are empty; a fresh claim left by an exception with nothing else in the folder is undone
+    (see the module doc).
     """
 
-    def __init__(self, path: Union[str, os.PathLike], marker: str, kind: str) -> None:
+    def __init__(
+        self, path: Union[str, os.PathLike], marker: str, kind: str, bookkeeping: tuple[str, ...] = ()
+    ) -> None:
         self.path = Path(path)
         self.marker = marker
         self.kind = kind
+        self.bookkeeping = tuple(bookkeeping)
         self.owned = False
+        self.created = False
         self._fd: Optional[int] = None
 
     def __enter__(self) -> OutputFolder:
+        self.created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         self.owned = (self.path / self.marker).is_file()
         if not self.owned:
@@ -61,14 +75,44 @@ class OutputFolder:
             log.info("removed %d temporary files left by an interrupted run in %s", removed, self.path)
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the lock
-            self._fd = None
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None and not self.owned and self._fd is not None:
+                self._undo_claim()
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)  # closing the descriptor releases the lock
+                self._fd = None
+
+    def _undo_claim(self) -> None:
+        """A fresh claim that failed before any work: remove what it made (module doc)."""
+        try:
+            entries = list(self.path.iterdir())
+            for p in entries:
+                if p.name == self.marker or _ignorable(p.name):
+                    continue
+                if p.name not in self.bookkeeping or not _empty(p):
+                    return  # finished work (or someone's file): keep everything, a rerun resumes
+            remove_temp_files(self.path)
+            for p in entries:
+                if p.name in (self.marker, LOCK_NAME, *self.bookkeeping) and p.exists():
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
+            if self.created and not any(self.path.iterdir()):
+                self.path.rmdir()
+            log.debug("a failed start left nothing in %s", self.path)
+        except OSError as exc:  # cleaning up must not hide the error that ended the job
+            log.debug("could not undo the claim of %s: %s", self.path, exc)
 
 
 #: Files a folder may hold and still count as empty: what file browsers leave, our lock and temporaries.
 OS_LITTER = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", LOCK_NAME})
+
+
+def _empty(p: Path) -> bool:
+    """A file of no bytes, or a folder with no files below it."""
+    if p.is_dir():
+        return not any(f.is_file() for f in p.rglob("*"))
+    return p.stat().st_size == 0
 
 
 def _ignorable(name: str) -> bool:

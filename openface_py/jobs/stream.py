@@ -175,7 +175,7 @@ def run_folder(
         "multi": multi,
         "skip_multi": skip_multi,
     }
-    with OutputFolder(out_dir, RUN_META, "run"):
+    with OutputFolder(out_dir, RUN_META, "run", bookkeeping=(RUN_JOURNAL, PARTS)):
         _check_or_write_settings(out_dir, settings)
         (out_dir / PARTS).mkdir(exist_ok=True)
         journal = read_journal(out_dir / RUN_JOURNAL)
