@@ -61,3 +61,20 @@ def test_train_net_checks_its_input_and_init_before_claiming(photos, tmp_path):
     with pytest.raises(UsageError, match="--init"):
         train_net(NetSettings(aligned_dir=str(photos), init="nn4.smal2", progress=False), out)
     assert not out.exists()
+
+
+# ---- item 3: an output folder inside the input folder is never read as input -------------------
+
+
+def test_output_folder_inside_the_input_is_not_input(photos, embedder):
+    from openface_py.jobs.batch import align_folder
+
+    for _ in range(3):
+        report = align_folder(photos, photos / "aligned", embedder.alignment, workers=1, progress=False)
+        assert report.total == 6
+    assert len(list((photos / "aligned").rglob("*.png"))) == 6
+    for _ in range(2):  # run's own folder (and its aligned/), and align's folder beside it
+        report = run_folder(photos, photos / "out", embedder, save_aligned=True, workers=1, progress=False)
+        assert report.total == 6
+    labels = json.loads((photos / "out" / "labels.json").read_text())
+    assert sorted(set(labels["labels"])) == sorted(PEOPLE) and len(labels["labels"]) == 6

@@ -34,7 +34,7 @@ from openface_py.io import (
     load_image,
 )
 from openface_py.jobs.journal import Journal, read_journal
-from openface_py.jobs.outdir import OutputFolder
+from openface_py.jobs.outdir import OutputFolder, outside_output_folders
 from openface_py.jobs.parallel import mapped
 from openface_py.nets.embed import Embedder
 
@@ -197,7 +197,7 @@ def align_folder(
 
 def _align(job: AlignJob, out_dir: Path, workers: int, retry_failed: bool, progress: bool) -> AlignReport:
     in_dir = Path(job.input_dir)
-    rels = list_images(in_dir)
+    rels = outside_output_folders(in_dir, list_images(in_dir), own=[out_dir])
     journal_path = out_dir / ALIGN_JOURNAL
     journal = read_journal(journal_path)
     names = output_names(rels, {k: e["out"] for k, e in journal.items() if e.get("out")})

@@ -24,6 +24,7 @@ from openface_py.errors import Failure, ImageLoadError, OpenFacePyError, UsageEr
 from openface_py.faces.align import AlignmentSpec
 from openface_py.io import list_images, load_image
 from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_photos
+from openface_py.jobs.outdir import outside_output_folders
 from openface_py.recognize.facedb import FaceDatabase, FaceRecord, valid_name
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ def import_folder(
     if identity != db.identity:
         raise OpenFacePyError(f"{db.path} holds {db.identity} embeddings, but {db.model} now gives {identity}")
     known = db.known_sources()
-    rels = list_images(root)
+    rels = outside_output_folders(root, list_images(root))  # an align/run output inside is not the gallery
     report = ImportReport(total=len(rels))
     todo: list[tuple[str, int, int]] = []
     duplicates: list[tuple[Path, int, int]] = []

@@ -20,8 +20,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from pathlib import Path
-from typing import Optional, Union
+from pathlib import Path, PurePosixPath
+from typing import Iterable, Optional, Sequence, Union
 
 from openface_py.errors import OpenFacePyError
 from openface_py.io import TEMP_PREFIX, read_at, remove_temp_files
@@ -29,6 +29,9 @@ from openface_py.io import TEMP_PREFIX, read_at, remove_temp_files
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".openface-py.lock"
+#: Files that mark a folder as openface-py's output: the lock every folder job leaves, align's
+#: record of its alignment, represent's (and run's) embedding metadata, train-net's marker.
+OUTPUT_MARKERS = (LOCK_NAME, "openface-py-align.json", "embeddings.json", "train-net.json")
 
 
 class OutputFolderError(OpenFacePyError):
@@ -158,3 +161,37 @@ def _try_lock(fd: int) -> bool:
         return True
     except BlockingIOError:
         return False
+
+
+def outside_output_folders(
+    root: Union[str, os.PathLike], rels: Sequence, own: Iterable[Union[str, os.PathLike]] = ()
+) -> list:
+    """``rels`` (photos below ``root``, as ``Path`` or POSIX ``str``) without those inside an
+    output folder: the job's ``own`` (which may not exist yet) or any folder below ``root``
+    holding one of ``OUTPUT_MARKERS``. So ``align photos photos/aligned`` never aligns its own
+    faces again on a rerun. ``root`` itself is never skipped (``run aligned/ out/`` is fine)."""
+    base = Path(root).resolve()
+    skip: set[PurePosixPath] = set()
+    for folder in own:
+        try:
+            skip.add(PurePosixPath(Path(folder).resolve().relative_to(base).as_posix()))
+        except ValueError:  # not below the input folder
+            pass
+    seen: dict[PurePosixPath, bool] = {}
+
+    def is_output(folder: PurePosixPath) -> bool:
+        if folder not in seen:
+            seen[folder] = folder in skip or any((base / folder / m).is_file() for m in OUTPUT_MARKERS)
+        return seen[folder]
+
+    kept, skipped = [], {}
+    for rel in rels:
+        parents = [p for p in reversed(PurePosixPath(Path(rel).as_posix()).parents) if p != PurePosixPath(".")]
+        hit = next((p for p in parents if is_output(p)), None)
+        if hit is None:
+            kept.append(rel)
+        else:
+            skipped[hit] = skipped.get(hit, 0) + 1
+    for folder, n in sorted(skipped.items()):
+        log.warning("%s: skipped %d images in an openface-py output folder (never read as input)", base / folder, n)
+    return kept

@@ -36,7 +36,7 @@ from openface_py.io import atomic_output, atomic_write_bytes, atomic_write_text,
 from openface_py.jobs.batch import EMBED_META, AlignReport, output_names, write_embeddings
 from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_photos
 from openface_py.jobs.journal import Journal, read_journal
-from openface_py.jobs.outdir import OutputFolder
+from openface_py.jobs.outdir import OutputFolder, outside_output_folders
 from openface_py.jobs.source import INSTALL_HINT, PhotoSource
 from openface_py.nets.embed import Embedder
 
@@ -166,6 +166,8 @@ def run_folder(
     source = PhotoSource.open(input_dir)
     rels = source.list()  # before the output folder is made: a source that cannot be listed leaves nothing
     out_dir = Path(output_dir)
+    if source.local:  # this run's folder (with its aligned/) and other jobs' are not photos to embed
+        rels = outside_output_folders(source.root, rels, own=[out_dir])
     settings = {
         "identity": embedder.identity,
         "detector": detector,
