@@ -6,8 +6,10 @@ quickly with one line and the rerun resumes, and photos without a person folder 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
+import numpy as np
 import pytest
 from conftest import SAMPLE
 
@@ -78,3 +80,53 @@ def test_output_folder_inside_the_input_is_not_input(photos, embedder):
         assert report.total == 6
     labels = json.loads((photos / "out" / "labels.json").read_text())
     assert sorted(set(labels["labels"])) == sorted(PEOPLE) and len(labels["labels"]) == 6
+
+
+# ---- item 2: a changed photo is done again ------------------------------------------------------
+
+
+def _replace(path, data: bytes) -> None:
+    """Overwrite a photo as a user's copy does: other bytes, a new modification time."""
+    before = path.stat().st_mtime_ns if path.exists() else 0
+    path.write_bytes(data)
+    os.utime(path, ns=(before + 10**9, before + 10**9))
+
+
+def test_run_redoes_changed_photos(photos, embedder, tmp_path):
+    out = tmp_path / "out"
+    blair, powell = photos / PEOPLE[0] / "Tony_Blair_0001.jpg", photos / PEOPLE[1] / "Colin_Powell_0001.jpg"
+    late = photos / PEOPLE[0] / "late.jpg"
+    late.write_bytes(powell.read_bytes()[:2000])  # caught half-copied
+    first = run_folder(photos, out, embedder, workers=1, progress=False)
+    assert first.aligned == 6 and [f.path for f in first.failures] == ["Tony_Blair/late.jpg"]
+    _replace(blair, powell.read_bytes())  # another person's photo under the old name
+    _replace(late, powell.read_bytes())  # the copy finished
+    again = run_folder(photos, out, embedder, workers=1, progress=False)
+    assert (again.already_done, again.aligned, again.failures) == (5, 2, [])
+    reps = np.load(out / "reps.npy")
+    paths = [os.path.relpath(p, photos) for p in json.loads((out / "labels.json").read_text())["paths"]]
+    assert len(paths) == len(set(paths)) == 7  # replaced, not duplicated
+    row = {p: r for p, r in zip(paths, reps)}
+    assert np.abs(row["Tony_Blair/Tony_Blair_0001.jpg"] - row["Colin_Powell/Colin_Powell_0001.jpg"]).max() < 1e-5
+    assert np.abs(row["Tony_Blair/late.jpg"] - row["Colin_Powell/Colin_Powell_0001.jpg"]).max() < 1e-5
+
+
+def test_align_redoes_changed_photos(photos, embedder, tmp_path):
+    import cv2
+
+    from openface_py.jobs.batch import align_folder
+
+    out = tmp_path / "aligned"
+    blair, powell = photos / PEOPLE[0] / "Tony_Blair_0001.jpg", photos / PEOPLE[1] / "Colin_Powell_0001.jpg"
+    blair2 = photos / PEOPLE[0] / "Tony_Blair_0002.jpg"
+    assert align_folder(photos, out, embedder.alignment, workers=1, progress=False).aligned == 6
+    _replace(blair, powell.read_bytes())
+    ok, grey = cv2.imencode(".jpg", np.full((120, 160, 3), 128, np.uint8))
+    _replace(blair2, grey.tobytes())  # now a photo without a face: its old face must go
+    again = align_folder(photos, out, embedder.alignment, workers=1, progress=False)
+    assert (again.already_done, again.aligned) == (4, 1)
+    assert [(f.path, f.reason) for f in again.failures] == [("Tony_Blair/Tony_Blair_0002.jpg", "no face found")]
+    assert (out / "Tony_Blair/Tony_Blair_0001.png").read_bytes() == (
+        out / "Colin_Powell/Colin_Powell_0001.png"
+    ).read_bytes()
+    assert not (out / "Tony_Blair/Tony_Blair_0002.png").exists()

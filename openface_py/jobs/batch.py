@@ -33,7 +33,7 @@ from openface_py.io import (
     list_images,
     load_image,
 )
-from openface_py.jobs.journal import Journal, read_journal
+from openface_py.jobs.journal import Journal, changed, read_journal, signed
 from openface_py.jobs.outdir import OutputFolder, outside_output_folders
 from openface_py.jobs.parallel import mapped
 from openface_py.nets.embed import Embedder
@@ -204,14 +204,21 @@ def _align(job: AlignJob, out_dir: Path, workers: int, retry_failed: bool, progr
     report = AlignReport(total=len(rels))
     todo: list[tuple[str, str]] = []
     adopted = []  # written (atomically, so whole) by a run killed before it journaled them
+    sigs = {rel.as_posix(): _signature(in_dir / rel) for rel in rels}
     for rel in rels:
         key, out_rel = rel.as_posix(), names[rel]
         entry = journal.get(key)
-        if (out_dir / out_rel).is_file() and (entry is None or entry["status"] == "ok"):
+        if entry and changed(entry, sigs[key]):  # redone; if it fails now, its old face must not stay
+            log.info("%s changed since it was aligned; aligning it again", key)
+            (out_dir / out_rel).unlink(missing_ok=True)
+            todo.append((key, out_rel.as_posix()))
+        elif (out_dir / out_rel).is_file() and (entry is None or entry["status"] == "ok"):
             report.already_done += 1
             report.done_ok_total += 1
             if entry is None:
-                adopted.append({"src": key, "status": "ok", "reason": "", "out": out_rel.as_posix()})
+                adopted.append(
+                    {"src": key, "status": "ok", "reason": "", "out": out_rel.as_posix(), **signed(sigs[key])}
+                )
         elif entry and entry["status"] == "failed" and not retry_failed:
             report.already_done += 1
             report.failures.append(Failure(key, entry.get("reason", "failed earlier")))
@@ -233,7 +240,7 @@ def _align(job: AlignJob, out_dir: Path, workers: int, retry_failed: bool, progr
         if adopted:
             jnl.append(adopted)
         for rel, status, reason in results:
-            jnl.append([{"src": rel, "status": status, "reason": reason, "out": out_of[rel]}])
+            jnl.append([{"src": rel, "status": status, "reason": reason, "out": out_of[rel], **signed(sigs[rel])}])
             if status == "ok":
                 report.aligned += 1
                 report.done_ok_total += 1
@@ -244,6 +251,15 @@ def _align(job: AlignJob, out_dir: Path, workers: int, retry_failed: bool, progr
     report.failures.sort(key=lambda f: f.path)
     atomic_write_text(out_dir / ALIGN_REPORT, json.dumps(report.to_json(), indent=2) + "\n")
     return report
+
+
+def _signature(path: Path) -> Optional[list]:
+    """A photo's ``[size, mtime_ns]`` (``journal.changed`` compares them), None if it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 # ---- represent -------------------------------------------------------------------------
