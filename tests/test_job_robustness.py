@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from conftest import SAMPLE
+from conftest import ROOT, SAMPLE
 
 from openface_py.errors import UsageError
 from openface_py.jobs.stream import run_folder
@@ -130,3 +133,55 @@ def test_align_redoes_changed_photos(photos, embedder, tmp_path):
         out / "Colin_Powell/Colin_Powell_0001.png"
     ).read_bytes()
     assert not (out / "Tony_Blair/Tony_Blair_0002.png").exists()
+
+
+# ---- issue 23 item 1: a photo that crashes a single-process job ----------------------------------
+
+# Runs the command line with a face stage that really crashes the process (SIGSEGV, as dlib's HOG
+# did on a 34,000,000 x 1 PNG) on the photo named in CRASH_ON.
+CRASHER = """
+import os, signal, sys
+from openface_py.jobs import batch, dbimport, stream
+
+def crash_on(cls, name_of):
+    real = cls.__call__
+    def call(self, item):
+        if name_of(item).endswith(os.environ["CRASH_ON"]):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return real(self, item)
+    cls.__call__ = call
+
+crash_on(stream._FaceWorker, lambda item: item)
+crash_on(batch._AlignWorker, lambda item: item[0])
+crash_on(dbimport._ImportFaces, lambda item: item[0])
+from openface_py.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("job", ["run", "align", "db import"])
+def test_a_photo_that_crashes_a_single_process_job_is_reported_on_the_rerun(job, photos, tmp_path):
+    from openface_py.jobs.engine import EmbedderSpec
+    from openface_py.recognize.facedb import FaceDatabase
+
+    out = tmp_path / "out"
+    if job == "db import":
+        identity = EmbedderSpec.of(NN4_SMALL2_DISTILLED).identity
+        FaceDatabase.create(tmp_path / "people.db", NN4_SMALL2_DISTILLED, identity, 0.16).close()
+        args = ["db", "import", str(tmp_path / "people.db"), str(photos)]
+    else:
+        args = [job, str(photos), str(out), "--workers", "1"]
+        args += ["--model", NN4_SMALL2_DISTILLED] + (["--backend", "onnx"] if job == "run" else [])
+    cmd = [sys.executable, "-c", CRASHER, "-q", *args, "--json"]
+    env = {**os.environ, "CRASH_ON": "Tony_Blair_0002.jpg"}
+    first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == -signal.SIGSEGV, first.stderr[-2000:]
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, (again.returncode, again.stderr[-2000:])
+    report = json.loads(again.stdout)
+    assert [f["path"] for f in report["failures"]] == ["Tony_Blair/Tony_Blair_0002.jpg"]
+    assert "crashed the process on an earlier run" in report["failures"][0]["reason"]
+    done = report["enrolled"] if job == "db import" else report["aligned_total"]
+    assert done == 5  # the person's other photos, and everyone else's
+    third = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0 and json.loads(third.stdout)["failed"] == 1  # recorded: not tried again

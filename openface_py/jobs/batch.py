@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 ALIGN_META = "openface-py-align.json"
 ALIGN_JOURNAL = ".openface-py-align.jsonl"
+ALIGN_IN_PROGRESS = ".openface-py-align.current"  # the photo a single-process align is on (parallel.mapped)
 ALIGN_REPORT = "align-report.json"
 EMBED_META = "embeddings.json"
 
@@ -234,7 +235,13 @@ def _align(job: AlignJob, out_dir: Path, workers: int, retry_failed: bool, progr
         Journal(journal_path) as jnl,
         tqdm(total=len(todo), unit="photo", desc="align", disable=not progress) as bar,
         mapped(
-            _AlignWorker, (job,), todo, workers, ordered=False, on_crash=lambda item, why: (item[0], "failed", why)
+            _AlignWorker,
+            (job,),
+            todo,
+            workers,
+            ordered=False,
+            on_crash=lambda item, why: (item[0], "failed", why),
+            crash_marker=out_dir / ALIGN_IN_PROGRESS,
         ) as results,
     ):
         if adopted:

@@ -121,6 +121,12 @@ def _still_enrolled(db: FaceDatabase, root: Path, rel: Path) -> bool:
     return row is not None
 
 
+def _in_progress(db: FaceDatabase) -> Path:
+    """Beside the database: the photo a single-process import is on (``parallel.mapped``), so a
+    photo that crashes the process is recorded as failed by the rerun instead of crashing it."""
+    return Path(db.path).with_name(Path(db.path).name + ".importing")
+
+
 def person_of(rel: Path) -> str:
     """The person a gallery photo shows: its sub-folder, or the file's name for a photo at the top."""
     return rel.parts[0] if len(rel.parts) > 1 else rel.stem
@@ -145,7 +151,9 @@ def _enroll_all(
     identity = embedder.identity
     with (
         tqdm(total=len(todo), unit="photo", desc="import", disable=not progress) as bar,
-        embed_photos(_ImportFaces, (job, embedder.alignment), todo, embedder, engine) as results,
+        embed_photos(
+            _ImportFaces, (job, embedder.alignment), todo, embedder, engine, crash_marker=_in_progress(db)
+        ) as results,
     ):
         for photo in results:
             rel, size, mtime_ns = photo.item

@@ -43,6 +43,7 @@ from openface_py.nets.embed import Embedder
 log = logging.getLogger(__name__)
 
 RUN_JOURNAL = ".openface-py-run.jsonl"
+RUN_IN_PROGRESS = ".openface-py-run.current"  # the photo a single-process run is on (parallel.mapped)
 RUN_REPORT = "run-report.json"
 RUN_META = "run.json"
 PARTS = ".parts"
@@ -319,7 +320,9 @@ def _embed_missing(
     with (
         Journal(out_dir / RUN_JOURNAL) as jnl,
         tqdm(total=len(todo), unit="photo", desc="run", disable=not progress) as bar,
-        embed_photos(_FaceWorker, (job,), todo, embedder, engine, batch_size, max_pending) as results,
+        embed_photos(
+            _FaceWorker, (job,), todo, embedder, engine, batch_size, max_pending, crash_marker=out_dir / RUN_IN_PROGRESS
+        ) as results,
     ):
         for photo in results:
             bar.update(1)
