@@ -25,6 +25,7 @@ from openface_py.faces.align import AlignmentSpec
 from openface_py.io import list_images, load_image
 from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_photos
 from openface_py.jobs.outdir import outside_output_folders
+from openface_py.jobs.parallel import interrupts_deferred
 from openface_py.recognize.facedb import FaceDatabase, FaceRecord, valid_name
 
 log = logging.getLogger(__name__)
@@ -156,34 +157,40 @@ def _enroll_all(
         ) as results,
     ):
         for photo in results:
-            rel, size, mtime_ns = photo.item
-            reason = photo.reason
-            source = (root / rel).resolve().as_posix()
-            seen = source in known  # enrolled or recorded before: this run's record replaces that one
-            changed = seen and known[source][2] is None  # it had faces
-            if reason and photo.retry:  # lost by the engine: reported, not recorded, so a rerun tries it again
-                report.failures.append(Failure(rel, reason))
-                log.warning("%s: %s", rel, reason)
-            elif reason:  # a changed photo that now fails: its earlier faces go too
-                db.record_failure(source, size, mtime_ns, reason, replace=changed)
-                report.failures.append(Failure(rel, reason))
-                log.warning("%s: %s", rel, reason)
-            else:
-                faces = [
-                    FaceRecord(f["box"], rep, None if f["landmarks"] is None else np.asarray(f["landmarks"]))
-                    for f, rep in zip(photo.info["faces"], photo.reps)
-                ]
-                res = db.enroll(
-                    person_of(Path(rel)), photo.info["sha256"], faces, identity, source=source, size=size,
-                    mtime_ns=mtime_ns, replace_source=seen,
-                )  # fmt: skip
-                if res.duplicate:
-                    report.duplicates += 1
-                    db.record_failure(source, size, mtime_ns, f"{DUPLICATE}: the same photo is already enrolled")
-                else:
-                    report.enrolled += 1
-                    report.replaced += int(changed)
+            with interrupts_deferred():  # Ctrl-C after this photo's transaction, never inside it
+                _record(db, photo, root, known, identity, report)
             bar.update(1)
+
+
+def _record(db: FaceDatabase, photo, root: Path, known: dict, identity: str, report: ImportReport) -> None:
+    """Commit one photo's faces (or its failure) to the database."""
+    rel, size, mtime_ns = photo.item
+    reason = photo.reason
+    source = (root / rel).resolve().as_posix()
+    seen = source in known  # enrolled or recorded before: this run's record replaces that one
+    changed = seen and known[source][2] is None  # it had faces
+    if reason and photo.retry:  # lost by the engine: reported, not recorded, so a rerun tries it again
+        report.failures.append(Failure(rel, reason))
+        log.warning("%s: %s", rel, reason)
+    elif reason:  # a changed photo that now fails: its earlier faces go too
+        db.record_failure(source, size, mtime_ns, reason, replace=changed)
+        report.failures.append(Failure(rel, reason))
+        log.warning("%s: %s", rel, reason)
+    else:
+        faces = [
+            FaceRecord(f["box"], rep, None if f["landmarks"] is None else np.asarray(f["landmarks"]))
+            for f, rep in zip(photo.info["faces"], photo.reps)
+        ]
+        res = db.enroll(
+            person_of(Path(rel)), photo.info["sha256"], faces, identity, source=source, size=size,
+            mtime_ns=mtime_ns, replace_source=seen,
+        )  # fmt: skip
+        if res.duplicate:
+            report.duplicates += 1
+            db.record_failure(source, size, mtime_ns, f"{DUPLICATE}: the same photo is already enrolled")
+        else:
+            report.enrolled += 1
+            report.replaced += int(changed)
 
 
 def import_folder(
@@ -252,8 +259,9 @@ def import_folder(
     again = [(rel.as_posix(), size, mt) for rel, size, mt in duplicates if not _still_enrolled(db, root, rel)]
     report.already_done += len(duplicates) - len(again)
     _enroll_all(db, job, root, again, known, embedder, engine, progress, report)
-    db.sync_index()
-    db.save_index()
+    with interrupts_deferred():
+        db.sync_index()
+        db.save_index()
     info = db.info()
     report.people, report.faces = info["people"], info["faces"]
     report.failures.sort(key=lambda f: f.path)

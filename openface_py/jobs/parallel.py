@@ -9,6 +9,11 @@ workers hold the server's keep-alive descriptor, so after a kill -9 of the job n
 server nor the workers ever notice.) Spawned workers are the job's own children and end by
 themselves when it is killed (they watch their parent; on POSIX systems, where a dead
 parent's children are given to another process).
+Ctrl-C is the job's alone: workers start with SIGINT blocked (a terminal sends it to the whole
+process group, and a worker interrupted while it imports torch printed a page of traceback), so
+only the job sees ``KeyboardInterrupt``, stops its workers and exits. Writes that must not be cut
+half-way (a database transaction) run under ``interrupts_deferred``.
+
 A worker that dies (a crash in native code, the out-of-memory killer) does not hang the job:
 the pool reports it, the items that were in flight are retried one at a time in a fresh pool,
 and an item that kills its worker again is handed to ``on_crash`` (the job reports it as failed
@@ -28,8 +33,8 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
@@ -37,6 +42,7 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
+from multiprocessing.context import SpawnContext, SpawnProcess
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
@@ -82,6 +88,52 @@ def _watch_parent(job_pid: int, interval: float = 0.5) -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="openface-py-parent-watch", daemon=True).start()
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT held back in this thread (a child started meanwhile inherits the block); a Ctrl-C
+    that arrives meanwhile is delivered when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: Ctrl-C reaches console processes anyway
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _WorkerProcess(SpawnProcess):
+    """A spawned worker that never sees SIGINT (see the module doc)."""
+
+    def start(self) -> None:
+        with _sigint_blocked():
+            super().start()
+
+
+class _WorkerContext(SpawnContext):
+    Process = _WorkerProcess
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Run a block that must not be cut half-way (a transaction, a journal line) to its end: a
+    Ctrl-C that arrives meanwhile is raised as ``KeyboardInterrupt`` when the block is done.
+    Only the main thread receives signals; elsewhere the block simply runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        if callable(previous):  # the program's own handler (it may do more than raise)
+            previous(signal.SIGINT, caught[0])
+        raise KeyboardInterrupt
 
 
 def _ready() -> bool:
@@ -217,7 +269,7 @@ class _Pool:
 
     def __init__(self, factory: Callable, args: tuple, workers: int) -> None:
         self.factory, self.args, self.workers = factory, args, workers
-        self.ctx = mp.get_context(start_method())
+        self.ctx = _WorkerContext()  # spawn, with workers deaf to Ctrl-C
         self.executor: Optional[ProcessPoolExecutor] = None
         self.started = False
 
@@ -241,12 +293,25 @@ class _Pool:
         if ex is None:
             return
         procs = list((getattr(ex, "_processes", None) or {}).values())
+        manager = getattr(ex, "_executor_manager_thread", None)
+        results = getattr(ex, "_result_queue", None)
         ex.shutdown(wait=False, cancel_futures=True)
         for p in procs:
             if p.is_alive():
                 p.terminate()
         for p in procs:
             p.join(timeout=5)
+        if manager is not None and results is not None:
+            # A worker stopped while it sent a result leaves half a message in the result pipe; the
+            # executor's thread then waits for the rest forever, and so does the interpreter's exit
+            # (it joins that thread). Closing our end of the pipe's writing side ends that wait.
+            manager.join(timeout=0.5)
+            if manager.is_alive():
+                log.debug("closing the result pipe of a pool whose thread still waits for a result")
+                writer = getattr(results, "_writer", None)
+                if writer is not None:
+                    writer.close()
+                manager.join(timeout=1)
 
     def close(self) -> None:
         if self.executor is not None:
