@@ -270,3 +270,39 @@ def test_ctrl_c_during_db_import(thirty, tmp_path):
     assert final.returncode == 0, final.stderr[-3000:]
     report = json.loads(final.stdout)
     assert (report["people"], report["faces"], report["failed"], report["duplicates"]) == (3, 30, 0, 0)
+
+
+# ---- item 5: photos without person folders -------------------------------------------------------
+
+
+def test_flat_folders_are_named_and_explained(photos, embedder, tmp_path, caplog):
+    import logging
+
+    from openface_py.errors import OpenFacePyError
+    from openface_py.jobs.batch import load_embeddings
+    from openface_py.jobs.dbimport import import_folder
+    from openface_py.recognize.classify import train_model
+    from openface_py.recognize.facedb import FaceDatabase
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in sorted(photos.rglob("*.jpg")):
+        shutil.copy(f, flat / f.name)
+    caplog.set_level(logging.INFO)
+    run_folder(flat, tmp_path / "out", embedder, workers=1, progress=False)
+    assert (
+        f"6 photos directly in {flat} have no person label; OpenFace's layout is {flat}/PERSON/photo.jpg" in caplog.text
+    )
+    reps, labels, paths, meta = load_embeddings(tmp_path / "out")
+    with pytest.raises(
+        OpenFacePyError, match=r"no person label .* one sub-folder per person \(PHOTOS/PERSON/photo.jpg\)"
+    ):
+        train_model(reps, labels, "LinearSvm", embedder_name=meta["model"], embedder_identity=meta["identity"],
+                    alignment=meta["alignment"])  # fmt: skip
+    caplog.clear()
+    with FaceDatabase.create(tmp_path / "g.db", NN4_SMALL2_DISTILLED, embedder.identity, 0.16) as db:
+        import_folder(db, flat, workers=1, progress=False)
+    assert (
+        f"6 photos lie directly in {flat}: each is its own person, named after the file "
+        "(Colin_Powell_0001.jpg -> Colin_Powell_0001)" in caplog.text
+    )

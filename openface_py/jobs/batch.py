@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Optional
 
 import numpy as np
@@ -144,6 +144,18 @@ class _AlignWorker:
             return rel, "failed", f"{type(exc).__name__}: {exc}"
 
 
+def warn_unlabeled(root: os.PathLike | str, rels: list, what: str = "photos") -> None:
+    """Warn that files directly in ``root`` have no person label (their class is ""): align, run
+    and represent take each photo's label from its sub-folder, as OpenFace does."""
+    top = sum(1 for r in rels if len(PurePosixPath(Path(r).as_posix()).parts) == 1)
+    if top:
+        log.warning(
+            "%d %s directly in %s have no person label; OpenFace's layout is %s/PERSON/photo.jpg "
+            "(train and classifiers need one sub-folder per person)",
+            top, what, root, root,
+        )  # fmt: skip
+
+
 def check_or_write_align_meta(output_dir: Path, job: AlignJob, model: Optional[str]) -> None:
     """Record the alignment of ``output_dir``; refuse to mix alignments in one folder."""
     meta_path = output_dir / ALIGN_META
@@ -199,6 +211,7 @@ def align_folder(
 def _align(job: AlignJob, out_dir: Path, workers: int, retry_failed: bool, progress: bool) -> AlignReport:
     in_dir = Path(job.input_dir)
     rels = outside_output_folders(in_dir, list_images(in_dir), own=[out_dir])
+    warn_unlabeled(in_dir, rels)
     journal_path = out_dir / ALIGN_JOURNAL
     journal = read_journal(journal_path)
     names = output_names(rels, {k: e["out"] for k, e in journal.items() if e.get("out")})
@@ -319,6 +332,7 @@ def represent_folder(
     rels = list_images(a_dir)
     if not rels:
         raise OpenFacePyError(f"{a_dir}: no aligned images found")
+    warn_unlabeled(a_dir, rels, "faces")
 
     from tqdm import tqdm
 

@@ -27,6 +27,7 @@ from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_phot
 from openface_py.jobs.outdir import outside_output_folders
 from openface_py.jobs.parallel import interrupts_deferred
 from openface_py.recognize.facedb import FaceDatabase, FaceRecord, valid_name
+from openface_py.recognize.gallery import note_top_level, person_of
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +129,6 @@ def _in_progress(db: FaceDatabase) -> Path:
     return Path(db.path).with_name(Path(db.path).name + ".importing")
 
 
-def person_of(rel: Path) -> str:
-    """The person a gallery photo shows: its sub-folder, or the file's name for a photo at the top."""
-    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
-
-
 def _enroll_all(
     db: FaceDatabase,
     job: ImportJob,
@@ -224,6 +220,7 @@ def import_folder(
     known = db.known_sources()
     rels = outside_output_folders(root, list_images(root))  # an align/run output inside is not the gallery
     report = ImportReport(total=len(rels))
+    note_top_level(root, rels)
     todo: list[tuple[str, int, int]] = []
     duplicates: list[tuple[Path, int, int]] = []
     for rel in rels:

@@ -33,7 +33,7 @@ from openface_py.errors import Failure, ImageLoadError, OpenFacePyError
 from openface_py.faces.align import AlignmentSpec, align_detection, make_aligner
 from openface_py.faces.detect import detector_settings, make_detector, select_faces
 from openface_py.io import atomic_output, atomic_write_bytes, atomic_write_text, encode_png
-from openface_py.jobs.batch import EMBED_META, AlignReport, output_names, write_embeddings
+from openface_py.jobs.batch import EMBED_META, AlignReport, output_names, warn_unlabeled, write_embeddings
 from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_photos
 from openface_py.jobs.journal import Journal, changed, read_journal, signed
 from openface_py.jobs.outdir import OutputFolder, outside_output_folders
@@ -171,6 +171,7 @@ def run_folder(
     if source.local:  # this run's folder (with its aligned/) and other jobs' are not photos to embed
         rels = outside_output_folders(source.root, rels, own=[out_dir])
     signatures = {rel: listing[rel] for rel in rels}
+    warn_unlabeled(input_dir, rels)
     settings = {
         "identity": embedder.identity,
         "detector": detector,
