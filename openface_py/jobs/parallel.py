@@ -130,7 +130,7 @@ def interrupts_deferred() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if caught:
+    if caught and previous is not signal.SIG_IGN:
         if callable(previous):  # the program's own handler (it may do more than raise)
             previous(signal.SIGINT, caught[0])
         raise KeyboardInterrupt
