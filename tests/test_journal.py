@@ -107,13 +107,16 @@ def test_align_retry_failed(tmp_path):
     (src / "x").mkdir(parents=True)
     shutil.copy(SAMPLE / "Tony_Blair" / "Tony_Blair_0001.jpg", src / "x" / "ok.jpg")
     (src / "x" / "late.jpg").write_bytes(b"not yet")
+    (src / "x" / "bad.jpg").write_bytes(b"never a photo")
     out = tmp_path / "out"
     first = align_folder(src, out, openface_spec(), progress=False)
-    assert first.aligned == 1 and [f.path for f in first.failures] == ["x/late.jpg"]
+    assert first.aligned == 1 and [f.path for f in first.failures] == ["x/bad.jpg", "x/late.jpg"]
     shutil.copy(SAMPLE / "Tony_Blair" / "Tony_Blair_0002.jpg", src / "x" / "late.jpg")
-    assert align_folder(src, out, openface_spec(), progress=False).aligned == 0  # not retried unless asked
+    second = align_folder(src, out, openface_spec(), progress=False)  # the changed file is retried
+    assert second.aligned == 1 and [f.path for f in second.failures] == ["x/bad.jpg"]
+    assert (out / "x" / "late.png").is_file() and second.already_done == 2  # the unchanged failure: not unless asked
     again = align_folder(src, out, openface_spec(), retry_failed=True, progress=False)
-    assert again.aligned == 1 and not again.failures and (out / "x" / "late.png").is_file()
+    assert again.aligned == 0 and again.already_done == 2 and [f.path for f in again.failures] == ["x/bad.jpg"]
 
 
 def test_align_output_folder_is_owned_and_locked(tmp_path):

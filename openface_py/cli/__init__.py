@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Optional, Sequence
 
 from openface_py import __version__
@@ -60,6 +62,67 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run one command; returns its exit code. Ctrl-C gives 130 and one line, also while the parser
+    loads. As the program (``argv`` None) the process then ends at once, and at most
+    ``INTERRUPT_GRACE`` seconds after Ctrl-C even when the job is inside a long native call
+    (journals and the database are safe against that: they survive a kill)."""
+    interrupt = _Interrupt() if argv is None and threading.current_thread() is threading.main_thread() else None
+    if interrupt is not None:
+        signal.signal(signal.SIGINT, interrupt.handle)
+    try:
+        code = _main(argv)
+    except KeyboardInterrupt:  # before a handler runs: building the parser imports torch
+        log.error("%s", INTERRUPTED)
+        code = 130
+    except Exception:  # Ctrl-C inside an import that turns it into its own error (onnxruntime)
+        if interrupt is None or interrupt.timer is None:
+            raise
+        log.error("%s", INTERRUPTED)
+        code = 130
+    if interrupt is not None and interrupt.timer is not None and code != 130:  # the error was Ctrl-C's
+        log.error("%s", INTERRUPTED)
+        code = 130
+    if interrupt is not None and code == 130:
+        # The job's own context managers have closed what it owns (workers, journal, database,
+        # lock); the interpreter's exit hooks could still wait on a pool thread, and a torch
+        # import cut by Ctrl-C makes Python end with SIGINT instead of 130: end here.
+        interrupt.reported = True
+        interrupt.end()
+    return code
+
+
+#: What Ctrl-C prints, and how long the process may take to end after it.
+INTERRUPTED = "interrupted; rerun the same command to resume"
+INTERRUPT_GRACE = 1.2
+
+
+class _Interrupt:
+    """The program's SIGINT handler: ``KeyboardInterrupt`` as usual, and a timer that ends the
+    process ``INTERRUPT_GRACE`` seconds later if it has not ended by itself."""
+
+    def __init__(self) -> None:
+        self.timer: Optional[threading.Timer] = None
+        self.reported = False
+
+    def handle(self, signum, frame) -> None:
+        if self.timer is None:
+            self.timer = threading.Timer(INTERRUPT_GRACE, self.end)
+            self.timer.daemon = True
+            self.timer.start()
+        raise KeyboardInterrupt
+
+    def end(self) -> None:
+        try:
+            if not self.reported:
+                sys.stderr.write(f"ERROR openface_py: {INTERRUPTED}\n")
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os._exit(130)
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -81,7 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         log.error("%s", exc)
         return EXIT_FAILED
     except KeyboardInterrupt:
-        log.error("interrupted; rerun the same command to resume")
+        log.error("%s", INTERRUPTED)
         return 130
     except BrokenPipeError:
         # the reader went away (`| head`): stop quietly; point stdout at nothing so the

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Optional
 
 import numpy as np
@@ -33,8 +33,8 @@ from openface_py.io import (
     list_images,
     load_image,
 )
-from openface_py.jobs.journal import Journal, read_journal
-from openface_py.jobs.outdir import OutputFolder
+from openface_py.jobs.journal import Journal, changed, read_journal, signed
+from openface_py.jobs.outdir import OutputFolder, outside_output_folders
 from openface_py.jobs.parallel import mapped
 from openface_py.nets.embed import Embedder
 
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 ALIGN_META = "openface-py-align.json"
 ALIGN_JOURNAL = ".openface-py-align.jsonl"
+ALIGN_IN_PROGRESS = ".openface-py-align.current"  # the photo a single-process align is on (parallel.mapped)
 ALIGN_REPORT = "align-report.json"
 EMBED_META = "embeddings.json"
 
@@ -143,6 +144,18 @@ class _AlignWorker:
             return rel, "failed", f"{type(exc).__name__}: {exc}"
 
 
+def warn_unlabeled(root: os.PathLike | str, rels: list, what: str = "photos") -> None:
+    """Warn that files directly in ``root`` have no person label (their class is ""): align, run
+    and represent take each photo's label from its sub-folder, as OpenFace does."""
+    top = sum(1 for r in rels if len(PurePosixPath(Path(r).as_posix()).parts) == 1)
+    if top:
+        log.warning(
+            "%d %s directly in %s have no person label; OpenFace's layout is %s/PERSON/photo.jpg "
+            "(train and classifiers need one sub-folder per person)",
+            top, what, root, root,
+        )  # fmt: skip
+
+
 def check_or_write_align_meta(output_dir: Path, job: AlignJob, model: Optional[str]) -> None:
     """Record the alignment of ``output_dir``; refuse to mix alignments in one folder."""
     meta_path = output_dir / ALIGN_META
@@ -190,28 +203,36 @@ def align_folder(
     job = AlignJob(
         str(in_dir), str(out_dir), spec, detector, int(upsample), bool(skip_multi), max_side, detector_options or None
     )
-    with OutputFolder(out_dir, ALIGN_META, "align"):
+    with OutputFolder(out_dir, ALIGN_META, "align", bookkeeping=(ALIGN_JOURNAL,)):
         check_or_write_align_meta(out_dir, job, model)
         return _align(job, out_dir, workers, retry_failed, progress)
 
 
 def _align(job: AlignJob, out_dir: Path, workers: int, retry_failed: bool, progress: bool) -> AlignReport:
     in_dir = Path(job.input_dir)
-    rels = list_images(in_dir)
+    rels = outside_output_folders(in_dir, list_images(in_dir), own=[out_dir])
+    warn_unlabeled(in_dir, rels)
     journal_path = out_dir / ALIGN_JOURNAL
     journal = read_journal(journal_path)
     names = output_names(rels, {k: e["out"] for k, e in journal.items() if e.get("out")})
     report = AlignReport(total=len(rels))
     todo: list[tuple[str, str]] = []
     adopted = []  # written (atomically, so whole) by a run killed before it journaled them
+    sigs = {rel.as_posix(): _signature(in_dir / rel) for rel in rels}
     for rel in rels:
         key, out_rel = rel.as_posix(), names[rel]
         entry = journal.get(key)
-        if (out_dir / out_rel).is_file() and (entry is None or entry["status"] == "ok"):
+        if entry and changed(entry, sigs[key]):  # redone; if it fails now, its old face must not stay
+            log.info("%s changed since it was aligned; aligning it again", key)
+            (out_dir / out_rel).unlink(missing_ok=True)
+            todo.append((key, out_rel.as_posix()))
+        elif (out_dir / out_rel).is_file() and (entry is None or entry["status"] == "ok"):
             report.already_done += 1
             report.done_ok_total += 1
             if entry is None:
-                adopted.append({"src": key, "status": "ok", "reason": "", "out": out_rel.as_posix()})
+                adopted.append(
+                    {"src": key, "status": "ok", "reason": "", "out": out_rel.as_posix(), **signed(sigs[key])}
+                )
         elif entry and entry["status"] == "failed" and not retry_failed:
             report.already_done += 1
             report.failures.append(Failure(key, entry.get("reason", "failed earlier")))
@@ -227,13 +248,19 @@ def _align(job: AlignJob, out_dir: Path, workers: int, retry_failed: bool, progr
         Journal(journal_path) as jnl,
         tqdm(total=len(todo), unit="photo", desc="align", disable=not progress) as bar,
         mapped(
-            _AlignWorker, (job,), todo, workers, ordered=False, on_crash=lambda item, why: (item[0], "failed", why)
+            _AlignWorker,
+            (job,),
+            todo,
+            workers,
+            ordered=False,
+            on_crash=lambda item, why: (item[0], "failed", why),
+            crash_marker=out_dir / ALIGN_IN_PROGRESS,
         ) as results,
     ):
         if adopted:
             jnl.append(adopted)
         for rel, status, reason in results:
-            jnl.append([{"src": rel, "status": status, "reason": reason, "out": out_of[rel]}])
+            jnl.append([{"src": rel, "status": status, "reason": reason, "out": out_of[rel], **signed(sigs[rel])}])
             if status == "ok":
                 report.aligned += 1
                 report.done_ok_total += 1
@@ -244,6 +271,15 @@ def _align(job: AlignJob, out_dir: Path, workers: int, retry_failed: bool, progr
     report.failures.sort(key=lambda f: f.path)
     atomic_write_text(out_dir / ALIGN_REPORT, json.dumps(report.to_json(), indent=2) + "\n")
     return report
+
+
+def _signature(path: Path) -> Optional[list]:
+    """A photo's ``[size, mtime_ns]`` (``journal.changed`` compares them), None if it cannot be read."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
 
 
 # ---- represent -------------------------------------------------------------------------
@@ -296,6 +332,7 @@ def represent_folder(
     rels = list_images(a_dir)
     if not rels:
         raise OpenFacePyError(f"{a_dir}: no aligned images found")
+    warn_unlabeled(a_dir, rels, "faces")
 
     from tqdm import tqdm
 

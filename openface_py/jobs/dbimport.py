@@ -24,7 +24,10 @@ from openface_py.errors import Failure, ImageLoadError, OpenFacePyError, UsageEr
 from openface_py.faces.align import AlignmentSpec
 from openface_py.io import list_images, load_image
 from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_photos
+from openface_py.jobs.outdir import outside_output_folders
+from openface_py.jobs.parallel import interrupts_deferred
 from openface_py.recognize.facedb import FaceDatabase, FaceRecord, valid_name
+from openface_py.recognize.gallery import note_top_level, person_of
 
 log = logging.getLogger(__name__)
 
@@ -120,9 +123,10 @@ def _still_enrolled(db: FaceDatabase, root: Path, rel: Path) -> bool:
     return row is not None
 
 
-def person_of(rel: Path) -> str:
-    """The person a gallery photo shows: its sub-folder, or the file's name for a photo at the top."""
-    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+def _in_progress(db: FaceDatabase) -> Path:
+    """Beside the database: the photo a single-process import is on (``parallel.mapped``), so a
+    photo that crashes the process is recorded as failed by the rerun instead of crashing it."""
+    return Path(db.path).with_name(Path(db.path).name + ".importing")
 
 
 def _enroll_all(
@@ -144,37 +148,45 @@ def _enroll_all(
     identity = embedder.identity
     with (
         tqdm(total=len(todo), unit="photo", desc="import", disable=not progress) as bar,
-        embed_photos(_ImportFaces, (job, embedder.alignment), todo, embedder, engine) as results,
+        embed_photos(
+            _ImportFaces, (job, embedder.alignment), todo, embedder, engine, crash_marker=_in_progress(db)
+        ) as results,
     ):
         for photo in results:
-            rel, size, mtime_ns = photo.item
-            reason = photo.reason
-            source = (root / rel).resolve().as_posix()
-            seen = source in known  # enrolled or recorded before: this run's record replaces that one
-            changed = seen and known[source][2] is None  # it had faces
-            if reason and photo.retry:  # lost by the engine: reported, not recorded, so a rerun tries it again
-                report.failures.append(Failure(rel, reason))
-                log.warning("%s: %s", rel, reason)
-            elif reason:  # a changed photo that now fails: its earlier faces go too
-                db.record_failure(source, size, mtime_ns, reason, replace=changed)
-                report.failures.append(Failure(rel, reason))
-                log.warning("%s: %s", rel, reason)
-            else:
-                faces = [
-                    FaceRecord(f["box"], rep, None if f["landmarks"] is None else np.asarray(f["landmarks"]))
-                    for f, rep in zip(photo.info["faces"], photo.reps)
-                ]
-                res = db.enroll(
-                    person_of(Path(rel)), photo.info["sha256"], faces, identity, source=source, size=size,
-                    mtime_ns=mtime_ns, replace_source=seen,
-                )  # fmt: skip
-                if res.duplicate:
-                    report.duplicates += 1
-                    db.record_failure(source, size, mtime_ns, f"{DUPLICATE}: the same photo is already enrolled")
-                else:
-                    report.enrolled += 1
-                    report.replaced += int(changed)
+            with interrupts_deferred():  # Ctrl-C after this photo's transaction, never inside it
+                _record(db, photo, root, known, identity, report)
             bar.update(1)
+
+
+def _record(db: FaceDatabase, photo, root: Path, known: dict, identity: str, report: ImportReport) -> None:
+    """Commit one photo's faces (or its failure) to the database."""
+    rel, size, mtime_ns = photo.item
+    reason = photo.reason
+    source = (root / rel).resolve().as_posix()
+    seen = source in known  # enrolled or recorded before: this run's record replaces that one
+    changed = seen and known[source][2] is None  # it had faces
+    if reason and photo.retry:  # lost by the engine: reported, not recorded, so a rerun tries it again
+        report.failures.append(Failure(rel, reason))
+        log.warning("%s: %s", rel, reason)
+    elif reason:  # a changed photo that now fails: its earlier faces go too
+        db.record_failure(source, size, mtime_ns, reason, replace=changed)
+        report.failures.append(Failure(rel, reason))
+        log.warning("%s: %s", rel, reason)
+    else:
+        faces = [
+            FaceRecord(f["box"], rep, None if f["landmarks"] is None else np.asarray(f["landmarks"]))
+            for f, rep in zip(photo.info["faces"], photo.reps)
+        ]
+        res = db.enroll(
+            person_of(Path(rel)), photo.info["sha256"], faces, identity, source=source, size=size,
+            mtime_ns=mtime_ns, replace_source=seen,
+        )  # fmt: skip
+        if res.duplicate:
+            report.duplicates += 1
+            db.record_failure(source, size, mtime_ns, f"{DUPLICATE}: the same photo is already enrolled")
+        else:
+            report.enrolled += 1
+            report.replaced += int(changed)
 
 
 def import_folder(
@@ -206,8 +218,9 @@ def import_folder(
     if identity != db.identity:
         raise OpenFacePyError(f"{db.path} holds {db.identity} embeddings, but {db.model} now gives {identity}")
     known = db.known_sources()
-    rels = list_images(root)
+    rels = outside_output_folders(root, list_images(root))  # an align/run output inside is not the gallery
     report = ImportReport(total=len(rels))
+    note_top_level(root, rels)
     todo: list[tuple[str, int, int]] = []
     duplicates: list[tuple[Path, int, int]] = []
     for rel in rels:
@@ -243,8 +256,9 @@ def import_folder(
     again = [(rel.as_posix(), size, mt) for rel, size, mt in duplicates if not _still_enrolled(db, root, rel)]
     report.already_done += len(duplicates) - len(again)
     _enroll_all(db, job, root, again, known, embedder, engine, progress, report)
-    db.sync_index()
-    db.save_index()
+    with interrupts_deferred():
+        db.sync_index()
+        db.save_index()
     info = db.info()
     report.people, report.faces = info["people"], info["faces"]
     report.failures.sort(key=lambda f: f.path)

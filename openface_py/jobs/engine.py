@@ -131,6 +131,7 @@ def embed_photos(
     batch_size: int = 32,
     max_pending: Optional[int] = None,
     progress: bool = False,
+    crash_marker: Optional[os.PathLike] = None,
 ) -> Iterator[Iterator[EmbeddedPhoto]]:
     """Run ``stage(*stage_args)`` over ``items`` and embed every face (see the module's docstring).
 
@@ -138,6 +139,8 @@ def embed_photos(
     here; the Ray engine needs a spec, which its actors load). An item whose worker dies twice
     (local) or that Ray loses twice comes back with a reason (Ray's with ``retry`` set) and the
     job goes on; only an engine that cannot run at all (no actor starts) raises.
+    ``crash_marker``: where a local single-process run names the photo it is on, so that a
+    photo that crashes the process is reported on the rerun (``parallel.mapped``).
     """
     if engine.name == "ray":
         from openface_py.jobs.rayengine import ray_embed_photos
@@ -158,6 +161,7 @@ def embed_photos(
         ordered=False,
         max_pending=max_pending,
         on_crash=lambda item, why: PhotoFaces(item, why),
+        crash_marker=crash_marker,
     ) as results:
         yield _embedded_locally(results, embedder, batch_size)
 

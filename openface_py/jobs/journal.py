@@ -49,6 +49,20 @@ def read_journal(path: Union[str, os.PathLike], key: str = "src") -> dict[str, d
     return done
 
 
+def signed(signature: Optional[list]) -> dict:
+    """The fields a journal entry keeps of a photo's ``[size, mtime_ns]`` (none when unknown)."""
+    return {} if signature is None else {"size": signature[0], "mtime_ns": signature[1]}
+
+
+def changed(entry: dict, signature: Optional[list]) -> bool:
+    """Whether the photo differs from the one ``entry`` was written for: another size or
+    modification time (the rule of ``db import``). Entries of older versions, which recorded
+    neither, and photos whose file system tells neither count as unchanged."""
+    if signature is None or "size" not in entry:
+        return False
+    return [entry.get("size"), entry.get("mtime_ns")] != list(signature)
+
+
 class Journal:
     """An open journal for appending; repairs a torn tail first. Use as a context manager."""
 

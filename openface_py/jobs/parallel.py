@@ -9,17 +9,32 @@ workers hold the server's keep-alive descriptor, so after a kill -9 of the job n
 server nor the workers ever notice.) Spawned workers are the job's own children and end by
 themselves when it is killed (they watch their parent; on POSIX systems, where a dead
 parent's children are given to another process).
+Ctrl-C is the job's alone: workers start with SIGINT blocked (a terminal sends it to the whole
+process group, and a worker interrupted while it imports torch printed a page of traceback), so
+only the job sees ``KeyboardInterrupt``, stops its workers and exits. Writes that must not be cut
+half-way (a database transaction) run under ``interrupts_deferred``.
+
 A worker that dies (a crash in native code, the out-of-memory killer) does not hang the job:
 the pool reports it, the items that were in flight are retried one at a time in a fresh pool,
 and an item that kills its worker again is handed to ``on_crash`` (the job reports it as failed
 and goes on).
+
+With one worker the items run in this process (no pool to start, no results to copy back), so
+a crash in native code ends the job. Given a ``crash_marker`` file, each item is written to it
+before it runs and the file is removed after (also when the item raises, or on Ctrl-C): a file
+still there at the next start names the item that took the process down, which the rerun
+hands to ``on_crash`` with ``CRASHED_EARLIER`` instead of running it again. (The marker costs
+one small unsynced write and one unlink per item, well under a millisecond, small next to a
+photo's detection; running even one worker in a pool instead would cost a process start with
+its models loaded, and a copy of every result.)
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
@@ -27,7 +42,9 @@ from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator, Optional
+from multiprocessing.context import SpawnContext, SpawnProcess
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 from openface_py.errors import OpenFacePyError
 
@@ -35,6 +52,11 @@ log = logging.getLogger(__name__)
 
 #: The reason given for an item whose worker died twice.
 WORKER_DIED = "the worker process died while processing it (a crash in native code, or out of memory)"
+#: The reason given for the item a single-process job was on when it died (``crash_marker``).
+CRASHED_EARLIER = (
+    "it crashed the process on an earlier run (a crash in native code, or out of memory); "
+    "--retry-failed tries it again"
+)
 
 # The one per-process object a worker builds in its pool initializer (or why it could not).
 _PROCESS_CALLABLE: Any = None
@@ -66,6 +88,52 @@ def _watch_parent(job_pid: int, interval: float = 0.5) -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="openface-py-parent-watch", daemon=True).start()
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT held back in this thread (a child started meanwhile inherits the block); a Ctrl-C
+    that arrives meanwhile is delivered when the block ends."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: Ctrl-C reaches console processes anyway
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _WorkerProcess(SpawnProcess):
+    """A spawned worker that never sees SIGINT (see the module doc)."""
+
+    def start(self) -> None:
+        with _sigint_blocked():
+            super().start()
+
+
+class _WorkerContext(SpawnContext):
+    Process = _WorkerProcess
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Run a block that must not be cut half-way (a transaction, a journal line) to its end: a
+    Ctrl-C that arrives meanwhile is raised as ``KeyboardInterrupt`` when the block is done.
+    Only the main thread receives signals; elsewhere the block simply runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and previous is not signal.SIG_IGN:
+        if callable(previous):  # the program's own handler (it may do more than raise)
+            previous(signal.SIGINT, caught[0])
+        raise KeyboardInterrupt
 
 
 def _ready() -> bool:
@@ -100,6 +168,7 @@ def mapped(
     ordered: bool = True,
     max_pending: Optional[int] = None,
     on_crash: Optional[Callable[[Any, str], Any]] = None,
+    crash_marker: Optional[Union[str, os.PathLike]] = None,
 ) -> Iterator[Iterator]:
     """Yield an iterator of ``factory(*args)(item)`` for each item; ``workers`` > 1 uses processes.
 
@@ -109,16 +178,90 @@ def mapped(
     the result of an item whose worker died twice; without it such an item raises
     ``OpenFacePyError``. An exception raised by the callable itself propagates. The pool is shut
     down (its workers stopped) when the ``with`` block ends, also on an error or interrupt.
+    ``crash_marker``: a file naming the item in progress, for single-process jobs (module doc;
+    items must be JSON-able); the item an earlier run died on comes first, from ``on_crash``.
     """
+    marker = Path(crash_marker) if crash_marker is not None else None
+    earlier = _read_marker(marker) if marker is not None else None
+    source: Iterable = items
+    crashed: list = []
+    if earlier is not None:
+        source, crashed = _set_aside(items, earlier)
     if workers <= 1:
         fn = factory(*args)
-        yield (fn(item) for item in items)
-        return
-    pool = _Pool(factory, args, int(workers))
+        yield _chain(crashed, on_crash, _in_process(fn, source, marker))
+    else:
+        pool = _Pool(factory, args, int(workers))
+        try:
+            yield _chain(crashed, on_crash, pool.run(iter(source), max(1, int(max_pending or 4 * workers)), ordered,
+                                                     on_crash))  # fmt: skip
+        finally:
+            pool.close()
+    if marker is not None:  # the job went through: an earlier run's marker is settled
+        marker.unlink(missing_ok=True)
+
+
+def _read_marker(marker: Path) -> Any:
+    """The item a single-process run died on (as JSON), or None."""
     try:
-        yield pool.run(iter(items), max(1, int(max_pending or 4 * workers)), ordered, on_crash)
+        return json.loads(marker.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:  # torn by a kill during its write: no item to blame
+        log.debug("ignoring unreadable crash marker %s: %s", marker, exc)
+        return None
+
+
+def _as_json(item: Any) -> Any:
+    try:
+        return json.loads(json.dumps(item))
+    except (TypeError, ValueError):
+        return None
+
+
+def _set_aside(items: Iterable, earlier: Any) -> tuple[list, list]:
+    """(the items without the one an earlier run crashed on, [that item] or [])."""
+    items = list(items)
+    for i, item in enumerate(items):
+        if _as_json(item) == earlier:
+            return items[:i] + items[i + 1 :], [item]
+    return items, []
+
+
+def _chain(crashed: list, on_crash: Optional[Callable[[Any, str], Any]], results: Iterator) -> Iterator:
+    """The results of the items an earlier run crashed on (``on_crash``), then ``results``."""
+    for item in crashed:
+        log.warning("item %r: %s", item, CRASHED_EARLIER)
+        if on_crash is None:
+            raise OpenFacePyError(f"{item!r}: {CRASHED_EARLIER}")
+        yield on_crash(item, CRASHED_EARLIER)
+    yield from results
+
+
+def _in_process(fn: Callable, items: Iterable, marker: Optional[Path]) -> Iterator:
+    """``fn`` over ``items`` here, each named in ``marker`` while it runs (module doc)."""
+    for item in items:
+        named = marker is not None and _write_marker(marker, item)
+        try:
+            result = fn(item)
+        finally:  # a Python exception or Ctrl-C is not a crash: only a dead process leaves the file
+            if named:
+                marker.unlink(missing_ok=True)
+        yield result
+
+
+def _write_marker(marker: Path, item: Any) -> bool:
+    """Name ``item`` in ``marker`` (not synced: it has to survive the process, not the machine)."""
+    try:
+        data = json.dumps(item).encode("utf-8")
+    except (TypeError, ValueError):
+        return False
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        os.write(fd, data)
     finally:
-        pool.close()
+        os.close(fd)
+    return True
 
 
 class _Pool:
@@ -126,7 +269,7 @@ class _Pool:
 
     def __init__(self, factory: Callable, args: tuple, workers: int) -> None:
         self.factory, self.args, self.workers = factory, args, workers
-        self.ctx = mp.get_context(start_method())
+        self.ctx = _WorkerContext()  # spawn, with workers deaf to Ctrl-C
         self.executor: Optional[ProcessPoolExecutor] = None
         self.started = False
 
@@ -150,12 +293,25 @@ class _Pool:
         if ex is None:
             return
         procs = list((getattr(ex, "_processes", None) or {}).values())
+        manager = getattr(ex, "_executor_manager_thread", None)
+        results = getattr(ex, "_result_queue", None)
         ex.shutdown(wait=False, cancel_futures=True)
         for p in procs:
             if p.is_alive():
                 p.terminate()
         for p in procs:
             p.join(timeout=5)
+        if manager is not None and results is not None:
+            # A worker stopped while it sent a result leaves half a message in the result pipe; the
+            # executor's thread then waits for the rest forever, and so does the interpreter's exit
+            # (it joins that thread). Closing our end of the pipe's writing side ends that wait.
+            manager.join(timeout=0.5)
+            if manager.is_alive():
+                log.debug("closing the result pipe of a pool whose thread still waits for a result")
+                writer = getattr(results, "_writer", None)
+                if writer is not None:
+                    writer.close()
+                manager.join(timeout=1)
 
     def close(self) -> None:
         if self.executor is not None:

@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 
@@ -68,8 +68,20 @@ class PhotoSource:
 
     def list(self) -> list[str]:
         """Every image below the folder (recursive, sorted; hidden entries skipped, as ``list_images``)."""
+        return list(self.listing())
+
+    def listing(self) -> dict[str, Optional[list]]:
+        """``list``'s photos (sorted), each with its ``[size, mtime_ns]`` as listed (None where the
+        file system does not tell): how jobs know a photo changed since they did it."""
         if self.local:
-            return [r.as_posix() for r in list_images(self.root)]
+            found = {}
+            for r in list_images(self.root):
+                try:
+                    st = os.stat(Path(self.root) / r)
+                    found[r.as_posix()] = [st.st_size, st.st_mtime_ns]
+                except OSError:  # gone since it was listed: the job reports it when it reads it
+                    found[r.as_posix()] = None
+            return found
         from pyarrow import fs as pafs
 
         try:
@@ -84,8 +96,9 @@ class PhotoSource:
             if any(part.startswith(".") for part in rel.parts):
                 continue
             if rel.name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(rel.as_posix())
-        return sorted(found)
+                mtime = getattr(info, "mtime_ns", None)
+                found.append((rel.as_posix(), [info.size, mtime] if info.size is not None and mtime else None))
+        return dict(sorted(found))
 
     def read(self, rel: str) -> bytes:
         """The bytes of one photo (``OSError`` when it cannot be read)."""

@@ -33,16 +33,17 @@ from openface_py.errors import Failure, ImageLoadError, OpenFacePyError
 from openface_py.faces.align import AlignmentSpec, align_detection, make_aligner
 from openface_py.faces.detect import detector_settings, make_detector, select_faces
 from openface_py.io import atomic_output, atomic_write_bytes, atomic_write_text, encode_png
-from openface_py.jobs.batch import EMBED_META, AlignReport, output_names, write_embeddings
+from openface_py.jobs.batch import EMBED_META, AlignReport, output_names, warn_unlabeled, write_embeddings
 from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_photos
-from openface_py.jobs.journal import Journal, read_journal
-from openface_py.jobs.outdir import OutputFolder
+from openface_py.jobs.journal import Journal, changed, read_journal, signed
+from openface_py.jobs.outdir import OutputFolder, outside_output_folders
 from openface_py.jobs.source import INSTALL_HINT, PhotoSource
 from openface_py.nets.embed import Embedder
 
 log = logging.getLogger(__name__)
 
 RUN_JOURNAL = ".openface-py-run.jsonl"
+RUN_IN_PROGRESS = ".openface-py-run.current"  # the photo a single-process run is on (parallel.mapped)
 RUN_REPORT = "run-report.json"
 RUN_META = "run.json"
 PARTS = ".parts"
@@ -164,8 +165,13 @@ def run_folder(
     if engine.name == "local" and workers and not engine.workers:
         engine = replace(engine, workers=workers)
     source = PhotoSource.open(input_dir)
-    rels = source.list()  # before the output folder is made: a source that cannot be listed leaves nothing
+    listing = source.listing()  # before the output folder is made: a source that cannot be listed leaves nothing
     out_dir = Path(output_dir)
+    rels = list(listing)
+    if source.local:  # this run's folder (with its aligned/) and other jobs' are not photos to embed
+        rels = outside_output_folders(source.root, rels, own=[out_dir])
+    signatures = {rel: listing[rel] for rel in rels}
+    warn_unlabeled(input_dir, rels)
     settings = {
         "identity": embedder.identity,
         "detector": detector,
@@ -175,7 +181,7 @@ def run_folder(
         "multi": multi,
         "skip_multi": skip_multi,
     }
-    with OutputFolder(out_dir, RUN_META, "run"):
+    with OutputFolder(out_dir, RUN_META, "run", bookkeeping=(RUN_JOURNAL, PARTS)):
         _check_or_write_settings(out_dir, settings)
         (out_dir / PARTS).mkdir(exist_ok=True)
         journal = read_journal(out_dir / RUN_JOURNAL)
@@ -195,8 +201,8 @@ def run_folder(
             names,
             detector_options or None,
         )
-        report = _embed_missing(job, out_dir, embedder, engine, journal, rels, batch_size, max_pending, retry_failed,
-                                progress)  # fmt: skip
+        report = _embed_missing(job, out_dir, embedder, engine, journal, signatures, batch_size, max_pending,
+                                retry_failed, progress)  # fmt: skip
         if output_format == "parquet":
             _gather_parquet(out_dir, embedder, source, report)
         else:
@@ -250,15 +256,20 @@ def _embed_missing(
     embedder: Embedder | EmbedderSpec,
     engine: Engine,
     journal: dict[str, dict],
-    rels: list[str],
+    signatures: dict[str, Optional[list]],
     batch_size: int,
     max_pending: int,
     retry_failed: bool,
     progress: bool,
 ) -> AlignReport:
-    """Detect, align and embed every photo the journal does not vouch for; journal each part file."""
+    """Detect, align and embed every photo the journal does not vouch for; journal each part file.
+
+    ``signatures``: each photo's ``[size, mtime_ns]`` (or None); a photo whose journal entry
+    records another one changed since it was done, and is done again (its old rows and aligned
+    faces replaced, an old failure retried), as ``db import`` does."""
     from tqdm import tqdm
 
+    rels = list(signatures)
     parts = _usable_parts(out_dir, journal)
     report = AlignReport(total=len(rels))
     todo = []
@@ -266,6 +277,10 @@ def _embed_missing(
         entry = journal.get(rel)
         if entry and entry["status"] == "ok" and entry["part"] not in parts:
             log.warning("%s: its part file %s is missing or damaged; embedding it again", rel, entry["part"])
+            entry = None
+        if entry and changed(entry, signatures[rel]):
+            log.info("%s changed since it was done; doing it again", rel)
+            _remove_aligned(job, entry)
             entry = None
         if entry and (entry["status"] == "ok" or not retry_failed):
             report.already_done += 1
@@ -293,7 +308,7 @@ def _embed_missing(
         next_part += 1
         entries = []
         for rel, n in pending_photos:  # journaled only once their embeddings are on disk
-            entry = {"src": rel, "status": "ok", "faces": n, "part": part}
+            entry = {"src": rel, "status": "ok", "faces": n, "part": part, **signed(signatures[rel])}
             if job.aligned_names:
                 entry["aligned"] = job.aligned_names[rel]
             entries.append(entry)
@@ -306,14 +321,16 @@ def _embed_missing(
     with (
         Journal(out_dir / RUN_JOURNAL) as jnl,
         tqdm(total=len(todo), unit="photo", desc="run", disable=not progress) as bar,
-        embed_photos(_FaceWorker, (job,), todo, embedder, engine, batch_size, max_pending) as results,
+        embed_photos(
+            _FaceWorker, (job,), todo, embedder, engine, batch_size, max_pending, crash_marker=out_dir / RUN_IN_PROGRESS
+        ) as results,
     ):
         for photo in results:
             bar.update(1)
             rel = photo.item
             if photo.reason:
                 if not photo.retry:  # a photo lost by the engine is not journaled: a rerun tries it again
-                    jnl.append([{"src": rel, "status": "failed", "reason": photo.reason}])
+                    jnl.append([{"src": rel, "status": "failed", "reason": photo.reason, **signed(signatures[rel])}])
                 report.failures.append(Failure(rel, photo.reason))
                 log.warning("%s: %s", rel, photo.reason)
                 continue
@@ -326,6 +343,17 @@ def _embed_missing(
         flush(jnl)
     report.failures.sort(key=lambda f: f.path)
     return report
+
+
+def _remove_aligned(job: RunJob, entry: dict) -> None:
+    """Delete the aligned faces ``--save-aligned`` wrote for a photo that changed (it may now have
+    fewer faces, or none)."""
+    if not (job.aligned_dir and entry.get("aligned")):
+        return
+    name = Path(job.aligned_dir) / entry["aligned"]
+    for k in range(int(entry.get("faces") or 1)):
+        name.with_name(f"{name.stem}-{k}.png").unlink(missing_ok=True)
+    name.unlink(missing_ok=True)
 
 
 def _vouched_parts(out_dir: Path) -> Iterator[tuple[list[dict], np.ndarray]]:

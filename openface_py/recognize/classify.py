@@ -357,9 +357,18 @@ def check_training_data(X: np.ndarray, labels: list[str], clf: Classifier, paths
     if len(bad):
         where = ", ".join((paths[i] if paths else f"row {i}") for i in bad[:5])
         raise ClassifierError(f"{len(bad)} embeddings contain NaN or infinite values ({where}); re-run represent")
+    unlabeled = sum(1 for lab in labels if lab == "")
+    if unlabeled:
+        raise ClassifierError(
+            f"{unlabeled} of the {len(labels)} embeddings have no person label (their photos lay directly in the "
+            "input folder); train needs one sub-folder per person (PHOTOS/PERSON/photo.jpg): move them, then "
+            "align/represent or run again"
+        )
     names, counts = np.unique(np.asarray(labels), return_counts=True)
     if len(names) < 2:
-        raise ClassifierError(f"only one person ({names[0]!r}) in the training data; a classifier needs two or more")
+        raise ClassifierError(
+            f"only one person ({str(names[0])!r}) in the training data; a classifier needs two or more"
+        )
     if counts.min() < clf.min_per_class:
         few = [str(n) for n, c in zip(names, counts) if c < clf.min_per_class]
         raise ClassifierError(

@@ -58,6 +58,25 @@ class Gallery:
         return [self.names[i] for i in best], d[np.arange(len(best)), best]
 
 
+def person_of(rel: Path) -> str:
+    """The person a gallery photo shows: its sub-folder, or the file's name for a photo at the top
+    (``Ada.jpg`` is Ada: one photo per person needs no folders). ``identify`` and ``db import``
+    share this rule."""
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def note_top_level(root: Path, rels: list[Path]) -> None:
+    """Say (at INFO) how photos lying directly in the gallery folder are named, since a folder of
+    one person's photos without a sub-folder would otherwise become as many people."""
+    top = [r for r in rels if len(r.parts) == 1]
+    if top:
+        log.info(
+            "%d photos lie directly in %s: each is its own person, named after the file (%s -> %s); "
+            "several photos of one person go in %s/PERSON/",
+            len(top), root, top[0].name, person_of(top[0]), root,
+        )  # fmt: skip
+
+
 def _cache_file(gallery_dir: Path, setup: str) -> Path:
     key = hashlib.sha1(f"{gallery_dir.resolve()}|{setup}".encode()).hexdigest()[:20]
     return store.cache_dir() / "galleries" / f"{key}.npz"
@@ -108,6 +127,8 @@ def build_gallery(gallery_dir: os.PathLike | str, pipeline: FacePipeline, progre
         also = f"; not followed: symbolic links to folders {', '.join(f.path for f in linked)}" if linked else ""
         raise OpenFacePyError(f"{root}: no photos in the gallery (expected one sub-folder per person){also}")
 
+    note_top_level(root, rels)
+
     from tqdm import tqdm
 
     names, reps, paths, entries = [], [], [], {}
@@ -121,7 +142,7 @@ def build_gallery(gallery_dir: os.PathLike | str, pipeline: FacePipeline, progre
             reason = "broken symbolic link" if (root / rel).is_symlink() else "cannot read"
             failures.append(Failure(key, f"{reason}: {exc.strerror or exc}"))
             continue
-        person = rel.parts[0] if len(rel.parts) > 1 else rel.stem
+        person = person_of(rel)
         hit = cached.get(key)
         if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             rep = hit[2]

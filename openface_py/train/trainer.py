@@ -186,13 +186,24 @@ class TrainResult:
 
 def initial_model(init: str, seed: int) -> tuple[NN4Small2, Optional[str], Optional[str]]:
     """(model, parent name, parent SHA-256) for ``--init``: a model name, a weights path or scratch."""
-    from openface_py.nets import embed
     from openface_py.nets.weights import build_model
     from openface_py.store import sha256sum
 
-    if init == SCRATCH:
+    path = init_weights(init)
+    if path is None:
         torch.manual_seed(seed)
         return NN4Small2(), None, None
+    digest = sha256sum(path) if Path(path).is_file() else None
+    return build_model(path), init, digest
+
+
+def init_weights(init: str) -> Optional[Path]:
+    """The weights file ``--init`` names (None for scratch); ``UsageError`` when there is none.
+    Cheap: ``train_net`` checks it before it claims the output folder."""
+    from openface_py.nets import embed
+
+    if init == SCRATCH:
+        return None
     if init == embed.NN4_SMALL2_DISTILLED:
         path = embed.find_nn4_small2_distilled()
         if path is None:
@@ -212,8 +223,7 @@ def initial_model(init: str, seed: int) -> tuple[NN4Small2, Optional[str], Optio
                 f"--init {init}: not a model name ({embed.NN4_SMALL2_DISTILLED}, {embed.NN4_SMALL2_V1}, "
                 f"{SCRATCH}) nor an existing weights file"
             )
-    digest = sha256sum(path) if Path(path).is_file() else None
-    return build_model(path), init, digest
+    return Path(path)
 
 
 def param_groups(model: NN4Small2, objective: Objective, s: NetSettings) -> list[dict]:
@@ -451,6 +461,10 @@ def train_net(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UsageError(f"-o {out}: exists and is not a folder")
+    # arguments and inputs checked before the folder is claimed (a failed start leaves nothing there)
+    if not Path(settings.aligned_dir).is_dir():
+        raise UsageError(f"{settings.aligned_dir}: aligned folder not found")
+    init_weights(settings.init)
     with OutputFolder(out, MARKER, "train-net") as folder:
         if not folder.owned:
             atomic_write_text(out / MARKER, json.dumps({"settings": asdict(settings)}, indent=2) + "\n")
