@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 from openface_py import __version__
 from openface_py.cli import db, folders, lfw, models, people, photos, serve, train, video
-from openface_py.cli.common import EXIT_FAILED, EXIT_NO_MODEL, EXIT_OK, EXIT_USAGE, log
+from openface_py.cli.common import EXIT_FAILED, EXIT_NO_MODEL, EXIT_OK, EXIT_USAGE, check_paths, log
 from openface_py.errors import ModelNotInstalledError, OpenFacePyError, UsageError
 
 FAMILIES = (folders, video, photos, people, lfw, train, serve)
@@ -70,6 +70,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
+        check_paths(args)
         return args.handler(args)
     except ModelNotInstalledError as exc:
         log.error("%s", exc)

@@ -176,6 +176,20 @@ def folder_report(report, as_json: bool, done: str, report_path: Path, note: str
     return EXIT_OK if report.done_ok_total > 0 else EXIT_FAILED
 
 
+def checked_model(model: Optional[str]) -> str:
+    """``--model`` as given (a known name or an existing weights path), or the default model; an
+    unknown name is a ``UsageError`` (exit 2) even where the weights themselves are not loaded."""
+    from openface_py.errors import UsageError
+    from openface_py.nets.embed import MODEL_NAMES, best_installed_model
+
+    if model is None:
+        return best_installed_model()
+    if model not in MODEL_NAMES and not Path(model).exists():
+        names = ", ".join(MODEL_NAMES)
+        raise UsageError(f"unknown model {model!r}: not one of {names} and no such weights file or folder")
+    return model
+
+
 def pipeline_for(model_name: Optional[str], args: argparse.Namespace):
     from openface_py.nets.embed import best_installed_model
     from openface_py.pipeline import FacePipeline
@@ -219,3 +233,80 @@ def backend_choices() -> tuple[str, ...]:
     from openface_py.nets.backends import BACKENDS
 
     return ("auto",) + BACKENDS
+
+
+# The paths each command reads or writes, checked before its handler runs (``check_paths``), so
+# that every command answers the same mistake the same way: exit 2 and one line. Keys are the
+# argument as the user writes it (a positional's name, or an option); kinds: "dir" an existing
+# folder; "file" an existing file; "dir|url" a folder or a URL (s3://...); "dir|file" a folder or
+# a file (a gallery or a face database); "video" a file, a camera index or a stream URL;
+# "out-dir" / "out-file" an output: the folder it goes into must exist (no command creates it)
+# and it must not be the other kind. Photo lists are not here: each photo is reported on its own.
+PATH_ARGS: dict[tuple[str, ...], dict[str, str]] = {
+    ("align",): {"input_dir": "dir", "output_dir": "out-dir"},
+    ("represent",): {"aligned_dir": "dir", "output_dir": "out-dir"},
+    ("run",): {"input_dir": "dir|url", "output_dir": "out-dir"},
+    ("video",): {
+        "source": "video",
+        "--classifier": "file",
+        "--gallery": "dir",
+        "--output": "out-file",
+        "--results": "out-file",
+    },
+    ("train",): {"reps_dir": "dir", "--output": "out-file"},
+    ("infer",): {"model": "file"},
+    ("compare",): {"--verifier": "file"},
+    ("identify",): {"gallery_dir": "dir|file"},
+    ("lfw",): {"lfw_dir": "dir", "--output": "out-dir"},
+    ("pairs-eval",): {"pairs_csv": "file", "image_root": "dir", "--output": "out-dir"},
+    ("lfw-classify",): {"lfw_dir": "dir", "--output": "out-dir"},
+    ("train-net",): {"aligned_dir": "dir", "--out": "out-dir", "--lfw": "dir"},
+    ("serve",): {"--db": "file"},
+    ("models", "download"): {"--from-file": "file"},
+    ("models", "convert"): {"old": "file", "--output": "out-file"},
+    ("db", "create"): {"db": "out-file"},
+    **{("db", a): {"db": "file"} for a in ("enroll", "list", "remove", "search", "threshold")},
+    ("db", "import"): {"db": "file", "gallery_dir": "dir"},
+}
+_DESTS = {"--lfw": "lfw_dir"}  # options whose dest is not their spelling
+
+
+def command_path(args: argparse.Namespace) -> tuple[str, ...]:
+    """The sub-command ``args`` were parsed for, e.g. ("db", "import")."""
+    sub = getattr(args, "db_command", None) or getattr(args, "models_command", None)
+    return (args.command, sub) if sub else (args.command,)
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse, with a ``UsageError`` (exit 2), a path argument of the wrong kind (``PATH_ARGS``)."""
+    for name, kind in PATH_ARGS.get(command_path(args), {}).items():
+        dest = _DESTS.get(name) or name.lstrip("-").replace("-", "_")
+        value = getattr(args, dest, None)
+        if value is not None:
+            _check_path(str(value), kind, name if name.startswith("--") else name.upper())
+
+
+def _check_path(text: str, kind: str, name: str) -> None:
+    from openface_py.errors import UsageError
+
+    if "://" in text and kind in ("video", "dir|url"):
+        return
+    if kind == "video" and text.isdigit():
+        return
+    path = Path(text)
+    if kind.startswith("out-"):
+        parent = path.absolute().parent
+        if not parent.is_dir():
+            raise UsageError(f"{name} {text}: the folder {parent} does not exist (create it first)")
+        if kind == "out-file" and path.is_dir():
+            raise UsageError(f"{name} {text}: is a folder; give a file name")
+        if kind == "out-dir" and path.exists() and not path.is_dir():
+            raise UsageError(f"{name} {text}: is a file; give a folder")
+        return
+    if not path.exists():
+        what = {"dir": "folder", "dir|url": "folder", "dir|file": "folder or file"}.get(kind, "file")
+        raise UsageError(f"{name} {text}: no such {what}")
+    if kind in ("dir", "dir|url") and not path.is_dir():
+        raise UsageError(f"{name} {text}: is a file; a folder is expected here")
+    if kind in ("file", "video") and path.is_dir():
+        raise UsageError(f"{name} {text}: is a folder; a file is expected here")

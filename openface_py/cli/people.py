@@ -261,6 +261,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
     if is_database(args.gallery_dir):
         return _identify_db(args)
+    if not args.gallery_dir.is_dir():
+        raise UsageError(f"{args.gallery_dir}: neither a gallery folder nor a face database (db create)")
     pipe = pipeline_for(args.model, args)
     threshold = args.threshold if args.threshold is not None else pipe.embedder.same_person_threshold
     if threshold is None:
