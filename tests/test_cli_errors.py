@@ -159,3 +159,22 @@ def test_a_misspelt_model_is_refused_by_every_folder_job(command, tmp_path):
     rc, out, err = run([command, str(SAMPLE), str(tmp_path / "out"), "--model", "dlib-resnet"])
     assert rc == 2 and "unknown model 'dlib-resnet'" in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--format", "parquet"], ["--engine", "ray"], ["URL"]],
+    ids=["parquet", "ray", "url"],
+)
+def test_a_missing_optional_package_is_exit_2(extra, tmp_path, monkeypatch):
+    """One rule for options whose package is absent: exit 2, one line saying what to install (before:
+    parquet or a URL input without pyarrow exited 1, --engine ray without Ray 2). The packages are
+    made unimportable in this process only (a ``None`` in ``sys.modules`` is how Python spells it)."""
+    import sys
+
+    for name in ("pyarrow", "pyarrow.fs", "pyarrow.parquet", "ray", "ray.data", "ray.exceptions"):
+        monkeypatch.setitem(sys.modules, name, None)
+    source = (SAMPLE.resolve().as_uri() + "/") if extra == ["URL"] else str(SAMPLE)
+    rc, out, err = run(["run", source, str(tmp_path / "out"), *([] if extra == ["URL"] else extra)])
+    assert rc == 2 and "not installed" in err and "pip install" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists(), err

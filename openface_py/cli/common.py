@@ -310,3 +310,25 @@ def _check_path(text: str, kind: str, name: str) -> None:
         raise UsageError(f"{name} {text}: is a file; a folder is expected here")
     if kind in ("file", "video") and path.is_dir():
         raise UsageError(f"{name} {text}: is a folder; a file is expected here")
+
+
+def check_requirements(args: argparse.Namespace) -> None:
+    """Refuse, with a ``UsageError`` (exit 2), options whose optional package is not installed
+    (as ``--engine ray`` without Ray): ``run --format parquet`` and ``run URL`` need pyarrow."""
+    if command_path(args) != ("run",):
+        return
+    if args.format == "parquet":
+        _require("pyarrow", "--format parquet")
+    if "://" in str(args.input_dir):
+        _require("pyarrow", f"reading photos from a URL ({args.input_dir})")
+
+
+def _require(module: str, what: str) -> None:
+    import importlib
+
+    from openface_py.errors import UsageError
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise UsageError(f"{what} needs {module}, which is not installed: pip install 'openface-py[ray]'") from None
