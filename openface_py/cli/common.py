@@ -254,7 +254,7 @@ PATH_ARGS: dict[tuple[str, ...], dict[str, str]] = {
         "--results": "out-file",
     },
     ("train",): {"reps_dir": "dir", "--output": "out-file"},
-    ("infer",): {"model": "file"},
+    ("infer",): {"model_file": "file"},
     ("compare",): {"--verifier": "file"},
     ("identify",): {"gallery_dir": "dir|file"},
     ("lfw",): {"lfw_dir": "dir", "--output": "out-dir"},

@@ -39,8 +39,15 @@ def register(add_command) -> None:
     p.set_defaults(handler=cmd_train)
 
     p = add_command("infer", help="name the people in photos with a trained classifier")
-    p.add_argument("model", type=Path)
+    p.add_argument("model_file", metavar="MODEL", type=Path, help="a classifier file from `train`")
     p.add_argument("images", nargs="+", type=Path)
+    p.add_argument(
+        "--model",
+        dest="weights",
+        default=None,
+        help="the embedding weights the classifier was trained on: needed when they were given by path "
+        "(checked against the classifier); default: the model named in the classifier",
+    )
     p.add_argument("--multi", action="store_true", help="every face, left to right (default: the largest)")
     p.add_argument("--threshold", type=float, default=None, help="override the model's unknown threshold")
     add_detector_args(p)
@@ -146,9 +153,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     from openface_py.recognize.classify import format_prediction, load_model
 
-    model = load_model(args.model)
-    pipe = pipeline_for(model.embedder_name, args)
-    model.check_identity(pipe.embedder.identity)
+    model = load_model(args.model_file)
+    pipe = pipeline_for(model.embedder_model(args.weights), args)
+    if pipe.embedder.identity != model.embedder_identity:
+        raise UsageError(
+            f"--model {args.weights or model.embedder_name} gives {pipe.embedder.identity}, but {args.model_file} "
+            f"was trained on {model.embedder_identity}: give the weights it was trained on"
+        )
 
     def run(rgb):
         faces = pipe.process(rgb, multi=args.multi)
@@ -200,7 +211,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         siamese.check_identity(pipe.embedder.identity)
         threshold = args.threshold if args.threshold is not None else siamese.threshold
     elif verifier is not None:
-        pipe = pipeline_for(verifier.embedder_name, args)
+        pipe = pipeline_for(verifier.embedder_model(args.model), args)
         verifier.check_identity(pipe.embedder.identity)
         threshold = args.threshold if args.threshold is not None else verifier.pair_threshold
         if threshold is None:

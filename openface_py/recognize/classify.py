@@ -687,6 +687,22 @@ class TrainedModel:
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     version: str = __version__
 
+    def embedder_model(self, model: Optional[str] = None) -> str:
+        """What to load this classifier's embedder from: ``model`` (a name or weights path, given
+        by the user; ``check_identity`` then compares what it gives), else the model it was trained
+        with. Weights given by path are known only by their SHA-256, so they must be given again."""
+        from openface_py.errors import UsageError
+        from openface_py.nets.embed import MODEL_NAMES
+
+        if model is not None:
+            return model
+        if self.embedder_name in MODEL_NAMES:
+            return self.embedder_name
+        raise UsageError(
+            f"this classifier was trained on embeddings of weights given by path ({self.embedder_identity}); "
+            "give the same weights file with --model PATH"
+        )
+
     def check_identity(self, identity: str) -> None:
         if identity != self.embedder_identity:
             raise ClassifierError(

@@ -414,7 +414,8 @@ def make_recognizer(
 ) -> VideoRecognizer:
     """A ``VideoRecognizer`` naming faces with a classifier file from ``train`` or a gallery folder.
 
-    The embedder is the one the classifier was trained with (or ``model`` for a gallery).
+    The embedder is ``model``, else the one the classifier was trained with (weights given by
+    path must be given again: ``TrainedModel.embedder_model``).
     ``options`` go to ``VideoRecognizer`` (scale, detect_every, ...).
     """
     from openface_py.nets.embed import load_embedder
@@ -426,9 +427,12 @@ def make_recognizer(
         from openface_py.recognize.classify import load_model
 
         trained = load_model(classifier)
-        embedder = load_embedder(trained.embedder_name)
+        embedder = load_embedder(trained.embedder_model(model))
         if embedder.identity != trained.embedder_identity:
-            raise OpenFacePyError(f"{classifier} was trained on {trained.embedder_identity}, not {embedder.identity}")
+            raise UsageError(
+                f"{classifier} was trained on {trained.embedder_identity}, not {embedder.identity}: give the "
+                "weights it was trained on (--model)"
+            )
         return VideoRecognizer(embedder, classifier_recogniser(trained, threshold), **options)
     from openface_py.pipeline import FacePipeline
     from openface_py.recognize.gallery import build_gallery
