@@ -178,3 +178,17 @@ def test_a_missing_optional_package_is_exit_2(extra, tmp_path, monkeypatch):
     rc, out, err = run(["run", source, str(tmp_path / "out"), *([] if extra == ["URL"] else extra)])
     assert rc == 2 and "not installed" in err and "pip install" in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists(), err
+
+
+def test_represent_on_raw_photos_says_to_align_them(tmp_path):
+    """Before: 101 warnings, then 'none of the 100 images could be embedded' (exit 1)."""
+    rc, out, err = run(["represent", str(SAMPLE), str(tmp_path / "reps")])
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "not aligned faces" in err and "openface-py align" in err and "openface-py run" in err, err
+    assert not (tmp_path / "reps").exists()
+
+
+def test_pairs_eval_with_one_fold_says_why(places, tmp_path):
+    """Before: 'cannot cut 1 pairs into 1 folds' (exit 1)."""
+    rc, out, err = run(["pairs-eval", places["CSV"], places["DIR"], "-o", str(tmp_path / "o"), "--folds", "1"])
+    assert rc == 2 and "--folds 1: the protocol needs at least two folds" in err and "Traceback" not in err, err

@@ -59,3 +59,11 @@ def test_video_classifier_with_the_weights_given_by_path(trained, tmp_path):
     weights, clf = trained
     rec = make_recognizer(clf, None, str(weights))
     assert rec.embedder.identity.startswith("nn4.small2@sha256:")
+
+
+def test_models_convert_of_a_skops_file_says_it_is_already_safe(trained, tmp_path):
+    """Before: 'persistent IDs in protocol 0 must be ASCII strings' (pickle's words for a zip)."""
+    weights, clf = trained
+    rc, out, err = run(["models", "convert", str(clf), "-o", str(tmp_path / "new.skops"), "--trust-pickle"])
+    assert rc == 2 and "already in the safe format" in err and "Traceback" not in err, err
+    assert not (tmp_path / "new.skops").exists()

@@ -313,14 +313,46 @@ def _check_path(text: str, kind: str, name: str) -> None:
 
 
 def check_requirements(args: argparse.Namespace) -> None:
-    """Refuse, with a ``UsageError`` (exit 2), options whose optional package is not installed
-    (as ``--engine ray`` without Ray): ``run --format parquet`` and ``run URL`` need pyarrow."""
-    if command_path(args) != ("run",):
-        return
-    if args.format == "parquet":
-        _require("pyarrow", "--format parquet")
-    if "://" in str(args.input_dir):
-        _require("pyarrow", f"reading photos from a URL ({args.input_dir})")
+    """Refuse, with a ``UsageError`` (exit 2), what cannot work for reasons beyond a path's kind:
+    an option whose optional package is not installed (as ``--engine ray`` without Ray: ``run
+    --format parquet`` and ``run URL`` need pyarrow), ``represent`` on photos that were not aligned."""
+    command = command_path(args)
+    if command == ("run",):
+        if args.format == "parquet":
+            _require("pyarrow", "--format parquet")
+        if "://" in str(args.input_dir):
+            _require("pyarrow", f"reading photos from a URL ({args.input_dir})")
+    elif command == ("represent",):
+        _check_aligned(args.aligned_dir, args.model)
+
+
+def _check_aligned(folder: Path, model: Optional[str], sample: int = 10) -> None:
+    """A folder without ``align``'s record whose first photos are not the model's input size holds
+    raw photos: say to align them (or to use ``run``) before 100 per-photo warnings."""
+    from openface_py.errors import UsageError
+    from openface_py.io import list_images
+    from openface_py.jobs.batch import ALIGN_META
+    from openface_py.nets.embed import alignment_for
+
+    if (folder / ALIGN_META).is_file():
+        return  # align's own record; represent checks it against the model
+    size = alignment_for(checked_model(model)).size
+    shapes = []
+    for rel in list_images(folder)[:sample]:
+        try:
+            from PIL import Image
+
+            with Image.open(folder / rel) as im:
+                shapes.append(im.size)
+        except OSError:
+            continue
+    if shapes and all(s != (size, size) for s in shapes):
+        w, h = shapes[0]
+        raise UsageError(
+            f"{folder}: not aligned faces (no {ALIGN_META}; its photos are {w}x{h}, the model needs "
+            f"{size}x{size}): align them first (openface-py align {folder} ALIGNED_DIR), or detect, align "
+            f"and embed in one step (openface-py run {folder} OUTPUT_DIR)"
+        )
 
 
 def _require(module: str, what: str) -> None:

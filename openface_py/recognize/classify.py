@@ -844,12 +844,18 @@ def convert_pickle(old: os.PathLike | str, new: os.PathLike | str) -> TrainedMod
     """
     import joblib
 
+    from openface_py.errors import UsageError
+
     p = Path(old)
     data = _read_checked(p, required=True)
+    if data[:4] == b"PK\x03\x04":  # a zip: skops files are
+        raise UsageError(f"{p} is already in the safe format (skops): nothing to convert, use it as it is")
     try:
         model = joblib.load(_io.BytesIO(data))
     except Exception as exc:  # unpickling raises many types
-        raise ClassifierError(f"{p}: cannot load model ({exc})") from exc
+        raise ClassifierError(
+            f"{p}: not a classifier pickle of an older openface-py ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(model, TrainedModel):
         raise ClassifierError(f"{p}: not an openface-py model file (found {type(model).__name__})")
     model.save(new)
