@@ -157,9 +157,28 @@ def print_results(results: list[dict], as_json: bool, face_lines) -> None:
         if "error" in r:
             print(f"{r['path']}: ERROR {r['error']}")
             continue
-        print(f"{r['path']}: {len(r['faces'])} face(s)")
+        found = r.get("faces_found", len(r["faces"]))
+        skipped = f" of {found} found (the largest; --multi for every face)" if found > len(r["faces"]) else ""
+        print(f"{r['path']}: {len(r['faces'])} face(s){skipped}")
         for line in face_lines(r):
             print(line)
+
+
+class CountingDetector:
+    """A detector that remembers how many faces its last ``detect`` found, so that a command
+    using the largest face can say how many others it left out."""
+
+    def __init__(self, detector) -> None:
+        self.detector = detector
+        self.last = 0
+
+    def detect(self, rgb):
+        found = self.detector.detect(rgb)
+        self.last = len(found)
+        return found
+
+    def __getattr__(self, name: str):
+        return getattr(self.detector, name)
 
 
 def folder_report(report, as_json: bool, done: str, report_path: Path, note: str = "") -> int:

@@ -227,6 +227,8 @@ def search_photos(db, args: argparse.Namespace, photos: list[Path], top_k: int) 
                 continue
             conf = "" if face["confidence"] is None else f", confidence {face['confidence']:.3f}"
             yield f"  x={x:.0f}: {face['name']} (nearest {face['nearest']}, distance {face['distance']:.3f}{conf})"
+            if top_k > 1:
+                yield "    top: " + ", ".join(f"{c['name']} {c['distance']:.3f}" for c in face["candidates"])
 
     results, failed = per_image(photos, run)
     if args.json:

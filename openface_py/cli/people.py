@@ -12,6 +12,7 @@ from openface_py.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     MODEL_HELP,
+    CountingDetector,
     add_detector_args,
     largest_face_reps,
     log,
@@ -161,10 +162,12 @@ def cmd_infer(args: argparse.Namespace) -> int:
             f"was trained on {model.embedder_identity}: give the weights it was trained on"
         )
 
+    pipe.detector = CountingDetector(pipe.detector)
+
     def run(rgb):
         faces = pipe.process(rgb, multi=args.multi)
         preds = model.predict(np.stack([f.embedding for f in faces]), args.threshold) if faces else []
-        return {"faces": [(f, p) for f, p in zip(faces, preds)]}
+        return {"faces_found": pipe.detector.last, "faces": [(f, p) for f, p in zip(faces, preds)]}
 
     results, failed = per_image(args.images, run)
     if args.json:
@@ -189,6 +192,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 print("No face found.")
             for f, p in r.get("faces", []):
                 print(format_prediction(p, f.box.center[0]))
+            if r.get("faces_found", 0) > len(r.get("faces", [])):
+                print(f"({r['faces_found']} faces found: the largest named; --multi names every face)")
     return EXIT_FAILED if failed == len(args.images) else EXIT_OK
 
 
