@@ -24,7 +24,16 @@ from typing import Optional, Sequence
 
 from openface_py import __version__
 from openface_py.cli import db, folders, lfw, models, people, photos, serve, train, video
-from openface_py.cli.common import EXIT_FAILED, EXIT_NO_MODEL, EXIT_OK, EXIT_USAGE, check_paths, check_requirements, log
+from openface_py.cli.common import (
+    EXIT_FAILED,
+    EXIT_NO_MODEL,
+    EXIT_OK,
+    EXIT_USAGE,
+    check_paths,
+    check_requirements,
+    log,
+    quiet_logs,
+)
 from openface_py.errors import ModelNotInstalledError, OpenFacePyError, UsageError
 
 FAMILIES = (folders, video, photos, people, lfw, train, serve)
@@ -68,6 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    quiet_logs(args.verbose)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE

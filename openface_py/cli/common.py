@@ -16,6 +16,29 @@ log = logging.getLogger("openface_py")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MODEL = 0, 1, 2, 3
 
 
+#: the loggers of the jobs whose per-photo failures the command lists once, at the end
+JOB_LOGGERS = ("openface_py.jobs.stream", "openface_py.jobs.batch", "openface_py.jobs.dbimport")
+
+
+class _PhotoFailureFilter(logging.Filter):
+    """Drops a job's per-photo failure warnings ("PATH: REASON"): the command prints each failed
+    photo once, in its final list (``folder_report``), not also as it happens."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and record.msg == "%s: %s")
+
+
+def quiet_logs(verbose: bool) -> None:
+    """The command line's logging beside ``basicConfig``: each failed photo reported once, and
+    third-party start-up chatter (faiss's CPU-feature probing) only with -v."""
+    if not verbose:
+        logging.getLogger("faiss").setLevel(logging.WARNING)
+    for name in JOB_LOGGERS:
+        job_log = logging.getLogger(name)
+        if not any(isinstance(f, _PhotoFailureFilter) for f in job_log.filters):
+            job_log.addFilter(_PhotoFailureFilter())
+
+
 def add_detector_args(p: argparse.ArgumentParser, default: str = "hog") -> None:
     from openface_py.faces.detect import ALIGN_FROM, DETECTOR_NAMES, MTCNN_ALIGN_DEFAULT
 
