@@ -296,7 +296,7 @@ PATH_ARGS: dict[tuple[str, ...], dict[str, str]] = {
         "--results": "out-file",
     },
     ("train",): {"reps_dir": "dir", "--output": "out-file"},
-    ("infer",): {"model_file": "file"},
+    ("infer",): {"model": "file"},
     ("compare",): {"--verifier": "file"},
     ("identify",): {"gallery_dir": "dir|file"},
     ("lfw",): {"lfw_dir": "dir", "--output": "out-dir"},
@@ -310,7 +310,7 @@ PATH_ARGS: dict[tuple[str, ...], dict[str, str]] = {
     **{("db", a): {"db": "file"} for a in ("enroll", "list", "remove", "search", "threshold")},
     ("db", "import"): {"db": "file", "gallery_dir": "dir"},
 }
-_DESTS = {"--lfw": "lfw_dir"}  # options whose dest is not their spelling
+_DESTS = {"--lfw": "lfw_dir", "model": "model_file"}  # arguments whose dest is not their spelling (infer's MODEL)
 
 
 def command_path(args: argparse.Namespace) -> tuple[str, ...]:
