@@ -4,8 +4,9 @@
    the shipped nn4.small2.distilled-v2) and says which.
 2. Aligns the sample photos in data/lfw-sample (10 people x 10 photos) for that model.
 3. Embeds them (OpenFace-style reps.csv / labels.csv).
-4. Enrols photos 1-8 of each person and, for each held-out photo (9 and 10), prints the
-   nearest enrolled person and the squared L2 distance (OpenFace's measure).
+4. Holds out the 19 photos named ``*_0009``/``*_0010`` (Jacques_Chirac's sample has no
+   ``_0010``), enrols the other 81 and, for each held-out photo, prints the nearest enrolled
+   person and the squared L2 distance (OpenFace's measure).
 5. Does the same for every face in a two-face photo (people not enrolled).
 6. Trains a classifier (LinearSvm by default) on the enrolled photos, with an unknown-person
    threshold chosen from the training data, and prints OpenFace-style ``Predict NAME ...``

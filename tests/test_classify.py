@@ -282,7 +282,7 @@ def test_train_and_infer_cli(dlib_reps, tmp_path):
     r = cli("infer", str(model), str(EXAMPLES / "longoria-cooper.jpg"), "--multi", "--json", "-q")
     faces = json.loads(r.stdout)[0]["faces"]
     assert [f["name"] for f in faces] == [UNKNOWN, UNKNOWN] and faces[0]["box"][0] < faces[1]["box"][0]
-    assert cli("train", str(tmp_path / "nothing"), "-o", str(model), "-q").returncode == 1
+    assert cli("train", str(tmp_path / "nothing"), "-o", str(model), "-q").returncode == 2  # a missing input: exit 2
 
 
 def test_compare_cli():

@@ -332,7 +332,7 @@ def test_refusals(tmp_path):
     con.close()
     with pytest.raises(FaceDatabaseError, match="newer"):
         FaceDatabase.open(tmp_path / "r.db")
-    assert cli("db", "list", str(tmp_path / "missing.db"))[0] == 1
+    assert cli("db", "list", str(tmp_path / "missing.db"))[0] == 2  # a missing input: exit 2
 
 
 def test_schema_migration_runs_each_step_in_order(tmp_path, monkeypatch):

@@ -164,7 +164,7 @@ def test_video_output_that_cannot_be_written_is_an_error(tmp_path):
     env = {"OPENFACE_PY_HOME": str(tmp_path / "home")}
     base = ["video", str(clip), "--gallery", str(tmp_path / "gallery"), "-q"]
     r = cli(*base, "--output", str(tmp_path / "missing" / "out.mp4"), env=env)
-    assert r.returncode == 1 and "does not exist" in r.stderr
+    assert r.returncode == 2 and "does not exist" in r.stderr
     r = cli(*base, "--output", str(tmp_path / "out.notavideo"), env=env)
     assert r.returncode == 1 and "cannot write this video" in r.stderr
     assert not list(tmp_path.glob(".openface-py-tmp*")) and not (tmp_path / "out.notavideo").exists()

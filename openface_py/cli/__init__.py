@@ -7,9 +7,11 @@ compare, identify), ``video``, ``lfw`` (lfw, lfw-classify), ``train`` (train-net
 ``db`` (the face database), ``serve`` (the HTTP service). A new command family is a new module
 with a ``register`` function, added to ``FAMILIES``.
 
-Exit codes: 0 success; 1 the job failed (nothing could be processed, unreadable input);
-2 bad arguments (including an unknown --model); 3 a model is not installed (the message says
-how to get it). Output piped into a program that stops reading (``| head``) ends quietly.
+Exit codes: 0 success; 1 the work failed (nothing could be processed); 2 the arguments cannot
+work (an unknown --model, a missing input, the wrong kind of path, an output in a missing
+folder, an optional package not installed: ``common.check_paths``/``check_requirements`` run
+before every handler); 3 a model is not installed (the message says how to get it).
+Output piped into a program that stops reading (``| head``) ends quietly.
 """
 
 from __future__ import annotations
@@ -24,7 +26,16 @@ from typing import Optional, Sequence
 
 from openface_py import __version__
 from openface_py.cli import db, folders, lfw, models, people, photos, serve, train, video
-from openface_py.cli.common import EXIT_FAILED, EXIT_NO_MODEL, EXIT_OK, EXIT_USAGE, log
+from openface_py.cli.common import (
+    EXIT_FAILED,
+    EXIT_NO_MODEL,
+    EXIT_OK,
+    EXIT_USAGE,
+    check_paths,
+    check_requirements,
+    log,
+    quiet_logs,
+)
 from openface_py.errors import ModelNotInstalledError, OpenFacePyError, UsageError
 
 FAMILIES = (folders, video, photos, people, lfw, train, serve)
@@ -129,10 +140,13 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    quiet_logs(args.verbose)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
     try:
+        check_paths(args)
+        check_requirements(args)
         return args.handler(args)
     except ModelNotInstalledError as exc:
         log.error("%s", exc)

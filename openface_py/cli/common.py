@@ -16,6 +16,29 @@ log = logging.getLogger("openface_py")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MODEL = 0, 1, 2, 3
 
 
+#: the loggers of the jobs whose per-photo failures the command lists once, at the end
+JOB_LOGGERS = ("openface_py.jobs.stream", "openface_py.jobs.batch", "openface_py.jobs.dbimport")
+
+
+class _PhotoFailureFilter(logging.Filter):
+    """Drops a job's per-photo failure warnings ("PATH: REASON"): the command prints each failed
+    photo once, in its final list (``folder_report``), not also as it happens."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.WARNING and record.msg == "%s: %s")
+
+
+def quiet_logs(verbose: bool) -> None:
+    """The command line's logging beside ``basicConfig``: each failed photo reported once, and
+    third-party start-up chatter (faiss's CPU-feature probing) only with -v."""
+    if not verbose:
+        logging.getLogger("faiss").setLevel(logging.WARNING)
+    for name in JOB_LOGGERS:
+        job_log = logging.getLogger(name)
+        if not any(isinstance(f, _PhotoFailureFilter) for f in job_log.filters):
+            job_log.addFilter(_PhotoFailureFilter())
+
+
 def add_detector_args(p: argparse.ArgumentParser, default: str = "hog") -> None:
     from openface_py.faces.detect import ALIGN_FROM, DETECTOR_NAMES, MTCNN_ALIGN_DEFAULT
 
@@ -157,9 +180,28 @@ def print_results(results: list[dict], as_json: bool, face_lines) -> None:
         if "error" in r:
             print(f"{r['path']}: ERROR {r['error']}")
             continue
-        print(f"{r['path']}: {len(r['faces'])} face(s)")
+        found = r.get("faces_found", len(r["faces"]))
+        skipped = f" of {found} found (the largest; --multi for every face)" if found > len(r["faces"]) else ""
+        print(f"{r['path']}: {len(r['faces'])} face(s){skipped}")
         for line in face_lines(r):
             print(line)
+
+
+class CountingDetector:
+    """A detector that remembers how many faces its last ``detect`` found, so that a command
+    using the largest face can say how many others it left out."""
+
+    def __init__(self, detector) -> None:
+        self.detector = detector
+        self.last = 0
+
+    def detect(self, rgb):
+        found = self.detector.detect(rgb)
+        self.last = len(found)
+        return found
+
+    def __getattr__(self, name: str):
+        return getattr(self.detector, name)
 
 
 def folder_report(report, as_json: bool, done: str, report_path: Path, note: str = "") -> int:
@@ -174,6 +216,20 @@ def folder_report(report, as_json: bool, done: str, report_path: Path, note: str
             f"{len(report.failures)} failed; {note}report in {report_path}"
         )
     return EXIT_OK if report.done_ok_total > 0 else EXIT_FAILED
+
+
+def checked_model(model: Optional[str]) -> str:
+    """``--model`` as given (a known name or an existing weights path), or the default model; an
+    unknown name is a ``UsageError`` (exit 2) even where the weights themselves are not loaded."""
+    from openface_py.errors import UsageError
+    from openface_py.nets.embed import MODEL_NAMES, best_installed_model
+
+    if model is None:
+        return best_installed_model()
+    if model not in MODEL_NAMES and not Path(model).exists():
+        names = ", ".join(MODEL_NAMES)
+        raise UsageError(f"unknown model {model!r}: not one of {names} and no such weights file or folder")
+    return model
 
 
 def pipeline_for(model_name: Optional[str], args: argparse.Namespace):
@@ -219,3 +275,134 @@ def backend_choices() -> tuple[str, ...]:
     from openface_py.nets.backends import BACKENDS
 
     return ("auto",) + BACKENDS
+
+
+# The paths each command reads or writes, checked before its handler runs (``check_paths``), so
+# that every command answers the same mistake the same way: exit 2 and one line. Keys are the
+# argument as the user writes it (a positional's name, or an option); kinds: "dir" an existing
+# folder; "file" an existing file; "dir|url" a folder or a URL (s3://...); "dir|file" a folder or
+# a file (a gallery or a face database); "video" a file, a camera index or a stream URL;
+# "out-dir" / "out-file" an output: the folder it goes into must exist (no command creates it)
+# and it must not be the other kind. Photo lists are not here: each photo is reported on its own.
+PATH_ARGS: dict[tuple[str, ...], dict[str, str]] = {
+    ("align",): {"input_dir": "dir", "output_dir": "out-dir"},
+    ("represent",): {"aligned_dir": "dir", "output_dir": "out-dir"},
+    ("run",): {"input_dir": "dir|url", "output_dir": "out-dir"},
+    ("video",): {
+        "source": "video",
+        "--classifier": "file",
+        "--gallery": "dir",
+        "--output": "out-file",
+        "--results": "out-file",
+    },
+    ("train",): {"reps_dir": "dir", "--output": "out-file"},
+    ("infer",): {"model": "file"},
+    ("compare",): {"--verifier": "file"},
+    ("identify",): {"gallery_dir": "dir|file"},
+    ("lfw",): {"lfw_dir": "dir", "--output": "out-dir"},
+    ("pairs-eval",): {"pairs_csv": "file", "image_root": "dir", "--output": "out-dir"},
+    ("lfw-classify",): {"lfw_dir": "dir", "--output": "out-dir"},
+    ("train-net",): {"aligned_dir": "dir", "--out": "out-dir", "--lfw": "dir"},
+    ("serve",): {"--db": "file"},
+    ("models", "download"): {"--from-file": "file"},
+    ("models", "convert"): {"old": "file", "--output": "out-file"},
+    ("db", "create"): {"db": "out-file"},
+    **{("db", a): {"db": "file"} for a in ("enroll", "list", "remove", "search", "threshold")},
+    ("db", "import"): {"db": "file", "gallery_dir": "dir"},
+}
+_DESTS = {"--lfw": "lfw_dir", "model": "model_file"}  # arguments whose dest is not their spelling (infer's MODEL)
+
+
+def command_path(args: argparse.Namespace) -> tuple[str, ...]:
+    """The sub-command ``args`` were parsed for, e.g. ("db", "import")."""
+    sub = getattr(args, "db_command", None) or getattr(args, "models_command", None)
+    return (args.command, sub) if sub else (args.command,)
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Refuse, with a ``UsageError`` (exit 2), a path argument of the wrong kind (``PATH_ARGS``)."""
+    for name, kind in PATH_ARGS.get(command_path(args), {}).items():
+        dest = _DESTS.get(name) or name.lstrip("-").replace("-", "_")
+        value = getattr(args, dest, None)
+        if value is not None:
+            _check_path(str(value), kind, name if name.startswith("--") else name.upper())
+
+
+def _check_path(text: str, kind: str, name: str) -> None:
+    from openface_py.errors import UsageError
+
+    if "://" in text and kind in ("video", "dir|url"):
+        return
+    if kind == "video" and text.isdigit():
+        return
+    path = Path(text)
+    if kind.startswith("out-"):
+        parent = path.absolute().parent
+        if not parent.is_dir():
+            raise UsageError(f"{name} {text}: the folder {parent} does not exist (create it first)")
+        if kind == "out-file" and path.is_dir():
+            raise UsageError(f"{name} {text}: is a folder; give a file name")
+        if kind == "out-dir" and path.exists() and not path.is_dir():
+            raise UsageError(f"{name} {text}: is a file; give a folder")
+        return
+    if not path.exists():
+        what = {"dir": "folder", "dir|url": "folder", "dir|file": "folder or file"}.get(kind, "file")
+        raise UsageError(f"{name} {text}: no such {what}")
+    if kind in ("dir", "dir|url") and not path.is_dir():
+        raise UsageError(f"{name} {text}: is a file; a folder is expected here")
+    if kind in ("file", "video") and path.is_dir():
+        raise UsageError(f"{name} {text}: is a folder; a file is expected here")
+
+
+def check_requirements(args: argparse.Namespace) -> None:
+    """Refuse, with a ``UsageError`` (exit 2), what cannot work for reasons beyond a path's kind:
+    an option whose optional package is not installed (as ``--engine ray`` without Ray: ``run
+    --format parquet`` and ``run URL`` need pyarrow), ``represent`` on photos that were not aligned."""
+    command = command_path(args)
+    if command == ("run",):
+        if args.format == "parquet":
+            _require("pyarrow", "--format parquet")
+        if "://" in str(args.input_dir):
+            _require("pyarrow", f"reading photos from a URL ({args.input_dir})")
+    elif command == ("represent",):
+        _check_aligned(args.aligned_dir, args.model)
+
+
+def _check_aligned(folder: Path, model: Optional[str], sample: int = 10) -> None:
+    """A folder without ``align``'s record whose first photos are not the model's input size holds
+    raw photos: say to align them (or to use ``run``) before 100 per-photo warnings."""
+    from openface_py.errors import UsageError
+    from openface_py.io import list_images
+    from openface_py.jobs.batch import ALIGN_META
+    from openface_py.nets.embed import alignment_for
+
+    if (folder / ALIGN_META).is_file():
+        return  # align's own record; represent checks it against the model
+    size = alignment_for(checked_model(model)).size
+    shapes = []
+    for rel in list_images(folder)[:sample]:
+        try:
+            from PIL import Image
+
+            with Image.open(folder / rel) as im:
+                shapes.append(im.size)
+        except OSError:
+            continue
+    if shapes and all(s != (size, size) for s in shapes):
+        w, h = shapes[0]
+        raise UsageError(
+            f"{folder}: not aligned faces (no {ALIGN_META}; its photos are {w}x{h}, the model needs "
+            f"{size}x{size}): align them first (openface-py align {folder} ALIGNED_DIR), or detect, align "
+            f"and embed in one step (openface-py run {folder} OUTPUT_DIR)"
+        )
+
+
+def _require(module: str, what: str) -> None:
+    import importlib
+
+    from openface_py.errors import UsageError
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise UsageError(f"{what} needs {module}, which is not installed: pip install 'openface-py[ray]'") from None

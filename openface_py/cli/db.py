@@ -66,8 +66,8 @@ def register(add_command, common) -> None:
     add_detector_args(a)
     a.add_argument("--json", action="store_true")
 
-    a = action("threshold", "choose how the database decides same person: model, fixed or learned")
-    t = a.add_mutually_exclusive_group(required=True)
+    a = action("threshold", "show (no option) or choose how the database decides same person: model, fixed or learned")
+    t = a.add_mutually_exclusive_group()
     t.add_argument("--model-threshold", action="store_true", help="the model's own same-person threshold")
     t.add_argument("--value", type=float, default=None, help="a fixed threshold (squared L2)")
     t.add_argument("--learn", action="store_true", help="learn it from pairs of the enrolled faces")
@@ -115,7 +115,8 @@ def _create(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        print(f"created {args.db} for {info['identity']} (threshold {info['threshold']}, {info['threshold_source']})")
+        shown = f"threshold {_shown(info['threshold'])}, {info['threshold_source']}"
+        print(f"created {args.db} for {info['identity']} ({shown})")
     return EXIT_OK
 
 
@@ -185,7 +186,7 @@ def _list(db, args: argparse.Namespace) -> int:
     else:
         info = db.info()
         print(f"{args.db}: {info['people']} people, {info['faces']} faces ({info['identity']})")
-        print(f"threshold {info['threshold']} ({info['threshold_source']})")
+        print(f"threshold {_shown(info['threshold'])} ({info['threshold_source']})")
         for p in people:
             print(f"{p.name}\t{p.photos} photo(s)\t{p.faces} face(s)")
     return EXIT_OK
@@ -238,6 +239,8 @@ def search_photos(db, args: argparse.Namespace, photos: list[Path], top_k: int) 
                 continue
             conf = "" if face["confidence"] is None else f", confidence {face['confidence']:.3f}"
             yield f"  x={x:.0f}: {face['name']} (nearest {face['nearest']}, distance {face['distance']:.3f}{conf})"
+            if top_k > 1:
+                yield "    top: " + ", ".join(f"{c['name']} {c['distance']:.3f}" for c in face["candidates"])
 
     results, failed = per_image(photos, run)
     if args.json:
@@ -248,7 +251,13 @@ def search_photos(db, args: argparse.Namespace, photos: list[Path], top_k: int) 
 
 
 def _threshold(db, args: argparse.Namespace) -> int:
-    db.set_threshold(args.value, learn=args.learn)
+    if args.model_threshold or args.value is not None or args.learn:
+        db.set_threshold(args.value, learn=args.learn)
     info = db.info()
-    print(f"threshold {info['threshold']} ({info['threshold_source']})")
+    print(f"threshold {_shown(info['threshold'])} ({info['threshold_source']})")
     return EXIT_OK
+
+
+def _shown(threshold) -> str:
+    """A threshold as people read it: 4 significant digits (0.1516, not 0.15162836375987598)."""
+    return "none" if threshold is None else f"{threshold:.4g}"

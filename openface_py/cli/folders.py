@@ -12,6 +12,7 @@ from openface_py.cli.common import (
     add_detector_args,
     add_engine_args,
     backend_choices,
+    checked_model,
     detector_options,
     embedder_for,
     engine_choice,
@@ -75,9 +76,9 @@ def register(add_command) -> None:
 def cmd_align(args: argparse.Namespace) -> int:
     from openface_py.faces.align import DLIB_CHIP_METHOD, openface_spec
     from openface_py.jobs.batch import align_folder
-    from openface_py.nets.embed import alignment_for, best_installed_model
+    from openface_py.nets.embed import alignment_for
 
-    args.model = args.model or best_installed_model()
+    args.model = checked_model(args.model)  # a typo exits 2 here, as in every other command
     spec = alignment_for(args.model)
     if spec.method == DLIB_CHIP_METHOD:
         if args.size is not None or args.landmarks is not None:

@@ -12,6 +12,7 @@ from openface_py.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     MODEL_HELP,
+    CountingDetector,
     add_detector_args,
     largest_face_reps,
     log,
@@ -39,8 +40,15 @@ def register(add_command) -> None:
     p.set_defaults(handler=cmd_train)
 
     p = add_command("infer", help="name the people in photos with a trained classifier")
-    p.add_argument("model", type=Path)
+    p.add_argument("model_file", metavar="MODEL", type=Path, help="a classifier file from `train`")
     p.add_argument("images", nargs="+", type=Path)
+    p.add_argument(
+        "--model",
+        dest="weights",
+        default=None,
+        help="the embedding weights the classifier was trained on: needed when they were given by path "
+        "(checked against the classifier); default: the model named in the classifier",
+    )
     p.add_argument("--multi", action="store_true", help="every face, left to right (default: the largest)")
     p.add_argument("--threshold", type=float, default=None, help="override the model's unknown threshold")
     add_detector_args(p)
@@ -146,14 +154,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     from openface_py.recognize.classify import format_prediction, load_model
 
-    model = load_model(args.model)
-    pipe = pipeline_for(model.embedder_name, args)
-    model.check_identity(pipe.embedder.identity)
+    model = load_model(args.model_file)
+    pipe = pipeline_for(model.embedder_model(args.weights), args)
+    if pipe.embedder.identity != model.embedder_identity:
+        raise UsageError(
+            f"--model {args.weights or model.embedder_name} gives {pipe.embedder.identity}, but {args.model_file} "
+            f"was trained on {model.embedder_identity}: give the weights it was trained on"
+        )
+
+    pipe.detector = CountingDetector(pipe.detector)
 
     def run(rgb):
         faces = pipe.process(rgb, multi=args.multi)
         preds = model.predict(np.stack([f.embedding for f in faces]), args.threshold) if faces else []
-        return {"faces": [(f, p) for f, p in zip(faces, preds)]}
+        return {"faces_found": pipe.detector.last, "faces": [(f, p) for f, p in zip(faces, preds)]}
 
     results, failed = per_image(args.images, run)
     if args.json:
@@ -178,6 +192,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
                 print("No face found.")
             for f, p in r.get("faces", []):
                 print(format_prediction(p, f.box.center[0]))
+            if r.get("faces_found", 0) > len(r.get("faces", [])):
+                print(f"({r['faces_found']} faces found: the largest named; --multi names every face)")
     return EXIT_FAILED if failed == len(args.images) else EXIT_OK
 
 
@@ -200,7 +216,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         siamese.check_identity(pipe.embedder.identity)
         threshold = args.threshold if args.threshold is not None else siamese.threshold
     elif verifier is not None:
-        pipe = pipeline_for(verifier.embedder_name, args)
+        pipe = pipeline_for(verifier.embedder_model(args.model), args)
         verifier.check_identity(pipe.embedder.identity)
         threshold = args.threshold if args.threshold is not None else verifier.pair_threshold
         if threshold is None:
@@ -261,6 +277,8 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
     if is_database(args.gallery_dir):
         return _identify_db(args)
+    if not args.gallery_dir.is_dir():
+        raise UsageError(f"{args.gallery_dir}: neither a gallery folder nor a face database (db create)")
     pipe = pipeline_for(args.model, args)
     threshold = args.threshold if args.threshold is not None else pipe.embedder.same_person_threshold
     if threshold is None:

@@ -9,6 +9,7 @@ from openface_py.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     MODEL_HELP,
+    CountingDetector,
     add_detector_args,
     detector_options,
     per_image,
@@ -53,8 +54,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
             faces.append(item)
         return {"width": int(rgb.shape[1]), "height": int(rgb.shape[0]), "faces": faces}
 
+    def lines(r):
+        for f in r["faces"]:
+            yield f"  face box={f['box']} score={f['score']}"
+            if "landmarks" in f:
+                yield "    landmarks: " + " ".join(f"{x},{y}" for x, y in f["landmarks"])
+
     results, failed = per_image(args.images, run)
-    print_results(results, args.json, lambda r: [f"  face box={f['box']} score={f['score']}" for f in r["faces"]])
+    print_results(results, args.json, lines)
     return EXIT_FAILED if failed == len(args.images) else EXIT_OK
 
 
@@ -69,9 +76,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
         detector_options=detector_options(args),
     )
 
+    pipe.detector = CountingDetector(pipe.detector)
+
     def run(rgb):
         faces = pipe.process(rgb, multi=args.multi)
-        return {"model": pipe.embedder.identity, "faces": [f.to_json() for f in faces]}
+        found = pipe.detector.last
+        return {"model": pipe.embedder.identity, "faces_found": found, "faces": [f.to_json() for f in faces]}
 
     results, failed = per_image(args.images, run)
 

@@ -14,7 +14,7 @@ def register(add_command) -> None:
     p = add_command("serve", help="HTTP API (/v1, OpenAPI at /docs) and web page (/) over a face database")
     p.add_argument("--db", type=Path, required=True, help="the database (openface-py db create)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000, help="TCP port, 0-65535 (0: any free one)")
     p.add_argument(
         "--api-key",
         default=None,
@@ -69,6 +69,17 @@ def register(add_command) -> None:
     )
     add_detector_args(p)
     p.set_defaults(handler=cmd_serve)
+
+
+def port_number(text: str) -> int:
+    """``--port``'s type: a TCP port number (argparse answers anything else with exit 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0-65535)")
+    return port
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -21,7 +21,11 @@ def register(add_command) -> None:
     who = p.add_mutually_exclusive_group(required=True)
     who.add_argument("--classifier", type=Path, help="a model file from `train`")
     who.add_argument("--gallery", type=Path, help="a gallery folder (one sub-folder of photos per person)")
-    p.add_argument("--model", default=None, help=MODEL_HELP() + " (gallery only; a classifier knows its model)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help=MODEL_HELP() + " (with --classifier: the weights it was trained on, needed when they were given by path)",
+    )
     p.add_argument("--threshold", type=float, default=None, help="unknown threshold (classifier) / distance (gallery)")
     p.add_argument("--output", type=Path, default=None, help="write the annotated video here (.mp4)")
     p.add_argument("--results", type=Path, default=None, help="write one JSON line per frame here")

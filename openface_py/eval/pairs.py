@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
-from openface_py.errors import OpenFacePyError
+from openface_py.errors import OpenFacePyError, UsageError
 from openface_py.eval.evaluate import LfwResult, evaluate_both, write_reports
 from openface_py.eval.lfw import DetectorChoice, LfwEmbeddings, embed_lfw_images, embedding_cache_path, read_utf8
 from openface_py.jobs.engine import Engine
@@ -82,8 +82,14 @@ def parse_pair_list(path: os.PathLike | str, folds: int = 10) -> list[PairRow]:
             fold = int(f[3]) - 1
         out.append(PairRow(fold, _rel_path(f[0], where), _rel_path(f[1], where), same in TRUE, lineno))
     if not with_fold:
-        if folds < 2 or folds > len(out):
-            raise PairListError(f"{path}: cannot cut {len(out)} pairs into {folds} folds")
+        if folds < 2:
+            raise UsageError(
+                f"--folds {folds}: the protocol needs at least two folds (thresholds come from the other folds)"
+            )
+        if folds > len(out):
+            raise PairListError(
+                f"{path}: cannot cut {len(out)} pairs into {folds} folds (give --folds {len(out)} or fewer)"
+            )
         out = [PairRow(i * folds // len(out), r.path_a, r.path_b, r.same, r.line) for i, r in enumerate(out)]
     used = sorted({r.fold for r in out})
     if len(used) < 2:

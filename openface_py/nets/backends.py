@@ -179,7 +179,7 @@ def make_runner(
             err = float(np.abs(runner(probe) - expected).max())
             if err > STARTUP_TOLERANCE:
                 raise RuntimeError(f"outputs differ from eager by {err:.2e}")
-            log.info("embedding backend: %s (start-up %.2f s)", name, runner.startup_s)
+            log.debug("embedding backend: %s (start-up %.2f s)", name, runner.startup_s)
             return runner
         except Exception as exc:  # any failure means: try the next backend
             log.warning("backend %s unavailable (%s); trying the next", name, exc)

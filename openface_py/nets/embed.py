@@ -178,11 +178,19 @@ def find_nn4_small2_distilled() -> Optional[Path]:
 
 
 def nn4_missing_message() -> str:
+    """How to get nn4.small2.v1, and what is installed instead (the default first, as --model uses it)."""
+    installed = {st.name for st in model_statuses() if st.installed}
+    others = [name for name in DEFAULT_PREFERENCE if name in installed and name != NN4_SMALL2_V1]
+    instead = (
+        f" Installed instead: {', '.join(repr(n) for n in others)} (the default without --model is '{others[0]}')."
+        if others
+        else ""
+    )
     return (
         f"the {NN4_SMALL2_V1} weights are not installed. Get them with "
         f"'openface-py models download {NN4_SMALL2_V1}' (fetches OpenFace's released "
         f"nn4.small2.v1.pt into {store.cache_dir()}), or pass --model PATH to a .pt, .t7 or "
-        f"CSV-folder copy. Installed alternative: '{DLIB_RESNET_V1}'."
+        f"CSV-folder copy.{instead}"
     )
 
 

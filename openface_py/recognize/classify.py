@@ -696,6 +696,22 @@ class TrainedModel:
     created: str = field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
     version: str = __version__
 
+    def embedder_model(self, model: Optional[str] = None) -> str:
+        """What to load this classifier's embedder from: ``model`` (a name or weights path, given
+        by the user; ``check_identity`` then compares what it gives), else the model it was trained
+        with. Weights given by path are known only by their SHA-256, so they must be given again."""
+        from openface_py.errors import UsageError
+        from openface_py.nets.embed import MODEL_NAMES
+
+        if model is not None:
+            return model
+        if self.embedder_name in MODEL_NAMES:
+            return self.embedder_name
+        raise UsageError(
+            f"this classifier was trained on embeddings of weights given by path ({self.embedder_identity}); "
+            "give the same weights file with --model PATH"
+        )
+
     def check_identity(self, identity: str) -> None:
         if identity != self.embedder_identity:
             raise ClassifierError(
@@ -837,12 +853,18 @@ def convert_pickle(old: os.PathLike | str, new: os.PathLike | str) -> TrainedMod
     """
     import joblib
 
+    from openface_py.errors import UsageError
+
     p = Path(old)
     data = _read_checked(p, required=True)
+    if data[:4] == b"PK\x03\x04":  # a zip: skops files are
+        raise UsageError(f"{p} is already in the safe format (skops): nothing to convert, use it as it is")
     try:
         model = joblib.load(_io.BytesIO(data))
     except Exception as exc:  # unpickling raises many types
-        raise ClassifierError(f"{p}: cannot load model ({exc})") from exc
+        raise ClassifierError(
+            f"{p}: not a classifier pickle of an older openface-py ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(model, TrainedModel):
         raise ClassifierError(f"{p}: not an openface-py model file (found {type(model).__name__})")
     model.save(new)

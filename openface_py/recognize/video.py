@@ -6,8 +6,12 @@ frame by a tracker: ``template`` (default: normalised cross-correlation of the f
 patch near its last position, ~1 ms per face) or ``correlation`` (dlib's correlation tracker,
 which also follows changes of size, ~6-10 ms per face on a 2-core CPU). Each track is recognised (align on the full
 frame + embed + classifier or gallery) when it starts and then every ``recognise_every``
-frames; its displayed name is the majority of its last few answers, so a single bad frame
-does not flip it. ``annotate`` draws boxes, names and the frame rate.
+frames; its displayed name is the majority of its last few answers, so a single unsure frame
+does not flip it. A recognition that contradicts the track starts a new identity vote (and a
+new track number): the face's embedding moved farther than the model's same-person threshold
+from the track's, or it is named as another person (not unknown). That is how a cut to another
+person at the same place is seen; a face the tracker lost and detection found again is
+recognised at once. ``annotate`` draws boxes, names and the frame rate.
 """
 
 from __future__ import annotations
@@ -92,6 +96,20 @@ class _Track:
     last_recognised: int = -(10**9)
     answers: deque = field(default_factory=lambda: deque(maxlen=5))
     score: float = 0.0
+    embeddings: deque = field(default_factory=lambda: deque(maxlen=5))  # of the current vote
+    lost: bool = False  # the tracker lost it on this frame: recognise again once re-detected
+
+    def contradicts(self, rep: np.ndarray, name: str, jump: Optional[float]) -> bool:
+        """Whether a new recognition (embedding, answer) is another person than this track's vote:
+        named as someone else, or farther than ``jump`` (squared L2) from the vote's mean embedding."""
+        if not self.answers:
+            return False
+        if name != UNKNOWN and self.name not in (UNKNOWN, name):
+            return True
+        if jump is None:
+            return False
+        mean = np.mean(np.stack(self.embeddings), axis=0)
+        return float(np.sum((np.asarray(rep, np.float64) - mean) ** 2)) > jump
 
     @property
     def name(self) -> str:
@@ -181,9 +199,13 @@ class VideoRecognizer:
         min_track_quality: Optional[float] = None,
         detector: str = "hog",
         detector_options: Optional[dict] = None,
+        new_identity_distance: Optional[float] = None,
     ) -> None:
+        """``new_identity_distance``: the squared-L2 move of a track's embedding that starts a new
+        identity vote (default: the embedder's same-person threshold; None there: names only)."""
         check_options(scale, tracker)
         self.embedder = embedder
+        self.jump = embedder.same_person_threshold if new_identity_distance is None else new_identity_distance
         self.recognise = recognise
         self.aligner = make_aligner(embedder.alignment)
         # on the scaled frame; tracked faces are aligned from dlib's landmarks in the tracked box
@@ -244,11 +266,21 @@ class VideoRecognizer:
                 unmatched.remove(best)
                 tr.box = found[best]
                 tr.tracker = self._start_tracker(image, tr.box)
+                if tr.lost:  # the face changed under the tracker (a cut, a turn): look again now
+                    tr.last_recognised = -(10**9)
+                    tr.lost = False
                 kept.append(tr)
         for j in unmatched:
             kept.append(_Track(self._next_id, self._start_tracker(image, found[j]), found[j]))
             self._next_id += 1
         self.tracks = kept
+
+    def _new_identity(self, tr: _Track) -> None:
+        """Another person under an existing track: a new track number and an empty vote."""
+        log.debug("frame %d: track %d is another person now (track %d)", self.frame, tr.id, self._next_id)
+        tr.id, self._next_id = self._next_id, self._next_id + 1
+        tr.answers.clear()
+        tr.embeddings.clear()
 
     def _follow(self, rgb: np.ndarray, image: np.ndarray) -> bool:
         """Move every track; False if one was lost (then the caller re-detects)."""
@@ -256,8 +288,8 @@ class VideoRecognizer:
         for tr in self.tracks:
             quality = tr.tracker.update(image)
             tr.box = self._to_full(*tr.tracker.position(), rgb.shape)
-            if quality < self.min_track_quality or tr.box.width < 8 or tr.box.height < 8:
-                lost = True
+            tr.lost = quality < self.min_track_quality or tr.box.width < 8 or tr.box.height < 8
+            lost = lost or tr.lost
         return not lost
 
     def process(self, rgb: np.ndarray) -> FrameResult:
@@ -266,15 +298,21 @@ class VideoRecognizer:
         small = self._small(rgb)
         image = self._track_image(small)
         detected = False
-        if not self.tracks or self.frame % self.detect_every == 0 or not self._follow(rgb, image):
+        # tracks are followed on detection frames too: a face that changed under its tracker is
+        # then recognised on this frame rather than at its next turn
+        followed = self._follow(rgb, image) if self.tracks else False
+        if not followed or self.frame % self.detect_every == 0:
             self._detect(rgb, small, image)
             detected = True
         due = [tr for tr in self.tracks if self.frame - tr.last_recognised >= self.recognise_every]
         if due:
             faces = [self.aligner.align(rgb, tr.box).image for tr in due]
-            answers = self.recognise(self.embedder.embed(faces))
-            for tr, (name, score) in zip(due, answers):
+            reps = self.embedder.embed(faces)
+            for tr, rep, (name, score) in zip(due, reps, self.recognise(reps)):
+                if tr.contradicts(rep, name, self.jump):
+                    self._new_identity(tr)
                 tr.answers.append(name)
+                tr.embeddings.append(np.asarray(rep, np.float64))
                 tr.score = score
                 tr.last_recognised = self.frame
         result = FrameResult(
@@ -414,7 +452,8 @@ def make_recognizer(
 ) -> VideoRecognizer:
     """A ``VideoRecognizer`` naming faces with a classifier file from ``train`` or a gallery folder.
 
-    The embedder is the one the classifier was trained with (or ``model`` for a gallery).
+    The embedder is ``model``, else the one the classifier was trained with (weights given by
+    path must be given again: ``TrainedModel.embedder_model``).
     ``options`` go to ``VideoRecognizer`` (scale, detect_every, ...).
     """
     from openface_py.nets.embed import load_embedder
@@ -426,9 +465,12 @@ def make_recognizer(
         from openface_py.recognize.classify import load_model
 
         trained = load_model(classifier)
-        embedder = load_embedder(trained.embedder_name)
+        embedder = load_embedder(trained.embedder_model(model))
         if embedder.identity != trained.embedder_identity:
-            raise OpenFacePyError(f"{classifier} was trained on {trained.embedder_identity}, not {embedder.identity}")
+            raise UsageError(
+                f"{classifier} was trained on {trained.embedder_identity}, not {embedder.identity}: give the "
+                "weights it was trained on (--model)"
+            )
         return VideoRecognizer(embedder, classifier_recogniser(trained, threshold), **options)
     from openface_py.pipeline import FacePipeline
     from openface_py.recognize.gallery import build_gallery
