@@ -104,22 +104,13 @@ def _rss_mb() -> float:
         return 0.0
 
 
-def _trim_heap() -> None:
-    """Give freed heap pages back to the system (glibc keeps them otherwise)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
 def _worker_main(conn, spec: WorkerSpec) -> None:
     """A worker's life: load the pipeline, then answer one request at a time until told to stop
     or the server's end of the pipe closes (the server is gone)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it stops us
     try:
         from openface_py.errors import ImageLoadError, OpenFacePyError
+        from openface_py.io import release_memory
         from openface_py.pipeline import FacePipeline
 
         pipe = FacePipeline.create(
@@ -152,7 +143,7 @@ def _worker_main(conn, spec: WorkerSpec) -> None:
             log.exception("inference failed")
             reply = ("internal", f"{type(exc).__name__}: {exc}")
         if len(data) > 1_000_000:
-            _trim_heap()
+            release_memory()  # a large photo's freed buffers go back to the system
         conn.send((*reply, _rss_mb()))
 
 
