@@ -124,7 +124,8 @@ def _worker_main(conn, spec: WorkerSpec) -> None:
     except Exception as exc:  # reported to the server, which refuses to start
         conn.send(("init-error", f"{type(exc).__name__}: {exc}"))
         return
-    conn.send(("ready", {"identity": pipe.embedder.identity, "rss_mb": _rss_mb()}))
+    baseline = _rss_mb()
+    conn.send(("ready", {"identity": pipe.embedder.identity, "rss_mb": baseline}))
     while True:
         try:
             msg = conn.recv()
@@ -142,9 +143,11 @@ def _worker_main(conn, spec: WorkerSpec) -> None:
         except Exception as exc:  # logged here, answered as an internal error there
             log.exception("inference failed")
             reply = ("internal", f"{type(exc).__name__}: {exc}")
-        if len(data) > 1_000_000:
-            release_memory()  # a large photo's freed buffers go back to the system
-        conn.send((*reply, _rss_mb()))
+        rss = _rss_mb()
+        if rss > baseline + 100:  # a large photo (a small file can decode large): its freed buffers go back
+            release_memory()
+            rss = _rss_mb()
+        conn.send((*reply, rss))
 
 
 # ------------------------------------------------------------------ the server's side
