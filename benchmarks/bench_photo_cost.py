@@ -30,7 +30,6 @@ import gc
 import io
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -41,6 +40,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_stages import machine_info  # noqa: E402
 
 FACE = ROOT / "data" / "lfw-sample" / "Colin_Powell" / "Colin_Powell_0001.jpg"
 SERVICE_MAX_PIXELS = 40_000_000
@@ -49,24 +51,6 @@ FILES = {  # name: (file name, width, height, Pillow format, mode, face side)
     "png": ("rgba.png", 6300, 6300, "PNG", "RGBA", 3000),
     "jpeg": ("large.jpg", 7000, 5000, "JPEG", "RGB", 3000),
 }
-
-
-def machine_info() -> str:
-    import torch
-    from PIL import __version__ as pil
-
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"machine: {platform.machine()} {cpu}, {os.cpu_count()} cores; Python {platform.python_version()}; "
-        f"torch {torch.__version__}; Pillow {pil}; load average {os.getloadavg()[0]:.1f}"
-    )
 
 
 def make_file(folder: Path, key: str) -> Path:
@@ -222,7 +206,9 @@ def main() -> None:
         name, *numbers = args.shape_child
         shape_child(name, *(int(v) for v in numbers))
         return
-    print(machine_info())
+    from PIL import __version__ as pillow
+
+    print(f"{machine_info()}; Pillow {pillow}; load average {os.getloadavg()[0]:.1f}")
     if args.shapes:
         run_shapes(args.detector)
         return

@@ -123,21 +123,23 @@ def test_a_photo_that_crashes_native_code_costs_one_worker_not_the_server(db, tm
         s.stop()
 
 
-def raw_request(port: int, head: bytes, body: bytes = b"", read: bool = True, timeout: float = 20) -> bytes:
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    out = b""
+    while True:
+        try:
+            got = sock.recv(65536)
+        except socket.timeout:
+            return out
+        if not got:
+            return out
+        out += got
+
+
+def raw_request(port: int, head: bytes, body: bytes = b"", timeout: float = 20) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(head + body)
-        if not read:
-            return b""
-        out = b""
-        while True:
-            try:
-                got = sock.recv(65536)
-            except socket.timeout:
-                break
-            if not got:
-                break
-            out += got
-        return out
+        return read_until_closed(sock)
 
 
 def test_idle_request_bodies_cannot_hold_the_service(db, tmp_path):
@@ -170,21 +172,11 @@ def test_idle_request_bodies_cannot_hold_the_service(db, tmp_path):
         # each idle body is cut off with 408 and its connection closed, within the deadline
         t0 = time.monotonic()
         for sk in socks:
-            reply = b""
-            while True:
-                got = sk.recv(65536)
-                if not got:
-                    break
-                reply += got
+            reply = read_until_closed(sk)
             assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
             assert b"too slow" in reply
         for sk in slow_headers:
-            reply = b""
-            while True:
-                got = sk.recv(65536)
-                if not got:
-                    break
-                reply += got
+            reply = read_until_closed(sk)
             assert reply.startswith(b"HTTP/1.1 408") and b"headers" in reply, reply[:200]
         assert time.monotonic() - t0 < 20
         with httpx.Client(base_url=s.url, timeout=60) as c:
