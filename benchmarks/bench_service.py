@@ -48,6 +48,19 @@ def start(db: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
     return proc, url
 
 
+def tree_rss_mb(pid: int) -> float:
+    """Resident memory of a process and all its descendants (the server, its inference workers), MB."""
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+            todo += [int(k) for t in Path(f"/proc/{p}/task").iterdir() for k in (t / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return round(total, 1)
+
+
 def load(url: str, photos: list[bytes], clients: int, seconds: float, max_requests: int) -> dict:
     import httpx
 
@@ -150,7 +163,7 @@ def main() -> None:
     else:
         paths = sorted((ROOT / "data" / "lfw-sample").glob("*/*.jpg"))
     photos = [p.read_bytes() for p in paths]
-    setups = {
+    setups = {  # --inference-threads: inference worker processes per server process
         "workers1": ["--workers", "1", "--inference-threads", "1"],
         "threads2": ["--workers", "1", "--inference-threads", "2"],
         "workers2": ["--workers", "2", "--inference-threads", "1"],
@@ -179,6 +192,7 @@ def main() -> None:
                 for clients in [int(c) for c in args.clients.split(",")]:
                     row = {"setup": name, "server_args": setups[name], **load(url, photos, clients, args.seconds,
                                                                              args.max_requests)}  # fmt: skip
+                    row["server_rss_mb"] = tree_rss_mb(proc.pid)  # server + inference workers, after the level
                     print(json.dumps(row), flush=True)
                     rows.append(row)
                 if name == args.setups.split(",")[0] and args.enrolments:
