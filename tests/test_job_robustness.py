@@ -138,8 +138,9 @@ def test_align_redoes_changed_photos(photos, embedder, tmp_path):
 
 # ---- issue 23 item 1: a photo that crashes a single-process job ----------------------------------
 
-# Runs the command line with a face stage that really crashes the process (SIGSEGV, as dlib's HOG
-# did on a 34,000,000 x 1 PNG) on the photo named in CRASH_ON.
+# A sitecustomize.py for the command line: in every process (the job's and any worker it spawns),
+# a face stage that really crashes it (SIGSEGV, as dlib's HOG did on a 34,000,000 x 1 PNG) on the
+# photo named in CRASH_ON.
 CRASHER = """
 import os, signal, sys
 from openface_py.jobs import batch, dbimport, stream
@@ -155,8 +156,6 @@ def crash_on(cls, name_of):
 crash_on(stream._FaceWorker, lambda item: item)
 crash_on(batch._AlignWorker, lambda item: item[0])
 crash_on(dbimport._ImportFaces, lambda item: item[0])
-from openface_py.cli import main
-sys.exit(main(sys.argv[1:]))
 """
 
 
@@ -173,8 +172,11 @@ def test_a_photo_that_crashes_a_single_process_job_is_reported_on_the_rerun(job,
     else:
         args = [job, str(photos), str(out), "--workers", "1"]
         args += ["--model", NN4_SMALL2_DISTILLED] + (["--backend", "onnx"] if job == "run" else [])
-    cmd = [sys.executable, "-c", CRASHER, "-q", *args, "--json"]
-    env = {**os.environ, "CRASH_ON": "Tony_Blair_0002.jpg"}
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(CRASHER)
+    cmd = [sys.executable, "-m", "openface_py", "-q", *args, "--json"]
+    env = {**os.environ, "CRASH_ON": "Tony_Blair_0002.jpg", "PYTHONPATH": f"{site}{os.pathsep}{ROOT}"}
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert first.returncode == -signal.SIGSEGV, first.stderr[-2000:]
     again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -22,8 +22,10 @@ and goes on).
 With one worker the items run in this process (no pool to start, no results to copy back), so
 a crash in native code ends the job. Given a ``crash_marker`` file, each item is written to it
 before it runs and the file is removed after (also when the item raises, or on Ctrl-C): a file
-still there at the next start names the item that took the process down, which the rerun
-hands to ``on_crash`` with ``CRASHED_EARLIER`` instead of running it again. (The marker costs
+still there at the next start names the item the process died on. The rerun tries that item
+first in a worker process of its own: if it kills that one too (twice), it is handed to
+``on_crash`` with ``CRASHED_EARLIER``; if not (the job was killed from outside: kill -9, the
+out-of-memory killer for another cause), it is simply done. (The marker costs
 one small unsynced write and one unlink per item, well under a millisecond, small next to a
 photo's detection; running even one worker in a pool instead would cost a process start with
 its models loaded, and a copy of every result.)
@@ -54,8 +56,8 @@ log = logging.getLogger(__name__)
 WORKER_DIED = "the worker process died while processing it (a crash in native code, or out of memory)"
 #: The reason given for the item a single-process job was on when it died (``crash_marker``).
 CRASHED_EARLIER = (
-    "it crashed the process on an earlier run (a crash in native code, or out of memory); "
-    "--retry-failed tries it again"
+    "it crashed the process on an earlier run and its worker process when retried alone (a crash in "
+    "native code, or out of memory); --retry-failed tries it again"
 )
 
 # The one per-process object a worker builds in its pool initializer (or why it could not).
@@ -143,7 +145,7 @@ def _ready() -> bool:
 #: Why a pool whose workers die before doing anything usually does.
 NO_START_HINT = (
     "worker processes died while starting. If this runs from a script, put the call under "
-    "`if __name__ == \"__main__\":`: workers are spawned, and each imports the main script again "
+    '`if __name__ == "__main__":`: workers are spawned, and each imports the main script again '
     "(Python's multiprocessing 'spawn' start method)"
 )
 
@@ -189,12 +191,13 @@ def mapped(
         source, crashed = _set_aside(items, earlier)
     if workers <= 1:
         fn = factory(*args)
-        yield _chain(crashed, on_crash, _in_process(fn, source, marker))
+        yield _chain(_retried_apart(factory, args, crashed, on_crash), _in_process(fn, source, marker))
     else:
         pool = _Pool(factory, args, int(workers))
         try:
-            yield _chain(crashed, on_crash, pool.run(iter(source), max(1, int(max_pending or 4 * workers)), ordered,
-                                                     on_crash))  # fmt: skip
+            window = max(1, int(max_pending or 4 * workers))
+            yield _chain(_retried_apart(factory, args, crashed, on_crash),
+                         pool.run(iter(source), window, ordered, on_crash))  # fmt: skip
         finally:
             pool.close()
     if marker is not None:  # the job went through: an earlier run's marker is settled
@@ -228,14 +231,32 @@ def _set_aside(items: Iterable, earlier: Any) -> tuple[list, list]:
     return items, []
 
 
-def _chain(crashed: list, on_crash: Optional[Callable[[Any, str], Any]], results: Iterator) -> Iterator:
-    """The results of the items an earlier run crashed on (``on_crash``), then ``results``."""
-    for item in crashed:
+def _chain(first: Iterator, results: Iterator) -> Iterator:
+    yield from first
+    yield from results
+
+
+def _retried_apart(
+    factory: Callable, args: tuple, crashed: list, on_crash: Optional[Callable[[Any, str], Any]]
+) -> Iterator:
+    """The items an earlier single-process run died on, run in a worker process of their own: one
+    that kills it again is handed to ``on_crash`` with ``CRASHED_EARLIER`` (``OpenFacePyError``
+    without it); one that does not was not the cause (the job was killed) and is done."""
+    if not crashed:
+        return
+
+    def report(item: Any, _reason: str) -> Any:
         log.warning("item %r: %s", item, CRASHED_EARLIER)
         if on_crash is None:
             raise OpenFacePyError(f"{item!r}: {CRASHED_EARLIER}")
-        yield on_crash(item, CRASHED_EARLIER)
-    yield from results
+        return on_crash(item, CRASHED_EARLIER)
+
+    log.info("retrying %d item(s) an earlier run died on, in a worker process of their own", len(crashed))
+    pool = _Pool(factory, args, 1)
+    try:
+        yield from pool.run(iter(crashed), 1, True, report)
+    finally:
+        pool.close()
 
 
 def _in_process(fn: Callable, items: Iterable, marker: Optional[Path]) -> Iterator:
