@@ -27,6 +27,7 @@ from openface_py.nets.embed import (
     SAME_PERSON_THRESHOLDS,
     alignment_for,
     describe_model,
+    embedding_dim,
     load_embedder,
     model_statuses,
 )
@@ -42,7 +43,7 @@ needs_ir = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def embedder():
-    return load_embedder(MOBILEFACENET_REID)
+    return load_embedder(MOBILEFACENET_REID, backend="eager")
 
 
 def _load_png(path):
@@ -66,6 +67,18 @@ def test_embeddings_equal_openvino_on_recorded_faces(embedder):
     # and the faces are told apart: no two different photos near-identical
     sims = ours @ ours.T
     assert sims[~np.eye(len(rows), dtype=bool)].max() < 0.9
+
+
+def test_onnx_backend_matches_openvino(tmp_path, monkeypatch):
+    """The ONNX Runtime backend (exported once per weights into $OPENFACE_PY_HOME/onnx) gives
+    OpenVINO's embeddings too; ``auto`` checks it against eager at start-up."""
+    monkeypatch.setenv("OPENFACE_PY_HOME", str(tmp_path))
+    rows = json.loads((REF / "openvino-outputs.json").read_text())
+    emb = load_embedder(MOBILEFACENET_REID, backend="onnx")
+    assert emb.backend == "onnx" and list((tmp_path / "onnx").glob("mobilefacenet-*.onnx"))
+    ours = emb.embed([_load_png(REF / r["crop"]) for r in rows])
+    ref = np.array([r["openvino"] for r in rows], dtype=np.float64)
+    assert ((ours * ref).sum(axis=1) / np.linalg.norm(ref, axis=1)).min() >= 0.9999
 
 
 def test_shipped_file_matches_its_pinned_sha256():
@@ -98,7 +111,7 @@ def test_converter_reproduces_the_shipped_file_byte_for_byte(tmp_path):
 
 
 def test_registry_threshold_and_identity(embedder):
-    assert embedder.name == MOBILEFACENET_REID and embedder.dim == 256
+    assert embedder.name == MOBILEFACENET_REID and embedder.dim == 256 == embedding_dim(MOBILEFACENET_REID)
     assert embedder.same_person_threshold == SAME_PERSON_THRESHOLDS[MOBILEFACENET_REID]
     assert 0.5 < embedder.same_person_threshold < 2.0  # squared L2 on unit vectors = 2 - 2 cos
     assert embedder.alignment == intel5_spec() == alignment_for(MOBILEFACENET_REID)

@@ -167,7 +167,7 @@ class DlibResnetEmbedder(Embedder):
 class MobileFaceNetEmbedder(Embedder):
     """Intel's face-reidentification-retail-0095 (MobileFaceNet-SE) in PyTorch: 128x128 faces
     aligned by Intel's 5-point template -> 256-D unit vectors (compare by cosine, or squared
-    L2 = 2 - 2 cos). Run eagerly in PyTorch (the NN4-specific ``backends.py`` is not used)."""
+    L2 = 2 - 2 cos). Run by the same backends as NN4-small2 (``backends.py``: eager, compile, ONNX)."""
 
     dim = 256
 
@@ -178,10 +178,12 @@ class MobileFaceNetEmbedder(Embedder):
         threads: Optional[int] = None,
         device: str = "cpu",
         same_person_threshold: Optional[float] = None,
+        backend: str = "auto",
     ) -> None:
         import torch
 
-        from openface_py.nets.mobilefacenet import MobileFaceNet
+        from openface_py.nets.backends import make_runner
+        from openface_py.nets.mobilefacenet import INPUT_SIZE, MobileFaceNet
 
         if threads:
             torch.set_num_threads(int(threads))
@@ -191,19 +193,16 @@ class MobileFaceNetEmbedder(Embedder):
             self.model.load_state_dict(state)
         except RuntimeError as exc:
             raise WeightsError(f"not MobileFaceNet reid-0095 weights: {str(exc).splitlines()[0]}") from exc
-        self.device = torch.device(device)
-        self.model.eval().to(self.device)
+        self.runner = make_runner(
+            self.model.eval(), backend, device, threads, (3, INPUT_SIZE, INPUT_SIZE), "mobilefacenet", 255.0
+        )
+        self.backend = self.runner.name
         self.name = name
-        self.backend = "eager"
         self.same_person_threshold = same_person_threshold
         self.alignment = intel5_spec()
 
     def _embed_batch(self, faces: list[np.ndarray]) -> np.ndarray:
-        import torch
-
-        x = torch.from_numpy(np.stack(faces).astype(np.float32).transpose(0, 3, 1, 2))
-        with torch.inference_mode():
-            return self.model(x.to(self.device)).cpu().numpy()
+        return self.runner(np.stack(faces).astype(np.float32).transpose(0, 3, 1, 2))
 
 
 def load_mobilefacenet_state(path: Union[str, Path]) -> dict:
@@ -319,7 +318,7 @@ def load_embedder(
 ) -> Embedder:
     """An embedder by name (``MODEL_NAMES``) or by a path to NN4-small2 weights.
 
-    ``backend`` and ``device`` (NN4-small2 only): ``auto``, ``eager``, ``compile`` or ``onnx``
+    ``backend`` and ``device`` (NN4-small2 and MobileFaceNet): ``auto``, ``eager``, ``compile`` or ``onnx``
     (``backends.py``); a torch device (``cuda`` for a GPU; dlib's ResNet uses dlib's own build).
     """
     model = model or best_installed_model()
@@ -334,7 +333,11 @@ def load_embedder(
             )
         _check_sha256(path, store.MOBILEFACENET_REID0095.sha256)
         return MobileFaceNetEmbedder(
-            path, threads=threads, device=device, same_person_threshold=SAME_PERSON_THRESHOLDS[MOBILEFACENET_REID]
+            path,
+            threads=threads,
+            device=device,
+            backend=backend,
+            same_person_threshold=SAME_PERSON_THRESHOLDS[MOBILEFACENET_REID],
         )
     if model == NN4_SMALL2_DISTILLED:
         path = find_nn4_small2_distilled()
@@ -386,6 +389,11 @@ def describe_model(model: Optional[str] = None) -> tuple[str, str, AlignmentSpec
     known = known_weights(p)
     # an absolute path: workers elsewhere (Ray's) do not share this process's working directory
     return str(p.resolve()), known or f"nn4.small2@sha256:{weights_digest(p)[:16]}", openface_spec()
+
+
+def embedding_dim(model: Optional[str] = None) -> int:
+    """Length of a model's embeddings, without loading it: 256 for MobileFaceNet, else 128."""
+    return 256 if (model or best_installed_model()) == MOBILEFACENET_REID else 128
 
 
 def _nn4(path: Path, name: str, threads: Optional[int], backend: str, device: str = "cpu") -> NN4Embedder:
