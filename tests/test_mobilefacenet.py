@@ -161,22 +161,22 @@ def test_compare_cli_tells_sample_people_apart():
 
 @needs_lfw
 def test_lfw_subset_accuracy_floor(embedder):
-    """The first 15 same and 15 different pairs of each of folds 1 and 6 of pairs.txt (HOG, dlib68
-    alignment, the model's own threshold): at least 95% right (full LFW: BENCHMARKS.md)."""
-    from openface_py.eval.lfw import image_name, parse_pairs
-    from openface_py.faces.detect import HogDetector
+    """The first 10 same and 10 different pairs of folds 1 and 6 of pairs.txt, aligned from dlib's
+    68 landmarks in LFW's central box (deep funnelling centres the face; no detector, to keep the
+    test fast), judged by the model's own threshold: at least 95% right (full LFW: BENCHMARKS.md)."""
+    from openface_py.eval.lfw import FALLBACK_BOX, image_name, parse_pairs
+    from openface_py.faces.detect import BoundingBox
     from openface_py.io import load_image
 
     pairs, _, per = parse_pairs(LFW / "pairs.txt")
-    chosen = [p for f in (0, 5) for p in pairs[2 * f * per : 2 * f * per + 15] + pairs[(2 * f + 1) * per :][:15]]
-    det, aligner = HogDetector(1), Intel5Aligner()
+    chosen = [p for f in (0, 5) for p in pairs[2 * f * per :][:10] + pairs[(2 * f + 1) * per :][:10]]
+    aligner, box = Intel5Aligner(), BoundingBox(*FALLBACK_BOX)
 
     def rep(name: str, num: int) -> np.ndarray:
-        rgb = load_image(LFW / "deepfunneled" / image_name(name, num))
-        box = max(det.detect(rgb), key=lambda d: d.box.area).box
-        return embedder.embed([aligner.align(rgb, box).image])[0]
+        return embedder.embed([aligner.align(load_image(LFW / "deepfunneled" / image_name(name, num)), box).image])[0]
 
     dist = np.array([np.sum((rep(p.name1, p.num1) - rep(p.name2, p.num2)) ** 2) for p in chosen])
     same = np.array([p.same for p in chosen])
-    assert same.sum() == 30 and (~same).sum() == 30
+    assert same.sum() == 20 and (~same).sum() == 20
     assert ((dist < embedder.same_person_threshold) == same).mean() >= 0.95
+    assert dist[same].max() < dist[~same].min() + 0.3  # nearly separable, not just right on average
