@@ -71,6 +71,13 @@ NN4_SMALL2_DISTILLED = ShippedFile(
 MTCNN_WEIGHTS = ShippedFile("mtcnn.pt", "67bbb01021b97a47af0602f1d2e69d1f95b74fef91be9befab4f85c869804d4f")
 
 
+#: Intel's face-reidentification-retail-0095 (MobileFaceNet-SE, Apache-2.0) converted from its
+#: OpenVINO IR by models/convert_reid0095.py (models/REID0095_CARD.md).
+MOBILEFACENET_REID0095 = ShippedFile(
+    "mobilefacenet-reid-0095.pt", "a05295e315fba911698b432de482e12956fd13436443d576a623c0b40017be9d"
+)
+
+
 def cache_dir() -> Path:
     """The weights cache: ``$OPENFACE_PY_HOME`` or ``~/.cache/openface_py``."""
     env = os.environ.get("OPENFACE_PY_HOME")

@@ -74,13 +74,13 @@ def register(add_command) -> None:
 
 
 def cmd_align(args: argparse.Namespace) -> int:
-    from openface_py.faces.align import DLIB_CHIP_METHOD, openface_spec
+    from openface_py.faces.align import OPENFACE_METHOD, openface_spec
     from openface_py.jobs.batch import align_folder
     from openface_py.nets.embed import alignment_for
 
     args.model = checked_model(args.model)  # a typo exits 2 here, as in every other command
     spec = alignment_for(args.model)
-    if spec.method == DLIB_CHIP_METHOD:
+    if spec.method != OPENFACE_METHOD:
         if args.size is not None or args.landmarks is not None:
             raise UsageError(f"--size/--landmarks apply to OpenFace alignment; {args.model} needs {spec.identity}")
     else:

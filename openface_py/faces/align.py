@@ -12,6 +12,12 @@
   (point 30) by the same kind of transform.
 * ``DlibChipAligner``: dlib's own 5-point similarity-transform chip (150x150, padding 0.25),
   the input dlib's ResNet face recogniser was trained on.
+* ``Intel5Aligner``: the alignment of Intel's face-reidentification-retail-0095 (MobileFaceNet):
+  a least-squares similarity transform (rotation, uniform scale, shift; Umeyama 1991) of 5
+  points (eye centres, nose tip, mouth corners, as seen in the image) onto Intel's template
+  (``INTEL5_TEMPLATE``, fractions of the side), 128x128. The points are MTCNN's 5 when the
+  detector was set to align from them (``align_from="mtcnn5"``), else dlib's 68 landmarks in
+  the box reduced to 5 (means of 36-41 and 42-47, 30, 48, 54).
 
 Each aligner has an ``AlignmentSpec``; embedders declare the spec they need, and aligned
 folders record it, so faces aligned for one model are never fed to another.
@@ -41,6 +47,16 @@ LANDMARK_SETS = {
 
 OPENFACE_METHOD = "openface-affine"
 DLIB_CHIP_METHOD = "dlib-chip"
+INTEL5_METHOD = "intel5-similarity"
+#: Intel's 5-point template of face-reidentification-retail-0095, as fractions of the aligned side:
+#: left eye, right eye, nose tip, left and right mouth corner (Open Model Zoo, the model's documentation).
+INTEL5_TEMPLATE = (
+    (0.31556875, 0.4615741),
+    (0.6826229, 0.4615741),
+    (0.5002625, 0.6405054),
+    (0.3494719, 0.8246919),
+    (0.6534187, 0.8246919),
+)
 
 
 @dataclass(frozen=True)
@@ -53,7 +69,7 @@ class AlignmentSpec:
     padding: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.method not in (OPENFACE_METHOD, DLIB_CHIP_METHOD):
+        if self.method not in (OPENFACE_METHOD, DLIB_CHIP_METHOD, INTEL5_METHOD):
             raise UsageError(f"unknown alignment method {self.method!r}")
         if self.method == OPENFACE_METHOD and self.landmarks not in LANDMARK_SETS:
             raise UsageError(f"unknown landmark set {self.landmarks!r} (choose from {', '.join(LANDMARK_SETS)})")
@@ -85,6 +101,11 @@ def openface_spec(size: int = 96, landmarks: str = "outerEyesAndNose") -> Alignm
 
 def dlib_chip_spec(size: int = 150, padding: float = 0.25) -> AlignmentSpec:
     return AlignmentSpec(DLIB_CHIP_METHOD, size, "dlib5", padding)
+
+
+def intel5_spec(size: int = 128) -> AlignmentSpec:
+    """Intel's 5-point similarity alignment (MobileFaceNet reid-0095), ``size`` square."""
+    return AlignmentSpec(INTEL5_METHOD, size, "5points")
 
 
 #: How a face was aligned: dlib's 68 landmarks in the detector's box, or the detector's 5 points.
@@ -150,6 +171,40 @@ def five_point_transform(points: np.ndarray, size: int, scale: float = 1.0) -> n
     return cv2.getAffineTransform(src, five_point_destination(size, scale).astype(np.float32))
 
 
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 2x3 similarity (rotation, uniform scale, shift; no reflection) that best maps ``src``
+    onto ``dst`` in least squares (Umeyama, "Least-squares estimation of transformation parameters
+    between two point patterns", IEEE TPAMI 1991). Both (K, 2), K >= 2."""
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+    s, d = src - mu_s, dst - mu_d
+    var_s = (s**2).sum() / len(src)
+    if var_s <= 1e-12:
+        raise ValueError("degenerate landmarks: all points coincide")
+    u, sig, vt = np.linalg.svd(d.T @ s / len(src))
+    sign = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1] = -1.0
+    rot = u @ np.diag(sign) @ vt
+    scale = (sig * sign).sum() / var_s
+    m = np.empty((2, 3))
+    m[:, :2] = scale * rot
+    m[:, 2] = mu_d - scale * rot @ mu_s
+    return m
+
+
+def intel5_destination(size: int = 128) -> np.ndarray:
+    """Where Intel's 5 template points land in a ``size`` x ``size`` aligned image, (5, 2)."""
+    return np.asarray(INTEL5_TEMPLATE, dtype=np.float64) * size
+
+
+def five_from_68(landmarks: np.ndarray) -> np.ndarray:
+    """dlib's 68 landmarks -> the 5 points of MTCNN/Intel: eye centres, nose tip, mouth corners."""
+    pts = np.asarray(landmarks, dtype=np.float64)
+    return np.stack([pts[36:42].mean(axis=0), pts[42:48].mean(axis=0), pts[30], pts[48], pts[54]])
+
+
 class Aligner(Protocol):
     spec: AlignmentSpec
 
@@ -179,7 +234,7 @@ def align_detection(aligner: Aligner, rgb: np.ndarray, det) -> AlignedFace:
     """Align one ``Detection``: from its 5 points when its detector was set to align from them
     (and the aligner can), else from dlib's landmarks in its box (an MTCNN box first mapped to
     the box dlib's landmark models expect, ``dlib_box_for``). The face keeps the detector's box."""
-    if det.points is not None and det.align_with_points and aligner.spec.method == OPENFACE_METHOD:
+    if det.points is not None and det.align_with_points and aligner.spec.method in (OPENFACE_METHOD, INTEL5_METHOD):
         return aligner.align(rgb, det.box, score=det.score, points=np.asarray(det.points, dtype=np.float64))
     if det.found_by == "mtcnn":
         face = aligner.align(rgb, dlib_box_for(det.raw_box or det.box), score=det.score)
@@ -258,8 +313,40 @@ class DlibChipAligner:
         return AlignedFace(box=box, landmarks=pts, image=np.asarray(chip), score=score, aligned_from=DLIB5)
 
 
+class Intel5Aligner:
+    """Intel's 5-point similarity alignment (see module docstring), for MobileFaceNet reid-0095."""
+
+    def __init__(self, size: int = 128, predictor_path: Optional[Union[str, Path]] = None) -> None:
+        import dlib
+
+        self.spec = intel5_spec(size)
+        path = predictor_path or store.dlib_model_path(store.DLIB_LANDMARKS_68)
+        self._predictor = dlib.shape_predictor(str(path))
+
+    def warp(self, rgb: np.ndarray, points5: np.ndarray) -> np.ndarray:
+        """The aligned face from 5 photo points (left eye, right eye, nose, mouth corners)."""
+        import cv2
+
+        m = similarity_transform(points5, intel5_destination(self.spec.size))
+        size = self.spec.size
+        return cv2.warpAffine(np.ascontiguousarray(rgb), m, (size, size), flags=cv2.INTER_LINEAR)
+
+    def align(
+        self, rgb: np.ndarray, box: BoundingBox, score: float = 0.0, points: Optional[np.ndarray] = None
+    ) -> AlignedFace:
+        """Align from ``points`` (a detector's 5) when given, else from dlib's 68 landmarks in ``box``."""
+        if points is not None:
+            pts = np.asarray(points, dtype=np.float64)
+            return AlignedFace(box, pts, self.warp(rgb, pts), score, MTCNN5)
+        shape = self._predictor(np.ascontiguousarray(rgb), box.to_dlib())
+        pts68 = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
+        return AlignedFace(box, pts68, self.warp(rgb, five_from_68(pts68)), score, DLIB68)
+
+
 def make_aligner(spec: AlignmentSpec) -> Aligner:
     """The aligner that produces faces of ``spec``."""
+    if spec.method == INTEL5_METHOD:
+        return Intel5Aligner(size=spec.size)
     if spec.method == OPENFACE_METHOD:
         return OpenFaceAligner(size=spec.size, landmarks=spec.landmarks)
     return DlibChipAligner(size=spec.size, padding=spec.padding)

@@ -1,11 +1,13 @@
-"""Inference backends for NN4-small2: the same network, three ways to run it on a CPU (or GPU).
+"""Inference backends for an embedding network (NN4-small2, MobileFaceNet): the same network,
+three ways to run it on a CPU (or GPU). The input shape is the network's (``input_shape``,
+(3, 96, 96) for NN4-small2, (3, 128, 128) for MobileFaceNet).
 
 * ``eager``: PyTorch as written, channels-last memory layout, ``inference_mode``.
 * ``compile``: ``torch.compile`` (Inductor) of the channels-last network. Batches are padded to
   a power of two so a run compiles a handful of shapes once; Inductor's cache lives under
   ``$OPENFACE_PY_HOME/inductor`` so a second process starts faster.
 * ``onnx``: the network exported with ``torch.onnx`` once per weights file (cached as
-  ``$OPENFACE_PY_HOME/onnx/<sha256 of the weights>.onnx``) and run by ONNX Runtime.
+  ``$OPENFACE_PY_HOME/onnx/<tag>-<sha256 of the weights>.onnx``) and run by ONNX Runtime.
 
 ``auto`` takes the first that builds and passes a start-up check against eager on one batch,
 in ``AUTO_ORDER``; any failure (package missing, compiler error, mismatch) logs why and falls
@@ -42,7 +44,7 @@ STARTUP_TOLERANCE = 1e-4
 
 @dataclass
 class Runner:
-    """A built backend: ``run`` maps (N, 3, 96, 96) float32 in [0, 1] to (N, 128) float32."""
+    """A built backend: ``run`` maps (N, *input_shape) float32 faces to (N, dim) float32 embeddings."""
 
     name: str
     run: Callable[[np.ndarray], np.ndarray]
@@ -95,12 +97,15 @@ def _compiled(model: torch.nn.Module, device: torch.device) -> Callable[[np.ndar
     return run
 
 
-def onnx_path(model: torch.nn.Module) -> Path:
-    return store.cache_dir() / "onnx" / f"nn4.small2-{state_digest(model)[:16]}.onnx"
+NN4_INPUT = (3, 96, 96)
 
 
-def export_onnx(model: torch.nn.Module, dest: Path) -> Path:
-    """Export NN4-small2 to ONNX (opset 17, dynamic batch) atomically."""
+def onnx_path(model: torch.nn.Module, tag: str = "nn4.small2") -> Path:
+    return store.cache_dir() / "onnx" / f"{tag}-{state_digest(model)[:16]}.onnx"
+
+
+def export_onnx(model: torch.nn.Module, dest: Path, input_shape: tuple[int, ...] = NN4_INPUT) -> Path:
+    """Export an embedding network to ONNX (opset 17, dynamic batch) atomically."""
     import warnings
 
     buf = _io.BytesIO()
@@ -109,7 +114,7 @@ def export_onnx(model: torch.nn.Module, dest: Path) -> Path:
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python code
         torch.onnx.export(
             net,
-            (torch.zeros(1, 3, 96, 96),),
+            (torch.zeros(1, *input_shape),),
             buf,
             dynamo=False,
             input_names=["faces"],
@@ -121,12 +126,14 @@ def export_onnx(model: torch.nn.Module, dest: Path) -> Path:
     return dest
 
 
-def _onnx(model: torch.nn.Module, threads: Optional[int]) -> Callable[[np.ndarray], np.ndarray]:
+def _onnx(
+    model: torch.nn.Module, threads: Optional[int], input_shape: tuple[int, ...], tag: str
+) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime as ort
 
-    path = onnx_path(model)
+    path = onnx_path(model, tag)
     if not path.is_file():
-        export_onnx(model, path)
+        export_onnx(model, path, input_shape)
         log.info("exported ONNX model to %s", path)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads or torch.get_num_threads())
@@ -140,8 +147,15 @@ def _onnx(model: torch.nn.Module, threads: Optional[int]) -> Callable[[np.ndarra
     return run
 
 
-def build(model: torch.nn.Module, backend: str, device: str = "cpu", threads: Optional[int] = None) -> Runner:
-    """Build one backend (no fallback); raises if it cannot run here."""
+def build(
+    model: torch.nn.Module,
+    backend: str,
+    device: str = "cpu",
+    threads: Optional[int] = None,
+    input_shape: tuple[int, ...] = NN4_INPUT,
+    tag: str = "nn4.small2",
+) -> Runner:
+    """Build one backend (no fallback); raises if it cannot run here. ``tag`` names cached exports."""
     t0 = time.perf_counter()
     dev = torch.device(device)
     if backend == "eager":
@@ -151,31 +165,38 @@ def build(model: torch.nn.Module, backend: str, device: str = "cpu", threads: Op
     elif backend == "onnx":
         if dev.type != "cpu":
             raise RuntimeError("the onnx backend runs on the CPU only here")
-        run = _onnx(model, threads)
+        run = _onnx(model, threads, tuple(input_shape), tag)
     else:
         raise UsageError(f"unknown backend {backend!r} (choose from auto, {', '.join(BACKENDS)})")
     runner = Runner(backend, run, 0.0)
-    runner(np.zeros((1, 3, 96, 96), np.float32))  # first call: compiles / allocates
+    runner(np.zeros((1, *input_shape), np.float32))  # first call: compiles / allocates
     runner.startup_s = time.perf_counter() - t0
     return runner
 
 
 def make_runner(
-    model: torch.nn.Module, backend: str = "auto", device: str = "cpu", threads: Optional[int] = None
+    model: torch.nn.Module,
+    backend: str = "auto",
+    device: str = "cpu",
+    threads: Optional[int] = None,
+    input_shape: tuple[int, ...] = NN4_INPUT,
+    tag: str = "nn4.small2",
+    probe_scale: float = 1.0,
 ) -> Runner:
     """The requested backend, or with ``auto`` the first of ``AUTO_ORDER`` that works here.
 
     Every non-eager backend is checked against eager on a random batch at start-up; a
-    mismatch above ``STARTUP_TOLERANCE`` counts as a failure.
+    mismatch above ``STARTUP_TOLERANCE`` counts as a failure. ``probe_scale``: the range of the
+    network's input values (1 for NN4-small2's [0, 1], 255 for MobileFaceNet's 0-255).
     """
     if backend != "auto":
-        return build(model, backend, device, threads)
+        return build(model, backend, device, threads, input_shape, tag)
     reference = _eager(model, torch.device(device))
-    probe = np.random.default_rng(0).random((2, 3, 96, 96), dtype=np.float32)
+    probe = np.random.default_rng(0).random((2, *input_shape), dtype=np.float32) * np.float32(probe_scale)
     expected = reference(probe)
     for name in AUTO_ORDER:
         try:
-            runner = build(model, name, device, threads)
+            runner = build(model, name, device, threads, input_shape, tag)
             err = float(np.abs(runner(probe) - expected).max())
             if err > STARTUP_TOLERANCE:
                 raise RuntimeError(f"outputs differ from eager by {err:.2e}")

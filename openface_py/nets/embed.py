@@ -9,6 +9,11 @@ Models by name (``MODEL_NAMES``):
   pinned; see ``models/MODEL_CARD.md``). Used by default when nn4.small2.v1 is not installed.
 * ``dlib-resnet-v1``: dlib's ResNet face recogniser (``dlib_face_recognition_resnet_model_v1.dat``,
   dlib's 150x150 5-point chip), installed with ``face_recognition_models``.
+* ``mobilefacenet-reid-0095``: Intel's face-reidentification-retail-0095 (MobileFaceNet with SE
+  blocks, Apache-2.0) in the project's PyTorch (``nets/mobilefacenet.py``), weights converted
+  from Intel's IR and shipped (``models/mobilefacenet-reid-0095.pt``, SHA-256 pinned; see
+  ``models/REID0095_CARD.md``); Intel's 5-point 128x128 alignment; **256-D** unit vectors, so
+  the squared L2 distance is 2 - 2 cos.
 
 Anywhere a model is named, a path to NN4-small2 weights (``.pt``, ``.t7`` or a CSV folder)
 works too. A path is identified by the weights' content (SHA-256), never by its file name: a
@@ -30,7 +35,7 @@ import numpy as np
 
 from openface_py import store
 from openface_py.errors import ModelNotInstalledError, UsageError, WeightsError
-from openface_py.faces.align import AlignmentSpec, dlib_chip_spec, openface_spec
+from openface_py.faces.align import AlignmentSpec, dlib_chip_spec, intel5_spec, openface_spec
 from openface_py.io import iter_chunks
 
 log = logging.getLogger(__name__)
@@ -38,7 +43,8 @@ log = logging.getLogger(__name__)
 NN4_SMALL2_V1 = "nn4.small2.v1"
 NN4_SMALL2_DISTILLED = "nn4.small2.distilled-v2"
 DLIB_RESNET_V1 = "dlib-resnet-v1"
-MODEL_NAMES = (NN4_SMALL2_V1, NN4_SMALL2_DISTILLED, DLIB_RESNET_V1)
+MOBILEFACENET_REID = "mobilefacenet-reid-0095"
+MODEL_NAMES = (NN4_SMALL2_V1, NN4_SMALL2_DISTILLED, DLIB_RESNET_V1, MOBILEFACENET_REID)
 #: What "no --model" means: the first of these that is installed.
 DEFAULT_PREFERENCE = (NN4_SMALL2_V1, NN4_SMALL2_DISTILLED, DLIB_RESNET_V1)
 DEFAULT_MODEL = NN4_SMALL2_V1
@@ -47,8 +53,16 @@ DEFAULT_MODEL = NN4_SMALL2_V1
 #: nn4.small2.v1: OpenFace's mean LFW threshold 0.99 (OpenFace docs, "Demo 2: comparing two images");
 #: dlib-resnet-v1: dlib's / face_recognition's tolerance 0.6 on the L2 distance, i.e. 0.36 squared.
 #: nn4.small2.distilled-v2: the mean of its 10 LFW fold thresholds (models/MODEL_CARD.md).
-SAME_PERSON_THRESHOLDS = {NN4_SMALL2_V1: 0.99, NN4_SMALL2_DISTILLED: 0.160, DLIB_RESNET_V1: 0.36}
+#: mobilefacenet-reid-0095: the mean of its 10 LFW fold thresholds (models/REID0095_CARD.md);
+#: on its unit 256-D vectors squared L2 = 2 - 2 cos, so this is cos >= 1 - threshold / 2.
+SAME_PERSON_THRESHOLDS = {
+    NN4_SMALL2_V1: 0.99,
+    NN4_SMALL2_DISTILLED: 0.160,
+    DLIB_RESNET_V1: 0.36,
+    MOBILEFACENET_REID: 1.0,
+}
 #: The shipped model's LFW figure, as measured by ``openface-py lfw`` (models/MODEL_CARD.md).
+REID0095_LFW_NOTE = "LFW to be measured"
 DISTILLED_LFW_NOTE = "LFW 0.9465 +- 0.0102 (mirror-averaged 0.9492) measured by `openface-py lfw`"
 
 
@@ -150,6 +164,67 @@ class DlibResnetEmbedder(Embedder):
         return np.array([np.array(v) for v in vecs], dtype=np.float32)
 
 
+class MobileFaceNetEmbedder(Embedder):
+    """Intel's face-reidentification-retail-0095 (MobileFaceNet-SE) in PyTorch: 128x128 faces
+    aligned by Intel's 5-point template -> 256-D unit vectors (compare by cosine, or squared
+    L2 = 2 - 2 cos). Run by the same backends as NN4-small2 (``backends.py``: eager, compile, ONNX)."""
+
+    dim = 256
+
+    def __init__(
+        self,
+        weights: Union[str, Path, dict],
+        name: str = MOBILEFACENET_REID,
+        threads: Optional[int] = None,
+        device: str = "cpu",
+        same_person_threshold: Optional[float] = None,
+        backend: str = "auto",
+    ) -> None:
+        import torch
+
+        from openface_py.nets.backends import make_runner
+        from openface_py.nets.mobilefacenet import INPUT_SIZE, MobileFaceNet
+
+        if threads:
+            torch.set_num_threads(int(threads))
+        state = weights if isinstance(weights, dict) else load_mobilefacenet_state(weights)
+        self.model = MobileFaceNet()
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise WeightsError(f"not MobileFaceNet reid-0095 weights: {str(exc).splitlines()[0]}") from exc
+        self.runner = make_runner(
+            self.model.eval(), backend, device, threads, (3, INPUT_SIZE, INPUT_SIZE), "mobilefacenet", 255.0
+        )
+        self.backend = self.runner.name
+        self.name = name
+        self.same_person_threshold = same_person_threshold
+        self.alignment = intel5_spec()
+
+    def _embed_batch(self, faces: list[np.ndarray]) -> np.ndarray:
+        return self.runner(np.stack(faces).astype(np.float32).transpose(0, 3, 1, 2))
+
+
+def load_mobilefacenet_state(path: Union[str, Path]) -> dict:
+    """The state dict of a MobileFaceNet ``.pt`` (``{"state_dict": ...}`` or a bare state dict)."""
+    import torch
+
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"{path}: cannot read MobileFaceNet weights ({type(exc).__name__}: {exc})") from exc
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: not a MobileFaceNet state dict")
+    return state
+
+
+def find_mobilefacenet_reid() -> Optional[Path]:
+    """The shipped MobileFaceNet reid-0095 weights (``models/``), or None if this installation lacks them."""
+    cand = store.project_models_dir() / store.MOBILEFACENET_REID0095.filename
+    return cand if cand.is_file() else None
+
+
 @dataclass(frozen=True)
 class ModelStatus:
     """What ``models list`` reports about one named model."""
@@ -198,6 +273,7 @@ def model_statuses() -> list[ModelStatus]:
     """Every named model, whether it is installed here, and where."""
     nn4 = find_nn4_small2_v1()
     distilled = find_nn4_small2_distilled()
+    mfn = find_mobilefacenet_reid()
     try:
         dlib_path: Optional[Path] = store.dlib_model_path(store.DLIB_RESNET)
     except ModelNotInstalledError:
@@ -225,6 +301,13 @@ def model_statuses() -> list[ModelStatus]:
             dlib_chip_spec().identity,
             "dlib's ResNet (from face_recognition_models); LFW 0.9938 as reported by dlib",
         ),
+        ModelStatus(
+            MOBILEFACENET_REID,
+            mfn is not None,
+            str(mfn) if mfn else None,
+            intel5_spec().identity,
+            f"Intel's MobileFaceNet (Apache-2.0), shipped, 256-D; {REID0095_LFW_NOTE}",
+        ),
     ]
 
 
@@ -243,12 +326,27 @@ def load_embedder(
 ) -> Embedder:
     """An embedder by name (``MODEL_NAMES``) or by a path to NN4-small2 weights.
 
-    ``backend`` and ``device`` (NN4-small2 only): ``auto``, ``eager``, ``compile`` or ``onnx``
+    ``backend`` and ``device`` (NN4-small2 and MobileFaceNet): ``auto``, ``eager``, ``compile`` or ``onnx``
     (``backends.py``); a torch device (``cuda`` for a GPU; dlib's ResNet uses dlib's own build).
     """
     model = model or best_installed_model()
     if model == DLIB_RESNET_V1:
         return DlibResnetEmbedder()
+    if model == MOBILEFACENET_REID:
+        path = find_mobilefacenet_reid()
+        if path is None:
+            raise ModelNotInstalledError(
+                f"{store.MOBILEFACENET_REID0095.filename} is not in {store.project_models_dir()}: this "
+                "installation lacks the shipped weights (reinstall the package, or use a source checkout)"
+            )
+        _check_sha256(path, store.MOBILEFACENET_REID0095.sha256)
+        return MobileFaceNetEmbedder(
+            path,
+            threads=threads,
+            device=device,
+            backend=backend,
+            same_person_threshold=SAME_PERSON_THRESHOLDS[MOBILEFACENET_REID],
+        )
     if model == NN4_SMALL2_DISTILLED:
         path = find_nn4_small2_distilled()
         if path is None:
@@ -299,6 +397,11 @@ def describe_model(model: Optional[str] = None) -> tuple[str, str, AlignmentSpec
     known = known_weights(p)
     # an absolute path: workers elsewhere (Ray's) do not share this process's working directory
     return str(p.resolve()), known or f"nn4.small2@sha256:{weights_digest(p)[:16]}", openface_spec()
+
+
+def embedding_dim(model: Optional[str] = None) -> int:
+    """Length of a model's embeddings, without loading it: 256 for MobileFaceNet, else 128."""
+    return 256 if (model or best_installed_model()) == MOBILEFACENET_REID else 128
 
 
 def _nn4(path: Path, name: str, threads: Optional[int], backend: str, device: str = "cpu") -> NN4Embedder:
@@ -360,8 +463,11 @@ def weights_metadata(path: Union[str, Path]) -> dict:
 
 def alignment_for(model: Optional[str]) -> AlignmentSpec:
     """The alignment a model needs, without loading its weights (None: the default model)."""
-    if (model or best_installed_model()) == DLIB_RESNET_V1:
+    name = model or best_installed_model()
+    if name == DLIB_RESNET_V1:
         return dlib_chip_spec()
+    if name == MOBILEFACENET_REID:
+        return intel5_spec()
     return openface_spec()
 
 

@@ -1,0 +1,182 @@
+"""MobileFaceNet reid-0095 (Intel's face-reidentification-retail-0095 in our PyTorch): parity with
+OpenVINO's outputs recorded in tests/data/reid0095, the converter, the pinned weights, Intel's
+5-point alignment, the registry entry and an LFW-subset accuracy floor."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import LFW, ROOT, SAMPLE, SHARED, needs_lfw
+
+from openface_py import store
+from openface_py.errors import WeightsError
+from openface_py.faces.align import (
+    INTEL5_TEMPLATE,
+    Intel5Aligner,
+    align_detection,
+    five_from_68,
+    intel5_spec,
+    similarity_transform,
+)
+from openface_py.nets.embed import (
+    MOBILEFACENET_REID,
+    SAME_PERSON_THRESHOLDS,
+    alignment_for,
+    describe_model,
+    embedding_dim,
+    load_embedder,
+    model_statuses,
+)
+
+REF = ROOT / "tests" / "data" / "reid0095"
+SHIPPED = store.project_models_dir() / store.MOBILEFACENET_REID0095.filename
+IR = SHARED / "models" / "intel-open-model-zoo"
+needs_ir = pytest.mark.skipif(
+    not (IR / "face-reidentification-retail-0095-FP16.bin").is_file(),
+    reason=f"needs Intel's IR files at {IR} (../shared, present in CI)",
+)
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    return load_embedder(MOBILEFACENET_REID, backend="eager")
+
+
+def _load_png(path):
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_embeddings_equal_openvino_on_recorded_faces(embedder):
+    """Cosine >= 0.9999 with the OpenVINO runtime's outputs on the IR (float32), recorded once
+    outside the project (tests/data/reid0095/README.md); crops aligned from dlib68 and mtcnn5."""
+    rows = json.loads((REF / "openvino-outputs.json").read_text())
+    assert len(rows) >= 6 and {r["aligned_from"] for r in rows} == {"dlib68", "mtcnn5"}
+    ours = embedder.embed([_load_png(REF / r["crop"]) for r in rows])
+    ref = np.array([r["openvino"] for r in rows], dtype=np.float64)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    assert ours.shape == (len(rows), 256) and ours.dtype == np.float32
+    assert np.allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-5)
+    cos = (ours * ref).sum(axis=1)
+    assert cos.min() >= 0.9999, cos
+    # and the faces are told apart: no two different photos near-identical
+    sims = ours @ ours.T
+    assert sims[~np.eye(len(rows), dtype=bool)].max() < 0.9
+
+
+def test_onnx_backend_matches_openvino(tmp_path, monkeypatch):
+    """The ONNX Runtime backend (exported once per weights into $OPENFACE_PY_HOME/onnx) gives
+    OpenVINO's embeddings too; ``auto`` checks it against eager at start-up."""
+    monkeypatch.setenv("OPENFACE_PY_HOME", str(tmp_path))
+    rows = json.loads((REF / "openvino-outputs.json").read_text())
+    emb = load_embedder(MOBILEFACENET_REID, backend="onnx")
+    assert emb.backend == "onnx" and list((tmp_path / "onnx").glob("mobilefacenet-*.onnx"))
+    ours = emb.embed([_load_png(REF / r["crop"]) for r in rows])
+    ref = np.array([r["openvino"] for r in rows], dtype=np.float64)
+    assert ((ours * ref).sum(axis=1) / np.linalg.norm(ref, axis=1)).min() >= 0.9999
+
+
+def test_shipped_file_matches_its_pinned_sha256():
+    assert SHIPPED.is_file(), f"{SHIPPED} is missing from the checkout"
+    assert store.sha256sum(SHIPPED) == store.MOBILEFACENET_REID0095.sha256
+    assert (ROOT / "models" / "REID0095_CARD.md").is_file()
+
+
+def test_a_changed_file_is_refused(tmp_path, monkeypatch):
+    bad = tmp_path / "models"
+    bad.mkdir()
+    data = bytearray(SHIPPED.read_bytes())
+    data[-100] ^= 0xFF
+    (bad / SHIPPED.name).write_bytes(bytes(data))
+    monkeypatch.setattr(store, "project_models_dir", lambda: bad)
+    with pytest.raises(WeightsError, match="does not match the pinned"):
+        load_embedder(MOBILEFACENET_REID)
+
+
+@needs_ir
+def test_converter_reproduces_the_shipped_file_byte_for_byte(tmp_path):
+    out = tmp_path / store.MOBILEFACENET_REID0095.filename
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "models" / "convert_reid0095.py"), str(IR), "-o", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "1,106,808 parameters" in r.stdout
+    assert store.sha256sum(out) == store.MOBILEFACENET_REID0095.sha256
+
+
+def test_registry_threshold_and_identity(embedder):
+    assert embedder.name == MOBILEFACENET_REID and embedder.dim == 256 == embedding_dim(MOBILEFACENET_REID)
+    assert embedder.same_person_threshold == SAME_PERSON_THRESHOLDS[MOBILEFACENET_REID]
+    assert 0.5 < embedder.same_person_threshold < 2.0  # squared L2 on unit vectors = 2 - 2 cos
+    assert embedder.alignment == intel5_spec() == alignment_for(MOBILEFACENET_REID)
+    assert embedder.identity == "mobilefacenet-reid-0095|intel5-similarity/128/5points"
+    assert describe_model(MOBILEFACENET_REID) == (MOBILEFACENET_REID, MOBILEFACENET_REID, intel5_spec())
+    (st,) = [s for s in model_statuses() if s.name == MOBILEFACENET_REID]
+    assert st.installed and st.path == str(SHIPPED)
+    with pytest.raises(ValueError, match=r"\(128, 128, 3\)"):
+        embedder.embed([np.zeros((96, 96, 3), np.uint8)])
+
+
+def test_similarity_transform_recovers_a_known_one():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 200, (5, 2))
+    a, s, t = 0.3, 1.7, np.array([12.0, -5.0])
+    rot = s * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    m = similarity_transform(src, src @ rot.T + t)
+    assert np.allclose(m[:, :2], rot) and np.allclose(m[:, 2], t)
+
+
+@pytest.mark.parametrize("align_from", ["mtcnn5", "dlib68"])
+def test_alignment_puts_the_points_on_intels_template(sample_rgb, align_from):
+    """MTCNN's 5 points (or the 5 taken from dlib's 68) land near Intel's template at 128x128."""
+    from openface_py.faces.detect import make_detector
+
+    det = make_detector("mtcnn", align_from=align_from).detect(sample_rgb)[0]
+    aligner = Intel5Aligner()
+    face = align_detection(aligner, sample_rgb, det)
+    assert face.aligned_from == align_from and face.image.shape == (128, 128, 3)
+    pts = face.landmarks if align_from == "mtcnn5" else five_from_68(face.landmarks)
+    m = similarity_transform(pts, np.array(INTEL5_TEMPLATE) * 128)
+    moved = pts @ m[:, :2].T + m[:, 2]
+    assert np.abs(moved - np.array(INTEL5_TEMPLATE) * 128).max() < 6.0  # px, a frontal face
+
+
+def test_compare_cli_tells_sample_people_apart():
+    photos = [SAMPLE / "Colin_Powell" / f"Colin_Powell_000{i}.jpg" for i in (1, 2)]
+    photos.append(SAMPLE / "Tony_Blair" / "Tony_Blair_0001.jpg")
+    r = subprocess.run(
+        [sys.executable, "-m", "openface_py", "compare", "--model", MOBILEFACENET_REID, *map(str, photos)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    verdicts = [line.strip() for line in r.stdout.splitlines() if "person" in line or "people" in line]
+    assert verdicts[0].startswith("+ same person") and all(v.startswith("+ different") for v in verdicts[1:])
+
+
+@needs_lfw
+def test_lfw_subset_accuracy_floor(embedder):
+    """The first 10 same and 10 different pairs of folds 1 and 6 of pairs.txt, aligned from dlib's
+    68 landmarks in LFW's central box (deep funnelling centres the face; no detector, to keep the
+    test fast), judged by the model's own threshold: at least 95% right (full LFW: BENCHMARKS.md)."""
+    from openface_py.eval.lfw import FALLBACK_BOX, image_name, parse_pairs
+    from openface_py.faces.detect import BoundingBox
+    from openface_py.io import load_image
+
+    pairs, _, per = parse_pairs(LFW / "pairs.txt")
+    chosen = [p for f in (0, 5) for p in pairs[2 * f * per :][:10] + pairs[(2 * f + 1) * per :][:10]]
+    aligner, box = Intel5Aligner(), BoundingBox(*FALLBACK_BOX)
+
+    def rep(name: str, num: int) -> np.ndarray:
+        return embedder.embed([aligner.align(load_image(LFW / "deepfunneled" / image_name(name, num)), box).image])[0]
+
+    dist = np.array([np.sum((rep(p.name1, p.num1) - rep(p.name2, p.num2)) ** 2) for p in chosen])
+    same = np.array([p.same for p in chosen])
+    assert same.sum() == 20 and (~same).sum() == 20
+    assert ((dist < embedder.same_person_threshold) == same).mean() >= 0.95
+    assert dist[same].max() < dist[~same].min() + 0.3  # nearly separable, not just right on average
