@@ -27,9 +27,12 @@ pipe = FacePipeline.create()
 face = pipe.process(load_image(sys.argv[1]), multi=False)[0]
 from openface_py.faces.detect import make_detector
 mtcnn = make_detector("mtcnn").detect(load_image(sys.argv[1]))  # the wheel's pinned MTCNN weights
+from openface_py.nets.embed import find_mobilefacenet_reid, load_embedder
+mfn = load_embedder("mobilefacenet-reid-0095", backend="eager")  # its SHA-256 is checked on load
 print(json.dumps({"file": openface_py.__file__, "version": openface_py.__version__,
                   "default": best_installed_model(), "embedding": face.embedding.tolist(),
-                  "mtcnn_boxes": [d.box.as_list() for d in mtcnn]}))
+                  "mtcnn_boxes": [d.box.as_list() for d in mtcnn],
+                  "mfn_path": str(find_mobilefacenet_reid()), "mfn_dim": mfn.dim}))
 """
 
 
@@ -68,6 +71,7 @@ def test_wheel_carries_weights_and_card(installed):
     assert "openface_py/models/nn4.small2.distilled-v2.pt" in names
     assert "openface_py/models/MODEL_CARD.md" in names
     assert "openface_py/models/mtcnn.pt" in names and "openface_py/models/MTCNN_CARD.md" in names
+    assert "openface_py/models/mobilefacenet-reid-0095.pt" in names and "openface_py/models/REID0095_CARD.md" in names
     assert "openface_py/data/openface-dlib-mean-landmarks.csv" in names
 
 
@@ -80,6 +84,7 @@ def test_installed_copy_resolves_the_default_model_and_embeds_like_the_checkout(
     got = json.loads(r.stdout)
     assert got["file"].startswith(str(site)), got["file"]  # the installed copy, not the checkout
     assert got["default"] == "nn4.small2.distilled-v2" and got["version"] == __version__
+    assert got["mfn_path"].startswith(str(site)) and got["mfn_dim"] == 256  # the wheel's pinned copy
     from openface_py.io import load_image
     from openface_py.pipeline import FacePipeline
 
