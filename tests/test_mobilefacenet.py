@@ -180,3 +180,12 @@ def test_lfw_subset_accuracy_floor(embedder):
     assert same.sum() == 20 and (~same).sum() == 20
     assert ((dist < embedder.same_person_threshold) == same).mean() >= 0.95
     assert dist[same].max() < dist[~same].min() + 0.3  # nearly separable, not just right on average
+
+
+def test_a_job_knows_the_embedding_length_without_loading_the_model():
+    """The Ray engine reshapes embeddings by ``EmbedderSpec.dim``: 128 there garbled 256-D vectors."""
+    from openface_py.jobs.engine import EmbedderSpec
+    from openface_py.nets.embed import load_embedder
+
+    assert EmbedderSpec.of("mobilefacenet-reid-0095").dim == load_embedder("mobilefacenet-reid-0095").dim == 256
+    assert EmbedderSpec.of("nn4.small2.distilled-v2").dim == 128

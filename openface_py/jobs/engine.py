@@ -78,10 +78,10 @@ class EmbedderSpec:
     @classmethod
     def of(cls, model: Optional[str] = None, backend: str = "auto", threads: Optional[int] = None) -> EmbedderSpec:
         """The spec of a model by name or weights path, without loading torch or the weights."""
-        from openface_py.nets.embed import describe_model
+        from openface_py.nets.embed import describe_model, embedding_dim
 
         model, name, alignment = describe_model(model)
-        return cls(model, name, f"{name}|{alignment.identity}", alignment, backend, threads)
+        return cls(model, name, f"{name}|{alignment.identity}", alignment, backend, threads, dim=embedding_dim(model))
 
     def load(self):
         """Build the embedder (in a worker) and check it is the one the job recorded."""
