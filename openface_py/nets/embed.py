@@ -333,28 +333,15 @@ def load_embedder(
     if model == DLIB_RESNET_V1:
         return DlibResnetEmbedder()
     if model == MOBILEFACENET_REID:
-        path = find_mobilefacenet_reid()
-        if path is None:
-            raise ModelNotInstalledError(
-                f"{store.MOBILEFACENET_REID0095.filename} is not in {store.project_models_dir()}: this "
-                "installation lacks the shipped weights (reinstall the package, or use a source checkout)"
-            )
-        _check_sha256(path, store.MOBILEFACENET_REID0095.sha256)
         return MobileFaceNetEmbedder(
-            path,
+            _shipped_weights(store.MOBILEFACENET_REID0095, find_mobilefacenet_reid()),
             threads=threads,
             device=device,
             backend=backend,
             same_person_threshold=SAME_PERSON_THRESHOLDS[MOBILEFACENET_REID],
         )
     if model == NN4_SMALL2_DISTILLED:
-        path = find_nn4_small2_distilled()
-        if path is None:
-            raise ModelNotInstalledError(
-                f"{store.NN4_SMALL2_DISTILLED.filename} is not in {store.project_models_dir()}: this "
-                "installation lacks the shipped weights (reinstall the package, or use a source checkout)"
-            )
-        _check_sha256(path, store.NN4_SMALL2_DISTILLED.sha256)
+        path = _shipped_weights(store.NN4_SMALL2_DISTILLED, find_nn4_small2_distilled())
         return _nn4(path, NN4_SMALL2_DISTILLED, threads, backend, device)
     if model == NN4_SMALL2_V1:
         path = find_nn4_small2_v1()
@@ -402,6 +389,18 @@ def describe_model(model: Optional[str] = None) -> tuple[str, str, AlignmentSpec
 def embedding_dim(model: Optional[str] = None) -> int:
     """Length of a model's embeddings, without loading it: 256 for MobileFaceNet, else 128."""
     return 256 if (model or best_installed_model()) == MOBILEFACENET_REID else 128
+
+
+def _shipped_weights(shipped, path: Optional[Path]) -> Path:
+    """``path`` of a shipped weights file (``store.ShippedFile``), checked against its pinned SHA-256;
+    ``ModelNotInstalledError`` when this installation lacks it (``path`` None)."""
+    if path is None:
+        raise ModelNotInstalledError(
+            f"{shipped.filename} is not in {store.project_models_dir()}: this "
+            "installation lacks the shipped weights (reinstall the package, or use a source checkout)"
+        )
+    _check_sha256(path, shipped.sha256)
+    return path
 
 
 def _nn4(path: Path, name: str, threads: Optional[int], backend: str, device: str = "cpu") -> NN4Embedder:
