@@ -237,6 +237,22 @@ def _check_interrupted(code: int, took: float, err: str, finished) -> None:
     assert err.strip().splitlines()[-1].endswith("interrupted; rerun the same command to resume"), err
 
 
+def test_the_ctrl_c_exit_leaves_no_semaphore_for_the_tracker_to_report():
+    """The fast Ctrl-C exit (``os._exit``) skips multiprocessing's finalizers: the semaphores of a
+    worker pool must still be unlinked, or the resource tracker prints a "leaked semaphore" warning
+    after the one interrupted line (seen in CI)."""
+    code = (
+        "import multiprocessing as mp\n"
+        "from openface_py.cli import _Interrupt\n"
+        "ctx = mp.get_context('spawn')\n"
+        "locks = [ctx.Lock(), ctx.Semaphore(2), ctx.Queue()]\n"
+        "_Interrupt().end()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130
+    assert done.stderr.strip() == "ERROR openface_py: interrupted; rerun the same command to resume", done.stderr
+
+
 def test_ctrl_c_at_random_moments_then_resume(thirty, embedder, tmp_path):
     """Ctrl-C at random moments of `run --workers 2` (start-up included): exit 130 within 2 s with
     one line, and the final rerun ends with what an uninterrupted run writes, no photo done twice."""

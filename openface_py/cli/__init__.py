@@ -130,7 +130,25 @@ class _Interrupt:
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
+        _release_semaphores()
         os._exit(130)
+
+
+def _release_semaphores() -> None:
+    """Unlink the named semaphores this process's worker pools created, as a normal exit would:
+    ``os._exit`` skips multiprocessing's finalizers, and its resource tracker then prints a
+    "leaked semaphore objects" warning after the interrupted line."""
+    synchronize = sys.modules.get("multiprocessing.synchronize")
+    if synchronize is None:
+        return
+    from multiprocessing import util
+
+    for finalizer in list(util._finalizer_registry.values()):
+        if getattr(finalizer, "_callback", None) is synchronize.SemLock._cleanup:
+            try:
+                finalizer()
+            except Exception:  # noqa: BLE001 - exiting anyway; the tracker cleans up what is left
+                pass
 
 
 def _main(argv: Optional[Sequence[str]]) -> int:
