@@ -12,7 +12,7 @@ PKG = ROOT / "openface_py"
 
 #: Layers from the bottom up; a module may import its own layer and the ones below.
 LAYERS = [
-    {"errors"},
+    {"errors", "registry"},
     {"io", "metrics"},
     {"store"},
     {"faces"},
