@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_stages import machine_info, peak_rss_mb  # noqa: E402
 
-from openface_py.faces.detect import make_detector  # noqa: E402
+from openface_py.faces.detect import DetectorSpec  # noqa: E402
 from openface_py.io import list_images, load_image  # noqa: E402
 from openface_py.jobs.parallel import mapped  # noqa: E402
 
@@ -59,7 +59,7 @@ def _turned(rgb: np.ndarray, degrees: float) -> np.ndarray:
 class _Count:
     def __init__(self, root: str, name: str, roll: float, max_side: int | None = None) -> None:
         self.root, self.roll = root, roll
-        self.det = make_detector(name, upsample=UPSAMPLE[name], max_side=max_side)
+        self.det = DetectorSpec(name, upsample=UPSAMPLE[name], max_side=max_side).make()
 
     def __call__(self, rel: str) -> tuple[str, int, float, str]:
         rgb = _turned(load_image(Path(self.root) / rel), self.roll)
@@ -94,7 +94,7 @@ def measure(root: Path, rels: list[str], name: str, workers: int, roll: float = 
 
 def calibrate(root: Path, limit: int) -> dict:
     """Median MTCNN -> HOG box mapping (see the module docstring)."""
-    hog, mt = make_detector("hog"), make_detector("mtcnn")
+    hog, mt = DetectorSpec("hog").make(), DetectorSpec("mtcnn").make()
     rel = []
     for p in list_images(root)[:limit]:
         img = load_image(root / p)

@@ -87,13 +87,13 @@ def stage_costs(photos: Path, n: int) -> dict:
     import torch
 
     from openface_py.faces.align import align_detection, make_aligner
-    from openface_py.faces.detect import make_detector
+    from openface_py.faces.detect import DetectorSpec
     from openface_py.io import load_image
     from openface_py.nets.embed import load_embedder
 
     torch.set_num_threads(1)
     rels = list_images(photos)[:n]
-    detector = make_detector("hog-mtcnn")
+    detector = DetectorSpec("hog-mtcnn").make()
     embedder = load_embedder(None, threads=1)
     aligner = make_aligner(embedder.alignment)
     times = {"decode": 0.0, "detect": 0.0, "align": 0.0}

@@ -9,10 +9,10 @@ each in a fresh process as the service does (`load_image(data, max_pixels=40_000
 `FacePipeline.process` with `hog`, upsample 1, the default model) twice:
 
 - current: this code (header limits, integer alpha compositing, detection on a copy of at most
-  `DEFAULT_DETECT_MAX_PIXELS`, alignment from the full photo);
+  `DetectorKind.default_max_pixels`, alignment from the full photo);
 - reference: the previous path, computed in the same run: Pillow's full decode, an EXIF copy,
   RGBA laid on white through float32 copies of the whole photo, detection on the whole photo
-  (`make_detector(..., max_pixels=0)`) by the detector's own dlib instance, which keeps its
+  (`DetectorSpec(..., max_pixels=0).make()`) by the detector's own dlib instance, which keeps its
   buffers (`KEEP_BUFFERS_PIXELS` set out of reach).
 
 Per run: seconds to load and to process, faces found, RSS with the models loaded (baseline),
@@ -102,7 +102,7 @@ def reference_load(data: bytes, max_pixels: int) -> np.ndarray:
 def child(path: Path, mode: str) -> dict:
     """One photo in this (fresh) process; returns the figures."""
     from openface_py.faces import detect
-    from openface_py.faces.detect import make_detector
+    from openface_py.faces.detect import DetectorSpec
     from openface_py.io import load_image, release_memory
     from openface_py.nets.embed import load_embedder
     from openface_py.pipeline import FacePipeline
@@ -110,8 +110,9 @@ def child(path: Path, mode: str) -> dict:
     current = mode == "current"
     if not current:  # dlib's buffers kept in the detector, as before
         detect.KEEP_BUFFERS_PIXELS = 1 << 62
-    detector = make_detector("hog", upsample=1, max_pixels=None if current else 0)
-    pipe = FacePipeline(detector, embedder=load_embedder(None))
+    pipe = FacePipeline(
+        DetectorSpec("hog", upsample=1, max_pixels=None if current else 0), embedder=load_embedder(None)
+    )
     pipe.process(load_image(FACE))  # warm: every model loaded and run once
     gc.collect()
     base = rss_mb()
@@ -163,7 +164,7 @@ def shape_child(name: str, upsample: int, width: int, height: int) -> None:
     from openface_py.faces import detect
 
     detect.CNN_MIN_SIDE = 0
-    det = detect.make_detector(name, upsample=upsample, max_pixels=0)
+    det = detect.DetectorSpec(name, upsample=upsample, max_pixels=0).make()
     rgb = np.full((height, width, 3), 118, np.uint8)
     t = time.perf_counter()
     try:

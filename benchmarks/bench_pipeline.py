@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_stages import machine_info, peak_rss_mb, report, timed  # noqa: E402
 
 from openface_py.faces.align import make_aligner, openface_spec  # noqa: E402
-from openface_py.faces.detect import HogDetector  # noqa: E402
+from openface_py.faces.detect import DetectorSpec, HogDetector  # noqa: E402
 from openface_py.io import list_images, load_image  # noqa: E402
 from openface_py.jobs.batch import align_folder  # noqa: E402
 from openface_py.jobs.stream import run_folder  # noqa: E402
@@ -141,7 +141,7 @@ def bench_video(sample: Path, model_name: str, repeat: int) -> None:
     )
     frames, names = video_clip(sample)
     embedder = load_embedder(model_name, backend="auto")
-    gallery = build_gallery(sample, FacePipeline(HogDetector(upsample=1), embedder=embedder), progress=False)
+    gallery = build_gallery(sample, FacePipeline(DetectorSpec("hog", upsample=1), embedder=embedder), progress=False)
     recognise = gallery_recogniser(gallery, embedder.same_person_threshold)
     det, al = HogDetector(upsample=1), make_aligner(embedder.alignment)
 

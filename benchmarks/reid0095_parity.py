@@ -34,13 +34,13 @@ def make_crops(out: Path) -> None:
     from PIL import Image
 
     from openface_py.faces.align import align_detection, make_aligner
-    from openface_py.faces.detect import make_detector
+    from openface_py.faces.detect import DetectorSpec
     from openface_py.io import list_images, load_image
     from openface_py.nets.embed import MOBILEFACENET_REID, load_embedder
 
     emb = load_embedder(MOBILEFACENET_REID)
     aligner = make_aligner(emb.alignment)
-    detectors = {"dlib68": make_detector("hog"), "mtcnn5": make_detector("mtcnn", align_from="mtcnn5")}
+    detectors = {"dlib68": DetectorSpec("hog").make(), "mtcnn5": DetectorSpec("mtcnn", align_from="mtcnn5").make()}
     (out / "crops").mkdir(parents=True, exist_ok=True)
     rows = []
     photos = [ROOT / "data" / sub / p for sub in ("lfw-sample", "examples") for p in list_images(ROOT / "data" / sub)]

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from openface_py.faces.detect import make_detector
+from openface_py.faces.detect import DetectorSpec
 from openface_py.io import load_image
 from openface_py.jobs.batch import align_folder, represent_folder
 from openface_py.nets.embed import best_installed_model, load_embedder
@@ -79,7 +79,7 @@ def main() -> int:
     print(f"      {correct}/{held.sum()} held-out photos matched to the right person")
 
     photo = ROOT / "data" / "examples" / "longoria-cooper.jpg"
-    pipe = FacePipeline(make_detector("hog", upsample=1), embedder=embedder)
+    pipe = FacePipeline(DetectorSpec("hog", upsample=1), embedder=embedder)
     faces = pipe.process(load_image(photo), multi=True)
     print(f"\n{photo.name}: {len(faces)} faces, left to right (these people are not enrolled)")
     for face in faces:

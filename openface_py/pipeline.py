@@ -1,14 +1,16 @@
-"""``FacePipeline``: detect -> align -> embed for one image, used by the CLI and the demos."""
+"""``FacePipeline``: detect -> align -> embed for one image (the face stage and an embedder),
+used by the CLI, the service, video, galleries and the Python API."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
-from openface_py.faces.align import AlignedFace, Aligner, align_detection, make_aligner
-from openface_py.faces.detect import BoundingBox, Detector, make_detector, select_faces
+from openface_py.faces.align import AlignedFace, AlignmentSpec
+from openface_py.faces.detect import BoundingBox, Detector, DetectorSpec
+from openface_py.faces.stage import FaceStage, FaceStageSpec, pick_of
 from openface_py.nets.embed import Embedder, load_embedder
 
 
@@ -31,53 +33,66 @@ class FaceResult:
         return out
 
 
-class FacePipeline:
-    """Detector, aligner and (optionally) embedder, built once and reused for many images.
+@dataclass
+class PhotoResult:
+    """The faces a photo gave (``faces``) and how many the detector found (``found``: more than
+    ``len(faces)`` when only the largest was kept)."""
 
-    The aligner defaults to the one the embedder needs, so the pieces always match.
+    faces: list[FaceResult] = field(default_factory=list)
+    found: int = 0
+
+
+class FacePipeline:
+    """A face stage (detector + aligner) and, optionally, an embedder, built once and reused.
+
+    The alignment defaults to the one the embedder needs, so the pieces always match.
     """
 
     def __init__(
-        self, detector: Detector, aligner: Optional[Aligner] = None, embedder: Optional[Embedder] = None
+        self,
+        detector: DetectorSpec | str | None = None,
+        embedder: Optional[Embedder] = None,
+        alignment: Optional[AlignmentSpec] = None,
     ) -> None:
-        if aligner is None:
+        if alignment is None:
             if embedder is None:
-                raise ValueError("give an aligner, an embedder, or both")
-            aligner = make_aligner(embedder.alignment)
-        if embedder is not None and aligner.spec != embedder.alignment:
-            raise ValueError(
-                f"aligner makes {aligner.spec.identity} faces but {embedder.name} needs {embedder.alignment.identity}"
-            )
-        self.detector = detector
-        self.aligner = aligner
+                raise ValueError("give an alignment, an embedder, or both")
+            alignment = embedder.alignment
+        if embedder is not None and alignment != embedder.alignment:
+            raise ValueError(f"alignment {alignment.identity} but {embedder.name} needs {embedder.alignment.identity}")
+        self.stage = FaceStage(FaceStageSpec(DetectorSpec.of(detector), alignment, pick="all"))
         self.embedder = embedder
 
     @classmethod
     def create(
         cls,
         model: Optional[str] = None,
-        detector: str = "hog",
-        upsample: int = 1,
+        detector: DetectorSpec | str | None = None,
         threads: Optional[int] = None,
-        max_side: Optional[int] = None,
-        detector_options: Optional[dict] = None,
+        backend: str = "auto",
     ) -> FacePipeline:
-        """A pipeline for a named model (see ``embed.load_embedder``) and detector (``detect.make_detector``,
-        with ``detector_options`` such as MTCNN's ``min_face``)."""
-        found = make_detector(detector, upsample=upsample, max_side=max_side, **(detector_options or {}))
-        return cls(found, embedder=load_embedder(model, threads=threads))
+        """A pipeline for a named model or weights path (``nets.embed.load_embedder``; None: the
+        default) and a detector (a ``DetectorSpec`` or a detector's name; None: HOG)."""
+        return cls(detector, embedder=load_embedder(model, threads=threads, backend=backend))
+
+    @property
+    def detector(self) -> Detector:
+        return self.stage.detector
 
     def faces(self, rgb: np.ndarray, multi: bool = True, skip_multi: bool = False) -> list[AlignedFace]:
         """Detect and align: every face left to right (``multi``) or the largest one."""
-        dets = select_faces(self.detector.detect(rgb), multi=multi, skip_multi=skip_multi)
-        return [align_detection(self.aligner, rgb, d) for d in dets]
+        return self.stage.find(rgb, pick=pick_of(multi, skip_multi)).faces
 
-    def process(self, rgb: np.ndarray, multi: bool = True, skip_multi: bool = False) -> list[FaceResult]:
-        """Detect, align and embed the faces of one RGB image."""
-        aligned = self.faces(rgb, multi=multi, skip_multi=skip_multi)
-        results = [FaceResult(a.box, a.score, a.landmarks, a.image, aligned_from=a.aligned_from) for a in aligned]
+    def run(self, rgb: np.ndarray, multi: bool = True, skip_multi: bool = False) -> PhotoResult:
+        """Detect, align and embed the faces of one RGB uint8 image, with the number found."""
+        found = self.stage.find(rgb, pick=pick_of(multi, skip_multi))
+        results = [FaceResult(a.box, a.score, a.landmarks, a.image, aligned_from=a.aligned_from) for a in found.faces]
         if self.embedder is not None and results:
             reps = self.embedder.embed([r.aligned for r in results])
             for r, rep in zip(results, reps):
                 r.embedding = rep
-        return results
+        return PhotoResult(results, found.found)
+
+    def process(self, rgb: np.ndarray, multi: bool = True, skip_multi: bool = False) -> list[FaceResult]:
+        """Detect, align and embed the faces of one RGB image."""
+        return self.run(rgb, multi=multi, skip_multi=skip_multi).faces

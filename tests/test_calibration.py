@@ -64,11 +64,11 @@ def sample_reps(default_embedder, tmp_path_factory):
 @pytest.fixture(scope="module")
 def strangers(default_embedder):
     """Faces of people not among the 10: OpenFace's example photos (8), plus 60 LFW people if present."""
-    from openface_py.faces.detect import make_detector
+    from openface_py.faces.detect import DetectorSpec
     from openface_py.io import list_images, load_image
     from openface_py.pipeline import FacePipeline
 
-    pipe = FacePipeline(make_detector("hog"), embedder=default_embedder)
+    pipe = FacePipeline(DetectorSpec("hog"), embedder=default_embedder)
     reps = [f.embedding for p in list_images(EXAMPLES) for f in pipe.process(load_image(EXAMPLES / p))]
     if (LFW / "deepfunneled").is_dir():
         sample = {d.name for d in SAMPLE.iterdir()}

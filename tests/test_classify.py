@@ -13,7 +13,7 @@ from scipy.stats import multivariate_normal
 from test_embed_batch import cli
 
 from openface_py.eval.lfw import PairsFormatError, parse_pairs
-from openface_py.faces.detect import make_detector
+from openface_py.faces.detect import DetectorSpec
 from openface_py.io import list_images, load_image
 from openface_py.metrics import best_split_threshold
 from openface_py.pipeline import FacePipeline
@@ -67,7 +67,7 @@ def default_model(tmp_path_factory):
         mp.setenv("OPENFACE_PY_HOME", str(tmp_path_factory.mktemp("home")))
         embedder = load_embedder()
     assert embedder.name == "nn4.small2.distilled-v2"
-    return embedder, FacePipeline(make_detector("hog"), embedder=embedder)
+    return embedder, FacePipeline(DetectorSpec("hog"), embedder=embedder)
 
 
 @pytest.fixture(scope="module")

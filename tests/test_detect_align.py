@@ -18,7 +18,7 @@ from openface_py.faces.align import (
     openface_destination,
     openface_transform,
 )
-from openface_py.faces.detect import BoundingBox, Detection, HogDetector, make_detector, select_faces
+from openface_py.faces.detect import BoundingBox, Detection, DetectorSpec, HogDetector, select_faces
 from openface_py.io import list_images, load_image
 
 
@@ -64,7 +64,7 @@ def test_no_face_in_a_blank_image(hog):
 
 def test_cnn_detector_agrees_with_hog(hog):
     rgb = load_image(SAMPLE / "Tony_Blair" / "Tony_Blair_0001.jpg")
-    cnn = make_detector("cnn", upsample=0)
+    cnn = DetectorSpec("cnn", upsample=0).make()
     c, h = cnn.detect(rgb), hog.detect(rgb)
     assert len(c) == 1 and len(h) == 1
     (cx, cy), (hx, hy) = c[0].box.center, h[0].box.center
@@ -75,7 +75,7 @@ def test_detector_rejects_wrong_input(hog):
     with pytest.raises(ValueError, match="RGB uint8"):
         hog.detect(np.zeros((10, 10), np.uint8))
     with pytest.raises(ValueError, match="unknown detector"):
-        make_detector("retinaface")
+        DetectorSpec("retinaface").make()
 
 
 def test_affine_transform_matches_independent_solution():
@@ -154,7 +154,7 @@ def test_select_faces_largest():
 def test_adaptive_and_downscaled_detection():
     import cv2
 
-    from openface_py.faces.detect import AdaptiveHogDetector, DownscaledDetector, HogDetector, make_detector
+    from openface_py.faces.detect import AdaptiveHogDetector, DetectorSpec, DownscaledDetector, HogDetector
     from openface_py.io import load_image
 
     rgb = load_image(SAMPLE / "Colin_Powell" / "Colin_Powell_0001.jpg")
@@ -172,6 +172,6 @@ def test_adaptive_and_downscaled_detection():
     ref = up1[0].box
     b = boxes[0].box
     assert max(abs(b.left - 4 * ref.left), abs(b.top - 4 * ref.top), abs(b.right - 4 * ref.right)) <= 8
-    assert make_detector("hog-adaptive", max_side=300).name == "hog-adaptive@300"
+    assert DetectorSpec("hog-adaptive", max_side=300).make().name == "hog-adaptive@300"
     with pytest.raises(ValueError, match="unknown detector"):
-        make_detector("yolo")
+        DetectorSpec("yolo").make()

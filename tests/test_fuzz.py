@@ -194,8 +194,10 @@ def mutated_bytes(draw, data: bytes, max_ops: int = 6) -> bytes:
         if op == "flip" and b:
             b[i] ^= 1 << draw(st.integers(0, 7))
         elif op == "set" and b:
-            b[i] = draw(st.sampled_from([0x00, 0xFF, 0x7F, 0x80, 0x01])) if draw(st.booleans()) else draw(
-                st.integers(0, 255)
+            b[i] = (
+                draw(st.sampled_from([0x00, 0xFF, 0x7F, 0x80, 0x01]))
+                if draw(st.booleans())
+                else draw(st.integers(0, 255))
             )
         elif op == "truncate":
             del b[i:]
@@ -293,7 +295,9 @@ def _png_of(w: int, h: int) -> bytes:
 # Pillow's 1x1 grayscale TIFF with that one tag's type changed from LONG (4) to FLOAT (11).
 TIFF_FLOAT_STRIP_OFFSET = bytes.fromhex(
     "49492a00080000000900000104000100000001000000010104000100000001000000020103000100000008000000030103000100"
-    "0000010000000601030001000000010000001101" "0b00" "010000007a00000016010400010000000100000017010400010000"
+    "0000010000000601030001000000010000001101"
+    "0b00"
+    "010000007a00000016010400010000000100000017010400010000"
     "00010000001c01030001000000010000000000000000"
 )
 
@@ -846,12 +850,12 @@ def make_gallery(root: Path, entries: list, outside: Path) -> tuple[set, set, se
 
 def make_gallery_pipeline():
     """The shipped NN4-small2 (eager) behind HOG without upsampling: the sample faces are large."""
-    from openface_py.faces.detect import make_detector
+    from openface_py.faces.detect import DetectorSpec
     from openface_py.nets.embed import load_embedder
     from openface_py.pipeline import FacePipeline
 
     embedder = load_embedder("nn4.small2.distilled-v2", backend="eager")
-    return FacePipeline(make_detector("hog", upsample=0), embedder=embedder)
+    return FacePipeline(DetectorSpec("hog", upsample=0), embedder=embedder)
 
 
 @pytest.fixture(scope="module")

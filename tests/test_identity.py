@@ -95,6 +95,7 @@ def test_compare_with_weights_by_path(weights):
 
 
 def test_gallery_cache_follows_detector_and_weights(weights, tmp_path, monkeypatch):
+    from openface_py.faces.detect import DetectorSpec
     from openface_py.pipeline import FacePipeline
     from openface_py.recognize.gallery import build_gallery
 
@@ -106,8 +107,18 @@ def test_gallery_cache_follows_detector_and_weights(weights, tmp_path, monkeypat
     first = build_gallery(gal, FacePipeline.create(str(weights["a"])), progress=False)
     assert first.reused == 0
     assert build_gallery(gal, FacePipeline.create(str(weights["a"])), progress=False).reused == 2
-    assert build_gallery(gal, FacePipeline.create(str(weights["a"]), upsample=0), progress=False).reused == 0
-    assert build_gallery(gal, FacePipeline.create(str(weights["a"]), max_side=120), progress=False).reused == 0
+    assert (
+        build_gallery(
+            gal, FacePipeline.create(str(weights["a"]), detector=DetectorSpec("hog", upsample=0)), progress=False
+        ).reused
+        == 0
+    )
+    assert (
+        build_gallery(
+            gal, FacePipeline.create(str(weights["a"]), detector=DetectorSpec("hog", max_side=120)), progress=False
+        ).reused
+        == 0
+    )
     # other weights under the same file name: embedded again, and the embeddings really differ
     (weights["a"].parent / "other").mkdir(exist_ok=True)
     moved = weights["a"].parent / "other" / "model.pt"

@@ -135,9 +135,9 @@ def test_similarity_transform_recovers_a_known_one():
 @pytest.mark.parametrize("align_from", ["mtcnn5", "dlib68"])
 def test_alignment_puts_the_points_on_intels_template(sample_rgb, align_from):
     """MTCNN's 5 points (or the 5 taken from dlib's 68) land near Intel's template at 128x128."""
-    from openface_py.faces.detect import make_detector
+    from openface_py.faces.detect import DetectorSpec
 
-    det = make_detector("mtcnn", align_from=align_from).detect(sample_rgb)[0]
+    det = DetectorSpec("mtcnn", align_from=align_from).make().detect(sample_rgb)[0]
     aligner = Intel5Aligner()
     face = align_detection(aligner, sample_rgb, det)
     assert face.aligned_from == align_from and face.image.shape == (128, 128, 3)
@@ -164,13 +164,13 @@ def test_lfw_subset_accuracy_floor(embedder):
     """The first 10 same and 10 different pairs of folds 1 and 6 of pairs.txt, aligned from dlib's
     68 landmarks in LFW's central box (deep funnelling centres the face; no detector, to keep the
     test fast), judged by the model's own threshold: at least 95% right (full LFW: BENCHMARKS.md)."""
-    from openface_py.eval.lfw import FALLBACK_BOX, image_name, parse_pairs
-    from openface_py.faces.detect import BoundingBox
+    from openface_py.eval.lfw import image_name, parse_pairs
+    from openface_py.faces.stage import CENTRAL_BOX
     from openface_py.io import load_image
 
     pairs, _, per = parse_pairs(LFW / "pairs.txt")
     chosen = [p for f in (0, 5) for p in pairs[2 * f * per :][:10] + pairs[(2 * f + 1) * per :][:10]]
-    aligner, box = Intel5Aligner(), BoundingBox(*FALLBACK_BOX)
+    aligner, box = Intel5Aligner(), CENTRAL_BOX
 
     def rep(name: str, num: int) -> np.ndarray:
         return embedder.embed([aligner.align(load_image(LFW / "deepfunneled" / image_name(name, num)), box).image])[0]

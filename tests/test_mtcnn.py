@@ -14,7 +14,7 @@ from conftest import EXAMPLES, ROOT
 
 from openface_py import store
 from openface_py.faces.align import MTCNN5, OpenFaceAligner, align_detection, five_point_destination
-from openface_py.faces.detect import make_detector
+from openface_py.faces.detect import DetectorSpec
 from openface_py.faces.mtcnn import Mtcnn
 from openface_py.io import load_image
 
@@ -82,23 +82,23 @@ def _rotated(img: np.ndarray, degrees: float):
 
 def test_a_head_tilted_50_degrees_is_found_by_mtcnn_and_the_cascade_not_by_hog():
     img = load_image(EXAMPLES / "lennon-2.jpg")
-    upright = make_detector("hog").detect(img)[0].box
+    upright = DetectorSpec("hog").make().detect(img)[0].box
     tilted, R = _rotated(img, 50)
-    assert make_detector("hog-adaptive").detect(tilted) == []
+    assert DetectorSpec("hog-adaptive").make().detect(tilted) == []
     for name in ("mtcnn", "hog-mtcnn"):
-        found = make_detector(name).detect(tilted)
+        found = DetectorSpec(name).make().detect(tilted)
         assert len(found) == 1 and found[0].found_by == "mtcnn"
         # where the upright face's centre went under the rotation (independent of MTCNN)
         cx, cy = R @ np.array([*upright.center, 1.0])
         assert abs(found[0].box.center[0] - cx) < 0.15 * upright.width
         assert abs(found[0].box.center[1] - cy) < 0.15 * upright.width
-    frontal = make_detector("hog-mtcnn").detect(img)
+    frontal = DetectorSpec("hog-mtcnn").make().detect(img)
     assert len(frontal) == 1 and frontal[0].found_by == "hog-adaptive" and frontal[0].points is None
 
 
 def test_five_point_alignment_puts_eyes_and_nose_on_the_template(mtcnn):
     img = load_image(EXAMPLES / "clapton-2.jpg")
-    det = make_detector("mtcnn", align_from="mtcnn5").detect(img)[0]
+    det = DetectorSpec("mtcnn", align_from="mtcnn5").make().detect(img)[0]
     # mark MTCNN's eye centres and nose tip in pure red and align the marked photo
     marked = img.copy()
     for x, y in det.points[:3]:

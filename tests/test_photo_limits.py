@@ -124,7 +124,7 @@ def test_large_photo_detected_on_a_bounded_working_size(monkeypatch):
     import cv2
 
     from openface_py.faces import detect
-    from openface_py.faces.detect import DEFAULT_DETECT_MAX_PIXELS, HogDetector, make_detector
+    from openface_py.faces.detect import DETECTORS, DetectorSpec, HogDetector
 
     seen: list[np.ndarray] = []
     real = HogDetector.detect
@@ -135,7 +135,7 @@ def test_large_photo_detected_on_a_bounded_working_size(monkeypatch):
 
     monkeypatch.setattr(detect.HogDetector, "detect", recording)
     rgb = _face_photo()
-    det = make_detector("hog", upsample=0)
+    det = DetectorSpec("hog", upsample=0).make()
     small = det.detect(rgb)
     assert len(seen) == 1 and seen[0] is rgb and small == HogDetector(upsample=0).detect(rgb)
 
@@ -144,19 +144,19 @@ def test_large_photo_detected_on_a_bounded_working_size(monkeypatch):
     seen.clear()
     found = det.detect(big)
     h, w = seen[0].shape[:2]
-    assert h * w <= DEFAULT_DETECT_MAX_PIXELS["hog"] and w / h == pytest.approx(5000 / 4000, rel=1e-3)
+    assert h * w <= DETECTORS.get("hog").default_max_pixels and w / h == pytest.approx(5000 / 4000, rel=1e-3)
     assert len(found) == 1
     ref = small[0].box
     box = found[0].box
     expect = [1000 + 16 * ref.left, 16 * ref.top, 1000 + 16 * ref.right, 16 * ref.bottom]
     # HOG's boxes step with its pyramid's scales: the same face within a tenth of its size
     assert max(abs(a - b) for a, b in zip(box.as_list(), expect)) <= 0.1 * (expect[2] - expect[0]), (box, expect)
-    unbounded = make_detector("hog", upsample=0, max_pixels=0)  # the bound can be switched off
+    unbounded = DetectorSpec("hog", upsample=0, max_pixels=0).make()  # the bound can be switched off
     seen.clear()
     unbounded.detect(rgb)
     assert seen[0] is rgb and "max_pixels" not in unbounded.key and "max_pixels=13000000" in det.key
     # each dlib upsample step past 1 doubles both sides: the bound shrinks 4x per step
-    assert make_detector("hog", upsample=2).working_size(5000, 4000) == (2015, 1612)
+    assert DetectorSpec("hog", upsample=2).make().working_size(5000, 4000) == (2015, 1612)
 
 
 def test_alpha_composited_exactly_without_full_size_float_copies(tmp_path):

@@ -139,14 +139,15 @@ def test_resumes_after_the_driver_is_killed_without_redoing_photos(photos, local
 
 def test_lfw_and_db_import_share_the_pipeline(photos, ray_instance, tmp_path):
     """pairs-eval's photo embedding and db import on Ray give what the local engine gives."""
-    from openface_py.eval.lfw import DetectorChoice, embed_lfw_images
+    from openface_py.eval.lfw import embed_lfw_images
+    from openface_py.faces.detect import DetectorSpec
     from openface_py.jobs.dbimport import import_folder
     from openface_py.recognize.facedb import FaceDatabase
 
     names = sorted(p.relative_to(SAMPLE).as_posix() for p in SAMPLE.glob("Colin_Powell/*.jpg"))
     embedder = load_embedder(NN4_SMALL2_DISTILLED, backend="onnx")
     spec = EmbedderSpec.of(NN4_SMALL2_DISTILLED, backend="onnx")
-    det = DetectorChoice("hog")
+    det = DetectorSpec("hog")
     here = embed_lfw_images(SAMPLE, names, embedder, tmp_path / "a.npz", workers=2, detector=det, progress=False)
     there = embed_lfw_images(
         SAMPLE, names, spec, tmp_path / "b.npz", detector=det, engine=Engine("ray"), progress=False
@@ -248,14 +249,14 @@ def test_the_cause_is_read_from_a_remote_traceback():
     from openface_py.jobs.rayengine import root_cause
 
     chained = (
-        "Task failed\nTraceback (most recent call last):\n  File \"a.py\", line 3, in load\n    raise e\n"
+        'Task failed\nTraceback (most recent call last):\n  File "a.py", line 3, in load\n    raise e\n'
         "onnxruntime.capi.onnxruntime_pybind11_state.InvalidProtobuf: [ONNXRuntimeError] : 7 : INVALID_PROTOBUF\n\n"
         "The above exception was the direct cause of the following exception:\n\n"
-        "Traceback (most recent call last):\n  File \"b.py\", line 9, in __call__\n"
+        'Traceback (most recent call last):\n  File "b.py", line 9, in __call__\n'
         "ray.data.exceptions.UserCodeException: UDF failed to process a data block."
     )
     assert root_cause(RuntimeError(chained)) == "InvalidProtobuf: [ONNXRuntimeError] : 7 : INVALID_PROTOBUF"
-    coloured = "error in \x1b[36mray::X.__init__()\x1b[39m\n  File \"m.py\", line 2, in f\nMemoryError"
+    coloured = 'error in \x1b[36mray::X.__init__()\x1b[39m\n  File "m.py", line 2, in f\nMemoryError'
     assert root_cause(RuntimeError(coloured)) == "MemoryError"
     assert root_cause(RuntimeError("No: traceback here\nsecond line")) == "No: traceback here"
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import EXAMPLES, ROOT, SAMPLE, shipped_lfw_threshold
 
+from openface_py.faces.detect import DetectorSpec
 from openface_py.io import TEMP_PREFIX
 from openface_py.jobs.journal import read_journal
 from openface_py.jobs.outdir import OutputFolder
@@ -77,7 +78,7 @@ def test_parallel_equals_single_process_and_align_represent(photos, embedder, tm
 
 
 def test_multi_face_rows(photos, embedder, tmp_path):
-    run_folder(photos / "none", tmp_path / "m", embedder, multi=True, workers=2, progress=False)
+    run_folder(photos / "none", tmp_path / "m", embedder, pick="all", workers=2, progress=False)
     reps, labels, faces = _outputs(tmp_path / "m")
     assert [(f["path"], f["face"]) for f in faces] == [("two.jpg", 0), ("two.jpg", 1)]
     assert faces[0]["box"][0] < faces[1]["box"][0]
@@ -204,7 +205,14 @@ def test_foreign_folder_is_refused_and_only_our_temp_files_are_removed(photos, e
 
 def test_max_side_is_used_and_recorded(photos, embedder, reference, tmp_path):
     out = tmp_path / "small"
-    run_folder(photos / "Colin_Powell", out, embedder, workers=1, max_side=100, progress=False)
+    run_folder(
+        photos / "Colin_Powell",
+        out,
+        embedder,
+        workers=1,
+        detector=DetectorSpec("hog-mtcnn", max_side=100),
+        progress=False,
+    )
     assert json.loads((out / "run.json").read_text())["max_side"] == 100
     _, _, faces = _outputs(out)
     ref = {f["path"]: f["box"] for f in reference[2]}
@@ -217,7 +225,14 @@ def test_max_side_is_used_and_recorded(photos, embedder, reference, tmp_path):
         moved += b != r
     assert moved >= 5  # detected on the 100-pixel copy: boxes are not the full-size ones
     with pytest.raises(Exception, match="max_side"):
-        run_folder(photos / "Colin_Powell", out, embedder, workers=1, max_side=200, progress=False)
+        run_folder(
+            photos / "Colin_Powell",
+            out,
+            embedder,
+            workers=1,
+            detector=DetectorSpec("hog-mtcnn", max_side=200),
+            progress=False,
+        )
 
 
 def test_save_aligned_names_never_collide(embedder, tmp_path):
@@ -238,7 +253,7 @@ def test_save_aligned_names_never_collide(embedder, tmp_path):
     assert np.abs(reps - got).max() < 1e-5  # each file holds its own photo's face
     multi = tmp_path / "multi"
     shutil.copy(EXAMPLES / "longoria-cooper.jpg", src / "a-0.jpg")
-    run_folder(src, multi, embedder, workers=1, multi=True, save_aligned=True, progress=False)
+    run_folder(src, multi, embedder, workers=1, pick="all", save_aligned=True, progress=False)
     assert sorted(os.listdir(multi / "aligned")) == ["a-0-0.png", "a-0-1.png", "a.jpg-0.png", "a.png-0.png"]
 
 
@@ -247,16 +262,16 @@ def test_skip_multi_and_retry_failed(photos, embedder, tmp_path):
     shutil.copytree(photos / "none", src)
     (src / "late.jpg").write_bytes(b"not yet a photo")
     out = tmp_path / "out"
-    first = run_folder(src, out, embedder, workers=1, skip_multi=True, progress=False)
+    first = run_folder(src, out, embedder, workers=1, pick="only", progress=False)
     reasons = {f.path: f.reason for f in first.failures}
     assert reasons["two.jpg"] == "2 faces found and --skip-multi is set"
     assert set(reasons) == {"two.jpg", "grey.png", "late.jpg"} and first.done_ok_total == 0
     shutil.copy(SAMPLE / "Hugo_Chavez" / "Hugo_Chavez_0001.jpg", src / "late.jpg")  # the file is fixed
-    again = run_folder(src, out, embedder, workers=1, skip_multi=True, progress=False)
+    again = run_folder(src, out, embedder, workers=1, pick="only", progress=False)
     # the changed file is retried (as db import does); failures of unchanged files only when asked
     assert again.aligned == 1 and {f.path for f in again.failures} == {"two.jpg", "grey.png"}
     assert again.already_done == 2
-    retried = run_folder(src, out, embedder, workers=1, skip_multi=True, retry_failed=True, progress=False)
+    retried = run_folder(src, out, embedder, workers=1, pick="only", retry_failed=True, progress=False)
     assert retried.aligned == 0 and retried.already_done == 1 and retried.done_ok_total == 1
     assert {f.path for f in retried.failures} == {"two.jpg", "grey.png"}
     assert json.loads((out / "labels.json").read_text())["paths"] == [str(src / "late.jpg")]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, SAMPLE, shipped_lfw_threshold
 
-from openface_py.faces.detect import HogDetector
+from openface_py.faces.detect import DetectorSpec
 from openface_py.io import load_image
 from openface_py.nets.embed import NN4_SMALL2_DISTILLED, load_embedder
 from openface_py.pipeline import FacePipeline
@@ -61,7 +61,7 @@ def recognizer(tmp_path_factory):
         for n in range(1, 5):
             shutil.copy(SAMPLE / person / f"{person}_{n:04d}.jpg", gallery / person)
     embedder = load_embedder(NN4_SMALL2_DISTILLED)
-    g = build_gallery(gallery, FacePipeline(HogDetector(upsample=1), embedder=embedder), progress=False)
+    g = build_gallery(gallery, FacePipeline(DetectorSpec("hog", upsample=1), embedder=embedder), progress=False)
     return lambda tracker="template": VideoRecognizer(
         embedder,
         gallery_recogniser(g, shipped_lfw_threshold()),  # from its LFW run, not the code under test

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import EXAMPLES, SAMPLE, shipped_lfw_threshold
 
-from openface_py.faces.detect import HogDetector
+from openface_py.faces.detect import DetectorSpec
 from openface_py.io import load_image
 from openface_py.nets.embed import NN4_SMALL2_DISTILLED, load_embedder
 from openface_py.pipeline import FacePipeline
@@ -64,7 +64,9 @@ def gallery(tmp_path_factory):
     for photo in ("clapton-1.jpg", "clapton-2.jpg"):
         shutil.copy(EXAMPLES / photo, folder / "Eric_Clapton")
     embedder = load_embedder(NN4_SMALL2_DISTILLED)
-    return embedder, build_gallery(folder, FacePipeline(HogDetector(upsample=1), embedder=embedder), progress=False)
+    return embedder, build_gallery(
+        folder, FacePipeline(DetectorSpec("hog", upsample=1), embedder=embedder), progress=False
+    )
 
 
 def names_per_frame(tmp_path, recognizer) -> tuple[list[str], list[str], list[dict]]:

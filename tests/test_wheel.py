@@ -25,8 +25,8 @@ from openface_py.io import load_image
 from openface_py.pipeline import FacePipeline
 pipe = FacePipeline.create()
 face = pipe.process(load_image(sys.argv[1]), multi=False)[0]
-from openface_py.faces.detect import make_detector
-mtcnn = make_detector("mtcnn").detect(load_image(sys.argv[1]))  # the wheel's pinned MTCNN weights
+from openface_py.faces.detect import DetectorSpec
+mtcnn = DetectorSpec("mtcnn").make().detect(load_image(sys.argv[1]))  # the wheel's pinned MTCNN weights
 from openface_py.nets.embed import find_mobilefacenet_reid, load_embedder
 mfn = load_embedder("mobilefacenet-reid-0095", backend="eager")  # its SHA-256 is checked on load
 print(json.dumps({"file": openface_py.__file__, "version": openface_py.__version__,
@@ -90,9 +90,9 @@ def test_installed_copy_resolves_the_default_model_and_embeds_like_the_checkout(
 
     here = FacePipeline.create().process(load_image(PHOTO), multi=False)[0].embedding
     assert np.abs(np.array(got["embedding"]) - here).max() < 1e-5
-    from openface_py.faces.detect import make_detector
+    from openface_py.faces.detect import DetectorSpec
 
-    assert got["mtcnn_boxes"] == [d.box.as_list() for d in make_detector("mtcnn").detect(load_image(PHOTO))] != []
+    assert got["mtcnn_boxes"] == [d.box.as_list() for d in DetectorSpec("mtcnn").make().detect(load_image(PHOTO))] != []
 
 
 def test_version_agrees_across_entry_points(installed):

@@ -39,18 +39,23 @@ def quiet_logs(verbose: bool) -> None:
             job_log.addFilter(_PhotoFailureFilter())
 
 
-def add_detector_args(p: argparse.ArgumentParser, default: str = "hog") -> None:
+def add_detector_args(
+    p: argparse.ArgumentParser, default: str = "hog", choices: Optional[Sequence[str]] = None, upsample: int = 1
+) -> None:
+    """The options ``detector_spec`` turns into one ``DetectorSpec``."""
     from openface_py.faces.detect import ALIGN_FROM, DETECTOR_NAMES, MTCNN_ALIGN_DEFAULT
 
     p.add_argument(
         "--detector",
-        choices=DETECTOR_NAMES,
+        choices=tuple(choices or DETECTOR_NAMES),
         default=default,
         help=f"face detector (default: {default}; hog = OpenFace's; hog-adaptive = upsample only when "
         "nothing is found at the photo's own resolution; cnn = dlib MMOD; mtcnn = MTCNN, finds turned faces; "
         "hog-mtcnn = hog-adaptive, then MTCNN where it finds nothing)",
     )
-    p.add_argument("--upsample", type=int, default=1, help="times to upsample before detecting (default: 1)")
+    p.add_argument(
+        "--upsample", type=int, default=upsample, help=f"times to upsample before detecting (default: {upsample})"
+    )
     p.add_argument(
         "--max-side", type=int, default=None, help="detect on a copy downscaled to this longer side (large photos)"
     )
@@ -117,14 +122,6 @@ def embedder_for(model: Optional[str], engine, backend: str = "auto"):
     return load_embedder(model, backend=backend)
 
 
-def detector_choice(args: argparse.Namespace):
-    """``add_detector_args``'s options as one ``eval.lfw.DetectorChoice`` (for the benchmarks)."""
-    from openface_py.eval.lfw import DetectorChoice
-
-    options = {**detector_options(args), **({"max_side": args.max_side} if args.max_side else {})}
-    return DetectorChoice(args.detector, int(args.upsample), options or None)
-
-
 def _three_floats(text: str) -> tuple[float, float, float]:
     try:
         vals = tuple(float(v) for v in text.split(","))
@@ -135,13 +132,13 @@ def _three_floats(text: str) -> tuple[float, float, float]:
     return vals  # type: ignore[return-value]
 
 
-def detector_options(args: argparse.Namespace) -> dict:
-    """The MTCNN settings of ``add_detector_args`` for ``make_detector`` (run folders and caches
-    record them in ``faces.detect.detector_settings``'s canonical form)."""
+def detector_spec(args: argparse.Namespace):
+    """``add_detector_args``'s options as one ``faces.detect.DetectorSpec``; MTCNN's options
+    given with a dlib detector are a ``UsageError`` (exit 2)."""
     from openface_py.errors import UsageError
-    from openface_py.faces.detect import MTCNN_ALIGN_DEFAULT, MTCNN_DEFAULTS
+    from openface_py.faces.detect import MTCNN_ALIGN_DEFAULT, MTCNN_DEFAULTS, DetectorSpec
 
-    if "mtcnn" not in args.detector:
+    if args.detector not in ("mtcnn", "hog-mtcnn"):
         if getattr(args, "align_from", None):
             raise UsageError("--align-from applies to the mtcnn and hog-mtcnn detectors")
         if (
@@ -149,12 +146,14 @@ def detector_options(args: argparse.Namespace) -> dict:
             or list(args.mtcnn_thresholds) != MTCNN_DEFAULTS["thresholds"]
         ):
             raise UsageError("--min-face and --mtcnn-thresholds apply to the mtcnn and hog-mtcnn detectors")
-        return {}
-    return {
-        "min_face": int(args.min_face),
-        "thresholds": list(args.mtcnn_thresholds),
-        "align_from": args.align_from or MTCNN_ALIGN_DEFAULT,
-    }
+    return DetectorSpec(
+        args.detector,
+        upsample=int(args.upsample),
+        max_side=args.max_side,
+        min_face=int(args.min_face),
+        thresholds=tuple(args.mtcnn_thresholds),
+        align_from=args.align_from or MTCNN_ALIGN_DEFAULT,
+    )
 
 
 def per_image(paths: Sequence[Path], fn) -> tuple[list[dict], int]:
@@ -185,23 +184,6 @@ def print_results(results: list[dict], as_json: bool, face_lines) -> None:
         print(f"{r['path']}: {len(r['faces'])} face(s){skipped}")
         for line in face_lines(r):
             print(line)
-
-
-class CountingDetector:
-    """A detector that remembers how many faces its last ``detect`` found, so that a command
-    using the largest face can say how many others it left out."""
-
-    def __init__(self, detector) -> None:
-        self.detector = detector
-        self.last = 0
-
-    def detect(self, rgb):
-        found = self.detector.detect(rgb)
-        self.last = len(found)
-        return found
-
-    def __getattr__(self, name: str):
-        return getattr(self.detector, name)
 
 
 def folder_report(report, as_json: bool, done: str, report_path: Path, note: str = "") -> int:
@@ -236,13 +218,7 @@ def pipeline_for(model_name: Optional[str], args: argparse.Namespace):
     from openface_py.nets.embed import best_installed_model
     from openface_py.pipeline import FacePipeline
 
-    return FacePipeline.create(
-        model_name or best_installed_model(),
-        detector=args.detector,
-        upsample=args.upsample,
-        max_side=args.max_side,
-        detector_options=detector_options(args),
-    )
+    return FacePipeline.create(model_name or best_installed_model(), detector=detector_spec(args))
 
 
 def largest_face_reps(paths: Sequence[Path], pipe) -> tuple[list[Optional[np.ndarray]], list[str]]:

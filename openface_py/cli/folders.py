@@ -13,7 +13,7 @@ from openface_py.cli.common import (
     add_engine_args,
     backend_choices,
     checked_model,
-    detector_options,
+    detector_spec,
     embedder_for,
     engine_choice,
     folder_report,
@@ -75,6 +75,7 @@ def register(add_command) -> None:
 
 def cmd_align(args: argparse.Namespace) -> int:
     from openface_py.faces.align import OPENFACE_METHOD, openface_spec
+    from openface_py.faces.stage import pick_of
     from openface_py.jobs.batch import align_folder
     from openface_py.nets.embed import alignment_for
 
@@ -89,11 +90,8 @@ def cmd_align(args: argparse.Namespace) -> int:
         args.input_dir,
         args.output_dir,
         spec,
-        detector=args.detector,
-        upsample=args.upsample,
-        max_side=args.max_side,
-        detector_options=detector_options(args),
-        skip_multi=args.skip_multi,
+        detector_spec(args),
+        pick_of(skip_multi=args.skip_multi),
         workers=args.workers,
         model=args.model,
         retry_failed=args.retry_failed,
@@ -119,6 +117,7 @@ def cmd_represent(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from openface_py.faces.stage import pick_of
     from openface_py.jobs.stream import RUN_REPORT, run_folder
 
     engine = engine_choice(args, workers_default=0)
@@ -127,12 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.input_dir,
         args.output_dir,
         embedder,
-        detector=args.detector,
-        upsample=args.upsample,
-        max_side=args.max_side,
-        detector_options=detector_options(args),
-        multi=args.multi,
-        skip_multi=args.skip_multi,
+        detector=detector_spec(args),
+        pick=pick_of(args.multi, args.skip_multi),
         batch_size=args.batch_size,
         save_aligned=args.save_aligned,
         retry_failed=args.retry_failed,

@@ -11,7 +11,7 @@ from openface_py.cli.common import (
     MODEL_HELP,
     add_detector_args,
     add_engine_args,
-    detector_choice,
+    detector_spec,
     embedder_for,
     engine_choice,
 )
@@ -88,7 +88,7 @@ def cmd_lfw(args: argparse.Namespace) -> int:
         folds=folds,
         per_fold=args.pairs_per_fold,
         progress=not args.quiet,
-        detector=detector_choice(args),
+        detector=detector_spec(args),
         engine=engine,
     )
     title = f"LFW {args.images}"
@@ -107,7 +107,7 @@ def cmd_pairs_eval(args: argparse.Namespace) -> int:
         args.output,
         embedder,
         metric=args.metric,
-        detector=detector_choice(args),
+        detector=detector_spec(args),
         on_miss=args.on_miss,
         folds=args.folds,
         progress=not args.quiet,

@@ -12,7 +12,6 @@ from openface_py.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     MODEL_HELP,
-    CountingDetector,
     add_detector_args,
     largest_face_reps,
     log,
@@ -162,12 +161,11 @@ def cmd_infer(args: argparse.Namespace) -> int:
             f"was trained on {model.embedder_identity}: give the weights it was trained on"
         )
 
-    pipe.detector = CountingDetector(pipe.detector)
-
     def run(rgb):
-        faces = pipe.process(rgb, multi=args.multi)
+        found = pipe.run(rgb, multi=args.multi)
+        faces = found.faces
         preds = model.predict(np.stack([f.embedding for f in faces]), args.threshold) if faces else []
-        return {"faces_found": pipe.detector.last, "faces": [(f, p) for f, p in zip(faces, preds)]}
+        return {"faces_found": found.found, "faces": [(f, p) for f, p in zip(faces, preds)]}
 
     results, failed = per_image(args.images, run)
     if args.json:

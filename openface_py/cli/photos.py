@@ -9,9 +9,8 @@ from openface_py.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     MODEL_HELP,
-    CountingDetector,
     add_detector_args,
-    detector_options,
+    detector_spec,
     per_image,
     print_results,
 )
@@ -38,9 +37,8 @@ def register(add_command) -> None:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from openface_py.faces.align import OpenFaceAligner, dlib_box_for
-    from openface_py.faces.detect import make_detector
 
-    detector = make_detector(args.detector, upsample=args.upsample, max_side=args.max_side, **detector_options(args))
+    detector = detector_spec(args).make()
     aligner = OpenFaceAligner() if args.landmarks else None
 
     def run(rgb):
@@ -68,20 +66,12 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from openface_py.pipeline import FacePipeline
 
-    pipe = FacePipeline.create(
-        args.model,
-        detector=args.detector,
-        upsample=args.upsample,
-        max_side=args.max_side,
-        detector_options=detector_options(args),
-    )
-
-    pipe.detector = CountingDetector(pipe.detector)
+    pipe = FacePipeline.create(args.model, detector=detector_spec(args))
 
     def run(rgb):
-        faces = pipe.process(rgb, multi=args.multi)
-        found = pipe.detector.last
-        return {"model": pipe.embedder.identity, "faces_found": found, "faces": [f.to_json() for f in faces]}
+        photo = pipe.run(rgb, multi=args.multi)
+        faces = [f.to_json() for f in photo.faces]
+        return {"model": pipe.embedder.identity, "faces_found": photo.found, "faces": faces}
 
     results, failed = per_image(args.images, run)
 

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from openface_py.cli.common import EXIT_FAILED, EXIT_OK, add_detector_args, detector_options, log
+from openface_py.cli.common import EXIT_FAILED, EXIT_OK, add_detector_args, detector_spec, log
 
 
 def register(add_command) -> None:
@@ -96,10 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         db=str(args.db.resolve()),
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         protect_all=args.protect_all,
-        detector=args.detector,
-        upsample=args.upsample,
-        max_side=args.max_side,
-        detector_options=detector_options(args),
+        detector=detector_spec(args),
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_pixels=args.max_pixels,
         inference_threads=args.inference_threads,

@@ -10,7 +10,8 @@ from openface_py.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     MODEL_HELP,
-    detector_options,
+    add_detector_args,
+    detector_spec,
 )
 
 
@@ -38,20 +39,10 @@ def register(add_command) -> None:
         default="template",
         help="between detections: template (fast, follows position) or correlation (dlib's, follows size too)",
     )
-    p.add_argument(
-        "--detector",
-        choices=("hog", "mtcnn", "hog-mtcnn"),
-        default="hog",
-        help="face detector on the scaled frames (default: hog; mtcnn finds turned faces, slower)",
-    )
-    p.add_argument(
-        "--min-face",
-        type=int,
-        default=20,
-        help="mtcnn: smallest face side searched for, in pixels of the scaled frame (default: 20; 40 at --scale 0.5)",
-    )
+    # on the scaled frame (--scale): MTCNN's --min-face is in its pixels (40 at --scale 0.5 is 20 here)
+    add_detector_args(p, choices=("hog", "mtcnn", "hog-mtcnn"), upsample=0)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.set_defaults(handler=cmd_video, mtcnn_thresholds=(0.6, 0.7, 0.7), align_from=None)
+    p.set_defaults(handler=cmd_video)
 
 
 def cmd_video(args: argparse.Namespace) -> int:
@@ -67,8 +58,7 @@ def cmd_video(args: argparse.Namespace) -> int:
         detect_every=args.detect_every,
         recognise_every=args.recognise_every,
         tracker=args.tracker,
-        detector=args.detector,
-        detector_options=detector_options(args),
+        detector=detector_spec(args),
     )
     summary = process_video(args.source, rec, output=args.output, results_path=args.results)
     if args.json:

@@ -22,13 +22,13 @@ import numpy as np
 
 from openface_py.errors import OpenFacePyError, UsageError
 from openface_py.eval.lfw import (
-    DetectorChoice,
     LfwEmbeddings,
     Pair,
     embed_lfw_images,
     embedding_cache_path,
     parse_pairs,
 )
+from openface_py.faces.detect import DetectorSpec
 from openface_py.io import atomic_write_bytes, atomic_write_text
 from openface_py.jobs.engine import Engine
 from openface_py.metrics import FoldResult, auc, best_split_threshold, eer, roc_curve, val_at_far
@@ -258,13 +258,13 @@ def run_lfw(
     per_fold: Optional[int] = None,
     workers: int = 1,
     progress: bool = True,
-    detector: Optional[DetectorChoice] = None,
+    detector: DetectorSpec = DetectorSpec(),
     engine: Optional[Engine] = None,
 ) -> tuple[LfwResult, LfwResult, LfwEmbeddings]:
     """Embed, score and evaluate; returns (result without flip, result with flip, embeddings).
 
     Faces are found by ``detector`` (default: HOG at upsample 1, as OpenFace); a photo where it
-    finds none is aligned in LFW's central box (``lfw.FALLBACK_BOX``)."""
+    finds none is aligned in LFW's central box (``faces.stage.CENTRAL_BOX``)."""
     root, out = Path(lfw_dir), Path(out_dir)
     if not (root / "pairs.txt").is_file():
         raise OpenFacePyError(f"{root}: no pairs.txt (expected LFW's view-2 pairs file)")
@@ -274,7 +274,6 @@ def run_lfw(
     pairs = select_pairs(pairs, folds, per_fold)
     names = sorted({p.path_a for p in pairs} | {p.path_b for p in pairs})
     out.mkdir(parents=True, exist_ok=True)
-    detector = detector or DetectorChoice()
     emb = embed_lfw_images(
         root / images,
         names,
@@ -283,13 +282,12 @@ def run_lfw(
         workers,
         progress=progress,
         detector=detector,
-        upsample=detector.upsample,
         engine=engine,
     )
     plain, flipped = evaluate_both(pairs, emb, metric)
     extra = {
         "images": len(names),
-        **detector.describe(),
+        **detector.to_dict(),
         "no_face_fallbacks": len(emb.fallbacks),
         "fallback_images": emb.fallbacks,
     }

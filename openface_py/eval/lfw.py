@@ -16,6 +16,8 @@ from typing import Optional
 import numpy as np
 
 from openface_py.errors import OpenFacePyError
+from openface_py.faces.detect import DetectorSpec
+from openface_py.faces.stage import NO_FACE, FaceStage, FaceStageSpec
 from openface_py.jobs.engine import Engine, PhotoFaces, embed_photos
 from openface_py.jobs.parallel import mapped
 
@@ -136,42 +138,8 @@ def _name(field: str) -> str:
 
 # ---- embedding the images of pairs.txt ----------------------------------------------------
 
-#: Where no face is found in a 250x250 deep-funneled LFW photo, the face is taken to be this
-#: central box (deep funnelling already centres the face); OpenFace fell back to the
-#: deep-funneled crops likewise for the 58 of 13,233 raw photos where dlib failed.
-FALLBACK_BOX = (70, 70, 179, 179)
-
 #: The face stage's reason for a photo where no face is found and ``on_miss`` is "fail".
 MISSED = "missed"
-#: What to do with a photo where no face is found: LFW's central box (above), the whole photo
-#: as the face's box, or nothing (the photo is "missed": every pair with it is scored as
-#: different people, as a deployed system that found no face would answer).
-ON_MISS = ("central-box", "whole-image", "fail")
-
-
-@dataclass(frozen=True)
-class DetectorChoice:
-    """A detector by name with its settings (``faces.detect.make_detector``'s arguments)."""
-
-    name: str = "hog"
-    upsample: int = 1
-    options: Optional[dict] = None
-
-    def make(self):
-        from openface_py.faces.detect import make_detector
-
-        return make_detector(self.name, upsample=self.upsample, **(self.options or {}))
-
-    def describe(self) -> dict:
-        """The settings in one canonical form (defaults filled in), for caches and reports."""
-        from openface_py.faces.detect import detector_settings
-
-        out: dict = {"detector": self.name, "upsample": int(self.upsample)}
-        if how := detector_settings(self.name, self.options):
-            out["options"] = how
-        if (self.options or {}).get("max_side"):
-            out["max_side"] = int(self.options["max_side"])
-        return out
 
 
 @dataclass
@@ -201,43 +169,29 @@ class LfwEmbeddings:
 
 
 class _PhotoAligner:
-    """Worker-side detect + align of one photo (a face stage of ``jobs.engine``): the aligned face
-    and its mirror image, with ``info`` "" (found) or "fallback" (aligned in the ``on_miss``
-    box); reason ``MISSED`` when no face is found and ``on_miss`` is "fail"."""
+    """Worker-side face stage of one photo (of ``jobs.engine``): its largest face and the mirror
+    image, with ``info`` "" (found) or "fallback" (aligned in the ``on_miss`` box, ``faces.stage.ON_MISS``:
+    LFW's central box by default); reason ``MISSED`` when no face is found and ``on_miss`` is "fail"."""
 
-    def __init__(self, root: str, spec, detector: DetectorChoice, on_miss: str = "central-box") -> None:
-        from openface_py.faces.align import make_aligner
-
-        if on_miss not in ON_MISS:
-            raise ValueError(f"on_miss must be one of {ON_MISS}")
-        self.root, self.on_miss = root, on_miss
-        self.detector = detector.make()
-        self.aligner = make_aligner(spec)
+    def __init__(self, root: str, spec, detector: DetectorSpec, on_miss: str = "central-box") -> None:
+        self.root = root
+        self.stage = FaceStage(FaceStageSpec(detector, spec, on_miss=on_miss))
 
     def __call__(self, name: str) -> PhotoFaces:
-        from openface_py.faces.align import align_detection
-        from openface_py.faces.detect import BoundingBox
         from openface_py.io import load_image
 
-        rgb = load_image(Path(self.root) / name)
-        dets = self.detector.detect(rgb)
-        if dets:
-            face = align_detection(self.aligner, rgb, max(dets, key=lambda d: d.box.area)).image
-            status = ""
-        elif self.on_miss == "fail":
-            return PhotoFaces(name, MISSED)
-        else:
-            h, w = rgb.shape[:2]
-            box = BoundingBox(*FALLBACK_BOX) if self.on_miss == "central-box" else BoundingBox(0, 0, w - 1, h - 1)
-            face, status = self.aligner.align(rgb, box).image, "fallback"
-        return PhotoFaces(name, "", [face, np.ascontiguousarray(face[:, ::-1])], status)
+        found = self.stage.photo(lambda: load_image(Path(self.root) / name), name)
+        if not found.ok:
+            return PhotoFaces(name, MISSED if found.reason == NO_FACE else found.reason)
+        face = found.faces[0].image
+        return PhotoFaces(name, "", [face, np.ascontiguousarray(face[:, ::-1])], "fallback" if found.fallback else "")
 
 
 def embedding_cache_path(
     out_dir: os.PathLike | str,
     identity: str,
     image_root: os.PathLike | str,
-    detector: Optional[DetectorChoice] = None,
+    detector: DetectorSpec = DetectorSpec(),
     on_miss: str = "central-box",
 ) -> Path:
     """The embedding cache of one embedder, image folder and detector in an output folder (the
@@ -249,9 +203,9 @@ def embedding_cache_path(
     safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in identity)
     where = hashlib.sha1(str(Path(image_root).resolve()).encode()).hexdigest()[:10]
     how = ""
-    if (detector or DetectorChoice()).describe() != DetectorChoice().describe() or on_miss != "central-box":
-        text = json.dumps({**(detector or DetectorChoice()).describe(), "on_miss": on_miss}, sort_keys=True)
-        how = f"-{(detector or DetectorChoice()).name}-" + hashlib.sha1(text.encode()).hexdigest()[:8]
+    if detector != DetectorSpec() or on_miss != "central-box":
+        text = json.dumps({**detector.to_dict(), "on_miss": on_miss}, sort_keys=True)
+        how = f"-{detector.name}-" + hashlib.sha1(text.encode()).hexdigest()[:8]
     return Path(out_dir) / f"embeddings-{safe}-{where}{how}.npz"
 
 
@@ -261,15 +215,14 @@ def embed_lfw_images(
     embedder,
     cache_path: os.PathLike | str,
     workers: int = 1,
-    upsample: int = 1,
     batch_size: int = 32,
     progress: bool = True,
-    detector: Optional[DetectorChoice] = None,
+    detector: DetectorSpec = DetectorSpec(),
     on_miss: str = "central-box",
     engine: Optional[Engine] = None,
 ) -> LfwEmbeddings:
     """Embed ``names`` (paths under ``image_root``) and their mirror images, reusing and extending
-    the cache. The largest face found by ``detector`` (default: HOG at ``upsample``, as OpenFace)
+    the cache. The largest face found by ``detector`` (default: HOG at upsample 1, as OpenFace)
     is aligned; where none is found, ``on_miss`` decides (``ON_MISS``).
 
     Detection and alignment run in ``workers`` processes, embedding in this one, batched; or
@@ -283,12 +236,12 @@ def embed_lfw_images(
 
     from openface_py.io import atomic_write_bytes
 
-    detector = detector or DetectorChoice("hog", upsample)
     cache_path = Path(cache_path)
-    setup = {"identity": embedder.identity, "image_root": str(Path(image_root).resolve()), "upsample": int(upsample)}
-    if detector.describe() != DetectorChoice("hog", upsample).describe() or on_miss != "central-box":
+    root = Path(image_root)
+    setup = {"identity": embedder.identity, "image_root": str(root.resolve()), "upsample": detector.upsample}
+    if detector != DetectorSpec("hog", detector.upsample) or on_miss != "central-box":
         # (older caches lack these keys)
-        setup.update(detector.describe(), on_miss=on_miss)
+        setup.update(detector.to_dict(), on_miss=on_miss)
     have: dict = {}
     status: dict = {}
     root = Path(image_root)
@@ -394,7 +347,7 @@ def align_lfw_images(
             if all(meta.get(k) == v for k, v in setup.items()) and meta["names"] == names:
                 return np.array(z["faces"]), np.array(z["faces_flip"]), list(meta["fallbacks"])
     got: dict = {}
-    with mapped(_PhotoAligner, (str(image_root), spec, DetectorChoice("hog", upsample)), names, workers) as results:
+    with mapped(_PhotoAligner, (str(image_root), spec, DetectorSpec("hog", upsample)), names, workers) as results:
         for photo in tqdm(results, total=len(names), desc="lfw align", unit="img", disable=not progress):
             got[photo.item] = (photo.faces[0], photo.faces[1], photo.info == "fallback")
     faces = np.stack([got[n][0] for n in names])

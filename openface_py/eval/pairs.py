@@ -25,7 +25,8 @@ from typing import Optional
 
 from openface_py.errors import OpenFacePyError, UsageError
 from openface_py.eval.evaluate import LfwResult, evaluate_both, write_reports
-from openface_py.eval.lfw import DetectorChoice, LfwEmbeddings, embed_lfw_images, embedding_cache_path, read_utf8
+from openface_py.eval.lfw import LfwEmbeddings, embed_lfw_images, embedding_cache_path, read_utf8
+from openface_py.faces.detect import DetectorSpec
 from openface_py.jobs.engine import Engine
 
 HEADER = ("path_a", "path_b", "same", "fold")
@@ -134,7 +135,7 @@ def run_pairs_eval(
     out_dir: os.PathLike | str,
     embedder,
     metric: str = "sqeuclidean",
-    detector: Optional[DetectorChoice] = None,
+    detector: DetectorSpec = DetectorSpec(),
     on_miss: str = "fail",
     folds: int = 10,
     workers: int = 1,
@@ -155,14 +156,12 @@ def run_pairs_eval(
         raise OpenFacePyError(f"{len(absent)} photo(s) of the pair list not found under {root} ({shown})")
     names = sorted({r.path_a for r in pairs} | {r.path_b for r in pairs})
     out.mkdir(parents=True, exist_ok=True)
-    detector = detector or DetectorChoice()
     emb = embed_lfw_images(
         root,
         names,
         embedder,
         embedding_cache_path(out, embedder.identity, root, detector, on_miss),
         workers,
-        upsample=detector.upsample,
         progress=progress,
         detector=detector,
         on_miss=on_miss,
@@ -173,7 +172,7 @@ def run_pairs_eval(
     extra = {
         "pair_list": str(Path(pairs_csv)),
         "images": len(names),
-        **detector.describe(),
+        **detector.to_dict(),
         "on_miss": on_miss,
         "faces_not_found": len(result.not_found),
         "not_found_images": result.not_found,

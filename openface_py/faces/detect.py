@@ -3,17 +3,19 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
 from openface_py import store
 from openface_py.errors import UsageError
+from openface_py.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +207,8 @@ class DownscaledDetector:
     is passed on untouched, so its detections are exactly the inner detector's.
 
     For large photos (phone pictures, video frames): HOG's cost grows with the pixel count,
-    and faces large enough to matter stay large enough to find. ``make_detector`` wraps every
-    detector in one with the detector's default ``max_pixels`` (``DEFAULT_DETECT_MAX_PIXELS``),
+    and faces large enough to matter stay large enough to find. ``DetectorSpec.make`` wraps every
+    detector in one with its default ``max_pixels`` (``DetectorKind.default_max_pixels``),
     so no photo costs a detector more than that working size.
     """
 
@@ -332,7 +334,6 @@ class CascadeDetector:
         return self.fallback.detect(rgb)
 
 
-DETECTOR_NAMES = ("hog", "hog-adaptive", "cnn", "mtcnn", "hog-mtcnn")
 #: MTCNN's settings when none are given (the paper's released code).
 MTCNN_DEFAULTS = {"min_face": 20, "thresholds": [0.6, 0.7, 0.7]}
 #: Which landmarks align a face found by MTCNN: its own 5 points, or dlib's 68 in its box.
@@ -341,70 +342,149 @@ ALIGN_FROM = ("mtcnn5", "dlib68")
 MTCNN_ALIGN_DEFAULT = "dlib68"
 
 
-#: The largest photo (in pixels, before the detector's own upsampling) each detector works on;
-#: a larger one is detected on a downscaled copy and its boxes mapped back (``DownscaledDetector``),
-#: alignment still uses the full photo. HOG and MTCNN: 13 MP, above a 12 MP phone photo (4032 x
-#: 3024), about 5 s and 0.6 GB for HOG at upsample 1 on 2 cores. dlib's CNN: 0.5 MP (it needs
-#: about 3.9 GB and a minute per megapixel at upsample 1). For dlib's detectors the bound is for
-#: upsample 1 and a quarter of it for each further step (each doubles the sides).
-DEFAULT_DETECT_MAX_PIXELS = {"hog": 13_000_000, "hog-adaptive": 13_000_000, "mtcnn": 13_000_000,
-                             "hog-mtcnn": 13_000_000, "cnn": 500_000}  # fmt: skip
+@dataclass(frozen=True)
+class DetectorKind:
+    """One entry of the detector table: how a ``DetectorSpec`` of this name is built, and the
+    largest photo (pixels, before dlib's own upsampling) it works on by default.
 
-
-def make_detector(
-    name: str = "hog",
-    upsample: int = 1,
-    max_side: Optional[int] = None,
-    min_face: int = 20,
-    thresholds: Sequence[float] = (0.6, 0.7, 0.7),
-    align_from: str = MTCNN_ALIGN_DEFAULT,
-    max_pixels: Optional[int] = None,
-    **kwargs,
-) -> Detector:
-    """Build a detector by name (``DETECTOR_NAMES``) that works on a copy of at most ``max_pixels``
-    pixels (None: the detector's ``DEFAULT_DETECT_MAX_PIXELS``, a quarter of it per dlib upsample
-    step past 1; 0: no bound) and, if given, at
-    most ``max_side`` pixels on its longer side. Photos within the bounds are detected as they are.
-
-    ``upsample`` applies to dlib's detectors, ``min_face``, ``thresholds`` and ``align_from`` to
-    MTCNN; ``hog-mtcnn`` is ``hog-adaptive`` with MTCNN where it finds nothing.
+    ``default_max_pixels``: HOG and MTCNN 13 MP, above a 12 MP phone photo (4032 x 3024), about
+    5 s and 0.6 GB for HOG at upsample 1 on 2 cores; dlib's CNN 0.5 MP (it needs about 3.9 GB and
+    a minute per megapixel at upsample 1). For dlib's detectors the bound is for upsample 1 and a
+    quarter of it for each further step (each doubles the sides): ``upsamples``.
     """
-    if name == "hog":
-        det: Detector = HogDetector(upsample=upsample, **kwargs)
-    elif name == "hog-adaptive":
-        det = AdaptiveHogDetector(upsample=upsample, **kwargs)
-    elif name == "cnn":
-        det = CnnDetector(upsample=upsample, **kwargs)
-    elif name == "mtcnn":
-        det = MtcnnDetector(min_face=min_face, thresholds=thresholds, align_from=align_from, **kwargs)
-    elif name == "hog-mtcnn":  # other keyword arguments (HOG's threshold) go to the HOG pass
-        mtcnn = MtcnnDetector(min_face=min_face, thresholds=thresholds, align_from=align_from)
-        det = CascadeDetector(AdaptiveHogDetector(upsample=upsample, **kwargs), mtcnn)
-    else:
-        raise UsageError(f"unknown detector {name!r} (choose from {', '.join(DETECTOR_NAMES)})")
-    if max_pixels is None:  # dlib's upsampling doubles each side: a quarter of the bound per step past 1
-        steps = max(0, int(upsample) - 1) if name != "mtcnn" else 0
-        bound = max(DEFAULT_DETECT_MAX_PIXELS[name] // 4**steps, 32 * 32)
-    else:
-        bound = int(max_pixels)
-    return DownscaledDetector(det, max_side, bound or None) if (max_side or bound) else det
+
+    build: Callable[[DetectorSpec], Detector]
+    default_max_pixels: int
+    upsamples: bool = True  # dlib's upsampling applies (and shrinks the default bound)
+    mtcnn: bool = False  # MTCNN's settings apply
 
 
-def detector_settings(name: str, options: Optional[dict] = None) -> dict:
-    """The settings a detector of ``name`` runs with, in one canonical JSON form (defaults filled
-    in, lists not tuples), for run folders and caches to record and compare; {} for dlib's."""
-    if "mtcnn" not in name:
-        return {}
-    given = dict(options or {})
-    out = {
-        "min_face": int(given.pop("min_face", MTCNN_DEFAULTS["min_face"])),
-        "thresholds": [float(t) for t in given.pop("thresholds", MTCNN_DEFAULTS["thresholds"])],
-        "align_from": str(given.pop("align_from", MTCNN_ALIGN_DEFAULT)),
-    }
-    given.pop("max_side", None)  # recorded by its own key
-    if given:
-        raise UsageError(f"unknown MTCNN settings: {', '.join(sorted(given))}")
-    return out
+def _hog(spec: DetectorSpec) -> Detector:
+    return HogDetector(upsample=spec.upsample)
+
+
+def _hog_adaptive(spec: DetectorSpec) -> Detector:
+    return AdaptiveHogDetector(upsample=spec.upsample)
+
+
+def _cnn(spec: DetectorSpec) -> Detector:
+    return CnnDetector(upsample=spec.upsample)
+
+
+def _mtcnn(spec: DetectorSpec) -> MtcnnDetector:
+    return MtcnnDetector(min_face=spec.min_face, thresholds=spec.thresholds, align_from=spec.align_from)
+
+
+def _hog_mtcnn(spec: DetectorSpec) -> Detector:
+    return CascadeDetector(AdaptiveHogDetector(upsample=spec.upsample), _mtcnn(spec))
+
+
+#: Every detector by the name ``--detector`` takes; a new detector is one entry here.
+DETECTORS: Registry[DetectorKind] = Registry("detector")
+DETECTORS.add("hog", DetectorKind(_hog, 13_000_000))
+DETECTORS.add("hog-adaptive", DetectorKind(_hog_adaptive, 13_000_000))
+DETECTORS.add("cnn", DetectorKind(_cnn, 500_000))
+DETECTORS.add("mtcnn", DetectorKind(_mtcnn, 13_000_000, upsamples=False, mtcnn=True))
+DETECTORS.add("hog-mtcnn", DetectorKind(_hog_mtcnn, 13_000_000, mtcnn=True))  # hog-adaptive, MTCNN where it finds none
+DETECTOR_NAMES = DETECTORS.names()
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """How faces are found: a detector by name (``DETECTORS``) with every setting it runs with.
+
+    Frozen and picklable, so one value travels from the command line to every job, worker, Ray
+    actor, the service and video, and is compared and recorded as it is (``to_dict``, ``key``).
+    ``upsample`` applies to dlib's detectors; ``min_face`` (smallest face side searched, pixels),
+    ``thresholds`` (P-, R-, O-Net scores) and ``align_from`` (``mtcnn5``: MTCNN's own 5 points,
+    ``dlib68``: dlib's 68 landmarks in its box) to MTCNN. ``max_side``: detect on a copy at most
+    this long (None: the photo's size); ``max_pixels``: the working-size bound (None: the
+    detector's default, ``DetectorKind``; 0: none). Photos within the bounds are detected as they are.
+    """
+
+    name: str = "hog"
+    upsample: int = 1
+    max_side: Optional[int] = None
+    min_face: int = MTCNN_DEFAULTS["min_face"]
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    align_from: str = MTCNN_ALIGN_DEFAULT
+    max_pixels: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        DETECTORS.get(self.name)  # an unknown name fails here, before any work
+        if int(self.upsample) < 0:
+            raise UsageError("upsample must be >= 0")
+        if self.align_from not in ALIGN_FROM:
+            raise UsageError(f"unknown align_from {self.align_from!r} (choose from {', '.join(ALIGN_FROM)})")
+        thresholds = tuple(float(t) for t in self.thresholds)
+        if len(thresholds) != 3:
+            raise UsageError(f"MTCNN takes three thresholds (P-, R-, O-Net), got {len(thresholds)}")
+        object.__setattr__(self, "upsample", int(self.upsample))
+        object.__setattr__(self, "max_side", int(self.max_side) if self.max_side else None)
+        object.__setattr__(self, "min_face", int(self.min_face))
+        object.__setattr__(self, "thresholds", thresholds)
+        object.__setattr__(self, "max_pixels", None if self.max_pixels is None else int(self.max_pixels))
+
+    @classmethod
+    def of(cls, value: DetectorSpec | str | None) -> DetectorSpec:
+        """A spec as given, or a detector name with its default settings (None: HOG)."""
+        if isinstance(value, DetectorSpec):
+            return value
+        return cls() if value is None else cls(str(value))
+
+    @property
+    def kind(self) -> DetectorKind:
+        return DETECTORS.get(self.name)
+
+    @property
+    def uses_mtcnn(self) -> bool:
+        return self.kind.mtcnn
+
+    def mtcnn_settings(self) -> dict:
+        """MTCNN's settings in their recorded JSON form; {} for dlib's detectors."""
+        if not self.uses_mtcnn:
+            return {}
+        return {"min_face": self.min_face, "thresholds": list(self.thresholds), "align_from": self.align_from}
+
+    def to_dict(self) -> dict:
+        """The settings as run folders, caches and reports record and compare them."""
+        out: dict = {"detector": self.name, "upsample": self.upsample, "max_side": self.max_side}
+        if how := self.mtcnn_settings():
+            out["detector_options"] = how
+        if self.max_pixels is not None:
+            out["max_pixels"] = self.max_pixels
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DetectorSpec:
+        how = data.get("detector_options") or {}
+        return cls(
+            data.get("detector", "hog"),
+            int(data.get("upsample", 1)),
+            data.get("max_side"),
+            int(how.get("min_face", MTCNN_DEFAULTS["min_face"])),
+            tuple(how.get("thresholds", MTCNN_DEFAULTS["thresholds"])),
+            how.get("align_from", MTCNN_ALIGN_DEFAULT),
+            data.get("max_pixels"),
+        )
+
+    @property
+    def key(self) -> str:
+        """One string naming every setting (cache names, ``--json`` reports)."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    def working_pixels(self) -> Optional[int]:
+        """The working-size bound in pixels (None: unbounded)."""
+        if self.max_pixels is not None:
+            return self.max_pixels or None
+        steps = max(0, self.upsample - 1) if self.kind.upsamples else 0
+        return max(self.kind.default_max_pixels // 4**steps, 32 * 32)
+
+    def make(self) -> Detector:
+        """The detector, bounded to its working size (``DownscaledDetector``); loads its model."""
+        det = self.kind.build(self)
+        bound = self.working_pixels()
+        return DownscaledDetector(det, self.max_side, bound) if (self.max_side or bound) else det
 
 
 def sort_left_to_right(dets: Sequence[Detection]) -> list[Detection]:

@@ -22,8 +22,9 @@ import numpy as np
 
 from openface_py import __version__
 from openface_py.errors import AlignmentMismatchError, Failure, ImageLoadError, OpenFacePyError
-from openface_py.faces.align import AlignmentSpec, align_detection, make_aligner
-from openface_py.faces.detect import detector_settings, make_detector, select_faces
+from openface_py.faces.align import AlignmentSpec
+from openface_py.faces.detect import DetectorSpec
+from openface_py.faces.stage import FaceStage, FaceStageSpec, StageResult, guarded
 from openface_py.io import (
     atomic_output,
     atomic_write_bytes,
@@ -74,12 +75,11 @@ class AlignJob:
 
     input_dir: str
     output_dir: str
-    spec: AlignmentSpec
-    detector: str = "hog"
-    upsample: int = 1
-    skip_multi: bool = False
-    max_side: Optional[int] = None
-    detector_options: Optional[dict] = None  # make_detector's other settings (MTCNN's min_face, ...)
+    stage: FaceStageSpec
+
+    @property
+    def spec(self) -> AlignmentSpec:
+        return self.stage.alignment
 
 
 def output_names(rels: list[Path], taken: Optional[dict[str, Path]] = None) -> dict[Path, Path]:
@@ -114,34 +114,23 @@ def output_names(rels: list[Path], taken: Optional[dict[str, Path]] = None) -> d
 
 
 class _AlignWorker:
-    """Holds one process's detector and aligner; aligns one photo per call."""
+    """Holds one process's face stage; aligns one photo per call."""
 
     def __init__(self, job: AlignJob) -> None:
         self.job = job
-        self.detector = make_detector(
-            job.detector, upsample=job.upsample, max_side=job.max_side, **(job.detector_options or {})
-        )
-        self.aligner = make_aligner(job.spec)
+        self.stage = FaceStage(job.stage)
 
     def __call__(self, item: tuple[str, str]) -> tuple[str, str, str]:
         rel, out_rel = item
-        src = Path(self.job.input_dir) / rel
-        try:
-            rgb = load_image(src)
-            dets = self.detector.detect(rgb)
-            if not dets:
-                return rel, "failed", "no face found"
-            chosen = select_faces(dets, multi=False, skip_multi=self.job.skip_multi)
-            if not chosen:
-                return rel, "failed", f"{len(dets)} faces found and --skip-multi is set"
-            face = align_detection(self.aligner, rgb, chosen[0])
-            atomic_write_bytes(Path(self.job.output_dir) / out_rel, encode_png(face.image))
-            return rel, "ok", ""
-        except ImageLoadError as exc:
-            return rel, "failed", exc.reason
-        except Exception as exc:  # one bad photo must not stop the batch; the reason is reported
-            log.debug("unexpected error on %s", src, exc_info=True)
-            return rel, "failed", f"{type(exc).__name__}: {exc}"
+
+        def work() -> StageResult:
+            found = self.stage.find(load_image(Path(self.job.input_dir) / rel))
+            if found.ok:
+                atomic_write_bytes(Path(self.job.output_dir) / out_rel, encode_png(found.faces[0].image))
+            return found
+
+        found = guarded(work, rel)
+        return (rel, "ok", "") if found.ok else (rel, "failed", found.reason)
 
 
 def warn_unlabeled(root: os.PathLike | str, rels: list, what: str = "photos") -> None:
@@ -172,10 +161,8 @@ def check_or_write_align_meta(output_dir: Path, job: AlignJob, model: Optional[s
         "alignment": job.spec.to_dict(),
         "alignment_identity": job.spec.identity,
         "model": model,
-        "detector": job.detector,
-        "upsample": job.upsample,
-        **({"detector_options": how} if (how := detector_settings(job.detector, job.detector_options)) else {}),
-        "skip_multi": job.skip_multi,
+        **job.stage.detector.to_dict(),
+        "skip_multi": job.stage.pick == "only",
         "openface_py_version": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -185,24 +172,24 @@ def check_or_write_align_meta(output_dir: Path, job: AlignJob, model: Optional[s
 def align_folder(
     input_dir: os.PathLike | str,
     output_dir: os.PathLike | str,
-    spec: AlignmentSpec,
-    detector: str = "hog",
-    upsample: int = 1,
-    skip_multi: bool = False,
+    alignment: AlignmentSpec,
+    detector: DetectorSpec | str = DetectorSpec(),
+    pick: str = "largest",
     workers: int = 1,
     model: Optional[str] = None,
     retry_failed: bool = False,
     progress: bool = True,
-    max_side: Optional[int] = None,
-    detector_options: Optional[dict] = None,
 ) -> AlignReport:
-    """Align every photo below ``input_dir`` into ``output_dir`` (class sub-folders mirrored)."""
+    """Align every photo below ``input_dir`` into ``output_dir`` (class sub-folders mirrored):
+    the largest face of each found by ``detector`` (``pick`` "largest", or "only" to skip photos
+    with several faces, OpenFace's ``--skipMulti``)."""
     in_dir, out_dir = Path(input_dir), Path(output_dir)
     if not in_dir.is_dir():
         raise OpenFacePyError(f"{in_dir}: input folder not found")
-    job = AlignJob(
-        str(in_dir), str(out_dir), spec, detector, int(upsample), bool(skip_multi), max_side, detector_options or None
-    )
+    if pick == "all":
+        raise OpenFacePyError("align keeps one face per photo: pick 'largest' or 'only'")
+    stage = FaceStageSpec(DetectorSpec.of(detector), alignment, pick)
+    job = AlignJob(str(in_dir), str(out_dir), stage)
     with OutputFolder(out_dir, ALIGN_META, "align", bookkeeping=(ALIGN_JOURNAL,)):
         check_or_write_align_meta(out_dir, job, model)
         return _align(job, out_dir, workers, retry_failed, progress)

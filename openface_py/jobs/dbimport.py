@@ -20,8 +20,10 @@ from typing import Optional
 
 import numpy as np
 
-from openface_py.errors import Failure, ImageLoadError, OpenFacePyError, UsageError
+from openface_py.errors import Failure, OpenFacePyError, UsageError
 from openface_py.faces.align import AlignmentSpec
+from openface_py.faces.detect import DetectorSpec
+from openface_py.faces.stage import FaceStage, FaceStageSpec
 from openface_py.io import list_images, load_image
 from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_photos
 from openface_py.jobs.outdir import outside_output_folders
@@ -63,48 +65,36 @@ class ImportReport:
 
 @dataclass(frozen=True)
 class ImportJob:
-    """What every worker needs to build its pipeline."""
+    """What every worker needs to build its face stage: the gallery and how faces are found."""
 
     gallery_dir: str
-    detector: str = "hog"
-    upsample: int = 1
-    max_side: Optional[int] = None
-    detector_options: Optional[dict] = None
+    detector: DetectorSpec = DetectorSpec()
 
 
 class _ImportFaces:
-    """One worker's detector + aligner (the face stage of ``jobs.engine.embed_photos``): the largest
-    face of one gallery photo, with the photo's SHA-256 and the face's box and landmarks."""
+    """One worker's face stage (of ``jobs.engine.embed_photos``): the largest face of one gallery
+    photo, with the photo's SHA-256 and the face's box and landmarks."""
 
     def __init__(self, job: ImportJob, spec: AlignmentSpec) -> None:
-        from openface_py.faces.align import make_aligner
-        from openface_py.faces.detect import make_detector
-        from openface_py.pipeline import FacePipeline
-
         self.root = Path(job.gallery_dir)
-        detector = make_detector(
-            job.detector, upsample=job.upsample, max_side=job.max_side, **(job.detector_options or {})
-        )
-        self.pipe = FacePipeline(detector, aligner=make_aligner(spec))
+        self.stage = FaceStage(FaceStageSpec(job.detector, spec))
 
     def __call__(self, item: tuple[str, int, int]) -> PhotoFaces:
         try:
             data = (self.root / item[0]).read_bytes()
-            faces = self.pipe.faces(load_image(data), multi=False)
-        except ImageLoadError as exc:
-            return PhotoFaces(item, exc.reason)
         except OSError as exc:
             return PhotoFaces(item, f"cannot read: {exc.strerror or exc}")
-        if not faces:
-            return PhotoFaces(item, "no face found")
+        found = self.stage.photo(lambda: load_image(data), item[0])
+        if not found.ok:
+            return PhotoFaces(item, found.reason)
         info = {
             "sha256": hashlib.sha256(data).hexdigest(),
             "faces": [
                 {"box": f.box.as_list(), "landmarks": None if f.landmarks is None else np.asarray(f.landmarks).tolist()}
-                for f in faces
+                for f in found.faces
             ],
         }
-        return PhotoFaces(item, "", [f.image for f in faces], info)
+        return PhotoFaces(item, "", [f.image for f in found.faces], info)
 
 
 DUPLICATE = "duplicate"
@@ -192,13 +182,10 @@ def _record(db: FaceDatabase, photo, root: Path, known: dict, identity: str, rep
 def import_folder(
     db: FaceDatabase,
     gallery_dir: Path,
-    detector: str = "hog",
-    upsample: int = 1,
-    max_side: Optional[int] = None,
+    detector: DetectorSpec | str = DetectorSpec(),
     workers: int = 1,
     retry_failed: bool = False,
     progress: bool = True,
-    detector_options: Optional[dict] = None,
     engine: Optional[Engine] = None,
 ) -> ImportReport:
     """Enroll every new or changed photo of ``gallery_dir`` into ``db`` (see the module's docstring).
@@ -250,7 +237,7 @@ def import_folder(
         todo.append((rel.as_posix(), st.st_size, st.st_mtime_ns))
     log.info("%d photos, %d done earlier, %d to import", len(rels), report.already_done, len(todo))
 
-    job = ImportJob(str(root.resolve()), detector, upsample, max_side, detector_options or None)
+    job = ImportJob(str(root.resolve()), DetectorSpec.of(detector))
     _enroll_all(db, job, root, todo, known, embedder, engine, progress, report)
     # recorded duplicates whose original is no longer enrolled (it changed or went): imported now
     again = [(rel.as_posix(), size, mt) for rel, size, mt in duplicates if not _still_enrolled(db, root, rel)]

@@ -29,9 +29,9 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from openface_py.errors import Failure, ImageLoadError, OpenFacePyError
-from openface_py.faces.align import AlignmentSpec, align_detection, make_aligner
-from openface_py.faces.detect import detector_settings, make_detector, select_faces
+from openface_py.errors import Failure, OpenFacePyError
+from openface_py.faces.detect import DetectorSpec
+from openface_py.faces.stage import FaceStage, FaceStageSpec, StageResult, guarded
 from openface_py.io import atomic_output, atomic_write_bytes, atomic_write_text, encode_png
 from openface_py.jobs.batch import EMBED_META, AlignReport, output_names, warn_unlabeled, write_embeddings
 from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_photos
@@ -58,58 +58,40 @@ class RunJob:
     """Per-photo settings, sent to each worker once."""
 
     source: PhotoSource
-    spec: AlignmentSpec
-    detector: str = "hog"
-    upsample: int = 1
-    multi: bool = False
-    skip_multi: bool = False
+    stage: FaceStageSpec
     aligned_dir: Optional[str] = None  # also write aligned PNGs here
-    max_side: Optional[int] = None
     aligned_names: Optional[dict] = None  # photo -> aligned PNG name (unique; see batch.output_names)
-    detector_options: Optional[dict] = None  # make_detector's other settings (MTCNN's min_face, ...)
 
 
 class _FaceWorker:
-    """One worker's detector + aligner (the face stage of ``engine.embed_photos``): a photo's
-    name -> its aligned faces with one ``{box, score, aligned_from}`` each, or the failure reason."""
+    """One worker's face stage (of ``engine.embed_photos``): a photo's name -> its aligned faces
+    with one ``{box, score, aligned_from}`` each, or the failure reason."""
 
     def __init__(self, job: RunJob) -> None:
         self.job = job
-        self.detector = make_detector(
-            job.detector, upsample=job.upsample, max_side=job.max_side, **(job.detector_options or {})
-        )
-        self.aligner = make_aligner(job.spec)
+        self.stage = FaceStage(job.stage)
 
     def _aligned_path(self, rel: str, k: int) -> Path:
         """``<name>.png`` for the one face of a photo; ``<name>-K.png`` for each face with --multi."""
         name = Path(self.job.aligned_names[rel])
-        if self.job.multi:
+        if self.job.stage.pick == "all":
             name = name.with_name(f"{name.stem}-{k}.png")
         return Path(self.job.aligned_dir) / name
 
     def __call__(self, rel: str) -> PhotoFaces:
-        try:
-            rgb = self.job.source.image(rel)
-            dets = self.detector.detect(rgb)
-            if not dets:
-                return PhotoFaces(rel, "no face found")
-            chosen = select_faces(dets, multi=self.job.multi, skip_multi=self.job.skip_multi)
-            if not chosen:
-                return PhotoFaces(rel, f"{len(dets)} faces found and --skip-multi is set")
-            faces, info = [], []
-            for k, det in enumerate(chosen):
-                face = align_detection(self.aligner, rgb, det)
-                if self.job.aligned_dir:
+        def work() -> StageResult:
+            found = self.stage.find(self.job.source.image(rel))
+            if self.job.aligned_dir:
+                for k, face in enumerate(found.faces):
                     atomic_write_bytes(self._aligned_path(rel, k), encode_png(face.image))
-                faces.append(face.image)
-                info.append({"box": det.box.as_list(), "score": round(float(det.score), 4),
-                             "aligned_from": face.aligned_from})  # fmt: skip
-            return PhotoFaces(rel, "", faces, info)
-        except ImageLoadError as exc:
-            return PhotoFaces(rel, exc.reason)
-        except Exception as exc:  # one bad photo must not stop the run; the reason is reported
-            log.debug("unexpected error on %s", rel, exc_info=True)
-            return PhotoFaces(rel, f"{type(exc).__name__}: {exc}")
+            return found
+
+        found = guarded(work, rel)
+        if not found.ok:
+            return PhotoFaces(rel, found.reason)
+        info = [{"box": f.box.as_list(), "score": round(float(f.score), 4), "aligned_from": f.aligned_from}
+                for f in found.faces]  # fmt: skip
+        return PhotoFaces(rel, "", [f.image for f in found.faces], info)
 
 
 def _write_part(out_dir: Path, index: int, rows: list[dict], reps: np.ndarray) -> str:
@@ -124,24 +106,22 @@ def run_folder(
     input_dir: os.PathLike | str,
     output_dir: os.PathLike | str,
     embedder: Embedder | EmbedderSpec,
-    detector: str = "hog-mtcnn",
-    upsample: int = 1,
-    multi: bool = False,
-    skip_multi: bool = False,
+    detector: DetectorSpec | str = DetectorSpec("hog-mtcnn"),
+    pick: str = "largest",
     workers: int = 0,
     batch_size: int = 32,
     max_pending: int = 256,
     save_aligned: bool = False,
     retry_failed: bool = False,
     progress: bool = True,
-    max_side: Optional[int] = None,
-    detector_options: Optional[dict] = None,
     engine: Optional[Engine] = None,
     output_format: str = "openface",
 ) -> AlignReport:
     """Detect, align and embed every photo below ``input_dir``; outputs as described in the module doc.
 
-    ``input_dir``: a local folder or a URL (``jobs.source``). The default detector is
+    ``input_dir``: a local folder or a URL (``jobs.source``). ``pick``: every face of a photo
+    (``all``), the largest (``largest``), or the largest only when alone (``only``,
+    ``faces.stage.PICKS``). The default detector is
     ``hog-mtcnn``: HOG as ``hog-adaptive`` (a quarter of OpenFace's HOG cost on LFW), and MTCNN
     only on photos where it finds nothing, which finds turned and tilted faces (BENCHMARKS.md,
     "Detectors").
@@ -161,6 +141,7 @@ def run_folder(
             import pyarrow  # noqa: F401  (checked before any work, not at the end)
         except ImportError:
             raise OpenFacePyError(f"--format parquet needs pyarrow: {INSTALL_HINT}") from None
+    detector = DetectorSpec.of(detector)
     engine = engine or Engine("local", workers=workers)
     if engine.name == "local" and workers and not engine.workers:
         engine = replace(engine, workers=workers)
@@ -174,12 +155,9 @@ def run_folder(
     warn_unlabeled(input_dir, rels)
     settings = {
         "identity": embedder.identity,
-        "detector": detector,
-        "upsample": int(upsample),
-        "max_side": int(max_side) if max_side else None,
-        **({"detector_options": how} if (how := detector_settings(detector, detector_options)) else {}),
-        "multi": multi,
-        "skip_multi": skip_multi,
+        **detector.to_dict(),
+        "multi": pick == "all",
+        "skip_multi": pick == "only",
     }
     with OutputFolder(out_dir, RUN_META, "run", bookkeeping=(RUN_JOURNAL, PARTS)):
         _check_or_write_settings(out_dir, settings)
@@ -191,15 +169,9 @@ def run_folder(
             names = {r.as_posix(): n.as_posix() for r, n in output_names([Path(r) for r in rels], taken).items()}
         job = RunJob(
             source,
-            embedder.alignment,
-            detector,
-            int(upsample),
-            multi,
-            skip_multi,
+            FaceStageSpec(detector, embedder.alignment, pick),
             str((out_dir / "aligned").resolve()) if save_aligned else None,  # absolute: Ray's workers
-            int(max_side) if max_side else None,
             names,
-            detector_options or None,
         )
         report = _embed_missing(job, out_dir, embedder, engine, journal, signatures, batch_size, max_pending,
                                 retry_failed, progress)  # fmt: skip

@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Union
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from openface_py.errors import OpenFacePyError, UsageError
 from openface_py.faces.align import dlib_box_for, make_aligner
-from openface_py.faces.detect import BoundingBox, make_detector
+from openface_py.faces.detect import BoundingBox, DetectorSpec
 from openface_py.io import TEMP_PREFIX, fsync_dir
 from openface_py.nets.embed import Embedder
 
@@ -192,16 +192,15 @@ class VideoRecognizer:
         embedder: Embedder,
         recognise: Recogniser,
         scale: float = 0.5,
-        upsample: int = 0,
         detect_every: int = 10,
         recognise_every: int = 15,
         tracker: str = "template",
         min_track_quality: Optional[float] = None,
-        detector: str = "hog",
-        detector_options: Optional[dict] = None,
+        detector: DetectorSpec = DetectorSpec("hog", upsample=0),
         new_identity_distance: Optional[float] = None,
     ) -> None:
-        """``new_identity_distance``: the squared-L2 move of a track's embedding that starts a new
+        """``detector``: how faces are found on the scaled frame (``scale``).
+        ``new_identity_distance``: the squared-L2 move of a track's embedding that starts a new
         identity vote (default: the embedder's same-person threshold; None there: names only)."""
         check_options(scale, tracker)
         self.embedder = embedder
@@ -209,7 +208,7 @@ class VideoRecognizer:
         self.recognise = recognise
         self.aligner = make_aligner(embedder.alignment)
         # on the scaled frame; tracked faces are aligned from dlib's landmarks in the tracked box
-        self.detector = make_detector(detector, upsample=upsample, **(detector_options or {}))
+        self.detector = detector.make()
         self.scale = scale
         self.detect_every = max(1, int(detect_every))
         self.recognise_every = max(1, int(recognise_every))
@@ -479,6 +478,7 @@ def make_recognizer(
     limit = threshold if threshold is not None else embedder.same_person_threshold
     if limit is None:  # before the gallery is embedded
         raise UsageError(f"{embedder.name} has no calibrated same-person threshold; give one (--threshold)")
-    det = make_detector(options.get("detector", "hog"), upsample=1, **(options.get("detector_options") or {}))
-    gallery = build_gallery(gallery_dir, FacePipeline(det, embedder=embedder), progress=progress)
+    # the gallery's photos at their own size, upsampled once as for `identify`
+    photos = replace(options.get("detector", DetectorSpec("hog")), upsample=1)
+    gallery = build_gallery(gallery_dir, FacePipeline(photos, embedder=embedder), progress=progress)
     return VideoRecognizer(embedder, gallery_recogniser(gallery, limit), **options)

@@ -47,6 +47,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from openface_py.errors import DatabaseError, OpenFacePyError, UsageError
+from openface_py.faces.detect import DetectorSpec
 from openface_py.recognize.facedb import FaceDatabase, FaceRecord, quote_name, valid_name
 from openface_py.service.guard import RequestGuard, default_allowed_hosts
 from openface_py.service.inference import InferencePool, PhotoCrashed, PhotoError, PhotoTimedOut, WorkerSpec
@@ -65,10 +66,7 @@ class ServiceSettings:
     db: str
     api_key: Optional[str] = None
     protect_all: bool = False
-    detector: str = "hog"
-    upsample: int = 1
-    max_side: Optional[int] = None
-    detector_options: Optional[dict] = None
+    detector: DetectorSpec = DetectorSpec()
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     inference_threads: int = 2
@@ -87,7 +85,11 @@ class ServiceSettings:
     cors_origins: list = field(default_factory=list)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self))
+        return json.dumps({**asdict(self), "detector": self.detector.to_dict()})
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ServiceSettings":
+        return cls(**{**data, "detector": DetectorSpec.from_dict(data["detector"])})
 
 
 class HttpError(Exception):
@@ -110,14 +112,7 @@ class Service:
         self.db = FaceDatabase.open(settings.db)
         self.db_lock = threading.Lock()
         n = max(1, int(settings.inference_threads))
-        spec = WorkerSpec(
-            model=self.db.model,
-            detector=settings.detector,
-            upsample=settings.upsample,
-            max_side=settings.max_side,
-            detector_options=dict(settings.detector_options or {}),
-            max_pixels=settings.max_pixels,
-        )
+        spec = WorkerSpec(model=self.db.model, detector=settings.detector, max_pixels=settings.max_pixels)
         self.pool = InferencePool(spec, n, timeout_s=settings.inference_timeout_s)
         if self.pool.identity != self.db.identity:
             self.pool.close()
@@ -611,7 +606,7 @@ def app_from_env():
     raw = json.loads(os.environ["OPENFACE_PY_SERVE"])
     raw["api_key"] = os.environ.get(API_KEY_ENV) or None
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return create_app(ServiceSettings(**raw))
+    return create_app(ServiceSettings.from_json(raw))
 
 
 def wait_until_up(url: str, timeout: float = 120.0) -> None:

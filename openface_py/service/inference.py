@@ -22,8 +22,10 @@ import queue
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from openface_py.faces.detect import DetectorSpec
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +35,7 @@ class WorkerSpec:
     """What a worker loads: the model, how faces are found, how photos are decoded."""
 
     model: str
-    detector: str = "hog"
-    upsample: int = 1
-    max_side: Optional[int] = None
-    detector_options: dict = field(default_factory=dict)
+    detector: DetectorSpec = DetectorSpec()
     max_pixels: int = 40_000_000
 
 
@@ -113,14 +112,7 @@ def _worker_main(conn, spec: WorkerSpec) -> None:
         from openface_py.io import release_memory
         from openface_py.pipeline import FacePipeline
 
-        pipe = FacePipeline.create(
-            spec.model,
-            detector=spec.detector,
-            upsample=spec.upsample,
-            threads=1,
-            max_side=spec.max_side,
-            detector_options=spec.detector_options or None,
-        )
+        pipe = FacePipeline.create(spec.model, detector=spec.detector, threads=1)
     except Exception as exc:  # reported to the server, which refuses to start
         conn.send(("init-error", f"{type(exc).__name__}: {exc}"))
         return

@@ -59,39 +59,27 @@ class Source:
 
 
 class _PhotoWorker:
-    """Per-process: detect, align both ways, teacher-embed (models loaded once per worker)."""
+    """Per-process: detect, align both ways, teacher-embed (models loaded once per worker).
+
+    LFW photos are searched exactly as ``openface-py lfw`` does (HOG at upsample 1, LFW's central
+    box as fallback) so evaluation here equals the real command; training photos with
+    ``hog-adaptive`` (their own resolution first, upsampled only when that finds nothing: more
+    faces found on UTKFace's 200x200 crops, at a quarter of the cost) and skipped where none is found.
+    """
 
     def __init__(self, fallback: str, flip_teacher: bool) -> None:
-        from openface_py.faces.align import DlibChipAligner, OpenFaceAligner
-        from openface_py.faces.detect import HogDetector
+        from openface_py.faces.align import DlibChipAligner, openface_spec
+        from openface_py.faces.detect import DetectorSpec
+        from openface_py.faces.stage import FaceStage, FaceStageSpec
         from openface_py.nets.embed import DlibResnetEmbedder
 
-        self.fallback = fallback
+        lfw = fallback == "lfw"
+        detector = DetectorSpec("hog" if lfw else "hog-adaptive", upsample=1)
+        on_miss = "central-box" if lfw else "fail"
         self.flip_teacher = flip_teacher
-        self.hog = {0: HogDetector(upsample=0), 1: HogDetector(upsample=1)}
-        self.student_aligner = OpenFaceAligner(STUDENT_SIZE)
+        self.stage = FaceStage(FaceStageSpec(detector, openface_spec(STUDENT_SIZE), on_miss=on_miss))
         self.chip_aligner = DlibChipAligner(CHIP_SIZE, 0.25)
         self.teacher = DlibResnetEmbedder()
-
-    def box_for(self, rgb: np.ndarray):
-        """Largest HOG face and whether it was detected (not a fallback); (None, False) if skipped.
-
-        LFW photos are searched exactly as ``openface-py lfw`` does (upsample 1, LFW's central
-        box as fallback) so evaluation here equals the real command; training photos at their own
-        resolution first and upsampled only when that finds nothing (more faces found on
-        UTKFace's 200x200 crops, at a quarter of the cost).
-        """
-        from openface_py.eval.lfw import FALLBACK_BOX
-        from openface_py.faces.detect import BoundingBox
-
-        tries = (1,) if self.fallback == "lfw" else (0, 1)
-        for up in tries:
-            dets = self.hog[up].detect(rgb)
-            if dets:
-                return max(dets, key=lambda d: d.box.area).box, True
-        if self.fallback == "lfw":
-            return BoundingBox(*FALLBACK_BOX), False
-        return None, False
 
     def __call__(self, path: str) -> dict:
         from openface_py.errors import ImageLoadError
@@ -101,11 +89,12 @@ class _PhotoWorker:
             rgb = load_image(path)
         except ImageLoadError as exc:
             return {"path": path, "error": str(exc)}
-        box, detected = self.box_for(rgb)
-        if box is None:
-            return {"path": path, "error": "no face found"}
-        crop = self.student_aligner.align(rgb, box).image
-        chip = self.chip_aligner.align(rgb, box).image
+        found = self.stage.find(rgb)
+        if not found.ok:
+            return {"path": path, "error": found.reason}
+        face = found.faces[0]
+        crop = face.image
+        chip = self.chip_aligner.align(rgb, face.box).image
         chips = [chip, np.ascontiguousarray(chip[:, ::-1])] if self.flip_teacher else [chip]
         emb = self.teacher.embed(chips, batch_size=2)
         return {
@@ -114,7 +103,7 @@ class _PhotoWorker:
             "chip": chip,
             "teacher": emb[0],
             "teacher_flip": emb[1] if self.flip_teacher else np.full(128, np.nan, np.float32),
-            "detected": detected,
+            "detected": not found.fallback,
         }
 
 
