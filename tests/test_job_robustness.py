@@ -18,6 +18,7 @@ import pytest
 from conftest import ROOT, SAMPLE
 
 from openface_py.errors import UsageError
+from openface_py.faces.detect import DetectorSpec
 from openface_py.jobs.stream import RUN_JOURNAL, run_folder
 from openface_py.nets.embed import NN4_SMALL2_DISTILLED, load_embedder
 
@@ -43,15 +44,49 @@ def photos(tmp_path):
 # ---- item 4: a bad argument does not block the output folder ---------------------------------
 
 
+BROKEN_MTCNN = """
+import openface_py.faces.mtcnn as mtcnn
+from openface_py.errors import ModelNotInstalledError
+
+_real = mtcnn.load_mtcnn_state
+
+def _refused(path=None):
+    import multiprocessing
+    if multiprocessing.parent_process() is None:  # only spawned workers are refused
+        return _real(path)
+    raise ModelNotInstalledError("mtcnn.pt: SHA-256 differs from the pinned one (made so by the test)")
+
+mtcnn.load_mtcnn_state = _refused
+"""
+
+
+def _with_broken_mtcnn_weights(tmp_path) -> dict:
+    """An environment whose spawned worker processes cannot load MTCNN's weights."""
+    site = tmp_path / "site-broken"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BROKEN_MTCNN)
+    return {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{ROOT}"}
+
+
 def test_failed_start_leaves_nothing_behind(photos, embedder, tmp_path):
+    """A bad setting is refused where it is made (the DetectorSpec), before any folder is claimed;
+    a worker that fails to start (weights it cannot load) leaves nothing either."""
     out = tmp_path / "r"
     with pytest.raises(UsageError, match="max_side"):
-        run_folder(photos, out, embedder, max_side=8, workers=1, progress=False)
+        run_folder(photos, out, embedder, detector=DetectorSpec("hog-mtcnn", max_side=8), workers=1, progress=False)
     assert not out.exists(), sorted(p.name for p in out.iterdir())
     kept = tmp_path / "made-by-user"
     kept.mkdir()
-    with pytest.raises(UsageError, match="max_side"):
-        run_folder(photos, kept, embedder, max_side=8, workers=2, progress=False)
+    broken = _with_broken_mtcnn_weights(tmp_path)
+    code = (
+        "import sys; from openface_py.jobs.stream import run_folder; from openface_py.nets.embed import load_embedder\n"
+        "if __name__ == '__main__':\n"
+        "    try: run_folder(sys.argv[1], sys.argv[2], load_embedder(None), workers=2, progress=False)\n"
+        "    except Exception as exc: print(type(exc).__name__, exc); sys.exit(1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(photos), str(kept)], cwd=ROOT, env=broken,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 1 and "mtcnn" in done.stdout.lower(), done.stdout + done.stderr[-2000:]
     assert kept.is_dir() and not any(kept.iterdir())  # the user's empty folder stays, empty
     report = run_folder(photos, out, embedder, workers=1, progress=False)  # the corrected command
     assert report.aligned == 6 and json.loads((out / "run.json").read_text())["max_side"] is None

@@ -205,14 +205,12 @@ def test_foreign_folder_is_refused_and_only_our_temp_files_are_removed(photos, e
 
 def test_max_side_is_used_and_recorded(photos, embedder, reference, tmp_path):
     out = tmp_path / "small"
-    run_folder(
-        photos / "Colin_Powell",
-        out,
-        embedder,
-        workers=1,
-        detector=DetectorSpec("hog-mtcnn", max_side=100),
-        progress=False,
-    )
+
+    def colin(side: int):
+        detector = DetectorSpec("hog-mtcnn", max_side=side)
+        return run_folder(photos / "Colin_Powell", out, embedder, workers=1, detector=detector, progress=False)
+
+    colin(100)
     assert json.loads((out / "run.json").read_text())["max_side"] == 100
     _, _, faces = _outputs(out)
     ref = {f["path"]: f["box"] for f in reference[2]}
@@ -225,14 +223,7 @@ def test_max_side_is_used_and_recorded(photos, embedder, reference, tmp_path):
         moved += b != r
     assert moved >= 5  # detected on the 100-pixel copy: boxes are not the full-size ones
     with pytest.raises(Exception, match="max_side"):
-        run_folder(
-            photos / "Colin_Powell",
-            out,
-            embedder,
-            workers=1,
-            detector=DetectorSpec("hog-mtcnn", max_side=200),
-            progress=False,
-        )
+        colin(200)
 
 
 def test_save_aligned_names_never_collide(embedder, tmp_path):

@@ -414,6 +414,10 @@ class DetectorSpec:
         DETECTORS.get(self.name)  # an unknown name fails here, before any work
         if int(self.upsample) < 0:
             raise UsageError("upsample must be >= 0")
+        if self.max_side is not None and 0 < int(self.max_side) < 32:
+            raise UsageError("max_side must be at least 32 pixels")
+        if self.max_pixels and int(self.max_pixels) < 32 * 32:
+            raise UsageError("max_pixels must be at least 1024 pixels (0: no bound)")
         if self.align_from not in ALIGN_FROM:
             raise UsageError(f"unknown align_from {self.align_from!r} (choose from {', '.join(ALIGN_FROM)})")
         thresholds = tuple(float(t) for t in self.thresholds)
