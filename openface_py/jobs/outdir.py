@@ -34,6 +34,12 @@ LOCK_NAME = ".openface-py.lock"
 OUTPUT_MARKERS = (LOCK_NAME, "openface-py-align.json", "embeddings.json", "train-net.json")
 
 
+def settings_changes(old: dict, new: dict) -> dict[str, tuple]:
+    """What differs between the settings a folder (or checkpoint) recorded and the ones given
+    now: key -> (recorded, now), for the message that refuses to mix two runs in one folder."""
+    return {k: (old.get(k), new.get(k)) for k in sorted({**old, **new}) if old.get(k) != new.get(k)}
+
+
 class OutputFolderError(OpenFacePyError):
     """The output folder is not ours to write into, or another job is writing into it."""
 

@@ -36,7 +36,7 @@ from openface_py.io import atomic_output, atomic_write_bytes, atomic_write_text,
 from openface_py.jobs.batch import EMBED_META, AlignReport, output_names, warn_unlabeled, write_embeddings
 from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_photos
 from openface_py.jobs.journal import Journal, changed, read_journal, signed
-from openface_py.jobs.outdir import OutputFolder, outside_output_folders
+from openface_py.jobs.outdir import OutputFolder, outside_output_folders, settings_changes
 from openface_py.jobs.source import INSTALL_HINT, PhotoSource
 from openface_py.nets.embed import Embedder
 
@@ -188,8 +188,7 @@ def _check_or_write_settings(out_dir: Path, settings: dict) -> None:
     meta_path = out_dir / RUN_META
     if meta_path.is_file():
         old = {"max_side": None, **json.loads(meta_path.read_text(encoding="utf-8"))}
-        if old != settings:
-            changed = {k: (old.get(k), settings.get(k)) for k in {**old, **settings} if old.get(k) != settings.get(k)}
+        if changed := settings_changes(old, settings):
             raise OpenFacePyError(
                 f"{out_dir} holds a run with other settings (was, now: {changed}); use another output folder "
                 "or the earlier settings (e.g. its --detector)"
