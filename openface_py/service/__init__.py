@@ -1,1 +1,2 @@
-"""The HTTP service: FastAPI app, web page."""
+"""The HTTP service over a face database: the FastAPI app and web page, inference in worker
+processes, request guards and the header deadline."""
