@@ -44,7 +44,7 @@ N_LFW_PEOPLE = 50
 
 def _embed(name: str, folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Embeddings (largest face per photo) of every photo below ``folder``, cached in CACHE/name."""
-    from openface_py.jobs.batch import load_embeddings
+    from openface_py.jobs.embeddings import load_embeddings
     from openface_py.jobs.stream import run_folder
     from openface_py.nets.embed import load_embedder
 

@@ -24,7 +24,8 @@ import numpy as np
 
 from openface_py.faces.detect import DetectorSpec
 from openface_py.io import load_image
-from openface_py.jobs.batch import align_folder, represent_folder
+from openface_py.jobs.batch import align_folder
+from openface_py.jobs.represent import represent_folder
 from openface_py.nets.embed import best_installed_model, load_embedder
 from openface_py.pipeline import FacePipeline
 from openface_py.recognize.classify import format_prediction, train_model

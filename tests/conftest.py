@@ -56,7 +56,7 @@ def dlib_embedder():
 
 @pytest.fixture(scope="session")
 def dlib_reps(aligned_dlib, dlib_embedder, tmp_path_factory):
-    from openface_py.jobs.batch import represent_folder
+    from openface_py.jobs.represent import represent_folder
 
     out = tmp_path_factory.mktemp("reps-dlib")
     res = represent_folder(aligned_dlib, out, dlib_embedder, progress=False)

@@ -47,7 +47,7 @@ def default_embedder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sample_reps(default_embedder, tmp_path_factory):
     """(reps folder, X, labels, held-out mask): photos 9 and 10 (in file-name order) of each person held out."""
-    from openface_py.jobs.batch import load_embeddings
+    from openface_py.jobs.embeddings import load_embeddings
     from openface_py.jobs.stream import run_folder
 
     out = tmp_path_factory.mktemp("sample-reps")

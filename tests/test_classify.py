@@ -72,7 +72,7 @@ def default_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def default_split(aligned_openface, default_model, tmp_path_factory):
-    from openface_py.jobs.batch import represent_folder
+    from openface_py.jobs.represent import represent_folder
 
     res = represent_folder(aligned_openface, tmp_path_factory.mktemp("reps-default"), default_model[0], progress=False)
     held = np.array([p.endswith(HELD_OUT) for p in res.paths])

@@ -19,7 +19,9 @@ from PIL import Image
 from openface_py.errors import AlignmentMismatchError, OpenFacePyError
 from openface_py.faces.align import dlib_chip_spec, openface_spec
 from openface_py.io import TEMP_PREFIX, list_images, load_image
-from openface_py.jobs.batch import ALIGN_JOURNAL, align_folder, load_embeddings, represent_folder
+from openface_py.jobs.batch import ALIGN_JOURNAL, align_folder
+from openface_py.jobs.embeddings import load_embeddings
+from openface_py.jobs.represent import represent_folder
 
 
 def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -516,7 +516,7 @@ HUGE_NPY_HEADER = b"\x93NUMPY\x01\x00\x48\x00{'descr': '<f4', 'fortran_order': F
 def represent_output() -> dict[str, bytes]:
     """The files write_embeddings makes for 6 faces of 3 people (a stub embedder: names only)."""
     from openface_py.faces.align import openface_spec
-    from openface_py.jobs.batch import write_embeddings
+    from openface_py.jobs.embeddings import write_embeddings
 
     rng = np.random.default_rng(0)
     reps = rng.normal(size=(6, 128)).astype(np.float32)
@@ -605,7 +605,7 @@ def mutated_represent_folders(draw) -> dict[str, bytes | None]:
 
 def check_represent_folder(files: dict) -> None:
     """``files``: file name -> bytes, or None for a missing file; files not named are intact."""
-    from openface_py.jobs.batch import load_embeddings
+    from openface_py.jobs.embeddings import load_embeddings
 
     d = Path(tempfile.mkdtemp(prefix="openface-py-fuzz-"))
     try:

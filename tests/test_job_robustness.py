@@ -351,8 +351,8 @@ def test_flat_folders_are_named_and_explained(photos, embedder, tmp_path, caplog
     import logging
 
     from openface_py.errors import OpenFacePyError
-    from openface_py.jobs.batch import load_embeddings
     from openface_py.jobs.dbimport import import_folder
+    from openface_py.jobs.embeddings import load_embeddings
     from openface_py.recognize.classify import train_model
     from openface_py.recognize.facedb import FaceDatabase
 

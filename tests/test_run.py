@@ -65,7 +65,10 @@ def test_parallel_equals_single_process_and_align_represent(photos, embedder, tm
     report = json.loads((tmp_path / "two" / "run-report.json").read_text())
     assert report["failed"] == 2 and report["aligned_total"] == 31
     # same faces and embeddings as align + represent on the same photos
-    from openface_py.jobs.batch import align_folder, represent_folder
+    from openface_py.jobs.batch import align_folder
+
+    # (run's default detector is hog-mtcnn; align's is OpenFace's hog: give align the same one)
+    from openface_py.jobs.represent import represent_folder
 
     # (run's default detector is hog-mtcnn; align's is OpenFace's hog: give align the same one)
     align_folder(photos, tmp_path / "aligned", embedder.alignment, detector="hog-mtcnn", workers=2, progress=False)

@@ -49,7 +49,7 @@ def test_a_changed_file_is_refused(tmp_path, monkeypatch):
 
 def test_sample_people_are_separated(aligned_openface):
     """The 10 sample people (LFW photos; LFW pairs people were kept out of training)."""
-    from openface_py.jobs.batch import represent_folder
+    from openface_py.jobs.represent import represent_folder
 
     res = represent_folder(
         aligned_openface,

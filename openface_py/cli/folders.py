@@ -101,7 +101,7 @@ def cmd_align(args: argparse.Namespace) -> int:
 
 
 def cmd_represent(args: argparse.Namespace) -> int:
-    from openface_py.jobs.batch import represent_folder
+    from openface_py.jobs.represent import represent_folder
     from openface_py.nets.embed import load_embedder
 
     embedder = load_embedder(args.model, threads=args.threads, backend=args.backend)

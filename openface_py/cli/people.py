@@ -82,7 +82,7 @@ def register(add_command) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from openface_py.jobs.batch import load_embeddings
+    from openface_py.jobs.embeddings import load_embeddings
     from openface_py.recognize.classify import train_model, write_reliability_plot
 
     reps, labels, paths, meta = load_embeddings(args.reps_dir)

@@ -33,7 +33,8 @@ from openface_py.errors import Failure, OpenFacePyError
 from openface_py.faces.detect import DetectorSpec
 from openface_py.faces.stage import FaceStage, FaceStageSpec, StageResult, guarded
 from openface_py.io import atomic_output, atomic_write_bytes, atomic_write_text, encode_png
-from openface_py.jobs.batch import EMBED_META, AlignReport, output_names, warn_unlabeled, write_embeddings
+from openface_py.jobs.batch import AlignReport, output_names, warn_unlabeled
+from openface_py.jobs.embeddings import EMBED_META, write_embeddings
 from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_photos
 from openface_py.jobs.journal import Journal, changed, read_journal, signed
 from openface_py.jobs.outdir import OutputFolder, outside_output_folders, settings_changes

@@ -57,7 +57,8 @@ def read_labeled_faces(aligned_dir: os.PathLike | str, spec: AlignmentSpec) -> L
     from PIL import Image
 
     from openface_py.io import list_images
-    from openface_py.jobs.batch import ALIGN_META, read_align_meta
+    from openface_py.jobs.batch import ALIGN_META
+    from openface_py.jobs.represent import read_align_meta
 
     root = Path(aligned_dir)
     if not root.is_dir():
