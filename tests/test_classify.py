@@ -12,7 +12,7 @@ from conftest import EXAMPLES, LFW, SAMPLE, needs_lfw
 from scipy.stats import multivariate_normal
 from test_embed_batch import cli
 
-from openface_py.eval.lfw import PairsFormatError, parse_pairs
+from openface_py.eval.protocol import PairsFormatError, parse_pairs
 from openface_py.faces.detect import DetectorSpec
 from openface_py.io import list_images, load_image
 from openface_py.metrics import best_split_threshold

@@ -444,7 +444,7 @@ def _write_tmp(data: bytes, name: str) -> Path:
 
 
 def check_pairs(data: bytes, changed_line: int | None = None) -> None:
-    from openface_py.eval.lfw import PairsFormatError, image_name, parse_pairs
+    from openface_py.eval.protocol import PairsFormatError, image_name, parse_pairs
 
     p = _write_tmp(data, "pairs.txt")
     try:
@@ -495,7 +495,7 @@ def test_pairs_one_line_changed(case):
 @fuzz_settings(50)
 @given(valid_pairs_files())
 def test_pairs_valid_round_trip(case):
-    from openface_py.eval.lfw import parse_pairs
+    from openface_py.eval.protocol import parse_pairs
 
     text, want = case
     p = _write_tmp(text.encode(), "pairs.txt")

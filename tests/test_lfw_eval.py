@@ -11,7 +11,7 @@ from sklearn.metrics import roc_auc_score
 from test_embed_batch import cli
 
 from openface_py.eval.evaluate import evaluate, select_pairs
-from openface_py.eval.lfw import Pair
+from openface_py.eval.protocol import Pair
 from openface_py.metrics import auc, best_split_threshold, eer, k_fold_accuracy, roc_curve, val_at_far
 
 

@@ -164,7 +164,7 @@ def test_lfw_subset_accuracy_floor(embedder):
     """The first 10 same and 10 different pairs of folds 1 and 6 of pairs.txt, aligned from dlib's
     68 landmarks in LFW's central box (deep funnelling centres the face; no detector, to keep the
     test fast), judged by the model's own threshold: at least 95% right (full LFW: BENCHMARKS.md)."""
-    from openface_py.eval.lfw import image_name, parse_pairs
+    from openface_py.eval.protocol import image_name, parse_pairs
     from openface_py.faces.stage import CENTRAL_BOX
     from openface_py.io import load_image
 

@@ -77,7 +77,7 @@ def test_sample_people_are_separated(aligned_openface):
 def test_lfw_pairs_are_ordered():
     """First 10 same and 10 different pairs of pairs.txt fold 1: every same-person distance is
     compared with every different-person one."""
-    from openface_py.eval.lfw import image_name, parse_pairs
+    from openface_py.eval.protocol import image_name, parse_pairs
     from openface_py.faces.align import OpenFaceAligner
     from openface_py.faces.detect import HogDetector
     from openface_py.io import load_image

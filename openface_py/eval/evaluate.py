@@ -21,13 +21,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from openface_py.errors import OpenFacePyError, UsageError
-from openface_py.eval.lfw import (
-    LfwEmbeddings,
-    Pair,
-    embed_lfw_images,
-    embedding_cache_path,
-    parse_pairs,
-)
+from openface_py.eval.lfw import LfwEmbeddings, embed_lfw_images, embedding_cache_path
+from openface_py.eval.protocol import Pair, parse_pairs
 from openface_py.faces.detect import DetectorSpec
 from openface_py.io import atomic_write_bytes, atomic_write_text
 from openface_py.jobs.engine import Engine

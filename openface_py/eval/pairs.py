@@ -25,7 +25,8 @@ from typing import Optional
 
 from openface_py.errors import OpenFacePyError, UsageError
 from openface_py.eval.evaluate import LfwResult, evaluate_both, write_reports
-from openface_py.eval.lfw import LfwEmbeddings, embed_lfw_images, embedding_cache_path, read_utf8
+from openface_py.eval.lfw import LfwEmbeddings, embed_lfw_images, embedding_cache_path
+from openface_py.eval.protocol import read_utf8
 from openface_py.faces.detect import DetectorSpec
 from openface_py.jobs.engine import Engine
 

@@ -214,7 +214,8 @@ def lfw_accuracy(model: NN4Small2, lfw: dict, pairs_path: Path, batch: int = 128
     """10-fold LFW accuracy (thresholds from the other 9 folds) on the cached crops ``lfw``
     (``load_shards`` of the cache's LFW source); with ``flip`` also with mirror-averaged embeddings."""
     from openface_py.eval.evaluate import evaluate, score_pairs
-    from openface_py.eval.lfw import LfwEmbeddings, parse_pairs
+    from openface_py.eval.lfw import LfwEmbeddings
+    from openface_py.eval.protocol import parse_pairs
 
     d = lfw
     crops = d["crops"]

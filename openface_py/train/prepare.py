@@ -234,7 +234,7 @@ def load_shards(folder: Path, chips: bool = False) -> dict:
 
 def lfw_pair_images(lfw_root: Path, pairs_path: Path) -> list[Path]:
     """Every image named in pairs.txt, once, in order of first appearance."""
-    from openface_py.eval.lfw import image_name, parse_pairs
+    from openface_py.eval.protocol import image_name, parse_pairs
 
     pairs, _, _ = parse_pairs(pairs_path)
     names = dict.fromkeys(n for p in pairs for n in (image_name(p.name1, p.num1), image_name(p.name2, p.num2)))
@@ -243,7 +243,7 @@ def lfw_pair_images(lfw_root: Path, pairs_path: Path) -> list[Path]:
 
 def lfw_unpaired_images(lfw_root: Path, pairs_path: Path) -> list[Path]:
     """Every LFW image of a person who appears in no pair of pairs.txt (usable for training)."""
-    from openface_py.eval.lfw import parse_pairs
+    from openface_py.eval.protocol import parse_pairs
 
     pairs, _, _ = parse_pairs(pairs_path)
     people = {p.name1 for p in pairs} | {p.name2 for p in pairs}

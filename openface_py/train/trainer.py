@@ -348,7 +348,8 @@ class LfwProbe:
 
     @classmethod
     def load(cls, lfw_dir: Path, progress: bool) -> LfwProbe:
-        from openface_py.eval.lfw import align_lfw_images, image_name, parse_pairs
+        from openface_py.eval.lfw import align_lfw_images
+        from openface_py.eval.protocol import image_name, parse_pairs
 
         if not (lfw_dir / "pairs.txt").is_file():
             raise UsageError(f"--lfw {lfw_dir}: no pairs.txt (expected LFW's view-2 pairs file)")
