@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from openface_py.errors import ModelNotInstalledError
+from openface_py.errors import ModelNotInstalledError, UnknownNameError
 from openface_py.faces.align import AlignmentSpec
 from openface_py.nets.catalog import (
     DEFAULT_MODEL,
@@ -74,6 +74,7 @@ __all__ = [
     "load_mobilefacenet_state",
     "model_statuses",
     "nn4_missing_message",
+    "resolve_model",
     "same_person_threshold",
     "weights_digest",
     "weights_metadata",
@@ -180,13 +181,14 @@ def known_weights(path: Union[str, Path]) -> Optional[str]:
     return None
 
 
-def _weights_path(model: str) -> Path:
-    """``model`` as a path to existing weights; ``UnknownNameError`` when it is neither a model
-    name nor an existing file or folder."""
-    p = Path(model)
-    if not p.exists():
-        EMBEDDERS.get(model)  # raises: not a name either
-    return p
+def resolve_model(model: Optional[str] = None) -> str:
+    """``model`` as given when it is a model name or an existing weights file or folder, the default
+    model when it is None; ``UnknownNameError`` (a usage error) otherwise. Loads nothing."""
+    if not model:
+        return best_installed_model()
+    if model not in EMBEDDERS and not Path(model).exists():
+        raise UnknownNameError(EMBEDDERS.kind, model, EMBEDDERS.names())
+    return model
 
 
 def load_embedder(
@@ -197,11 +199,11 @@ def load_embedder(
     ``backend`` and ``device`` (NN4-small2 and MobileFaceNet): ``auto``, ``eager``, ``compile`` or ``onnx``
     (``backends.py``); a torch device (``cuda`` for a GPU; dlib's ResNet uses dlib's own build).
     """
-    model = model or best_installed_model()
+    model = resolve_model(model)
     if model in EMBEDDERS:
         entry = EMBEDDERS.get(model)
         return entry.load(entry, installed_weights(model), threads, backend, device)
-    p = _weights_path(model)
+    p = Path(model)
     known = known_weights(p)
     if known is not None:
         log.info("%s is a copy of %s", p, known)
@@ -220,32 +222,26 @@ def load_embedder(
 def describe_model(model: Optional[str] = None) -> tuple[str, str, AlignmentSpec]:
     """(model as ``load_embedder`` takes it, the embedder's ``name``, its alignment) without loading
     torch or the weights, so a job's driver can record the identity its workers will give."""
-    model = model or best_installed_model()
+    model = resolve_model(model)
     if model in EMBEDDERS:
         entry = EMBEDDERS.get(model)
         _required(entry)
         return model, model, entry.alignment
-    p = _weights_path(model)
+    p = Path(model)
     # an absolute path: workers elsewhere (Ray's) do not share this process's working directory
     return str(p.resolve()), known_weights(p) or digest_name(p), PATH_ALIGNMENT
 
 
 def alignment_for(model: Optional[str]) -> AlignmentSpec:
     """The alignment a model needs, without loading its weights (None: the default model)."""
-    name = model or best_installed_model()
-    if name in EMBEDDERS:
-        return EMBEDDERS.get(name).alignment
-    _weights_path(name)
-    return PATH_ALIGNMENT
+    name = resolve_model(model)
+    return EMBEDDERS.get(name).alignment if name in EMBEDDERS else PATH_ALIGNMENT
 
 
 def embedding_dim(model: Optional[str] = None) -> int:
     """Length of a model's embeddings, without loading it (256 for MobileFaceNet, else 128)."""
-    name = model or best_installed_model()
-    if name in EMBEDDERS:
-        return EMBEDDERS.get(name).dim
-    _weights_path(name)
-    return PATH_DIM
+    name = resolve_model(model)
+    return EMBEDDERS.get(name).dim if name in EMBEDDERS else PATH_DIM
 
 
 def same_person_threshold(model_name: str) -> Optional[float]:
