@@ -17,6 +17,8 @@ from openface_py.errors import ModelNotInstalledError, UsageError
 
 def register(add_command, common) -> None:
     """Add `models` and its actions."""
+    from openface_py.nets.embed import downloadable_models
+
     p = add_command("models", help="list, download or convert models")
     msub = p.add_subparsers(dest="models_command", metavar="ACTION")
     pl = msub.add_parser("list", parents=[common], help="show which models are installed and which is the default")
@@ -24,7 +26,7 @@ def register(add_command, common) -> None:
     pd = msub.add_parser(
         "download", parents=[common], help="fetch a model's released weights into the cache (md5-checked)"
     )
-    pd.add_argument("name", choices=("nn4.small2.v1",))
+    pd.add_argument("name", choices=downloadable_models())
     pd.add_argument("--format", choices=("pt", "t7"), default="pt")
     pd.add_argument("--url", default=None, help="base URL (default: OpenFace's model storage) or a full file URL")
     pd.add_argument("--from-file", type=Path, default=None, help="install a copy you already have (md5-checked)")
@@ -75,8 +77,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     from openface_py import store
+    from openface_py.nets.embed import EMBEDDERS
 
-    info = store.NN4_SMALL2_V1_FILES[args.format]
+    info = EMBEDDERS.get(args.name).weights.files[args.format]
     dest = store.cache_dir() / info.filename
     if args.from_file is not None:
         store.install_local_file(args.from_file, info.md5, dest)

@@ -1,1 +1,2 @@
-"""Embedding networks: NN4-small2 and its weight loaders and backends, the embedder registry."""
+"""Embedding networks (NN4-small2, MobileFaceNet, dlib's ResNet): the embedder table (``catalog``),
+the embedders, their weights files, loaders and backends."""
