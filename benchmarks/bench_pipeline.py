@@ -44,7 +44,8 @@ from openface_py.io import list_images, load_image  # noqa: E402
 from openface_py.jobs.batch import align_folder  # noqa: E402
 from openface_py.jobs.stream import run_folder  # noqa: E402
 from openface_py.nets import backends  # noqa: E402
-from openface_py.nets.embed import NN4Embedder, best_installed_model, load_embedder  # noqa: E402
+from openface_py.nets.embed import best_installed_model, load_embedder  # noqa: E402
+from openface_py.nets.embedders import NN4Embedder  # noqa: E402
 
 LFW_IMAGES = ROOT.parent / "shared" / "datasets" / "lfw" / "deepfunneled"
 

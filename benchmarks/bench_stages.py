@@ -29,7 +29,8 @@ from openface_py.faces.align import dlib_chip_spec, make_aligner, openface_spec 
 from openface_py.faces.detect import HogDetector  # noqa: E402
 from openface_py.io import list_images, load_image  # noqa: E402
 from openface_py.jobs.batch import align_folder  # noqa: E402
-from openface_py.nets.embed import DlibResnetEmbedder, best_installed_model, load_embedder  # noqa: E402
+from openface_py.nets.embed import best_installed_model, load_embedder  # noqa: E402
+from openface_py.nets.embedders import DlibResnetEmbedder  # noqa: E402
 
 
 def machine_info() -> str:

@@ -36,7 +36,8 @@ def make_crops(out: Path) -> None:
     from openface_py.faces.align import align_detection, make_aligner
     from openface_py.faces.detect import DetectorSpec
     from openface_py.io import list_images, load_image
-    from openface_py.nets.embed import MOBILEFACENET_REID, load_embedder
+    from openface_py.nets.catalog import MOBILEFACENET_REID
+    from openface_py.nets.embed import load_embedder
 
     emb = load_embedder(MOBILEFACENET_REID)
     aligner = make_aligner(emb.alignment)

@@ -71,14 +71,16 @@ DATABASE_ERROR_KINDS = ("corrupt", "readonly", "full", "locked")
 
 class UnknownNameError(UsageError, KeyError):
     """A detector, embedder, classifier or loss asked for by a name no registry holds; the message
-    lists the names there are. A ``UsageError`` (the command line exits with 2)."""
+    lists the names there are (and ``otherwise``, what else would be accepted). A ``UsageError``
+    (the command line exits with 2)."""
 
-    def __init__(self, kind: str, name: object, choices) -> None:
-        self.kind, self.name, self.choices = kind, name, tuple(choices)
-        super().__init__(f"unknown {kind} {name!r} (choose from {', '.join(self.choices)})")
+    def __init__(self, kind: str, name: object, choices, otherwise: str = "") -> None:
+        self.kind, self.name, self.choices, self.otherwise = kind, name, tuple(choices), otherwise
+        listed = ", ".join(self.choices) + (f"; or {otherwise}" if otherwise else "")
+        super().__init__(f"unknown {kind} {name!r} (choose from {listed})")
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]
 
     def __reduce__(self):
-        return (type(self), (self.kind, self.name, self.choices))
+        return (type(self), (self.kind, self.name, self.choices, self.otherwise))

@@ -11,7 +11,8 @@ import numpy as np
 from openface_py.faces.align import AlignedFace, AlignmentSpec
 from openface_py.faces.detect import BoundingBox, Detector, DetectorSpec
 from openface_py.faces.stage import FaceStage, FaceStageSpec, pick_of
-from openface_py.nets.embed import Embedder, load_embedder
+from openface_py.nets.embed import load_embedder
+from openface_py.nets.embedders import Embedder
 
 
 @dataclass

@@ -103,7 +103,7 @@ def test_auto_skips_a_backend_that_does_not_match_eager(offset, chosen, faces, m
 
 def test_embedder_uses_a_backend(aligned_openface, model, home, caplog):
     from openface_py.io import load_image
-    from openface_py.nets.embed import NN4Embedder
+    from openface_py.nets.embedders import NN4Embedder
 
     crops = [load_image(p) for p in sorted(aligned_openface.rglob("*.png"))[:4]]
     eager = NN4Embedder(model.state_dict(), backend="eager").embed(crops)

@@ -18,7 +18,8 @@ from test_embed_batch import cli
 from openface_py import cli as cli_mod
 from openface_py import store
 from openface_py.errors import ModelNotInstalledError, UsageError, WeightsError
-from openface_py.nets.embed import NN4_SMALL2_V1, best_installed_model, load_embedder, model_statuses
+from openface_py.nets.catalog import NN4_SMALL2_V1
+from openface_py.nets.embed import best_installed_model, load_embedder, model_statuses
 from openface_py.nets.nn4 import NN4Small2
 from openface_py.pipeline import FacePipeline
 

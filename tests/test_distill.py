@@ -70,7 +70,7 @@ def test_cache_holds_crops_and_teacher(cache):
     assert web["crops"].shape == (20, 96, 96, 3) and web["crops"].dtype == np.uint8
     assert web["detected"].all()
     # the teacher column is dlib's embedding of the stored chip
-    from openface_py.nets.embed import DlibResnetEmbedder
+    from openface_py.nets.embedders import DlibResnetEmbedder
 
     again = DlibResnetEmbedder().embed(list(web["chips"][:3]))
     assert np.abs(again - web["teacher"][:3]).max() < 1e-5
@@ -175,7 +175,7 @@ def test_training_resumes_exactly_and_exports(cache, tmp_path):
     from sklearn.metrics import roc_auc_score
 
     from openface_py.metrics import k_fold_accuracy
-    from openface_py.nets.embed import NN4Embedder
+    from openface_py.nets.embedders import NN4Embedder
 
     distill.export(whole, tmp_path / "a.pt")
     lfw = prepare.load_shards(cache / "cache" / prepare.LFW_SOURCE)
@@ -211,7 +211,7 @@ def test_training_resumes_exactly_and_exports(cache, tmp_path):
     with pytest.raises(SystemExit, match="other settings"):
         distill.train(distill.Settings(**{**settings.__dict__, "lr_new": 0.1}), tmp_path / "b", pairs)
     # export: the weight average as a plain state dict that the embedder loads, with its sha256
-    from openface_py.nets.embed import NN4Embedder
+    from openface_py.nets.embedders import NN4Embedder
     from openface_py.store import sha256sum
 
     sha = distill.export(resumed, tmp_path / "w.pt")
@@ -257,7 +257,7 @@ def test_frozen_blocks_stay_as_initialised(cache, tmp_path):
 def test_mirrored_teacher_added_to_finished_shards(cache, tmp_path):
     """--flip-teacher on a cache made without it fills in the teacher's embedding of each mirrored
     chip and leaves everything else as it was; a second pass has nothing to do."""
-    from openface_py.nets.embed import DlibResnetEmbedder
+    from openface_py.nets.embedders import DlibResnetEmbedder
 
     shutil.copytree(cache / "cache" / "web", tmp_path / "web")
     before = prepare.load_shards(tmp_path / "web", chips=True)

@@ -15,7 +15,9 @@ import pytest
 import torch
 from conftest import EXAMPLES, ROOT, SAMPLE, shipped_lfw_threshold
 
-from openface_py.nets.embed import NN4_SMALL2_DISTILLED, WEIGHTS_META_KEY, find_nn4_small2_distilled, load_embedder
+from openface_py.nets.catalog import NN4_SMALL2_DISTILLED
+from openface_py.nets.embed import find_nn4_small2_distilled, load_embedder
+from openface_py.nets.modelfiles import WEIGHTS_META_KEY
 
 PAIR = [str(EXAMPLES / f) for f in ("lennon-1.jpg", "lennon-2.jpg", "clapton-1.jpg")]
 

@@ -20,7 +20,8 @@ from conftest import ROOT, SAMPLE
 from openface_py.errors import UsageError
 from openface_py.faces.detect import DetectorSpec
 from openface_py.jobs.stream import RUN_JOURNAL, run_folder
-from openface_py.nets.embed import NN4_SMALL2_DISTILLED, load_embedder
+from openface_py.nets.catalog import NN4_SMALL2_DISTILLED
+from openface_py.nets.embed import load_embedder
 
 PEOPLE = ("Tony_Blair", "Colin_Powell")
 

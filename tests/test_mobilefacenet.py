@@ -22,15 +22,8 @@ from openface_py.faces.align import (
     intel5_spec,
     similarity_transform,
 )
-from openface_py.nets.embed import (
-    MOBILEFACENET_REID,
-    SAME_PERSON_THRESHOLDS,
-    alignment_for,
-    describe_model,
-    embedding_dim,
-    load_embedder,
-    model_statuses,
-)
+from openface_py.nets.catalog import MOBILEFACENET_REID, SAME_PERSON_THRESHOLDS
+from openface_py.nets.embed import alignment_for, describe_model, embedding_dim, load_embedder, model_statuses
 
 REF = ROOT / "tests" / "data" / "reid0095"
 SHIPPED = store.project_models_dir() / store.MOBILEFACENET_REID0095.filename

@@ -10,7 +10,7 @@ from t7_writer import TorchClass, write_t7
 
 from openface_py.errors import WeightsError
 from openface_py.io import list_images, load_image
-from openface_py.nets.embed import NN4Embedder
+from openface_py.nets.embedders import NN4Embedder
 from openface_py.nets.nn4 import PARAMETER_COUNT, L2Pool2d, NN4Small2, count_parameters, preprocess
 from openface_py.nets.weights import (
     build_model,

@@ -19,7 +19,8 @@ from conftest import EXAMPLES, ROOT, SAMPLE
 
 from openface_py.jobs.engine import EmbedderSpec, Engine
 from openface_py.jobs.stream import RUN_JOURNAL, run_folder
-from openface_py.nets.embed import NN4_SMALL2_DISTILLED, load_embedder
+from openface_py.nets.catalog import NN4_SMALL2_DISTILLED
+from openface_py.nets.embed import load_embedder
 
 ray = pytest.importorskip(
     "ray", reason="the Ray engine's tests need Ray: pip install 'openface-py[ray]' (make test does)"

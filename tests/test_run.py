@@ -19,7 +19,8 @@ from openface_py.io import TEMP_PREFIX
 from openface_py.jobs.journal import read_journal
 from openface_py.jobs.outdir import OutputFolder
 from openface_py.jobs.stream import PARTS, RUN_JOURNAL, run_folder
-from openface_py.nets.embed import NN4_SMALL2_DISTILLED, load_embedder
+from openface_py.nets.catalog import NN4_SMALL2_DISTILLED
+from openface_py.nets.embed import load_embedder
 
 
 @pytest.fixture(scope="module")

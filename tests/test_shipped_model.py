@@ -8,7 +8,8 @@ from conftest import LFW, needs_lfw
 
 from openface_py import store
 from openface_py.errors import WeightsError
-from openface_py.nets.embed import NN4_SMALL2_DISTILLED, best_installed_model, load_embedder, model_statuses
+from openface_py.nets.catalog import NN4_SMALL2_DISTILLED
+from openface_py.nets.embed import best_installed_model, load_embedder, model_statuses
 
 SHIPPED = store.project_models_dir() / store.NN4_SMALL2_DISTILLED.filename
 

@@ -20,7 +20,8 @@ from openface_py import cli
 from openface_py.errors import OpenFacePyError
 from openface_py.jobs.source import PhotoSource
 from openface_py.jobs.stream import PARQUET, run_folder
-from openface_py.nets.embed import NN4_SMALL2_DISTILLED, load_embedder
+from openface_py.nets.catalog import NN4_SMALL2_DISTILLED
+from openface_py.nets.embed import load_embedder
 
 pq = pytest.importorskip("pyarrow.parquet", reason="needs pyarrow (the ray extra)")
 fsspec = pytest.importorskip("fsspec", reason="needs fsspec (the ray extra)")

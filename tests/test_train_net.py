@@ -29,7 +29,7 @@ from conftest import ROOT, SAMPLE
 
 from openface_py.errors import UsageError
 from openface_py.jobs.batch import ALIGN_META
-from openface_py.nets.embed import weights_metadata
+from openface_py.nets.modelfiles import weights_metadata
 from openface_py.train.data import PKSampler, split_people
 from openface_py.train.losses import LOSSES, MININGS, TRIPLET_MARGIN, make_objective, triplet_miner
 

@@ -14,7 +14,8 @@ from conftest import ROOT, SAMPLE, shipped_lfw_threshold
 
 from openface_py.faces.detect import DetectorSpec
 from openface_py.io import load_image
-from openface_py.nets.embed import NN4_SMALL2_DISTILLED, load_embedder
+from openface_py.nets.catalog import NN4_SMALL2_DISTILLED
+from openface_py.nets.embed import load_embedder
 from openface_py.pipeline import FacePipeline
 from openface_py.recognize.gallery import build_gallery
 from openface_py.recognize.video import VideoRecognizer, gallery_recogniser, process_video

@@ -200,20 +200,6 @@ def folder_report(report, as_json: bool, done: str, report_path: Path, note: str
     return EXIT_OK if report.done_ok_total > 0 else EXIT_FAILED
 
 
-def checked_model(model: Optional[str]) -> str:
-    """``--model`` as given (a known name or an existing weights path), or the default model; an
-    unknown name is a ``UsageError`` (exit 2) even where the weights themselves are not loaded."""
-    from openface_py.errors import UsageError
-    from openface_py.nets.embed import MODEL_NAMES, best_installed_model
-
-    if model is None:
-        return best_installed_model()
-    if model not in MODEL_NAMES and not Path(model).exists():
-        names = ", ".join(MODEL_NAMES)
-        raise UsageError(f"unknown model {model!r}: not one of {names} and no such weights file or folder")
-    return model
-
-
 def pipeline_for(model_name: Optional[str], args: argparse.Namespace):
     from openface_py.nets.embed import best_installed_model
     from openface_py.pipeline import FacePipeline
@@ -239,7 +225,7 @@ def largest_face_reps(paths: Sequence[Path], pipe) -> tuple[list[Optional[np.nda
 
 def MODEL_HELP() -> str:  # noqa: N802 (reads like the constant it replaces)
     """Help text of every --model option."""
-    from openface_py.nets.embed import DEFAULT_PREFERENCE, MODEL_NAMES
+    from openface_py.nets.catalog import DEFAULT_PREFERENCE, MODEL_NAMES
 
     return (
         f"model name ({', '.join(MODEL_NAMES)}) or path to NN4-small2 weights (.pt, .t7, CSV folder); "
@@ -350,11 +336,11 @@ def _check_aligned(folder: Path, model: Optional[str], sample: int = 10) -> None
     from openface_py.errors import UsageError
     from openface_py.io import list_images
     from openface_py.jobs.batch import ALIGN_META
-    from openface_py.nets.embed import alignment_for
+    from openface_py.nets.embed import alignment_for, resolve_model
 
     if (folder / ALIGN_META).is_file():
         return  # align's own record; represent checks it against the model
-    size = alignment_for(checked_model(model)).size
+    size = alignment_for(resolve_model(model)).size
     shapes = []
     for rel in list_images(folder)[:sample]:
         try:

@@ -12,7 +12,6 @@ from openface_py.cli.common import (
     add_detector_args,
     add_engine_args,
     backend_choices,
-    checked_model,
     detector_spec,
     embedder_for,
     engine_choice,
@@ -77,9 +76,9 @@ def cmd_align(args: argparse.Namespace) -> int:
     from openface_py.faces.align import OPENFACE_METHOD, openface_spec
     from openface_py.faces.stage import pick_of
     from openface_py.jobs.batch import align_folder
-    from openface_py.nets.embed import alignment_for
+    from openface_py.nets.embed import alignment_for, resolve_model
 
-    args.model = checked_model(args.model)  # a typo exits 2 here, as in every other command
+    args.model = resolve_model(args.model)  # a typo exits 2 here, as in every other command
     spec = alignment_for(args.model)
     if spec.method != OPENFACE_METHOD:
         if args.size is not None or args.landmarks is not None:

@@ -77,7 +77,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def _download(args: argparse.Namespace) -> int:
     from openface_py import store
-    from openface_py.nets.embed import EMBEDDERS
+    from openface_py.nets.catalog import EMBEDDERS
 
     info = EMBEDDERS.get(args.name).weights.files[args.format]
     dest = store.cache_dir() / info.filename

@@ -17,7 +17,7 @@ import numpy as np
 from openface_py import __version__
 from openface_py.errors import OpenFacePyError
 from openface_py.io import atomic_output, atomic_write_text, iter_chunks
-from openface_py.nets.embed import Embedder
+from openface_py.nets.embedders import Embedder
 
 EMBED_META = "embeddings.json"
 

@@ -17,7 +17,7 @@ from openface_py.faces.align import AlignmentSpec
 from openface_py.io import iter_chunks, list_images, load_image
 from openface_py.jobs.batch import ALIGN_META, warn_unlabeled
 from openface_py.jobs.embeddings import write_embeddings
-from openface_py.nets.embed import Embedder
+from openface_py.nets.embedders import Embedder
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_phot
 from openface_py.jobs.journal import Journal, changed, read_journal, signed
 from openface_py.jobs.outdir import OutputFolder, outside_output_folders, settings_changes
 from openface_py.jobs.source import INSTALL_HINT, PhotoSource
-from openface_py.nets.embed import Embedder
+from openface_py.nets.embedders import Embedder
 
 log = logging.getLogger(__name__)
 

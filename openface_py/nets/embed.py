@@ -21,64 +21,20 @@ from typing import Optional, Union
 from openface_py.errors import ModelNotInstalledError, UnknownNameError
 from openface_py.faces.align import AlignmentSpec
 from openface_py.nets.catalog import (
-    DEFAULT_MODEL,
     DEFAULT_PREFERENCE,
-    DLIB_RESNET_V1,
     EMBEDDERS,
     MOBILEFACENET_REID,
-    MODEL_NAMES,
     NN4_SMALL2_DISTILLED,
     NN4_SMALL2_V1,
     PATH_ALIGNMENT,
     PATH_DIM,
-    SAME_PERSON_THRESHOLDS,
     EmbedderEntry,
 )
 from openface_py.nets.embedders import (
-    DlibResnetEmbedder,
     Embedder,
-    MobileFaceNetEmbedder,
     NN4Embedder,
-    load_mobilefacenet_state,
 )
-from openface_py.nets.modelfiles import WEIGHTS_META_KEY, digest_name, weights_digest, weights_metadata
-
-__all__ = [
-    "DEFAULT_MODEL",
-    "DEFAULT_PREFERENCE",
-    "DLIB_RESNET_V1",
-    "EMBEDDERS",
-    "MOBILEFACENET_REID",
-    "MODEL_NAMES",
-    "NN4_SMALL2_DISTILLED",
-    "NN4_SMALL2_V1",
-    "SAME_PERSON_THRESHOLDS",
-    "WEIGHTS_META_KEY",
-    "DlibResnetEmbedder",
-    "Embedder",
-    "EmbedderEntry",
-    "MobileFaceNetEmbedder",
-    "ModelStatus",
-    "NN4Embedder",
-    "alignment_for",
-    "best_installed_model",
-    "describe_model",
-    "downloadable_models",
-    "embedding_dim",
-    "find_mobilefacenet_reid",
-    "find_nn4_small2_distilled",
-    "find_nn4_small2_v1",
-    "installed_weights",
-    "known_weights",
-    "load_embedder",
-    "load_mobilefacenet_state",
-    "model_statuses",
-    "nn4_missing_message",
-    "resolve_model",
-    "same_person_threshold",
-    "weights_digest",
-    "weights_metadata",
-]
+from openface_py.nets.modelfiles import digest_name, weights_metadata
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +143,7 @@ def resolve_model(model: Optional[str] = None) -> str:
     if not model:
         return best_installed_model()
     if model not in EMBEDDERS and not Path(model).exists():
-        raise UnknownNameError(EMBEDDERS.kind, model, EMBEDDERS.names())
+        raise UnknownNameError(EMBEDDERS.kind, model, EMBEDDERS.names(), "an existing weights file or folder")
     return model
 
 

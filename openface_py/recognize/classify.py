@@ -701,7 +701,7 @@ class TrainedModel:
         by the user; ``check_identity`` then compares what it gives), else the model it was trained
         with. Weights given by path are known only by their SHA-256, so they must be given again."""
         from openface_py.errors import UsageError
-        from openface_py.nets.embed import MODEL_NAMES
+        from openface_py.nets.catalog import MODEL_NAMES
 
         if model is not None:
             return model

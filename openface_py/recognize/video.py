@@ -31,7 +31,7 @@ from openface_py.errors import OpenFacePyError, UsageError
 from openface_py.faces.align import dlib_box_for, make_aligner
 from openface_py.faces.detect import BoundingBox, DetectorSpec
 from openface_py.io import TEMP_PREFIX, fsync_dir
-from openface_py.nets.embed import Embedder
+from openface_py.nets.embedders import Embedder
 
 log = logging.getLogger(__name__)
 

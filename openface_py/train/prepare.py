@@ -71,7 +71,7 @@ class _PhotoWorker:
         from openface_py.faces.align import DlibChipAligner, openface_spec
         from openface_py.faces.detect import DetectorSpec
         from openface_py.faces.stage import FaceStage, FaceStageSpec
-        from openface_py.nets.embed import DlibResnetEmbedder
+        from openface_py.nets.embedders import DlibResnetEmbedder
 
         lfw = fallback == "lfw"
         detector = DetectorSpec("hog" if lfw else "hog-adaptive", upsample=1)
@@ -111,7 +111,7 @@ class _MirrorTeacher:
     """Per-process: the teacher's embedding of a mirrored cached chip."""
 
     def __init__(self) -> None:
-        from openface_py.nets.embed import DlibResnetEmbedder
+        from openface_py.nets.embedders import DlibResnetEmbedder
 
         self.teacher = DlibResnetEmbedder()
 

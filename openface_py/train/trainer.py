@@ -200,19 +200,19 @@ def initial_model(init: str, seed: int) -> tuple[NN4Small2, Optional[str], Optio
 def init_weights(init: str) -> Optional[Path]:
     """The weights file ``--init`` names (None for scratch); ``UsageError`` when there is none.
     Cheap: ``train_net`` checks it before it claims the output folder."""
-    from openface_py.nets import embed
+    from openface_py.nets import catalog, embed
 
     if init == SCRATCH:
         return None
-    if init == embed.NN4_SMALL2_DISTILLED:
+    if init == catalog.NN4_SMALL2_DISTILLED:
         path = embed.find_nn4_small2_distilled()
         if path is None:
             raise UsageError(f"{init} is not installed (it ships with openface-py; reinstall the package)")
-    elif init == embed.NN4_SMALL2_V1:
+    elif init == catalog.NN4_SMALL2_V1:
         path = embed.find_nn4_small2_v1()
         if path is None:
             raise UsageError(embed.nn4_missing_message())
-    elif init == embed.DLIB_RESNET_V1:
+    elif init == catalog.DLIB_RESNET_V1:
         raise UsageError(
             "train-net trains NN4-small2; dlib-resnet-v1 is another network (use --init scratch or NN4 weights)"
         )
@@ -220,7 +220,7 @@ def init_weights(init: str) -> Optional[Path]:
         path = Path(init)
         if not path.exists():
             raise UsageError(
-                f"--init {init}: not a model name ({embed.NN4_SMALL2_DISTILLED}, {embed.NN4_SMALL2_V1}, "
+                f"--init {init}: not a model name ({catalog.NN4_SMALL2_DISTILLED}, {catalog.NN4_SMALL2_V1}, "
                 f"{SCRATCH}) nor an existing weights file"
             )
     return Path(path)
@@ -758,7 +758,7 @@ def write_plot(path: Path, history: list) -> None:
 
 def export_weights(path: Path, state: dict, meta: dict) -> None:
     """``model.pt``: a state dict any ``--model PATH`` accepts, with openface-py's metadata."""
-    from openface_py.nets.embed import WEIGHTS_META_KEY
+    from openface_py.nets.modelfiles import WEIGHTS_META_KEY
 
     buf = _io.BytesIO()
     torch.save({"state_dict": state, WEIGHTS_META_KEY: meta}, buf)
