@@ -136,9 +136,9 @@ def detector_spec(args: argparse.Namespace):
     """``add_detector_args``'s options as one ``faces.detect.DetectorSpec``; MTCNN's options
     given with a dlib detector are a ``UsageError`` (exit 2)."""
     from openface_py.errors import UsageError
-    from openface_py.faces.detect import MTCNN_ALIGN_DEFAULT, MTCNN_DEFAULTS, DetectorSpec
+    from openface_py.faces.detect import DETECTORS, MTCNN_ALIGN_DEFAULT, MTCNN_DEFAULTS, DetectorSpec
 
-    if args.detector not in ("mtcnn", "hog-mtcnn"):
+    if not DETECTORS.get(args.detector).mtcnn:
         if getattr(args, "align_from", None):
             raise UsageError("--align-from applies to the mtcnn and hog-mtcnn detectors")
         if (

@@ -41,6 +41,12 @@ def pick_of(multi: bool = False, skip_multi: bool = False) -> str:
     return "all" if multi else ("only" if skip_multi else "largest")
 
 
+def _check_pick(pick: str) -> str:
+    if pick not in PICKS:
+        raise UsageError(f"unknown pick {pick!r} (choose from {', '.join(PICKS)})")
+    return pick
+
+
 @dataclass(frozen=True)
 class FaceStageSpec:
     """Everything a worker needs to build its face stage (frozen, picklable, sent once)."""
@@ -51,8 +57,7 @@ class FaceStageSpec:
     on_miss: str = "fail"
 
     def __post_init__(self) -> None:
-        if self.pick not in PICKS:
-            raise UsageError(f"unknown pick {self.pick!r} (choose from {', '.join(PICKS)})")
+        _check_pick(self.pick)
         if self.on_miss not in ON_MISS:
             raise UsageError(f"unknown on_miss {self.on_miss!r} (choose from {', '.join(ON_MISS)})")
 
@@ -82,9 +87,7 @@ class FaceStage:
 
     def find(self, rgb: np.ndarray, pick: Optional[str] = None) -> StageResult:
         """Detect, choose (``pick``, default the spec's) and align the faces of one RGB uint8 photo."""
-        pick = pick or self.spec.pick
-        if pick not in PICKS:
-            raise UsageError(f"unknown pick {pick!r} (choose from {', '.join(PICKS)})")
+        pick = _check_pick(pick or self.spec.pick)
         dets = self.detector.detect(rgb)
         if not dets:
             if self.spec.on_miss == "fail":
