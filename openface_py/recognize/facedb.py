@@ -52,6 +52,7 @@ import numpy as np
 from openface_py.errors import DatabaseError, OpenFacePyError, UsageError
 from openface_py.io import atomic_output
 from openface_py.metrics import best_split_threshold, platt_sigmoid
+from openface_py.recognize.classify import UNKNOWN
 from openface_py.recognize.vectorindex import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,6 @@ NAME_SCRIPT_MIXES = (
     frozenset({"LATIN", "HAN", "BOPOMOFO"}),
     frozenset({"LATIN", "HAN", "HANGUL"}),
 )
-UNKNOWN = "unknown"
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
