@@ -12,6 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def platt_sigmoid(z: np.ndarray | float) -> np.ndarray:
+    """Platt's sigmoid 1 / (1 + exp(-z)), clipped at |z| = 500 so exp cannot overflow.
+
+    The one copy shared by the classifier's score calibrator, the database's and the service's
+    P(same person) from a distance.
+    """
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))
+
+
 def best_split_threshold(same: np.ndarray, diff: np.ndarray) -> tuple[float, float]:
     """Threshold t maximising the accuracy of "same if score > t"; returns (t, accuracy).
 

@@ -35,7 +35,7 @@ import numpy as np
 from openface_py import __version__
 from openface_py.errors import OpenFacePyError
 from openface_py.io import atomic_write_bytes, atomic_write_text
-from openface_py.metrics import best_split_threshold
+from openface_py.metrics import best_split_threshold, platt_sigmoid
 from openface_py.recognize.jointbayes import JointBayesian
 
 log = logging.getLogger(__name__)
@@ -413,7 +413,7 @@ class ScoreCalibrator:
 
     def __call__(self, score: np.ndarray) -> np.ndarray:
         z = self.a * np.asarray(score, dtype=np.float64) + self.b
-        return 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))
+        return platt_sigmoid(z)
 
     @classmethod
     def fit(cls, score: np.ndarray, right: np.ndarray) -> ScoreCalibrator:
@@ -432,7 +432,7 @@ class ScoreCalibrator:
             f = w[0] * z + w[1]
             # -[t log p + (1 - t) log(1 - p)] with p = sigmoid(f), written stably
             loss = np.logaddexp(0.0, f) - t * f
-            p = 1.0 / (1.0 + np.exp(-f))
+            p = platt_sigmoid(f)
             g = p - t
             return loss.sum(), np.array([(g * z).sum(), g.sum()])
 

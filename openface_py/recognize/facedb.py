@@ -51,7 +51,8 @@ import numpy as np
 
 from openface_py.errors import DatabaseError, OpenFacePyError, UsageError
 from openface_py.io import atomic_output
-from openface_py.metrics import best_split_threshold
+from openface_py.metrics import best_split_threshold, platt_sigmoid
+from openface_py.recognize.classify import UNKNOWN
 from openface_py.recognize.vectorindex import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,6 @@ NAME_SCRIPT_MIXES = (
     frozenset({"LATIN", "HAN", "BOPOMOFO"}),
     frozenset({"LATIN", "HAN", "HANGUL"}),
 )
-UNKNOWN = "unknown"
 
 _SCHEMA = """
 CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -1014,7 +1014,7 @@ class FaceDatabase:
             m = matches[0]
             conf = None
             if cal is not None:
-                p_same = 1.0 / (1.0 + np.exp(-np.clip(cal["a"] * -m.distance + cal["b"], -500, 500)))
+                p_same = platt_sigmoid(cal["a"] * -m.distance + cal["b"])
                 conf = float(p_same if m.distance <= threshold else 1.0 - p_same)
             name = m.name if m.distance <= threshold else UNKNOWN
             answers.append(Answer(name, m.name, m.distance, conf, matches[:top_k]))

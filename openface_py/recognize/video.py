@@ -32,10 +32,10 @@ from openface_py.faces.align import dlib_box_for, make_aligner
 from openface_py.faces.detect import BoundingBox, DetectorSpec
 from openface_py.io import TEMP_PREFIX, fsync_dir
 from openface_py.nets.embedders import Embedder
+from openface_py.recognize.classify import UNKNOWN
 
 log = logging.getLogger(__name__)
 
-UNKNOWN = "unknown"
 #: Recognise embeddings -> one (name, confidence or distance) per row.
 Recogniser = Callable[[np.ndarray], list[tuple[str, float]]]
 

@@ -48,6 +48,7 @@ import numpy as np
 
 from openface_py.errors import DatabaseError, OpenFacePyError, UsageError
 from openface_py.faces.detect import DetectorSpec
+from openface_py.metrics import platt_sigmoid
 from openface_py.recognize.facedb import FaceDatabase, FaceRecord, quote_name, valid_name
 from openface_py.service.guard import RequestGuard, default_allowed_hosts
 from openface_py.service.inference import InferencePool, PhotoCrashed, PhotoError, PhotoTimedOut, WorkerSpec
@@ -216,7 +217,7 @@ class Service:
             threshold = self.db.threshold
             cal = json.loads(self.db.meta("calibration"))
         out = {"distance": round(d, 6), "threshold": threshold, "same": None if threshold is None else d <= threshold}
-        p_same = None if cal is None else float(1.0 / (1.0 + np.exp(-np.clip(cal["a"] * -d + cal["b"], -500, 500))))
+        p_same = None if cal is None else float(platt_sigmoid(cal["a"] * -d + cal["b"]))
         out["p_same"] = None if p_same is None else round(p_same, 4)
         return out
 
