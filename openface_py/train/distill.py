@@ -42,22 +42,8 @@ from torch import nn
 from openface_py.io import atomic_write_bytes, atomic_write_text
 from openface_py.nets.nn4 import L2Pool2d, NN4Small2, preprocess
 from openface_py.nets.weights import csv_names, load_csv_folder, validate_state_dict
+from openface_py.train import scaffold
 from openface_py.train.prepare import LFW_SOURCE, load_shards
-from openface_py.train.scaffold import (
-    CheckpointTimer,
-    append_record,
-    cosine_factor,
-    embed_faces,
-    freeze,
-    frozen_features,
-    load_checkpoint,
-    param_group,
-    save_checkpoint,
-    scale_rates,
-    set_threads,
-    split_params,
-    train_mode,
-)
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +153,8 @@ def student_groups(model: NN4Small2, missing: list[str], lr_new: float, lr_init:
             new_prefixes.add(f"{head}.{int(idx) + 1}.")  # the batch norm after it
         elif conv.startswith("conv"):
             new_prefixes.add("bn" + conv[len("conv") :] + ".")
-    new, old = split_params(model, lambda name: any(name.startswith(pre) for pre in new_prefixes))
-    return [param_group(new, lr_new), param_group(old, lr_init)]
+    new, old = scaffold.split_params(model, lambda name: any(name.startswith(pre) for pre in new_prefixes))
+    return [scaffold.param_group(new, lr_new), scaffold.param_group(old, lr_init)]
 
 
 def distill_loss(s: torch.Tensor, t: torch.Tensor, pair_weight: float) -> tuple[torch.Tensor, dict]:
@@ -190,10 +176,12 @@ def lfw_accuracy(model: NN4Small2, lfw: dict, pairs_path: Path, batch: int = 128
 
     d = lfw
     crops = d["crops"]
-    reps = embed_faces(model, crops, batch=batch, channels_last=True)
-    reps_flip = (
-        embed_faces(model, np.ascontiguousarray(crops[:, :, ::-1]), batch=batch, channels_last=True) if flip else reps
-    )
+    reps = scaffold.embed_faces(model, crops, batch=batch, channels_last=True)
+    reps_flip = reps
+    if flip:
+        reps_flip = scaffold.embed_faces(
+            model, np.ascontiguousarray(crops[:, :, ::-1]), batch=batch, channels_last=True
+        )
     emb = LfwEmbeddings("student", list(d["names"]), reps, reps_flip, [])
     pairs, _, _ = parse_pairs(pairs_path)
     out = {}
@@ -281,7 +269,7 @@ def train(
     ``stop_after_steps`` / ``stop_after_minutes`` end this call early with a checkpoint (for
     runs spread over several sessions); a later call with the same settings continues.
     """
-    set_threads(settings.threads)
+    scaffold.set_threads(settings.threads)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(settings.cache)
     ckpt = out / "checkpoint.pt"
@@ -291,7 +279,7 @@ def train(
     total = steps_per_epoch * settings.epochs
     model, missing = build_student(Path(settings.init_csv) if settings.init_csv else None, settings.seed)
     model = model.to(memory_format=torch.channels_last)
-    frozen = freeze(model, settings.freeze_blocks)
+    frozen = scaffold.freeze(model, settings.freeze_blocks)
     opt = torch.optim.Adam(
         student_groups(model, missing, settings.lr_new, settings.lr_init), weight_decay=settings.weight_decay
     )
@@ -303,9 +291,9 @@ def train(
     lfw = load_shards(cache / LFW_SOURCE) if pairs_path is not None and (cache / LFW_SOURCE).is_dir() else None
     feats, feats_flip = _frozen_inputs(model, data, has_flip, settings)
     started = time.monotonic()
-    timer = CheckpointTimer(settings.checkpoint_minutes)
+    timer = scaffold.CheckpointTimer(settings.checkpoint_minutes)
     steps_done, stop = 0, False
-    train_mode(model, frozen)  # frozen batch norms keep their running statistics
+    scaffold.train_mode(model, frozen)  # frozen batch norms keep their running statistics
     while epoch < settings.epochs:
         order = epoch_order(n, settings.seed, epoch)
         t0, seen, sums = time.monotonic(), 0, {"loss": 0.0, "cos": 0.0, "pair": 0.0}
@@ -315,7 +303,7 @@ def train(
             mirror = np.random.default_rng([settings.seed, epoch, b]).random(len(idx)) < settings.flip
             mirror &= has_flip[idx]
             target = np.where(mirror[:, None], data.teacher_flip[idx], data.teacher[idx])
-            scale_rates(opt, cosine_factor(epoch * steps_per_epoch + b, total))
+            scaffold.scale_rates(opt, scaffold.cosine_factor(epoch * steps_per_epoch + b, total))
             if feats is not None:
                 f = feats[idx]
                 if mirror.any() and feats_flip is not None:
@@ -352,7 +340,7 @@ def train(
                 stop_after_minutes is not None and time.monotonic() - started > stop_after_minutes * 60
             )
             if stop or timer.due():
-                save_checkpoint(ckpt, checkpoint_payload(model, opt, epoch, b + 1, settings, average))
+                scaffold.save_checkpoint(ckpt, checkpoint_payload(model, opt, epoch, b + 1, settings, average))
                 timer.reset()
             if stop and b + 1 < steps_per_epoch:
                 log.info("stopping at epoch %d step %d (checkpoint written; rerun to continue)", epoch + 1, b + 1)
@@ -370,10 +358,10 @@ def train(
             # weights when averaging (what is exported), else the current ones
             scored = average.model(model) if average is not None else model
             record["lfw"] = lfw_accuracy(scored, lfw, pairs_path, settings.eval_batch, flip=epoch == settings.epochs)
-            train_mode(model, frozen)
+            scaffold.train_mode(model, frozen)
         log.info("epoch %d done: %s", epoch, json.dumps(record))
-        append_record(out / "log.jsonl", record)
-        save_checkpoint(ckpt, checkpoint_payload(model, opt, epoch, 0, settings, average))
+        scaffold.append_record(out / "log.jsonl", record)
+        scaffold.save_checkpoint(ckpt, checkpoint_payload(model, opt, epoch, 0, settings, average))
         timer.reset()
         if stop:
             break
@@ -385,7 +373,7 @@ def _resume(
 ) -> tuple[int, int, Optional[WeightAverage]]:
     """(epoch, step, weight average) to start from: the checkpoint's, its weights, optimiser and
     RNG state loaded, or (0, 0, ``average``) without one; exits when it was made with other settings."""
-    state = load_checkpoint(ckpt, CHECKPOINT_KEYS, "distillation")
+    state = scaffold.load_checkpoint(ckpt, CHECKPOINT_KEYS, "distillation")
     if state is None:
         return 0, 0, average
     if state["settings"] != asdict(settings):
@@ -411,7 +399,7 @@ def _frozen_inputs(
         return None, None
 
     def run(crops: np.ndarray) -> np.ndarray:
-        feats = frozen_features(
+        feats = scaffold.frozen_features(
             model, crops, settings.freeze_blocks, batch=settings.eval_batch, channels_last=True, progress=True
         )
         return feats.numpy()
