@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import NN4_CSV, SAMPLE, needs_nn4_csv
 
-from openface_py.train import distill, leakage, prepare
+from openface_py.train import distill, leakage, prepare, scaffold
 
 # 2 folds, 1 same + 1 different pair each: 8 LFW images of 5 people.
 PAIRS = "2\t1\nTony_Blair\t1\t2\nGeorge_W_Bush\t1\tHugo_Chavez\t1\nColin_Powell\t1\t2\nTony_Blair\t3\tColin_Powell\t3\n"
@@ -139,7 +139,7 @@ def test_student_init_uses_every_openface_tensor():
     for key in names:
         if key not in missing:
             assert torch.equal(state[key], ref[key]), key
-    groups = distill.param_groups(model, missing, 1e-3, 2e-4)
+    groups = distill.student_groups(model, missing, 1e-3, 2e-4)
     fast = {id(p) for p in groups[0]["params"]}
     named = dict(model.named_parameters())
     for key in (
@@ -226,7 +226,7 @@ def test_training_resumes_exactly_and_exports(cache, tmp_path):
     )
     student, _ = distill.build_student(None, 0)  # L2 pooling with the training epsilon
     student.load_state_dict(ema_b)
-    assert np.abs(distill.embed_crops(student, crops) - emb).max() < 1e-4
+    assert np.abs(scaffold.embed_faces(student, crops, batch=128, channels_last=True) - emb).max() < 1e-4
 
 
 def test_frozen_blocks_stay_as_initialised(cache, tmp_path):
@@ -248,7 +248,7 @@ def test_frozen_blocks_stay_as_initialised(cache, tmp_path):
     # the precomputed features are what the full network computes there
     model = distill.build_student(None, 0)[0].eval()
     crops = prepare.load_shards(cache / "cache" / "web")["crops"][:3]
-    feats = distill.frozen_features(model, crops, 3)
+    feats = scaffold.frozen_features(model, crops, 3, batch=128, channels_last=True).numpy()
     with torch.inference_mode():
         full = model.features(distill.preprocess(crops), 0, 3).numpy()
     assert np.allclose(feats, full, atol=1e-5)

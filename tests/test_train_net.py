@@ -201,7 +201,7 @@ def test_training_run_files_loss_and_trained_model(trained, aligned_openface, tm
 KILL_MID_EPOCH_2 = """
 import os, signal, sys
 from openface_py.train import trainer
-real_save, real_log = trainer.save_checkpoint, trainer._append_log
+real_save, real_log = trainer.save_checkpoint, trainer.append_record
 saved_at = sys.argv.pop(1)
 def save_checkpoint(path, payload):
     real_save(path, payload)
@@ -212,7 +212,7 @@ def append_log(path, record):
     if record["type"] == "batch" and (record["epoch"], record["batch"]) == (2, 1):
         os.kill(os.getpid(), signal.SIGKILL)
 trainer.save_checkpoint = save_checkpoint
-trainer._append_log = append_log
+trainer.append_record = append_log
 from openface_py.cli import main
 sys.exit(main(sys.argv[1:]))
 """

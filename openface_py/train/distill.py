@@ -30,7 +30,6 @@ import argparse
 import io as _io
 import json
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +42,7 @@ from torch import nn
 from openface_py.io import atomic_write_bytes, atomic_write_text
 from openface_py.nets.nn4 import L2Pool2d, NN4Small2, preprocess
 from openface_py.nets.weights import csv_names, load_csv_folder, validate_state_dict
+from openface_py.train import scaffold
 from openface_py.train.prepare import LFW_SOURCE, load_shards
 
 log = logging.getLogger(__name__)
@@ -142,34 +142,7 @@ def build_student(init_csv: Optional[Path], seed: int) -> tuple[NN4Small2, list[
     return model, missing
 
 
-def frozen_modules(model: NN4Small2, blocks: int) -> list[nn.Module]:
-    """The modules of the first ``blocks`` blocks (``NN4Small2.blocks``: the stem, then inceptions)."""
-    if blocks <= 0:
-        return []
-    stem = [model.conv1, model.bn1, model.conv2, model.bn2, model.conv3, model.bn3]
-    return stem + [b for b in model.blocks()[1:blocks]]
-
-
-def frozen_features(model: NN4Small2, crops: np.ndarray, blocks: int, batch: int = 128) -> np.ndarray:
-    """The output of the first ``blocks`` blocks for every crop, computed once (float32, NCHW)."""
-    from tqdm import tqdm
-
-    was_training = model.training
-    model.eval()
-    out: Optional[np.ndarray] = None
-    with torch.inference_mode():
-        for i in tqdm(range(0, len(crops), batch), desc="frozen features", unit="batch"):
-            x = preprocess(crops[i : i + batch]).contiguous(memory_format=torch.channels_last)
-            y = model.features(x, 0, blocks).contiguous().numpy()
-            if out is None:
-                out = np.empty((len(crops),) + y.shape[1:], dtype=np.float32)
-            out[i : i + len(y)] = y
-    model.train(was_training)
-    assert out is not None
-    return out
-
-
-def param_groups(model: NN4Small2, missing: list[str], lr_new: float, lr_init: float) -> list[dict]:
+def student_groups(model: NN4Small2, missing: list[str], lr_new: float, lr_init: float) -> list[dict]:
     """Higher learning rate for the missing tensors' layers (conv + its BN) and 5a/5b/dense."""
     new_prefixes = set(NEW_BLOCKS)
     for key in missing:
@@ -180,11 +153,8 @@ def param_groups(model: NN4Small2, missing: list[str], lr_new: float, lr_init: f
             new_prefixes.add(f"{head}.{int(idx) + 1}.")  # the batch norm after it
         elif conv.startswith("conv"):
             new_prefixes.add("bn" + conv[len("conv") :] + ".")
-    new, old = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (new if any(name.startswith(pre) for pre in new_prefixes) else old).append(p)
-    return [{"params": new, "lr": lr_new, "base_lr": lr_new}, {"params": old, "lr": lr_init, "base_lr": lr_init}]
+    new, old = scaffold.split_params(model, lambda name: any(name.startswith(pre) for pre in new_prefixes))
+    return [scaffold.param_group(new, lr_new), scaffold.param_group(old, lr_init)]
 
 
 def distill_loss(s: torch.Tensor, t: torch.Tensor, pair_weight: float) -> tuple[torch.Tensor, dict]:
@@ -198,18 +168,6 @@ def distill_loss(s: torch.Tensor, t: torch.Tensor, pair_weight: float) -> tuple[
 # ---- evaluation on cached LFW crops ----------------------------------------------------------
 
 
-def embed_crops(model: NN4Small2, crops: np.ndarray, batch: int = 128) -> np.ndarray:
-    was_training = model.training
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(crops), batch):
-            x = preprocess(crops[i : i + batch]).contiguous(memory_format=torch.channels_last)
-            out.append(model(x).numpy())
-    model.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
-
-
 def lfw_accuracy(model: NN4Small2, lfw: dict, pairs_path: Path, batch: int = 128, flip: bool = True) -> dict:
     """10-fold LFW accuracy (thresholds from the other 9 folds) on the cached crops ``lfw``
     (``load_shards`` of the cache's LFW source); with ``flip`` also with mirror-averaged embeddings."""
@@ -219,8 +177,12 @@ def lfw_accuracy(model: NN4Small2, lfw: dict, pairs_path: Path, batch: int = 128
 
     d = lfw
     crops = d["crops"]
-    reps = embed_crops(model, crops, batch)
-    reps_flip = embed_crops(model, np.ascontiguousarray(crops[:, :, ::-1]), batch) if flip else reps
+    reps = scaffold.embed_faces(model, crops, batch=batch, channels_last=True)
+    reps_flip = reps
+    if flip:
+        reps_flip = scaffold.embed_faces(
+            model, np.ascontiguousarray(crops[:, :, ::-1]), batch=batch, channels_last=True
+        )
     emb = LfwEmbeddings("student", list(d["names"]), reps, reps_flip, [])
     pairs, _, _ = parse_pairs(pairs_path)
     out = {}
@@ -269,16 +231,16 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def save_checkpoint(
-    path: Path,
+def checkpoint_payload(
     model: nn.Module,
     opt: torch.optim.Optimizer,
     epoch: int,
     step: int,
     settings: Settings,
     average: Optional[WeightAverage] = None,
-) -> None:
-    buf = _io.BytesIO()
+) -> dict:
+    """What ``checkpoint.pt`` holds: the network, the optimiser, the position (``step`` batches
+    into the 0-based ``epoch``), the settings, torch's RNG state and the weight average."""
     state = {
         "model": model.state_dict(),
         "opt": opt.state_dict(),
@@ -289,8 +251,11 @@ def save_checkpoint(
     }
     if average is not None:
         state["ema"] = {"state": average.state, "updates": average.updates}
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    return state
+
+
+#: What every distillation checkpoint holds (``checkpoint_payload``; ``ema`` only with ``--ema``).
+CHECKPOINT_KEYS = {"model", "opt", "epoch", "step", "settings", "torch_rng"}
 
 
 def train(
@@ -305,8 +270,7 @@ def train(
     ``stop_after_steps`` / ``stop_after_minutes`` end this call early with a checkpoint (for
     runs spread over several sessions); a later call with the same settings continues.
     """
-    if settings.threads:
-        torch.set_num_threads(settings.threads)
+    scaffold.set_threads(settings.threads)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(settings.cache)
     ckpt = out / "checkpoint.pt"
@@ -316,45 +280,21 @@ def train(
     total = steps_per_epoch * settings.epochs
     model, missing = build_student(Path(settings.init_csv) if settings.init_csv else None, settings.seed)
     model = model.to(memory_format=torch.channels_last)
-    frozen = frozen_modules(model, settings.freeze_blocks)
-    for m in frozen:
-        m.requires_grad_(False)
+    frozen = scaffold.freeze(model, settings.freeze_blocks)
     opt = torch.optim.Adam(
-        param_groups(model, missing, settings.lr_new, settings.lr_init), weight_decay=settings.weight_decay
+        student_groups(model, missing, settings.lr_new, settings.lr_init), weight_decay=settings.weight_decay
     )
-    epoch, step = 0, 0
     average = WeightAverage(model, settings.ema) if settings.ema > 0 else None
-    if ckpt.is_file():
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["settings"] != asdict(settings):
-            raise SystemExit(
-                f"{ckpt} was made with other settings; use another --out or the same flags:\n"
-                f"{json.dumps(state['settings'], indent=1)}"
-            )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        epoch, step = state["epoch"], state["step"]
-        if average is not None:
-            average = WeightAverage(model, settings.ema, state["ema"]["state"], state["ema"]["updates"])
-        torch.set_rng_state(state["torch_rng"])
-        log.info("resuming at epoch %d step %d", epoch + 1, step)
+    epoch, step, average = _resume(ckpt, settings, model, opt, average)
     atomic_write_text(out / "settings.json", json.dumps(asdict(settings), indent=2))
     log.info("%d training photos, %d steps per epoch, %d epochs", n, steps_per_epoch, settings.epochs)
     has_flip = ~np.isnan(data.teacher_flip[:, 0])
     lfw = load_shards(cache / LFW_SOURCE) if pairs_path is not None and (cache / LFW_SOURCE).is_dir() else None
-    feats = feats_flip = None
-    if frozen:
-        # the frozen blocks are fixed functions of the crop: run them once, train the rest
-        feats = frozen_features(model, data.crops, settings.freeze_blocks, settings.eval_batch)
-        if settings.flip > 0 and has_flip.any():
-            mirrored = np.ascontiguousarray(data.crops[:, :, ::-1])
-            feats_flip = frozen_features(model, mirrored, settings.freeze_blocks, settings.eval_batch)
-        log.info("frozen blocks 0..%d precomputed: %s", settings.freeze_blocks - 1, feats.shape)
-    last_save = started = time.monotonic()
+    feats, feats_flip = _frozen_inputs(model, data, has_flip, settings)
+    started = time.monotonic()
+    timer = scaffold.CheckpointTimer(settings.checkpoint_minutes)
     steps_done, stop = 0, False
-    model.train()
-    for m in frozen:
-        m.eval()  # batch norm keeps its running statistics
+    scaffold.train_mode(model, frozen)  # frozen batch norms keep their running statistics
     while epoch < settings.epochs:
         order = epoch_order(n, settings.seed, epoch)
         t0, seen, sums = time.monotonic(), 0, {"loss": 0.0, "cos": 0.0, "pair": 0.0}
@@ -364,9 +304,7 @@ def train(
             mirror = np.random.default_rng([settings.seed, epoch, b]).random(len(idx)) < settings.flip
             mirror &= has_flip[idx]
             target = np.where(mirror[:, None], data.teacher_flip[idx], data.teacher[idx])
-            lr_scale = 0.5 * (1 + math.cos(math.pi * (epoch * steps_per_epoch + b) / total))
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * lr_scale
+            scaffold.scale_rates(opt, scaffold.cosine_factor(epoch * steps_per_epoch + b, total))
             if feats is not None:
                 f = feats[idx]
                 if mirror.any() and feats_flip is not None:
@@ -402,9 +340,9 @@ def train(
             stop = (stop_after_steps is not None and steps_done >= stop_after_steps) or (
                 stop_after_minutes is not None and time.monotonic() - started > stop_after_minutes * 60
             )
-            if stop or time.monotonic() - last_save > settings.checkpoint_minutes * 60:
-                save_checkpoint(ckpt, model, opt, epoch, b + 1, settings, average)
-                last_save = time.monotonic()
+            if stop or timer.due():
+                scaffold.save_checkpoint(ckpt, checkpoint_payload(model, opt, epoch, b + 1, settings, average))
+                timer.reset()
             if stop and b + 1 < steps_per_epoch:
                 log.info("stopping at epoch %d step %d (checkpoint written; rerun to continue)", epoch + 1, b + 1)
                 return ckpt
@@ -421,17 +359,58 @@ def train(
             # weights when averaging (what is exported), else the current ones
             scored = average.model(model) if average is not None else model
             record["lfw"] = lfw_accuracy(scored, lfw, pairs_path, settings.eval_batch, flip=epoch == settings.epochs)
-            model.train()
-            for m in frozen:
-                m.eval()
+            scaffold.train_mode(model, frozen)
         log.info("epoch %d done: %s", epoch, json.dumps(record))
-        with open(out / "log.jsonl", "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-        save_checkpoint(ckpt, model, opt, epoch, 0, settings, average)
-        last_save = time.monotonic()
+        scaffold.append_record(out / "log.jsonl", record)
+        scaffold.save_checkpoint(ckpt, checkpoint_payload(model, opt, epoch, 0, settings, average))
+        timer.reset()
         if stop:
             break
     return ckpt
+
+
+def _resume(
+    ckpt: Path, settings: Settings, model: NN4Small2, opt: torch.optim.Optimizer, average: Optional[WeightAverage]
+) -> tuple[int, int, Optional[WeightAverage]]:
+    """(epoch, step, weight average) to start from: the checkpoint's, its weights, optimiser and
+    RNG state loaded, or (0, 0, ``average``) without one; exits when it was made with other settings."""
+    state = scaffold.load_checkpoint(ckpt, CHECKPOINT_KEYS, "distillation")
+    if state is None:
+        return 0, 0, average
+    if state["settings"] != asdict(settings):
+        raise SystemExit(
+            f"{ckpt} was made with other settings; use another --out or the same flags:\n"
+            f"{json.dumps(state['settings'], indent=1)}"
+        )
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    if average is not None:
+        average = WeightAverage(model, settings.ema, state["ema"]["state"], state["ema"]["updates"])
+    torch.set_rng_state(state["torch_rng"])
+    log.info("resuming at epoch %d step %d", state["epoch"] + 1, state["step"])
+    return state["epoch"], state["step"], average
+
+
+def _frozen_inputs(
+    model: NN4Small2, data: TrainSet, has_flip: np.ndarray, settings: Settings
+) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+    """The frozen blocks' output for every crop (and its mirror image where the cache has the
+    teacher's embedding of the mirrored chip), computed once; (None, None) without frozen blocks."""
+    if settings.freeze_blocks <= 0:
+        return None, None
+
+    def run(crops: np.ndarray) -> np.ndarray:
+        feats = scaffold.frozen_features(
+            model, crops, settings.freeze_blocks, batch=settings.eval_batch, channels_last=True, progress=True
+        )
+        return feats.numpy()
+
+    feats = run(data.crops)
+    feats_flip = None
+    if settings.flip > 0 and has_flip.any():
+        feats_flip = run(np.ascontiguousarray(data.crops[:, :, ::-1]))
+    log.info("frozen blocks 0..%d precomputed: %s", settings.freeze_blocks - 1, feats.shape)
+    return feats, feats_flip
 
 
 def export(ckpt: Path, dest: Path) -> str:

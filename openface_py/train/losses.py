@@ -21,20 +21,24 @@ softmax; what it lacks is written here (center loss, Koch's Siamese head).
 
 Every objective may also keep the embedding near the starting model's (``parent_weight`` x
 mean(1 - cos)), the guard the metric-learning pilot asked for on small labeled sets.
+
+``OBJECTIVES`` is the one table of them (name -> ``Loss``: how it is built, its default margin,
+what it needs from the run): a new loss is an ``Objective`` subclass and one ``OBJECTIVES.add``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from openface_py.recognize.siamese import SiameseHead
+from openface_py.registry import Registry
 
-LOSSES = ("triplet", "center", "contrastive", "siamese", "arcface")
 MININGS = ("semihard", "hard", "all")
 
 #: FaceNet's margin on squared L2 distances of unit embeddings (OpenFace's ``-alpha 0.2``).
@@ -172,6 +176,32 @@ class ArcFaceObjective(Objective):
         return self.loss(emb, labels), {}
 
 
+@dataclass(frozen=True)
+class Loss:
+    """A ``--loss`` choice: how its objective is built and what it needs from the run.
+
+    ``build(num_classes, mining, margin, center_weight, dim)`` makes the objective (``margin`` is
+    ``None`` when the loss takes none); ``margin`` is the published default margin (``None``: the
+    loss has no margin option); ``classifies``: it learns a class per person, so a person with one
+    face can train (pair and triplet losses need two); ``verifier``: its head is exported beside
+    ``model.pt`` as a P(same) verifier."""
+
+    build: Callable[[int, str, Optional[float], float, int], Objective]
+    margin: Optional[float] = None
+    classifies: bool = False
+    verifier: bool = False
+
+
+#: ``train-net --loss`` choices, in the order ``--help`` lists them.
+OBJECTIVES: Registry[Loss] = Registry("loss")
+OBJECTIVES.add("triplet", Loss(lambda c, mining, margin, w, dim: TripletObjective(mining, margin), TRIPLET_MARGIN))
+OBJECTIVES.add("center", Loss(lambda c, mining, margin, w, dim: CenterObjective(c, w, dim), classifies=True))
+OBJECTIVES.add("contrastive", Loss(lambda c, mining, margin, w, dim: ContrastiveObjective(margin), CONTRASTIVE_MARGIN))
+OBJECTIVES.add("siamese", Loss(lambda c, mining, margin, w, dim: SiameseObjective(dim), verifier=True))
+OBJECTIVES.add("arcface", Loss(lambda c, mining, margin, w, dim: ArcFaceObjective(c, dim), classifies=True))
+LOSSES = OBJECTIVES.names()
+
+
 def make_objective(
     loss: str,
     num_classes: int,
@@ -180,18 +210,12 @@ def make_objective(
     center_weight: float = 0.1,
     dim: int = 128,
 ) -> Objective:
-    """The objective named ``loss`` (one of ``LOSSES``) for ``num_classes`` training people."""
-    if loss == "triplet":
-        return TripletObjective(mining, TRIPLET_MARGIN if margin is None else margin)
-    if loss == "center":
-        return CenterObjective(num_classes, center_weight, dim)
-    if loss == "contrastive":
-        return ContrastiveObjective(CONTRASTIVE_MARGIN if margin is None else margin)
-    if loss == "siamese":
-        return SiameseObjective(dim)
-    if loss == "arcface":
-        return ArcFaceObjective(num_classes, dim)
-    raise ValueError(f"unknown loss {loss!r}; one of {', '.join(LOSSES)}")
+    """The objective named ``loss`` (one of ``LOSSES``) for ``num_classes`` training people;
+    ``errors.UnknownNameError`` for a name not in ``OBJECTIVES``."""
+    entry = OBJECTIVES.get(loss)
+    if entry.margin is not None and margin is None:
+        margin = entry.margin
+    return entry.build(num_classes, mining, margin, center_weight, dim)
 
 
 def parent_term(emb: torch.Tensor, parent_emb: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import io as _io
 import json
 import logging
@@ -32,7 +33,6 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
-from torch import nn
 
 from openface_py.errors import OpenFacePyError, UsageError
 from openface_py.faces.align import openface_spec
@@ -42,6 +42,7 @@ from openface_py.nets.nn4 import NN4Small2, preprocess
 from openface_py.train.augment import Augment, augment
 from openface_py.train.data import (
     LabeledFaces,
+    PairSet,
     PKSampler,
     balanced,
     describe,
@@ -49,7 +50,24 @@ from openface_py.train.data import (
     split_people,
     verification_pairs,
 )
-from openface_py.train.losses import LOSSES, MININGS, Objective, make_objective, parent_term
+from openface_py.train.losses import MININGS, OBJECTIVES, Objective, make_objective, parent_term
+from openface_py.train.scaffold import (
+    BLOCK_NAMES,
+    CheckpointTimer,
+    append_record,
+    cosine_factor,
+    embed_faces,
+    embed_features,
+    freeze,
+    frozen_features,
+    load_checkpoint,
+    param_group,
+    save_checkpoint,
+    scale_rates,
+    set_threads,
+    split_params,
+    train_mode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +82,6 @@ PLOT = "training.png"
 SCRATCH = "scratch"
 #: Most memory the precomputed frozen-block outputs of the training faces may take.
 FAST_PATH_BYTES = 6 * 2**30
-#: Blocks of NN4-small2 in order (``NN4Small2.blocks()``); ``freeze_blocks`` counts from the stem.
-BLOCK_NAMES = ("stem", "3a", "3b", "3c", "4a", "4e", "5a", "5b")
 #: Settings that may change between a run and its continuation. They do not change what is learnt,
 #: except that another thread count (or device) may round float sums differently.
 RESUMABLE_CHANGES = ("aligned_dir", "device", "threads", "checkpoint_minutes", "lfw_dir", "progress", "command")
@@ -106,16 +122,16 @@ class NetSettings:
     command: str = ""
 
     def check(self) -> None:
-        if self.loss not in LOSSES:
-            raise UsageError(f"unknown loss {self.loss!r}; one of {', '.join(LOSSES)}")
+        loss = OBJECTIVES.get(self.loss)
         if self.mining not in MININGS:
             raise UsageError(f"unknown mining {self.mining!r}; one of {', '.join(MININGS)}")
         if self.scratch and self.frozen > 0:
             raise UsageError(
                 "--init scratch trains every block: frozen random blocks would never learn (--freeze-blocks 0)"
             )
-        if self.margin is not None and self.loss not in ("triplet", "contrastive"):
-            raise UsageError(f"--margin applies to the triplet and contrastive losses, not {self.loss}")
+        if self.margin is not None and loss.margin is None:
+            takes = [name for name in OBJECTIVES if OBJECTIVES.get(name).margin is not None]
+            raise UsageError(f"--margin applies to the {' and '.join(takes)} losses, not {self.loss}")
         if not 0 <= self.frozen < len(BLOCK_NAMES):
             raise UsageError(f"--freeze-blocks must be 0..{len(BLOCK_NAMES) - 1} (blocks: {', '.join(BLOCK_NAMES)})")
         if self.bn not in ("auto", "fixed", "update"):
@@ -226,92 +242,19 @@ def init_weights(init: str) -> Optional[Path]:
     return Path(path)
 
 
-def param_groups(model: NN4Small2, objective: Objective, s: NetSettings) -> list[dict]:
-    """Trained blocks at ``lr``, the dense layer at ``lr_dense``, the loss's parameters at ``lr_head``."""
-    frozen = set(BLOCK_NAMES[: s.frozen])
-    body, dense = [], []
-    prefixes = {"stem": ("conv1.", "bn1.", "conv2.", "bn2.", "conv3.", "bn3.")}
-    for name, p in model.named_parameters():
-        block = next((b for b, pre in prefixes.items() if name.startswith(pre)), None)
-        if block is None and name.startswith("incept"):
-            block = name[len("incept") :].split(".")[0]
-        if block in frozen:
-            p.requires_grad_(False)
-        elif name.startswith("ln."):
-            dense.append(p)
-        else:
-            body.append(p)
+def train_net_groups(model: NN4Small2, objective: Objective, s: NetSettings) -> list[dict]:
+    """Trained blocks at ``lr``, the dense layer at ``lr_dense``, the loss's parameters at ``lr_head``
+    (the frozen blocks, ``scaffold.freeze``, take no gradient and are in none)."""
+    dense, body = split_params(model, lambda name: name.startswith("ln."))
     lr_dense = s.rate if s.lr_dense is None else s.lr_dense
-    groups = [
-        {"params": body, "lr": s.rate, "base_lr": s.rate, "name": "blocks"},
-        {"params": dense, "lr": lr_dense, "base_lr": lr_dense, "name": "dense"},
-    ]
+    groups = [param_group(body, s.rate, "blocks"), param_group(dense, lr_dense, "dense")]
     own = [p for p in objective.parameters() if p.requires_grad]
     if own:
-        groups.append({"params": own, "lr": s.lr_head, "base_lr": s.lr_head, "name": "loss"})
+        groups.append(param_group(own, s.lr_head, "loss"))
     return [g for g in groups if g["params"]]
 
 
-def set_train_mode(model: NN4Small2, s: NetSettings) -> None:
-    """Frozen blocks always in eval mode; batch-norm statistics fixed or updated (``--bn``)."""
-    model.train()
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d) and s.bn_mode == "fixed":
-            m.eval()
-    for name in BLOCK_NAMES[: s.frozen]:
-        if name == "stem":
-            for mod in (model.bn1, model.bn2, model.bn3):
-                mod.eval()
-        else:
-            getattr(model, f"incept{name}").eval()
-
-
-def lr_factor(s: NetSettings, step: int, total: int) -> float:
-    if s.schedule == "constant" or total <= 0:
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-
-
 # ---- evaluation --------------------------------------------------------------------------
-
-
-def embed_faces(model: NN4Small2, faces: np.ndarray, device: torch.device, batch: int = 256) -> np.ndarray:
-    """Unit embeddings of uint8 faces (N, S, S, 3) with the model in eval mode."""
-    was = model.training
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(faces), batch):
-            out.append(model(preprocess(faces[i : i + batch]).to(device)).cpu().numpy())
-    model.train(was)
-    return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
-
-
-def frozen_features(
-    model: NN4Small2, faces: np.ndarray, blocks: int, device: torch.device, batch: int = 256
-) -> torch.Tensor:
-    """The output of the first ``blocks`` blocks for uint8 faces. Those blocks never train (their
-    batch norms stay in eval mode), so this is computed once per face and reused every epoch."""
-    was = model.training
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(faces), batch):
-            out.append(model.features(preprocess(faces[i : i + batch]).to(device), 0, blocks))
-    model.train(was)
-    return torch.cat(out)
-
-
-def embed_features(model: NN4Small2, feats: torch.Tensor, blocks: int, batch: int = 256) -> np.ndarray:
-    """Unit embeddings from ``frozen_features`` output (the remaining blocks and the head, eval mode)."""
-    was = model.training
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for i in range(0, len(feats), batch):
-            out.append(model.head(model.features(feats[i : i + batch], blocks)).cpu().numpy())
-    model.train(was)
-    return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
 
 
 def pair_figures(reps: np.ndarray, pairs, order: np.ndarray) -> dict:
@@ -388,27 +331,6 @@ def _state(obj) -> dict:
     return {k: v.detach().cpu().clone() for k, v in obj.state_dict().items()}
 
 
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write the checkpoint atomically (a kill leaves the previous one intact)."""
-    buf = _io.BytesIO()
-    torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: Path) -> Optional[dict]:
-    if not path.is_file():
-        return None
-    try:
-        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or not CHECKPOINT_KEYS <= set(ckpt):
-            raise ValueError("not a train-net checkpoint")
-        return ckpt
-    except Exception as exc:
-        raise OpenFacePyError(
-            f"{path}: unreadable checkpoint ({exc.__class__.__name__}); delete it to start over"
-        ) from None
-
-
 def _rewrite_log(path: Path, epoch: int, batch: int) -> None:
     """Keep the log lines up to the checkpoint's position (batches after it are trained again)."""
     if not path.is_file():
@@ -426,11 +348,6 @@ def _rewrite_log(path: Path, epoch: int, batch: int) -> None:
         if done:
             keep.append(line)
     atomic_write_text(path, "".join(line + "\n" for line in keep))
-
-
-def _append_log(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 # ---- the loop ----------------------------------------------------------------------------
@@ -472,21 +389,87 @@ def train_net(
         return _train(settings, out, on_checkpoint)
 
 
-def _train(s: NetSettings, out: Path, on_checkpoint) -> TrainResult:
-    if s.threads > 0:
-        torch.set_num_threads(s.threads)
-    device = pick_device(s.device)
-    started = time.time()
+@dataclass
+class _Run:
+    """What one ``train-net`` run trains and scores with, built before its first batch."""
 
+    s: NetSettings
+    out: Path
+    device: torch.device
+    data: LabeledFaces  # every face read (its skipped files go to training.json)
+    train: LabeledFaces
+    val: Optional[LabeledFaces]  # the held-out people (None when none are held out)
+    sampler: PKSampler
+    model: NN4Small2
+    parent: Optional[str]  # the starting weights' name and SHA-256 (None from scratch)
+    parent_sha: Optional[str]
+    fingerprint: dict
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    frozen: list  # the frozen blocks' modules (kept in eval mode)
+    parent_model: Optional[NN4Small2] = None  # the starting model, when the loss keeps near it
+
+    @property
+    def blocks(self) -> int:
+        return self.s.frozen
+
+
+@dataclass
+class _Progress:
+    """Where the run is: what a checkpoint saves besides the weights and the optimiser."""
+
+    history: list  # asdict(EpochFigures) per epoch, epoch 0 = before training
+    best: dict  # epoch, held-out AUC and weights of the best epoch so far
+    epoch: int = 1
+    batch: int = 0
+    loss_sum: float = 0.0
+    loss_n: int = 0
+    elapsed: float = 0.0  # seconds trained by earlier calls
+
+
+@dataclass
+class _Batch:
+    feats: torch.Tensor  # the frozen blocks' output (the input itself when none are frozen)
+    target: Optional[torch.Tensor]  # the starting model's embeddings, when the loss keeps near them
+
+
+def _train(s: NetSettings, out: Path, on_checkpoint) -> TrainResult:
+    set_threads(s.threads)
+    started = time.time()
+    run = _build_run(s, out, pick_device(s.device))
+    ckpt = _load_matching_checkpoint(run)
+    scorer = _Scorer.build(run)
+    inputs = _batch_inputs(run)
+    if ckpt is None:
+        progress = _start(run, scorer)
+    else:
+        progress = _resume(run, ckpt)
+
+    def checkpoint() -> None:
+        payload = _checkpoint_payload(run, progress, progress.elapsed + (time.time() - started))
+        save_checkpoint(out / CHECKPOINT, payload)
+        if on_checkpoint is not None:
+            on_checkpoint(out / CHECKPOINT, payload)
+
+    timer = CheckpointTimer(s.checkpoint_minutes)
+    while progress.epoch <= s.epochs:
+        epoch_start = time.time()
+        _train_epoch(run, inputs, progress, timer, checkpoint)
+        _end_epoch(run, scorer, progress, time.time() - epoch_start)
+        checkpoint()
+        timer.reset()
+    return _finish(run, progress, progress.elapsed + (time.time() - started))
+
+
+def _build_run(s: NetSettings, out: Path, device: torch.device) -> _Run:
+    """Read and split the faces, build the network, the objective and the optimiser."""
     data = read_labeled_faces(s.aligned_dir, openface_spec())
     train_people, val_people = split_people(data.people, data.counts(), s.val_people, s.seed)
     train = data.subset(train_people)
     val = data.subset(val_people) if val_people else None
     # pair and triplet losses need two faces of a person; classification losses can use one
-    sampler = PKSampler(
-        train.labels, s.batch_people, s.batch_images, s.seed, min_images=1 if s.loss in ("center", "arcface") else 2
-    )
-    aug = Augment(s.mirror, s.shift, s.scale, s.jitter)
+    min_images = 1 if OBJECTIVES.get(s.loss).classifies else 2
+    sampler = PKSampler(train.labels, s.batch_people, s.batch_images, s.seed, min_images=min_images)
     log.info(
         "%d people / %d faces to train (%d batches of %d x %d per epoch), %d people / %d faces held out",
         len(train.people),
@@ -499,218 +482,276 @@ def _train(s: NetSettings, out: Path, on_checkpoint) -> TrainResult:
     )
 
     model, parent, parent_sha = initial_model(s.init, s.seed)
-    import hashlib
-
     data_digest = hashlib.sha256("\n".join(data.paths).encode()).hexdigest()[:16]
     fingerprint = {**s.fingerprint(), "data": data_digest, "parent_sha256": parent_sha}
-    ckpt_path = out / CHECKPOINT
-    ckpt = load_checkpoint(ckpt_path)
-    if ckpt is not None and ckpt["fingerprint"] != fingerprint:
-        theirs, mine = ckpt["fingerprint"], fingerprint
-        diff = ", ".join(
-            f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}"
-            for k in sorted(set(theirs) | set(mine))
-            if theirs.get(k) != mine.get(k)
-        )
-        raise UsageError(
-            f"{out} holds a run with other settings ({diff}); continue it with the same settings "
-            "or choose another output folder"
-        )
-
     model.to(device)
     torch.manual_seed(s.seed)
     objective = make_objective(s.loss, len(train.people), s.mining, s.margin, s.center_weight).to(device)
     parent_model = None
     if s.keep_parent > 0:
         parent_model = copy.deepcopy(model).eval()
-        for p in parent_model.parameters():
-            p.requires_grad_(False)
-    optimizer = torch.optim.Adam(param_groups(model, objective, s), weight_decay=s.weight_decay)
-    frozen = s.frozen
-    steps_per_epoch = len(sampler)
+        parent_model.requires_grad_(False)
+    frozen = freeze(model, s.frozen)
+    optimizer = torch.optim.Adam(train_net_groups(model, objective, s), weight_decay=s.weight_decay)
+    return _Run(
+        s=s,
+        out=out,
+        device=device,
+        data=data,
+        train=train,
+        val=val,
+        sampler=sampler,
+        model=model,
+        parent=parent,
+        parent_sha=parent_sha,
+        fingerprint=fingerprint,
+        objective=objective,
+        optimizer=optimizer,
+        frozen=frozen,
+        parent_model=parent_model,
+    )
 
-    pairs = order = None
-    if val is not None:
-        pairs = verification_pairs(val.labels, s.seed)
-        order = balanced(pairs, s.seed)
-    lfw = LfwProbe.load(Path(s.lfw_dir), s.progress) if s.lfw_dir else None
-    # Frozen blocks never change: their output is computed once for held-out and LFW faces, and for
-    # training faces (plain and mirrored) when no augmentation but mirroring is asked for.
-    val_feats = frozen_features(model, val.faces, frozen, device) if frozen and val is not None else None
-    if frozen and lfw is not None:
-        lfw.feats, lfw.blocks = frozen_features(model, lfw.faces, frozen, device), frozen
-    per_face = frozen_features(model, train.faces[:1], frozen, device).numel() * 4 if frozen else 0
-    fast = frozen > 0 and not (s.shift or s.scale or s.jitter) and 2 * per_face * len(train.faces) <= FAST_PATH_BYTES
-    if frozen > 0 and not (s.shift or s.scale or s.jitter) and not fast:
-        log.info("too many faces to keep the frozen blocks' output in memory: computed per batch")
-    if fast:
-        tf = frozen_features(model, train.faces, frozen, device)
-        tf_m = frozen_features(model, np.ascontiguousarray(train.faces[:, :, ::-1]), frozen, device)
-        log.info(
-            "frozen blocks' output precomputed for %d faces and their mirror images (%.0f MB)",
-            len(tf),
-            2 * tf.numel() * 4 / 1e6,
+
+def _load_matching_checkpoint(run: _Run) -> Optional[dict]:
+    """The run folder's checkpoint, if any; ``UsageError`` when it was made with other settings."""
+    ckpt = load_checkpoint(run.out / CHECKPOINT, CHECKPOINT_KEYS, "train-net")
+    if ckpt is not None and ckpt["fingerprint"] != run.fingerprint:
+        theirs, mine = ckpt["fingerprint"], run.fingerprint
+        diff = ", ".join(
+            f"{k}: {theirs.get(k)!r} -> {mine.get(k)!r}"
+            for k in sorted(set(theirs) | set(mine))
+            if theirs.get(k) != mine.get(k)
         )
-        if parent_model is not None:
-            pt = torch.as_tensor(embed_features(parent_model, tf, frozen))
-            pt_m = torch.as_tensor(embed_features(parent_model, tf_m, frozen))
+        raise UsageError(
+            f"{run.out} holds a run with other settings ({diff}); continue it with the same settings "
+            "or choose another output folder"
+        )
+    return ckpt
 
-    def evaluate_epoch(epoch: int, loss: Optional[float], seconds: float) -> EpochFigures:
-        fig = EpochFigures(epoch, loss, seconds=round(seconds, 1))
+
+@dataclass
+class _Scorer:
+    """Held-out (and LFW) figures of the network as it trains."""
+
+    run: _Run
+    pairs: Optional[PairSet]
+    order: Optional[np.ndarray]
+    val_feats: Optional[torch.Tensor]  # the frozen blocks' output for the held-out faces
+    lfw: Optional[LfwProbe]
+
+    @classmethod
+    def build(cls, run: _Run) -> _Scorer:
+        s, val, blocks = run.s, run.val, run.blocks
+        pairs = order = None
         if val is not None:
-            reps = (
-                embed_features(model, val_feats, frozen)
-                if val_feats is not None
-                else embed_faces(model, val.faces, device)
-            )
-            fig.val = pair_figures(reps, pairs, order)
-        if lfw is not None:
-            fig.lfw = lfw.score(model, device)
+            pairs = verification_pairs(val.labels, s.seed)
+            order = balanced(pairs, s.seed)
+        lfw = LfwProbe.load(Path(s.lfw_dir), s.progress) if s.lfw_dir else None
+        # frozen blocks never change: their output for held-out and LFW faces is computed once
+        val_feats = frozen_features(run.model, val.faces, blocks, run.device) if blocks and val is not None else None
+        if blocks and lfw is not None:
+            lfw.feats, lfw.blocks = frozen_features(run.model, lfw.faces, blocks, run.device), blocks
+        return cls(run, pairs, order, val_feats, lfw)
+
+    def figures(self, epoch: int, loss: Optional[float], seconds: float) -> EpochFigures:
+        run = self.run
+        fig = EpochFigures(epoch, loss, seconds=round(seconds, 1))
+        if run.val is not None:
+            if self.val_feats is not None:
+                reps = embed_features(run.model, self.val_feats, run.blocks)
+            else:
+                reps = embed_faces(run.model, run.val.faces, run.device)
+            fig.val = pair_figures(reps, self.pairs, self.order)
+        if self.lfw is not None:
+            fig.lfw = self.lfw.score(run.model, run.device)
         return fig
 
-    if ckpt is None:
-        history = [asdict(evaluate_epoch(0, None, 0.0))]
-        epoch, batch, loss_sum, loss_n, elapsed = 1, 0, 0.0, 0, 0.0
-        # the starting weights are a candidate too: if no epoch beats them on the held-out people, they are kept
-        best = {
-            "epoch": 0,
-            "auc": history[0]["val"].get("auc", -1.0),
-            "model": _state(model),
-            "objective": _state(objective),
-        }
-        if (out / LOG).exists():
-            (out / LOG).unlink()
-        _append_log(out / LOG, {"type": "epoch", **history[0]})
-    else:
-        model.load_state_dict(ckpt["model"])
-        objective.load_state_dict(ckpt["objective"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        history, best = ckpt["history"], ckpt["best"]
-        epoch, batch, loss_sum, loss_n, elapsed = (
-            ckpt["epoch"],
-            ckpt["batch"],
-            ckpt["loss_sum"],
-            ckpt["loss_n"],
-            ckpt["elapsed"],
+
+class _Augmented:
+    """Training batches augmented afresh (and run through the frozen blocks) every time."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        self.aug = Augment(run.s.mirror, run.s.shift, run.s.scale, run.s.jitter)
+
+    def batch(self, rows: np.ndarray, gen: torch.Generator) -> _Batch:
+        run = self.run
+        x = augment(preprocess(run.train.faces[rows]), self.aug, gen).to(run.device)
+        target = None
+        with torch.no_grad():
+            feats = run.model.features(x, 0, run.blocks) if run.blocks else x
+            if run.parent_model is not None:
+                target = run.parent_model.head(run.parent_model.features(feats, run.blocks))
+        return _Batch(feats, target)
+
+
+class _Precomputed:
+    """The fast path, when only mirroring augments: the frozen blocks' output of every training
+    face and of its mirror image computed once (and the starting model's embeddings of both)."""
+
+    def __init__(self, run: _Run) -> None:
+        self.run = run
+        faces, blocks = run.train.faces, run.blocks
+        self.plain = frozen_features(run.model, faces, blocks, run.device)
+        self.mirrored = frozen_features(run.model, np.ascontiguousarray(faces[:, :, ::-1]), blocks, run.device)
+        log.info(
+            "frozen blocks' output precomputed for %d faces and their mirror images (%.0f MB)",
+            len(self.plain),
+            2 * self.plain.numel() * 4 / 1e6,
         )
-        _rewrite_log(out / LOG, epoch, batch)
-        log.info("continuing %s from epoch %d, batch %d", out, epoch, batch)
+        self.target = self.target_mirrored = None
+        if run.parent_model is not None:
+            self.target = torch.as_tensor(embed_features(run.parent_model, self.plain, blocks))
+            self.target_mirrored = torch.as_tensor(embed_features(run.parent_model, self.mirrored, blocks))
 
-    def checkpoint() -> None:
-        payload = {
-            "fingerprint": fingerprint,
-            "settings": asdict(s),
-            "model": _state(model),
-            "objective": _state(objective),
-            "optimizer": optimizer.state_dict(),
-            "history": history,
-            "best": best,
-            "epoch": epoch,
-            "batch": batch,
-            "loss_sum": loss_sum,
-            "loss_n": loss_n,
-            "elapsed": elapsed + (time.time() - started),
-        }
-        save_checkpoint(ckpt_path, payload)
-        if on_checkpoint is not None:
-            on_checkpoint(ckpt_path, payload)
+    def batch(self, rows: np.ndarray, gen: torch.Generator) -> _Batch:
+        r = torch.as_tensor(rows)
+        flip = (torch.rand(len(rows), generator=gen) < self.run.s.mirror).to(self.plain.device)  # as augment() draws it
+        feats = torch.where(flip[:, None, None, None], self.mirrored[r], self.plain[r]).to(self.run.device)
+        target = None
+        if self.target is not None:
+            target = torch.where(flip[:, None].cpu(), self.target_mirrored[r], self.target[r]).to(self.run.device)
+        return _Batch(feats, target)
 
+
+def _batch_inputs(run: _Run) -> _Augmented | _Precomputed:
+    """The fast path when the frozen blocks' output of the training faces (plain and mirrored)
+    fits in ``FAST_PATH_BYTES`` and nothing but mirroring augments; else augmented batches."""
+    s, blocks = run.s, run.blocks
+    if blocks == 0 or s.shift or s.scale or s.jitter:
+        return _Augmented(run)
+    per_face = frozen_features(run.model, run.train.faces[:1], blocks, run.device).numel() * 4
+    if 2 * per_face * len(run.train.faces) > FAST_PATH_BYTES:
+        log.info("too many faces to keep the frozen blocks' output in memory: computed per batch")
+        return _Augmented(run)
+    return _Precomputed(run)
+
+
+def _start(run: _Run, scorer: _Scorer) -> _Progress:
+    """A new run: the starting weights scored (epoch 0), and a candidate for the best epoch."""
+    history = [asdict(scorer.figures(0, None, 0.0))]
+    # the starting weights are a candidate too: if no epoch beats them on the held-out people, they are kept
+    best = {
+        "epoch": 0,
+        "auc": history[0]["val"].get("auc", -1.0),
+        "model": _state(run.model),
+        "objective": _state(run.objective),
+    }
+    if (run.out / LOG).exists():
+        (run.out / LOG).unlink()
+    append_record(run.out / LOG, {"type": "epoch", **history[0]})
+    return _Progress(history, best)
+
+
+def _resume(run: _Run, ckpt: dict) -> _Progress:
+    """Weights, optimiser and position from the checkpoint; the log cut back to that position."""
+    run.model.load_state_dict(ckpt["model"])
+    run.objective.load_state_dict(ckpt["objective"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    progress = _Progress(
+        ckpt["history"], ckpt["best"], ckpt["epoch"], ckpt["batch"], ckpt["loss_sum"], ckpt["loss_n"], ckpt["elapsed"]
+    )
+    _rewrite_log(run.out / LOG, progress.epoch, progress.batch)
+    log.info("continuing %s from epoch %d, batch %d", run.out, progress.epoch, progress.batch)
+    return progress
+
+
+def _checkpoint_payload(run: _Run, progress: _Progress, elapsed: float) -> dict:
+    return {
+        "fingerprint": run.fingerprint,
+        "settings": asdict(run.s),
+        "model": _state(run.model),
+        "objective": _state(run.objective),
+        "optimizer": run.optimizer.state_dict(),
+        "history": progress.history,
+        "best": progress.best,
+        "epoch": progress.epoch,
+        "batch": progress.batch,
+        "loss_sum": progress.loss_sum,
+        "loss_n": progress.loss_n,
+        "elapsed": elapsed,
+    }
+
+
+def _train_epoch(
+    run: _Run, inputs: _Augmented | _Precomputed, progress: _Progress, timer: CheckpointTimer, checkpoint
+) -> None:
+    """The batches of ``progress.epoch`` from ``progress.batch`` on, each logged; a checkpoint
+    whenever one is due inside the epoch."""
     from tqdm import tqdm
 
-    last_save = time.time()
-    total_steps = s.epochs * steps_per_epoch
-    while epoch <= s.epochs:
-        set_train_mode(model, s)
-        epoch_start = time.time()
-        bar = tqdm(
-            total=steps_per_epoch, initial=batch, desc=f"epoch {epoch}/{s.epochs}", unit="batch", disable=not s.progress
-        )
-        while batch < steps_per_epoch:
-            rows = sampler.batch(epoch, batch)
-            gen = torch.Generator().manual_seed(int(np.random.default_rng([s.seed, epoch, 2, batch]).integers(2**62)))
-            if fast:
-                r = torch.as_tensor(rows)
-                flip = (torch.rand(len(rows), generator=gen) < s.mirror).to(tf.device)  # as augment() draws it
-                feats = torch.where(flip[:, None, None, None], tf_m[r], tf[r]).to(device)
-            else:
-                x = augment(preprocess(train.faces[rows]), aug, gen).to(device)
-                with torch.no_grad():
-                    feats = model.features(x, 0, frozen) if frozen else x
-            labels = torch.as_tensor(train.labels[rows], device=device)
-            factor = lr_factor(s, (epoch - 1) * steps_per_epoch + batch, total_steps)
-            for g in optimizer.param_groups:
-                g["lr"] = g["base_lr"] * factor
-            emb = model.head(model.features(feats, frozen))
-            loss, figs = objective(emb, labels)
-            total = loss
-            if parent_model is not None:
-                if fast:
-                    target = torch.where(flip[:, None].cpu(), pt_m[r], pt[r]).to(device)
-                else:
-                    with torch.no_grad():
-                        target = parent_model.head(parent_model.features(feats, frozen))
-                keep = parent_term(emb, target)
-                total = loss + s.keep_parent * keep
-                figs["parent"] = float(keep.detach())
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            value = total.item()
-            if not math.isfinite(value):
-                raise OpenFacePyError(
-                    f"the loss became {value} at epoch {epoch}, batch {batch}; "
-                    "lower the learning rates (--lr, --lr-head)"
-                )
-            loss_sum, loss_n = loss_sum + value, loss_n + 1
-            _append_log(
-                out / LOG,
-                {
-                    "type": "batch",
-                    "epoch": epoch,
-                    "batch": batch,
-                    "loss": value,
-                    "metric_loss": loss.item(),
-                    **figs,
-                    "lr": s.rate * factor,
-                },
-            )
-            batch += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}")
-            if batch < steps_per_epoch and time.time() - last_save >= s.checkpoint_minutes * 60:
-                checkpoint()
-                last_save = time.time()
-        bar.close()
-        fig = evaluate_epoch(epoch, loss_sum / max(loss_n, 1), time.time() - epoch_start)
-        history.append(asdict(fig))
-        _append_log(out / LOG, {"type": "epoch", **asdict(fig)})
-        _report_epoch(fig, history[0])
-        if val is None or fig.val["auc"] > best["auc"]:
-            best = {
-                "epoch": epoch,
-                "auc": fig.val.get("auc", -1.0),
-                "model": _state(model),
-                "objective": _state(objective),
-            }
-        epoch, batch, loss_sum, loss_n = epoch + 1, 0, 0.0, 0
-        write_plot(out / PLOT, history)
-        checkpoint()
-        last_save = time.time()
-
-    return _finish(
-        s,
-        out,
-        data,
-        train,
-        val,
-        history,
-        best,
-        parent,
-        parent_sha,
-        device,
-        elapsed + (time.time() - started),
-        objective,
+    s, steps = run.s, len(run.sampler)
+    train_mode(run.model, run.frozen, fixed_bn=s.bn_mode == "fixed")
+    bar = tqdm(
+        total=steps,
+        initial=progress.batch,
+        desc=f"epoch {progress.epoch}/{s.epochs}",
+        unit="batch",
+        disable=not s.progress,
     )
+    while progress.batch < steps:
+        record = _train_batch(run, inputs, progress.epoch, progress.batch)
+        append_record(run.out / LOG, record)
+        progress.loss_sum, progress.loss_n = progress.loss_sum + record["loss"], progress.loss_n + 1
+        progress.batch += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{progress.loss_sum / progress.loss_n:.4f}")
+        if progress.batch < steps and timer.due():
+            checkpoint()
+            timer.reset()
+    bar.close()
+
+
+def _train_batch(run: _Run, inputs: _Augmented | _Precomputed, epoch: int, batch: int) -> dict:
+    """One optimiser step on batch ``batch`` of ``epoch``; returns its log record."""
+    s, steps = run.s, len(run.sampler)
+    rows = run.sampler.batch(epoch, batch)
+    gen = torch.Generator().manual_seed(int(np.random.default_rng([s.seed, epoch, 2, batch]).integers(2**62)))
+    b = inputs.batch(rows, gen)
+    labels = torch.as_tensor(run.train.labels[rows], device=run.device)
+    factor = 1.0 if s.schedule == "constant" else cosine_factor((epoch - 1) * steps + batch, s.epochs * steps)
+    scale_rates(run.optimizer, factor)
+    emb = run.model.head(run.model.features(b.feats, run.blocks))
+    loss, figs = run.objective(emb, labels)
+    total = loss
+    if b.target is not None:
+        keep = parent_term(emb, b.target)
+        total = loss + s.keep_parent * keep
+        figs["parent"] = float(keep.detach())
+    run.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    run.optimizer.step()
+    value = total.item()
+    if not math.isfinite(value):
+        raise OpenFacePyError(
+            f"the loss became {value} at epoch {epoch}, batch {batch}; lower the learning rates (--lr, --lr-head)"
+        )
+    return {
+        "type": "batch",
+        "epoch": epoch,
+        "batch": batch,
+        "loss": value,
+        "metric_loss": loss.item(),
+        **figs,
+        "lr": s.rate * factor,
+    }
+
+
+def _end_epoch(run: _Run, scorer: _Scorer, progress: _Progress, seconds: float) -> None:
+    """Score the finished epoch, log and plot it, keep it if it is the best so far, move on."""
+    fig = scorer.figures(progress.epoch, progress.loss_sum / max(progress.loss_n, 1), seconds)
+    progress.history.append(asdict(fig))
+    append_record(run.out / LOG, {"type": "epoch", **asdict(fig)})
+    _report_epoch(fig, progress.history[0])
+    if run.val is None or fig.val["auc"] > progress.best["auc"]:
+        progress.best = {
+            "epoch": progress.epoch,
+            "auc": fig.val.get("auc", -1.0),
+            "model": _state(run.model),
+            "objective": _state(run.objective),
+        }
+    progress.epoch, progress.batch, progress.loss_sum, progress.loss_n = progress.epoch + 1, 0, 0.0, 0
+    write_plot(run.out / PLOT, progress.history)
 
 
 def _report_epoch(fig: EpochFigures, start: dict) -> None:
@@ -765,17 +806,20 @@ def export_weights(path: Path, state: dict, meta: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _finish(s, out, data, train, val, history, best, parent, parent_sha, device, seconds, objective) -> TrainResult:
+def _finish(run: _Run, progress: _Progress, seconds: float) -> TrainResult:
+    """Export the best epoch's weights (``model.pt``, and ``verifier.pt`` for a verifier loss) and
+    write ``training.json``."""
     from openface_py import __version__
     from openface_py.nets.embed import load_embedder
 
+    s, out, val, history, best = run.s, run.out, run.val, progress.history, progress.best
     best_epoch = best["epoch"]
     chosen = history[best_epoch]
     meta = {
         "trained_by": f"openface-py {__version__} train-net",
         "loss": s.loss,
-        "parent": parent,
-        "parent_sha256": parent_sha,
+        "parent": run.parent,
+        "parent_sha256": run.parent_sha,
         "epoch": best_epoch,
     }
     if chosen["val"]:
@@ -783,8 +827,8 @@ def _finish(s, out, data, train, val, history, best, parent, parent_sha, device,
     export_weights(out / MODEL, best["model"], meta)
     identity = load_embedder(str(out / MODEL)).identity
     verifier_path = None
-    if s.loss == "siamese":
-        verifier_path = _export_verifier(out, best["objective"], identity, val, best["model"], device, s.seed)
+    if OBJECTIVES.get(s.loss).verifier:
+        verifier_path = _export_verifier(out, best["objective"], identity, val, best["model"], run.device, s.seed)
     if val is not None and best_epoch == 0 and s.init != SCRATCH:
         trained = max(h["val"]["auc"] for h in history[1:])
         log.warning(
@@ -802,16 +846,16 @@ def _finish(s, out, data, train, val, history, best, parent, parent_sha, device,
         "settings": asdict(s),
         "data": {
             "aligned_dir": str(Path(s.aligned_dir).resolve()),
-            "train": describe(train),
+            "train": describe(run.train),
             "held_out": describe(val) if val is not None else None,
-            "train_people": train.people,
+            "train_people": run.train.people,
             "held_out_people": val.people if val is not None else [],
-            "skipped_files": [{"path": p, "reason": r} for p, r in data.skipped],
+            "skipped_files": [{"path": p, "reason": r} for p, r in run.data.skipped],
         },
-        "parent": {"init": s.init, "name": parent, "sha256": parent_sha},
+        "parent": {"init": s.init, "name": run.parent, "sha256": run.parent_sha},
         "epochs": history,
         "wall_seconds": round(seconds, 1),
-        "device": str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})",
+        "device": _describe_device(run.device),
         "torch_threads": torch.get_num_threads(),
         "command": s.command or " ".join(sys.argv),
     }
@@ -819,6 +863,10 @@ def _finish(s, out, data, train, val, history, best, parent, parent_sha, device,
         summary["verifier"] = str(verifier_path)
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return TrainResult(out, out / MODEL, best_epoch, history, summary, verifier_path)
+
+
+def _describe_device(device: torch.device) -> str:
+    return str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"
 
 
 def _export_verifier(
