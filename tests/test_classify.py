@@ -8,9 +8,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, LFW, SAMPLE, needs_lfw
+from conftest import EXAMPLES, LFW, SAMPLE, cli, cli_process, needs_lfw
 from scipy.stats import multivariate_normal
-from test_embed_batch import cli
 
 from openface_py.eval.lfw import PairsFormatError, parse_pairs
 from openface_py.faces.detect import make_detector
@@ -333,7 +332,7 @@ def test_identify_with_cached_gallery(tmp_path, monkeypatch):
     g4 = build_gallery(gal, pipe, progress=False)
     assert g4.reused == 3 and g4.paths == g3.paths
     # the very photo of Carell that was enrolled and then removed is unknown now (a new process, the same cache)
-    r = cli("identify", str(gal), str(EXAMPLES / "lennon-2.jpg"), str(EXAMPLES / "carell.jpg"),
+    r = cli_process("identify", str(gal), str(EXAMPLES / "lennon-2.jpg"), str(EXAMPLES / "carell.jpg"),
             "--model", "dlib-resnet-v1", "--json", "-q", env={"OPENFACE_PY_HOME": str(tmp_path / "home")})  # fmt: skip
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)["results"]

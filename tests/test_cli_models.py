@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, ROOT, SAMPLE
-from test_embed_batch import cli
+from conftest import EXAMPLES, ROOT, SAMPLE, cli, cli_process
 
 from openface_py import cli as cli_mod
 from openface_py import store
@@ -72,7 +71,7 @@ def test_help_for_every_command(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli_mod.main(["align"])  # its arguments missing
     assert exit_.value.code == 2
-    assert "openface-py 0." in cli("--version").stdout  # `python -m openface_py` itself
+    assert "openface-py 0." in cli_process("--version").stdout  # `python -m openface_py` itself
 
 
 def test_detect_json_two_faces_and_a_bad_file(tmp_path):

@@ -13,24 +13,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import EXAMPLES, ROOT, SAMPLE, pairwise_sq_dists
+from conftest import EXAMPLES, ROOT, SAMPLE, cli, pairwise_sq_dists
 from PIL import Image
 
 from openface_py.errors import AlignmentMismatchError, OpenFacePyError
 from openface_py.faces.align import dlib_chip_spec, openface_spec
 from openface_py.io import TEMP_PREFIX, list_images, load_image
 from openface_py.jobs.batch import ALIGN_JOURNAL, align_folder, load_embeddings, represent_folder
-
-
-def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "openface_py", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        cwd=ROOT,
-    )
 
 
 def test_dlib_embeddings_separate_the_ten_sample_people(dlib_reps):

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, ROOT, SAMPLE
+from conftest import EXAMPLES, ROOT, SAMPLE, cli
 
 from openface_py.jobs.engine import EmbedderSpec, Engine
 from openface_py.jobs.stream import RUN_JOURNAL, run_folder
@@ -260,22 +260,9 @@ def test_the_cause_is_read_from_a_remote_traceback():
     assert root_cause(RuntimeError("No: traceback here\nsecond line")) == "No: traceback here"
 
 
-NO_RAY = """
-import sys
-sys.modules["ray"] = None  # as if Ray were not installed
-from openface_py.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def test_without_ray_the_engine_says_how_to_install_it(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-c", NO_RAY, "run", str(SAMPLE), str(tmp_path / "out"), "--engine", "ray"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_without_ray_the_engine_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed (in this process only)
+    r = cli("run", str(SAMPLE), str(tmp_path / "out"), "--engine", "ray")
     assert r.returncode == 2, r.stderr
     assert "pip install 'openface-py[ray]'" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SAMPLE
+from conftest import SAMPLE, cli
 from test_db_integrity import immutable, small_disk
 from test_service import KEY, Server, no_trace
 
@@ -29,8 +29,6 @@ def home(empty_home):
 @pytest.fixture(scope="module")
 def db(tmp_path_factory) -> Path:
     """A small database: two people, four photos each (fast to import)."""
-    from test_cli_commands import cli
-
     gallery = tmp_path_factory.mktemp("hard-gallery")
     for person in ("Tony_Blair", "Colin_Powell"):
         (gallery / person).mkdir()
