@@ -33,6 +33,24 @@ needs_lfw = pytest.mark.skipif(
 )
 
 
+#: torch's thread count as the first test that ran with torch loaded found it
+_TORCH_THREADS: list[int] = []
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_put_back():
+    """A test that sets torch's threads for this whole process (``distill.train(threads=1)``, a
+    command's ``--threads`` run in this process) gets them put back after it: every test after it
+    would otherwise run its torch work on fewer threads."""
+    torch = sys.modules.get("torch")
+    if torch is not None and not _TORCH_THREADS:
+        _TORCH_THREADS.append(torch.get_num_threads())
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and _TORCH_THREADS and torch.get_num_threads() != _TORCH_THREADS[0]:
+        torch.set_num_threads(_TORCH_THREADS[0])
+
+
 class CliResult(NamedTuple):
     """What a command gave: its exit code, its standard output, its standard error."""
 
@@ -48,8 +66,6 @@ def cli(*args: str, env: dict | None = None) -> CliResult:
     line does not turn into an exit code fails the test (a subprocess would exit 1 with it)."""
     from openface_py.cli import main
 
-    torch = sys.modules.get("torch")
-    threads = torch.get_num_threads() if torch is not None else None
     out, err = io.StringIO(), io.StringIO()
     handler = logging.StreamHandler(err)
     logger = logging.getLogger("openface_py")
@@ -64,9 +80,6 @@ def cli(*args: str, env: dict | None = None) -> CliResult:
                 rc = 0 if exc.code is None else exc.code
     finally:
         logger.removeHandler(handler)
-        torch = sys.modules.get("torch")
-        if torch is not None and threads is not None and torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)  # a command's --threads must not slow the tests after it
     return CliResult(rc, out.getvalue(), err.getvalue())
 
 
@@ -112,6 +125,27 @@ def dlib_embedder():
     from openface_py.nets.embed import load_embedder
 
     return load_embedder("dlib-resnet-v1")
+
+
+@pytest.fixture(scope="session")
+def onnx_embedder():
+    """The shipped nn4.small2.distilled-v2 on the ONNX backend (the folder jobs' tests)."""
+    from openface_py.nets.embed import NN4_SMALL2_DISTILLED, load_embedder
+
+    return load_embedder(NN4_SMALL2_DISTILLED, backend="onnx")
+
+
+@pytest.fixture(scope="session")
+def default_embedder(default_home):
+    """The default model with an empty weights cache: the shipped nn4.small2.distilled-v2, whatever
+    the user has installed."""
+    from openface_py.nets.embed import load_embedder
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OPENFACE_PY_HOME", str(default_home))
+        embedder = load_embedder()
+    assert embedder.name == "nn4.small2.distilled-v2"
+    return embedder
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,6 @@
-"""Classifiers, Joint Bayesian, open-set thresholds, model files and the train/infer/compare/identify CLI."""
+"""Tests of openface_py.recognize.classify, recognize.jointbayes, recognize.gallery, cli.people.
+
+Classifiers, Joint Bayesian, open-set thresholds, model files and the train/infer/compare/identify CLI."""
 
 from __future__ import annotations
 
@@ -56,17 +58,10 @@ def strangers(dlib_embedder):
 
 
 @pytest.fixture(scope="module")
-def default_model(tmp_path_factory):
+def default_model(default_embedder):
     """The default model, with an empty weights cache (so it is the shipped nn4.small2.distilled-v2
     whatever the user has installed): (embedder, pipeline)."""
-    from openface_py.nets.embed import load_embedder
-    from openface_py.pipeline import FacePipeline
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OPENFACE_PY_HOME", str(tmp_path_factory.mktemp("home")))
-        embedder = load_embedder()
-    assert embedder.name == "nn4.small2.distilled-v2"
-    return embedder, FacePipeline(make_detector("hog"), embedder=embedder)
+    return default_embedder, FacePipeline(make_detector("hog"), embedder=default_embedder)
 
 
 @pytest.fixture(scope="module")

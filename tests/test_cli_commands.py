@@ -1,4 +1,6 @@
-"""The train/represent/compare/lfw-classify sub-commands through the real command line
+"""Tests of openface_py.cli.people, cli.folders, cli.lfw.
+
+The train/represent/compare/lfw-classify sub-commands through the real command line
 (``openface_py.cli.main`` in this process), on the sample photos and the default model."""
 
 from __future__ import annotations

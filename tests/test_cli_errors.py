@@ -1,4 +1,6 @@
-"""Every command of the parser, given a missing input, a folder where a file is expected and a
+"""Tests of openface_py.cli (cli.common's path and requirement checks).
+
+Every command of the parser, given a missing input, a folder where a file is expected and a
 file where a folder is expected (and an output whose folder does not exist): one line, no
 traceback, and the documented exit code (2: the arguments cannot work; 1: photos of a list
 could not be read). Run in this process (``openface_py.cli.main``), so the whole table takes

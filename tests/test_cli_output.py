@@ -1,4 +1,6 @@
-"""Text output says what --json says (issue 24 items 11 and 12), through the real command line
+"""Tests of openface_py.cli.photos, cli.db (text output).
+
+Text output says what --json says (issue 24 items 11 and 12), through the real command line
 in this process (``conftest.cli``) on the sample and example photos."""
 
 from __future__ import annotations

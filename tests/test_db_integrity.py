@@ -1,4 +1,6 @@
-"""The face database never trusts damage and answers clearly (issue 23, items 4, 6 and 7).
+"""Tests of openface_py.recognize.facedb (damage, read-only and full databases).
+
+The face database never trusts damage and answers clearly (issue 23, items 4, 6 and 7).
 
 A database of real faces (photos 1-4 of each sample person, imported with the real model) is
 damaged in the ways the issue found: bytes of its index flipped at random (every search must

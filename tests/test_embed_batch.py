@@ -1,4 +1,6 @@
-"""End to end on real photos: align + represent with dlib ResNet, bad-input folders, kill -9 resume."""
+"""Tests of openface_py.jobs.batch (align, represent).
+
+End to end on real photos: align + represent with dlib ResNet, bad-input folders, kill -9 resume."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The face database (`db ...`, `identify DB`): SQLite + FAISS on the real sample photos and model.
+"""Tests of openface_py.recognize.facedb, recognize.vectorindex, cli.db.
+
+The face database (`db ...`, `identify DB`): SQLite + FAISS on the real sample photos and model.
 
 Answers are checked against an independent computation (a numpy brute-force nearest neighbour
 over the embeddings the database holds, and the gallery-folder `identify`), the index against

@@ -1,4 +1,6 @@
-"""Weights are known by content, thresholds belong to weights, caches are keyed by everything
+"""Tests of openface_py.nets.embed (weights identity, thresholds), recognize.gallery, eval.evaluate caches.
+
+Weights are known by content, thresholds belong to weights, caches are keyed by everything
 that changes their contents, and bad arguments exit 2 (issue 13, items 6-10)."""
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""`infer` (and `video --classifier`) with a classifier trained on weights given by path
+"""Tests of openface_py.cli.people (infer), cli.video.
+
+`infer` (and `video --classifier`) with a classifier trained on weights given by path
 (issue 23 item 7): the classifier knows its weights only by their SHA-256, so `--model PATH`
 gives them again and is checked against it."""
 

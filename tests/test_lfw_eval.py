@@ -1,4 +1,6 @@
-"""LFW evaluation: metric maths on known inputs, the fold logic, and a real LFW subset."""
+"""Tests of openface_py.eval.lfw, eval.evaluate, metrics.
+
+LFW evaluation: metric maths on known inputs, the fold logic, and a real LFW subset."""
 
 from __future__ import annotations
 
@@ -101,18 +103,17 @@ def test_lfw_subset_with_dlib(tmp_path):
     assert cache.stat().st_mtime_ns == stamp
 
 
-def test_lfw_classify_on_the_sample_people(tmp_path):
+def test_lfw_classify_on_the_sample_people(dlib_embedder, tmp_path):
     """The classification experiment on data/lfw-sample laid out like LFW (10 people x 10 photos):
     5 train / 5 test photos per person, N = 5 and 10, 2 runs; N = 20 is reported as skipped."""
     from conftest import SAMPLE
 
     from openface_py.eval.evaluate import run_lfw_classify
-    from openface_py.nets.embed import load_embedder
 
     rows, skipped = run_lfw_classify(
-        SAMPLE.parent, tmp_path, load_embedder("dlib-resnet-v1"), people_counts=(5, 10, 20),
+        SAMPLE.parent, tmp_path, dlib_embedder, people_counts=(5, 10, 20),
         classifiers=("LinearSvm", "KNN", "JointBayesian"), min_images=10, train_per_person=5, runs=2,
-        images=SAMPLE.name, progress=False,
+        images=SAMPLE.name, workers=2, progress=False,
     )  # fmt: skip
     assert skipped == [20]
     assert {(r.people, r.classifier) for r in rows} == {

@@ -1,4 +1,6 @@
-"""`openface-py serve`: a real server (uvicorn, a subprocess) on loopback, over a real database of
+"""Tests of openface_py.service.app, cli.serve.
+
+`openface-py serve`: a real server (uvicorn, a subprocess) on loopback, over a real database of
 the sample photos; answers checked against the command line, refusals, overload, concurrent
 enrolments and a kill -9 during enrolments."""
 

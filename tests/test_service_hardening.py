@@ -1,4 +1,6 @@
-"""`openface-py serve` (service/app.py, service/inference.py, service/guard.py) against hostile and
+"""Tests of openface_py.service.guard, service.inference, service.app.
+
+`openface-py serve` (service/app.py, service/inference.py, service/guard.py) against hostile and
 careless clients: photos that crash or stall the face pipeline, idle request bodies, other Host
 names and origins, ambiguous framing, names that look alike. A real server over loopback."""
 

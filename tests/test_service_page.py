@@ -1,4 +1,6 @@
-"""The web page at `/`, driven in a real headless Chromium (Selenium + the system's chromedriver)
+"""Tests of openface_py.service (the web page).
+
+The web page at `/`, driven in a real headless Chromium (Selenium + the system's chromedriver)
 against a real server: upload photos and read the names off the page, enroll and delete a person."""
 
 from __future__ import annotations

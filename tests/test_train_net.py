@@ -1,4 +1,6 @@
-"""`train-net`: training through the real command line on the aligned sample photos (loss, files,
+"""Tests of openface_py.train.trainer, train.losses, train.data, cli.train.
+
+`train-net`: training through the real command line on the aligned sample photos (loss, files,
 the trained model's identity and threshold), exact resumption after SIGKILL, refusals, the five
 objectives against references written here, the triplet miners against a brute-force search,
 the seeded P x K sampler and person split, and the Siamese verifier with `compare`.

@@ -1,4 +1,6 @@
-"""Video: a clip made from sample photos is processed end to end with the right names on the right frames."""
+"""Tests of openface_py.recognize.video.
+
+Video: a clip made from sample photos is processed end to end with the right names on the right frames."""
 
 from __future__ import annotations
 
