@@ -113,7 +113,7 @@ def test_lfw_classify_on_the_sample_people(dlib_embedder, tmp_path):
     rows, skipped = run_lfw_classify(
         SAMPLE.parent, tmp_path, dlib_embedder, people_counts=(5, 10, 20),
         classifiers=("LinearSvm", "KNN", "JointBayesian"), min_images=10, train_per_person=5, runs=2,
-        images=SAMPLE.name, workers=2, progress=False,
+        images=SAMPLE.name, progress=False,
     )  # fmt: skip
     assert skipped == [20]
     assert {(r.people, r.classifier) for r in rows} == {
