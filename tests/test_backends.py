@@ -1,4 +1,6 @@
-"""The fast embedding backends give eager's embeddings (max abs difference 1e-5 on unit vectors)."""
+"""Tests of openface_py.nets.backends.
+
+The fast embedding backends give eager's embeddings (max abs difference 1e-5 on unit vectors)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Honest confidences and unknown people (issue 15, part 3) on real photos.
+"""Tests of openface_py.recognize.classify (open-set threshold, calibration).
+
+Honest confidences and unknown people (issue 15, part 3) on real photos.
 
 Default model (nn4.small2.distilled-v2, shipped) and default classifier (LinearSvm), trained on
 photos 1-8 of each of the 10 sample people; held out: photos 9-10 (20 photos) and strangers =
@@ -31,17 +33,6 @@ from openface_py.recognize.classify import (
     reliability_bins,
     train_model,
 )
-
-
-@pytest.fixture(scope="module")
-def default_embedder(tmp_path_factory):
-    from openface_py.nets.embed import load_embedder
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OPENFACE_PY_HOME", str(tmp_path_factory.mktemp("home")))
-        embedder = load_embedder()
-    assert embedder.name == "nn4.small2.distilled-v2"
-    return embedder
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,6 @@
-"""Classifiers, Joint Bayesian, open-set thresholds, model files and the train/infer/compare/identify CLI."""
+"""Tests of openface_py.recognize.classify, recognize.jointbayes, recognize.gallery, cli.people.
+
+Classifiers, Joint Bayesian, open-set thresholds, model files and the train/infer/compare/identify CLI."""
 
 from __future__ import annotations
 
@@ -8,9 +10,8 @@ import time
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, LFW, SAMPLE, needs_lfw
+from conftest import EXAMPLES, LFW, SAMPLE, cli, cli_process, needs_lfw
 from scipy.stats import multivariate_normal
-from test_embed_batch import cli
 
 from openface_py.eval.protocol import PairsFormatError, parse_pairs
 from openface_py.faces.detect import DetectorSpec
@@ -57,17 +58,10 @@ def strangers(dlib_embedder):
 
 
 @pytest.fixture(scope="module")
-def default_model(tmp_path_factory):
+def default_model(default_embedder):
     """The default model, with an empty weights cache (so it is the shipped nn4.small2.distilled-v2
     whatever the user has installed): (embedder, pipeline)."""
-    from openface_py.nets.embed import load_embedder
-    from openface_py.pipeline import FacePipeline
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OPENFACE_PY_HOME", str(tmp_path_factory.mktemp("home")))
-        embedder = load_embedder()
-    assert embedder.name == "nn4.small2.distilled-v2"
-    return embedder, FacePipeline(DetectorSpec("hog"), embedder=embedder)
+    return default_embedder, FacePipeline(DetectorSpec("hog"), embedder=default_embedder)
 
 
 @pytest.fixture(scope="module")
@@ -333,7 +327,7 @@ def test_identify_with_cached_gallery(tmp_path, monkeypatch):
     g4 = build_gallery(gal, pipe, progress=False)
     assert g4.reused == 3 and g4.paths == g3.paths
     # the very photo of Carell that was enrolled and then removed is unknown now (a new process, the same cache)
-    r = cli("identify", str(gal), str(EXAMPLES / "lennon-2.jpg"), str(EXAMPLES / "carell.jpg"),
+    r = cli_process("identify", str(gal), str(EXAMPLES / "lennon-2.jpg"), str(EXAMPLES / "carell.jpg"),
             "--model", "dlib-resnet-v1", "--json", "-q", env={"OPENFACE_PY_HOME": str(tmp_path / "home")})  # fmt: skip
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)["results"]

@@ -1,11 +1,11 @@
-"""The train/represent/compare/lfw-classify sub-commands through the real command line
+"""Tests of openface_py.cli.people, cli.folders, cli.lfw.
+
+The train/represent/compare/lfw-classify sub-commands through the real command line
 (``openface_py.cli.main`` in this process), on the sample photos and the default model."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import logging
 import shutil
@@ -13,23 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, SAMPLE
+from conftest import EXAMPLES, SAMPLE, cli
 
-from openface_py.cli import main
 from openface_py.jobs.batch import ALIGN_META
 from openface_py.recognize.classify import UNKNOWN, load_model
 
 HELD_OUT = ("_0009", "_0010")
 HELD_OUT_PHOTOS = sorted(p for p in SAMPLE.glob("*/*.jpg") if p.stem.endswith(HELD_OUT))
 DEFAULT_IDENTITY = "nn4.small2.distilled-v2|openface-affine/96/outerEyesAndNose"
-
-
-def cli(*args: str) -> tuple[int, str]:
-    """Run ``openface-py -q ARGS`` in this process; (exit code, stdout)."""
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = main(["-q", *args])
-    return rc, buf.getvalue()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -47,14 +38,14 @@ def enrolled(aligned_openface, tmp_path_factory) -> Path:
             (aligned / png.parent.name).mkdir(parents=True, exist_ok=True)
             (aligned / png.parent.name / png.name).symlink_to(png)
     shutil.copy(aligned_openface / ALIGN_META, aligned / ALIGN_META)
-    rc, out = cli("represent", str(aligned), str(base / "reps"))
+    rc, out, _ = cli("represent", str(aligned), str(base / "reps"))
     assert rc == 0 and out.startswith(f"81 faces of 10 classes embedded with {DEFAULT_IDENTITY}"), out
     return base / "reps"
 
 
 def infer(model: Path, photos, *extra: str) -> list[dict]:
     """`infer --json`: one dict per face (name, best_match, confidence, score) with its photo."""
-    rc, out = cli("infer", str(model), *map(str, photos), "--json", *extra)
+    rc, out, _ = cli("infer", str(model), *map(str, photos), "--json", *extra)
     assert rc == 0, out
     return [{**face, "photo": Path(r["path"])} for r in json.loads(out) for face in r["faces"]]
 
@@ -68,7 +59,7 @@ def closed_set(enrolled, tmp_path_factory):
     """A LinearSvm trained with --no-open-set, and its answers for the 19 held-out photos and
     the 8 faces of OpenFace's example photos (people not among the 10)."""
     model = tmp_path_factory.mktemp("closed") / "closed.skops"
-    rc, out = cli("train", str(enrolled), "-o", str(model), "--no-open-set", "--json")
+    rc, out, _ = cli("train", str(enrolled), "-o", str(model), "--no-open-set", "--json")
     assert rc == 0, out
     report = json.loads(out)
     known = infer(model, HELD_OUT_PHOTOS)
@@ -86,7 +77,7 @@ def test_represent_writes_openface_files(aligned_openface, tmp_path):
     from openface_py.io import load_image
     from openface_py.nets.weights import build_model
 
-    rc, out = cli("represent", str(aligned_openface), str(tmp_path / "reps"))
+    rc, out, _ = cli("represent", str(aligned_openface), str(tmp_path / "reps"))
     assert rc == 0 and out.startswith(f"100 faces of 10 classes embedded with {DEFAULT_IDENTITY}"), out
     rows = (tmp_path / "reps" / "reps.csv").read_text().splitlines()
     reps = np.array([[float(v) for v in row.split(",")] for row in rows])
@@ -114,7 +105,7 @@ def test_train_lda_dim(enrolled, tmp_path, caplog):
     """--ldaDim 5 puts a 5-dimensional LDA projection in front of the SVM. Measured: it names 17
     of the 19 held-out photos correctly (closed set; 19 without LDA); the floor allows one more miss."""
     model = tmp_path / "lda.skops"
-    rc, out = cli("train", str(enrolled), "-o", str(model), "--ldaDim", "5", "--no-open-set", "--json")
+    rc, out, _ = cli("train", str(enrolled), "-o", str(model), "--ldaDim", "5", "--no-open-set", "--json")
     assert rc == 0, out
     report = json.loads(out)
     assert report["classifier"] == "LinearSvm+LDA5" and report["people"] == 10 and report["photos"] == 81
@@ -127,7 +118,7 @@ def test_train_lda_dim(enrolled, tmp_path, caplog):
     assert len(answers) == 19 and right >= 16, right
     # LDA gives at most (people - 1) dimensions
     with caplog.at_level(logging.ERROR):
-        rc, _ = cli("train", str(enrolled), "-o", str(tmp_path / "bad.skops"), "--ldaDim", "10")
+        rc, _, _ = cli("train", str(enrolled), "-o", str(tmp_path / "bad.skops"), "--ldaDim", "10")
     assert rc == 1 and "--ldaDim 10 must be below the number of people (10)" in caplog.text
     assert not (tmp_path / "bad.skops").exists()
 
@@ -143,7 +134,7 @@ def test_train_no_open_set_never_answers_unknown(closed_set, enrolled, tmp_path)
     right = sum(a["name"] == truth(a["photo"]) for a in known)
     assert right == 19
     # the contrast: the same training with the measured threshold answers unknown for strangers
-    rc, out = cli("train", str(enrolled), "-o", str(tmp_path / "open.skops"), "--json")
+    rc, out, _ = cli("train", str(enrolled), "-o", str(tmp_path / "open.skops"), "--json")
     assert rc == 0 and json.loads(out)["threshold"] is not None
     answers = infer(tmp_path / "open.skops", sorted(EXAMPLES.glob("*.jpg")), "--multi")
     assert len(answers) == 8 and sum(a["name"] == UNKNOWN for a in answers) >= 7
@@ -157,7 +148,7 @@ def test_train_threshold_is_stored_and_applied(closed_set, enrolled, tmp_path):
     scores = np.array([a["score"] for a in known])
     x = float(np.median(scores))
     model = tmp_path / "given.skops"
-    rc, out = cli("train", str(enrolled), "-o", str(model), "--threshold", repr(x), "--json")
+    rc, out, _ = cli("train", str(enrolled), "-o", str(model), "--threshold", repr(x), "--json")
     assert rc == 0, out
     report = json.loads(out)
     assert report["threshold"] == x and report["open_set"] is None
@@ -180,11 +171,11 @@ def test_compare_with_a_joint_bayesian_verifier(enrolled, tmp_path, caplog):
     same-person pairs all score above the threshold (the weakest, Tony Blair 9 vs 10, by 0.5 only;
     the floor allows it to fall), the 162 different-person pairs all below (the highest 10.7 below)."""
     model = tmp_path / "jb.skops"
-    rc, out = cli("train", str(enrolled), "-o", str(model), "--classifier", "JointBayesian", "--json")
+    rc, out, _ = cli("train", str(enrolled), "-o", str(model), "--classifier", "JointBayesian", "--json")
     assert rc == 0, out
     pair_t = json.loads(out)["pair_threshold"]
     assert pair_t is not None and load_model(model).pair_threshold == pair_t
-    rc, out = cli("compare", *map(str, HELD_OUT_PHOTOS), "--verifier", str(model), "--json")
+    rc, out, _ = cli("compare", *map(str, HELD_OUT_PHOTOS), "--verifier", str(model), "--json")
     assert rc == 0, out
     res = json.loads(out)
     assert res["threshold"] == pair_t and res["model"] == DEFAULT_IDENTITY and len(res["pairs"]) == 19 * 18 // 2
@@ -195,9 +186,9 @@ def test_compare_with_a_joint_bayesian_verifier(enrolled, tmp_path, caplog):
     assert len(same) == 9 and sum(same) >= 8
     assert len(different) == 162 and not any(different)
     # a model that is not Joint Bayesian cannot verify
-    rc, _ = cli("train", str(enrolled), "-o", str(tmp_path / "svm.skops"), "--no-open-set")
+    rc, _, _ = cli("train", str(enrolled), "-o", str(tmp_path / "svm.skops"), "--no-open-set")
     with caplog.at_level(logging.ERROR):
-        rc, _ = cli("compare", *map(str, HELD_OUT_PHOTOS[:2]), "--verifier", str(tmp_path / "svm.skops"))
+        rc, _, _ = cli("compare", *map(str, HELD_OUT_PHOTOS[:2]), "--verifier", str(tmp_path / "svm.skops"))
     assert rc == 1 and "--verifier needs a JointBayesian model" in caplog.text
 
 
@@ -214,7 +205,7 @@ def test_lfw_classify_on_a_small_lfw_like_folder(tmp_path):
     for i in (1, 2):
         (root / "John_Lennon" / f"John_Lennon_000{i}.jpg").symlink_to(EXAMPLES / f"lennon-{i}.jpg")
     out = tmp_path / "out"
-    rc, text = cli("lfw-classify", str(tmp_path / "lfw"), "-o", str(out), "--people", "5", "20", "--runs", "2",
+    rc, text, _ = cli("lfw-classify", str(tmp_path / "lfw"), "-o", str(out), "--people", "5", "20", "--runs", "2",
                    "--min-images", "10", "--train-per-person", "8", "--classifiers", "LinearSvm", "KNN")  # fmt: skip
     assert rc == 0, text
     assert "N=20: skipped, LFW has fewer people with >= 10 photos" in text

@@ -1,4 +1,6 @@
-"""Every command of the parser, given a missing input, a folder where a file is expected and a
+"""Tests of openface_py.cli (cli.common's path and requirement checks).
+
+Every command of the parser, given a missing input, a folder where a file is expected and a
 file where a folder is expected (and an output whose folder does not exist): one line, no
 traceback, and the documented exit code (2: the arguments cannot work; 1: photos of a list
 could not be read). Run in this process (``openface_py.cli.main``), so the whole table takes
@@ -7,14 +9,11 @@ seconds."""
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import logging
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLE
+from conftest import SAMPLE, cli
 
 from openface_py import cli as cli_mod
 
@@ -94,25 +93,9 @@ def places(tmp_path_factory, empty_home):
     csv = base / "pairs.csv"
     csv.write_text("Tony_Blair/Tony_Blair_0001.jpg,Tony_Blair/Tony_Blair_0001.jpg,1\n")
     db = base / "people.db"
-    rc, _, err = run(["db", "create", str(db)])
+    rc, _, err = cli("db", "create", str(db))
     assert rc == 0, err
     return {"PHOTO": str(PHOTO), "DIR": str(base / "gallery"), "DB": str(db), "CSV": str(csv)}
-
-
-def run(argv: list[str]) -> tuple[int, str, str]:
-    """``openface-py -q ARGV`` in this process: (exit code, stdout, stderr + log records)."""
-    out, err = io.StringIO(), io.StringIO()
-    handler = logging.StreamHandler(err)
-    logging.getLogger("openface_py").addHandler(handler)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                rc = cli_mod.main(["-q", *argv])
-            except SystemExit as exc:  # argparse's own refusals
-                rc = exc.code
-    finally:
-        logging.getLogger("openface_py").removeHandler(handler)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def _wrong_values(kind: str, base: Path, places: dict) -> list[str]:
@@ -136,7 +119,7 @@ def test_wrong_paths_get_one_line_and_the_exit_code(template, kind, code, places
     for n, wrong in enumerate(_wrong_values(kind, tmp_path, places)):
         fresh = tmp_path / f"out{n}"
         argv = [wrong if t == "X" else str(fresh) if t == "OUT" else places.get(t, t) for t in template]
-        rc, out, err = run(argv)
+        rc, out, err = cli(*argv)
         said = out + err
         assert "Traceback" not in said, (argv, said)
         assert rc == code, (argv, rc, said)
@@ -149,14 +132,14 @@ def test_wrong_paths_get_one_line_and_the_exit_code(template, kind, code, places
 
 
 def test_bad_port_is_a_usage_error(places):
-    rc, out, err = run(["serve", "--db", places["DB"], "--port", "99999"])
+    rc, out, err = cli("serve", "--db", places["DB"], "--port", "99999")
     assert rc == 2 and "Traceback" not in err and "99999 is not a TCP port" in err, err
 
 
 @pytest.mark.parametrize("command", ["align", "represent", "run"])
 def test_a_misspelt_model_is_refused_by_every_folder_job(command, tmp_path):
     """`align --model dlib-resnet` aligned for NN4-small2 and recorded the bad name (exit 0)."""
-    rc, out, err = run([command, str(SAMPLE), str(tmp_path / "out"), "--model", "dlib-resnet"])
+    rc, out, err = cli(command, str(SAMPLE), str(tmp_path / "out"), "--model", "dlib-resnet")
     assert rc == 2 and "unknown model 'dlib-resnet'" in err and "Traceback" not in err, err
     assert not (tmp_path / "out").exists()
 
@@ -175,14 +158,14 @@ def test_a_missing_optional_package_is_exit_2(extra, tmp_path, monkeypatch):
     for name in ("pyarrow", "pyarrow.fs", "pyarrow.parquet", "ray", "ray.data", "ray.exceptions"):
         monkeypatch.setitem(sys.modules, name, None)
     source = (SAMPLE.resolve().as_uri() + "/") if extra == ["URL"] else str(SAMPLE)
-    rc, out, err = run(["run", source, str(tmp_path / "out"), *([] if extra == ["URL"] else extra)])
+    rc, out, err = cli("run", source, str(tmp_path / "out"), *([] if extra == ["URL"] else extra))
     assert rc == 2 and "not installed" in err and "pip install" in err and "Traceback" not in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists(), err
 
 
 def test_represent_on_raw_photos_says_to_align_them(tmp_path):
     """Before: 101 warnings, then 'none of the 100 images could be embedded' (exit 1)."""
-    rc, out, err = run(["represent", str(SAMPLE), str(tmp_path / "reps")])
+    rc, out, err = cli("represent", str(SAMPLE), str(tmp_path / "reps"))
     assert rc == 2 and len(err.strip().splitlines()) == 1, err
     assert "not aligned faces" in err and "openface-py align" in err and "openface-py run" in err, err
     assert not (tmp_path / "reps").exists()
@@ -190,5 +173,5 @@ def test_represent_on_raw_photos_says_to_align_them(tmp_path):
 
 def test_pairs_eval_with_one_fold_says_why(places, tmp_path):
     """Before: 'cannot cut 1 pairs into 1 folds' (exit 1)."""
-    rc, out, err = run(["pairs-eval", places["CSV"], places["DIR"], "-o", str(tmp_path / "o"), "--folds", "1"])
+    rc, out, err = cli("pairs-eval", places["CSV"], places["DIR"], "-o", str(tmp_path / "o"), "--folds", "1")
     assert rc == 2 and "--folds 1: the protocol needs at least two folds" in err and "Traceback" not in err, err

@@ -1,4 +1,6 @@
-"""CLI conventions, model registry, and the md5-checked download path (local file and HTTP server)."""
+"""Tests of openface_py.cli.models, cli.photos, nets.embed (the model registry), store.
+
+CLI conventions, model registry, and the md5-checked download path (local file and HTTP server)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, ROOT, SAMPLE
-from test_embed_batch import cli
+from conftest import EXAMPLES, ROOT, SAMPLE, cli, cli_process
 
 from openface_py import cli as cli_mod
 from openface_py import store
@@ -73,7 +74,7 @@ def test_help_for_every_command(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli_mod.main(["align"])  # its arguments missing
     assert exit_.value.code == 2
-    assert "openface-py 0." in cli("--version").stdout  # `python -m openface_py` itself
+    assert "openface-py 0." in cli_process("--version").stdout  # `python -m openface_py` itself
 
 
 def test_detect_json_two_faces_and_a_bad_file(tmp_path):
@@ -120,8 +121,9 @@ def test_missing_nn4_weights_is_a_clear_error(empty_home):
     r = cli("embed", photo, "--model", NN4_SMALL2_V1, env={"OPENFACE_PY_HOME": str(empty_home)})
     if not (store.project_models_dir() / "nn4.small2.v1.pt").is_file():
         assert r.returncode == 3 and "models download nn4.small2.v1" in r.stderr
-        # with no --model the shipped distilled weights are used instead
-        r = cli("embed", photo, "--json", env={"OPENFACE_PY_HOME": str(empty_home)})
+        # with no --model the shipped distilled weights are used instead (a program of its own: this
+        # process hides them, project_models_dir above)
+        r = cli_process("embed", photo, "--json", env={"OPENFACE_PY_HOME": str(empty_home)})
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)[0]["model"].startswith("nn4.small2.distilled-v2|")
     with pytest.raises(UsageError, match="unknown model 'nope'"):

@@ -1,5 +1,7 @@
-"""Text output says what --json says (issue 24 items 11 and 12), through the real command line
-in this process (``test_cli_errors.run``) on the sample and example photos."""
+"""Tests of openface_py.cli.photos, cli.db (text output).
+
+Text output says what --json says (issue 24 items 11 and 12), through the real command line
+in this process (``conftest.cli``) on the sample and example photos."""
 
 from __future__ import annotations
 
@@ -7,8 +9,7 @@ import json
 import re
 
 import pytest
-from conftest import EXAMPLES, SAMPLE
-from test_cli_errors import run
+from conftest import EXAMPLES, SAMPLE, cli
 
 TWO_FACES = str(EXAMPLES / "longoria-cooper.jpg")
 
@@ -19,21 +20,21 @@ def home(empty_home):
 
 
 def test_detect_landmarks_are_printed():
-    rc, out, err = run(["detect", TWO_FACES, "--landmarks"])
+    rc, out, err = cli("detect", TWO_FACES, "--landmarks")
     assert rc == 0, err
     lines = [line for line in out.splitlines() if line.strip().startswith("landmarks:")]
     assert len(lines) == 2 and all(len(re.findall(r"\d+,\d+", line)) == 68 for line in lines), out
-    rc, js, err = run(["detect", TWO_FACES, "--landmarks", "--json"])
+    rc, js, err = cli("detect", TWO_FACES, "--landmarks", "--json")
     first = json.loads(js)[0]["faces"][0]["landmarks"]
     assert lines[0].split("landmarks: ")[1] == " ".join(f"{x},{y}" for x, y in first)
 
 
 def test_embed_says_a_face_was_left_out():
-    rc, out, err = run(["embed", TWO_FACES])
+    rc, out, err = cli("embed", TWO_FACES)
     assert rc == 0 and "1 face(s) of 2 found (the largest; --multi for every face)" in out, out
-    rc, out, err = run(["embed", TWO_FACES, "--json"])
+    rc, out, err = cli("embed", TWO_FACES, "--json")
     assert json.loads(out)[0]["faces_found"] == 2
-    rc, out, err = run(["embed", TWO_FACES, "--multi"])
+    rc, out, err = cli("embed", TWO_FACES, "--multi")
     assert rc == 0 and "2 face(s)\n" in out and "--multi" not in out, out
 
 
@@ -41,26 +42,26 @@ def test_embed_says_a_face_was_left_out():
 def db3(tmp_path_factory) -> str:
     """A database of three people, four photos each (18 same-person pairs: learning needs 10)."""
     db = str(tmp_path_factory.mktemp("db3") / "people.db")
-    assert run(["db", "create", db])[0] == 0
+    assert cli("db", "create", db)[0] == 0
     for person in ("Tony_Blair", "Colin_Powell", "Jacques_Chirac"):
         photos = [str(SAMPLE / person / f"{person}_000{k}.jpg") for k in (1, 2, 3, 4)]
-        rc, out, err = run(["db", "enroll", db, person, *photos])
+        rc, out, err = cli("db", "enroll", db, person, *photos)
         assert rc == 0, err
     return db
 
 
 def test_db_threshold_is_rounded_and_can_be_shown(db3):
-    rc, out, err = run(["db", "threshold", db3, "--learn"])
+    rc, out, err = cli("db", "threshold", db3, "--learn")
     assert rc == 0 and re.fullmatch(r"threshold 0\.\d{1,4} \(learned[^)]*\)\n", out), out
-    rc, shown, err = run(["db", "threshold", db3])  # no option: show it, change nothing
+    rc, shown, err = cli("db", "threshold", db3)  # no option: show it, change nothing
     assert rc == 0 and shown == out, (shown, out)
-    rc, listed, err = run(["db", "list", db3])
+    rc, listed, err = cli("db", "list", db3)
     assert out.strip() in listed, listed
 
 
 def test_missing_nn4_names_the_installed_default():
     """The module's weights cache is empty: nn4.small2.v1 is missing, the shipped model is the default."""
-    rc, out, err = run(["embed", str(SAMPLE / "Tony_Blair" / "Tony_Blair_0001.jpg"), "--model", "nn4.small2.v1"])
+    rc, out, err = cli("embed", str(SAMPLE / "Tony_Blair" / "Tony_Blair_0001.jpg"), "--model", "nn4.small2.v1")
     assert rc == 3 and "the default without --model is 'nn4.small2.distilled-v2'" in err, err
 
 
@@ -69,7 +70,7 @@ def test_a_failed_photo_is_reported_once(tmp_path):
     photos.mkdir(parents=True)
     (photos / "bad.jpg").write_bytes(b"not a photo")
     (photos / "good.jpg").write_bytes((SAMPLE / "Tony_Blair" / "Tony_Blair_0001.jpg").read_bytes())
-    rc, out, err = run(["run", str(tmp_path / "photos"), str(tmp_path / "out"), "--workers", "1"])
+    rc, out, err = cli("run", str(tmp_path / "photos"), str(tmp_path / "out"), "--workers", "1")
     assert rc == 0 and (out + err).count("bad.jpg") == 1, out + err
 
 
@@ -91,9 +92,9 @@ def test_no_start_up_chatter_at_the_default_level(tmp_path):
 
 def test_db_search_prints_every_candidate(db3):
     photo = str(SAMPLE / "Tony_Blair" / "Tony_Blair_0005.jpg")
-    rc, out, err = run(["db", "search", db3, photo, "--top-k", "3"])
+    rc, out, err = cli("db", "search", db3, photo, "--top-k", "3")
     assert rc == 0, err
-    rc, js, err = run(["db", "search", db3, photo, "--top-k", "3", "--json"])
+    rc, js, err = cli("db", "search", db3, photo, "--top-k", "3", "--json")
     candidates = json.loads(js)["results"][0]["faces"][0]["candidates"]
     assert len(candidates) == 3
     assert "    top: " + ", ".join(f"{c['name']} {c['distance']:.3f}" for c in candidates) in out, out

@@ -1,4 +1,6 @@
-"""The face database never trusts damage and answers clearly (issue 23, items 4, 6 and 7).
+"""Tests of openface_py.recognize.facedb (damage, read-only and full databases).
+
+The face database never trusts damage and answers clearly (issue 23, items 4, 6 and 7).
 
 A database of real faces (photos 1-4 of each sample person, imported with the real model) is
 damaged in the ways the issue found: bytes of its index flipped at random (every search must
@@ -22,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, SAMPLE
-from test_cli_commands import cli
+from conftest import ROOT, SAMPLE, cli
 
 from openface_py.errors import DatabaseError, UsageError
 from openface_py.recognize import facedb
@@ -48,7 +49,7 @@ def built(tmp_path_factory) -> Path:
             shutil.copy2(photo, gallery / photo.parent.name / photo.name)
     db = tmp_path_factory.mktemp("db") / "people.db"
     assert cli("db", "create", str(db))[0] == 0
-    rc, out = cli("db", "import", str(db), str(gallery), "--workers", "2", "--json")
+    rc, out, _ = cli("db", "import", str(db), str(gallery), "--workers", "2", "--json")
     assert rc == 0 and json.loads(out)["faces"] == 40
     assert db.with_name("people.db.faiss").is_file()
     return db
@@ -250,7 +251,7 @@ def test_a_read_only_database_refuses_writes_with_its_reason_and_still_answers(c
             assert cli(*args)[0] == 1, args
             errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
             assert errors == [f"{copy}: cannot be written: the file is read-only"], args
-        rc, out = cli("db", "list", str(copy), "--json")
+        rc, out, _ = cli("db", "list", str(copy), "--json")
         assert rc == 0 and len(json.loads(out)["people"]) == 10
     with FaceDatabase.open(copy, readonly=True) as db:  # SQLite's mode=ro: SQLITE_READONLY on any write
         assert db.writable() == "opened read-only"
@@ -382,7 +383,7 @@ def test_enrolment_lookup_and_removal_agree_on_names(copy, caplog):
         with pytest.raises(UsageError, match="mixes"):  # gone: the name is judged by the present rules again
             db.find_person("\u0410da ")
     assert cli("db", "enroll", str(copy), " Ａda\t", str(PROBE))[0] == 0
-    rc, out = cli("db", "remove", str(copy), "Ada\n")
+    rc, out, _ = cli("db", "remove", str(copy), "Ada\n")
     assert (rc, out) == (0, "removed Ada (1 faces)\n")
     caplog.clear()
     assert cli("db", "remove", str(copy), "Ada")[0] == 1

@@ -1,4 +1,6 @@
-"""Detection and OpenFace alignment on real photos."""
+"""Tests of openface_py.faces.detect, faces.align.
+
+Detection and OpenFace alignment on real photos."""
 
 from __future__ import annotations
 

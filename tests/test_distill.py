@@ -1,4 +1,6 @@
-"""Distillation tooling on real photos: cache, leakage filter, training, resume, export."""
+"""Tests of openface_py.train.distill, train.prepare, train.leakage.
+
+Distillation tooling on real photos: cache, leakage filter, training, resume, export."""
 
 from __future__ import annotations
 

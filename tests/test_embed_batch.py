@@ -1,4 +1,6 @@
-"""End to end on real photos: align + represent with dlib ResNet, bad-input folders, kill -9 resume."""
+"""Tests of openface_py.jobs.batch (align, represent).
+
+End to end on real photos: align + represent with dlib ResNet, bad-input folders, kill -9 resume."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import EXAMPLES, ROOT, SAMPLE, pairwise_sq_dists
+from conftest import EXAMPLES, ROOT, SAMPLE, cli, pairwise_sq_dists
 from PIL import Image
 
 from openface_py.errors import AlignmentMismatchError, OpenFacePyError
@@ -22,17 +24,6 @@ from openface_py.io import TEMP_PREFIX, list_images, load_image
 from openface_py.jobs.batch import ALIGN_JOURNAL, align_folder
 from openface_py.jobs.embeddings import load_embeddings
 from openface_py.jobs.represent import represent_folder
-
-
-def cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "openface_py", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        cwd=ROOT,
-    )
 
 
 def test_dlib_embeddings_separate_the_ten_sample_people(dlib_reps):

@@ -1,4 +1,6 @@
-"""The face database (`db ...`, `identify DB`): SQLite + FAISS on the real sample photos and model.
+"""Tests of openface_py.recognize.facedb, recognize.vectorindex, cli.db.
+
+The face database (`db ...`, `identify DB`): SQLite + FAISS on the real sample photos and model.
 
 Answers are checked against an independent computation (a numpy brute-force nearest neighbour
 over the embeddings the database holds, and the gallery-folder `identify`), the index against
@@ -20,15 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, ROOT, SAMPLE
-from test_cli_commands import cli
+from conftest import EXAMPLES, HELD_OUT, ROOT, SAMPLE, cli, copy_db
 
 from openface_py.errors import UsageError
 from openface_py.recognize import facedb, vectorindex
 from openface_py.recognize.facedb import FaceDatabase, FaceDatabaseError, FaceRecord, valid_name
 from openface_py.recognize.vectorindex import VectorIndex
 
-HELD_OUT = ("_0009", "_0010")
 PROBES = sorted(p for p in SAMPLE.glob("*/*.jpg") if p.stem.endswith(HELD_OUT))
 ENROLLED = len(list(SAMPLE.glob("*/*.jpg"))) - len(PROBES)  # 81: one person has no photo _0010
 IDENTITY = "nn4.small2.distilled-v2|openface-affine/96/outerEyesAndNose"
@@ -40,25 +40,17 @@ def home(empty_home):
 
 
 @pytest.fixture(scope="module")
-def gallery(tmp_path_factory) -> Path:
+def gallery(sample_gallery) -> Path:
     """Photos 1-8 of each sample person (9 and 10 are the probes)."""
-    out = tmp_path_factory.mktemp("gallery")
-    for photo in sorted(SAMPLE.glob("*/*.jpg")):
-        if not photo.stem.endswith(HELD_OUT):
-            (out / photo.parent.name).mkdir(exist_ok=True)
-            shutil.copy2(photo, out / photo.parent.name / photo.name)
-    return out
+    return sample_gallery
 
 
 @pytest.fixture(scope="module")
-def built(gallery, tmp_path_factory) -> Path:
-    db = tmp_path_factory.mktemp("db") / "people.db"
-    assert cli("db", "create", str(db))[0] == 0
-    rc, out = cli("db", "import", str(db), str(gallery), "--workers", "2", "--json")
-    assert rc == 0
-    report = json.loads(out)
+def built(sample_db, tmp_path_factory) -> Path:
+    """The gallery imported by ``db import --workers 2 --json`` (a copy of the session's database)."""
+    db, report = sample_db
     assert (report["enrolled"], report["failed"], report["people"], report["faces"]) == (ENROLLED, 0, 10, ENROLLED)
-    return db
+    return copy_db(db, tmp_path_factory.mktemp("db"))
 
 
 def brute_force(db: FaceDatabase, probe: np.ndarray) -> tuple[str, float]:
@@ -68,11 +60,11 @@ def brute_force(db: FaceDatabase, probe: np.ndarray) -> tuple[str, float]:
 
 
 def test_search_names_held_out_photos_like_brute_force_and_the_gallery_folder(built, gallery):
-    rc, out = cli("db", "search", str(built), *map(str, PROBES), "--json", "--top-k", "3")
+    rc, out, _ = cli("db", "search", str(built), *map(str, PROBES), "--json", "--top-k", "3")
     assert rc == 0
     res = json.loads(out)
     assert res["model"] == IDENTITY and res["threshold"] == pytest.approx(0.16)
-    rc, out = cli("identify", str(gallery), *map(str, PROBES), "--json")
+    rc, out, _ = cli("identify", str(gallery), *map(str, PROBES), "--json")
     folder = {r["path"]: r["faces"] for r in json.loads(out)["results"]}
     from openface_py.pipeline import FacePipeline
 
@@ -100,7 +92,7 @@ def test_search_names_held_out_photos_like_brute_force_and_the_gallery_folder(bu
 
 
 def test_identify_reads_a_database_and_strangers_are_unknown(built):
-    rc, out = cli("identify", str(built), str(EXAMPLES / "longoria-cooper.jpg"), "--json")
+    rc, out, _ = cli("identify", str(built), str(EXAMPLES / "longoria-cooper.jpg"), "--json")
     assert rc == 0
     faces = json.loads(out)["results"][0]["faces"]
     assert len(faces) == 2 and {f["name"] for f in faces} == {"unknown"}
@@ -113,14 +105,14 @@ def test_import_is_incremental_reports_failures_and_replaces_changed_photos(gall
     shutil.copy2(EXAMPLES / "longoria-cooper.jpg", g / "Tony_Blair" / "group.jpg")  # two faces: the largest
     db = tmp_path / "g.db"
     assert cli("db", "create", str(db))[0] == 0
-    rc, out = cli("db", "import", str(db), str(g), "--json")
+    rc, out, _ = cli("db", "import", str(db), str(g), "--json")
     rep = json.loads(out)
     assert (
         rc == 0
         and rep["enrolled"] == ENROLLED + 1
         and [f["path"] for f in rep["failures"]] == ["Tony_Blair/broken.jpg"]
     )
-    rc, out = cli("db", "import", str(db), str(g), "--json")
+    rc, out, _ = cli("db", "import", str(db), str(g), "--json")
     rep = json.loads(out)
     assert (rep["enrolled"], rep["already_done"], rep["failed"]) == (0, ENROLLED + 2, 1)
     assert "earlier run" in rep["failures"][0]["reason"]
@@ -129,7 +121,7 @@ def test_import_is_incremental_reports_failures_and_replaces_changed_photos(gall
     shutil.copy2(SAMPLE / "Tony_Blair" / "Tony_Blair_0009.jpg", victim)
     os.utime(victim, ns=(time.time_ns(), time.time_ns() + 10**9))
     shutil.copy2(g / "Colin_Powell" / "Colin_Powell_0001.jpg", g / "Colin_Powell" / "copy.jpg")
-    rc, out = cli("db", "import", str(db), str(g), "--json")
+    rc, out, _ = cli("db", "import", str(db), str(g), "--json")
     rep = json.loads(out)
     assert (rep["enrolled"], rep["replaced"], rep["duplicates"], rep["faces"]) == (1, 1, 1, ENROLLED + 1)
     with FaceDatabase.open(db) as d:
@@ -153,20 +145,20 @@ def test_enroll_list_remove_and_names(built, tmp_path):
     db = tmp_path / "copy.db"
     shutil.copy2(built, db)
     photo = EXAMPLES / "adams.jpg"
-    rc, out = cli("db", "enroll", str(db), "Amy Adams", str(photo), str(EXAMPLES / "LICENSE"), "--json")
+    rc, out, _ = cli("db", "enroll", str(db), "Amy Adams", str(photo), str(EXAMPLES / "LICENSE"), "--json")
     res = json.loads(out)
     assert rc == 0 and [p.get("status", p.get("error")) for p in res["photos"]][0] == "enrolled"
     assert "error" in res["photos"][1]
     assert json.loads(cli("db", "enroll", str(db), "Amy Adams", str(photo), "--json")[1])["photos"][0]["status"] == (
         "duplicate"
     )
-    rc, out = cli("db", "search", str(db), str(photo), "--json")
+    rc, out, _ = cli("db", "search", str(db), str(photo), "--json")
     assert json.loads(out)["results"][0]["faces"][0]["name"] == "Amy Adams"
     rows = json.loads(cli("db", "list", str(db), "--json")[1])["people"]
     assert {"name": "Amy Adams", "photos": 1, "faces": 1} in rows and len(rows) == 11
     assert cli("db", "remove", str(db), "Amy Adams")[0] == 0
     assert cli("db", "remove", str(db), "Amy Adams")[0] == 1
-    rc, out = cli("db", "search", str(db), str(photo), "--json")
+    rc, out, _ = cli("db", "search", str(db), str(photo), "--json")
     assert json.loads(out)["results"][0]["faces"][0]["name"] == "unknown"
     for bad in ("", "../etc", ".hidden", "a/b", "unknown", "x" * 200, "nul\x00"):
         with pytest.raises(UsageError):
@@ -437,7 +429,7 @@ def test_import_resumes_after_kill_9(gallery, tmp_path):
     with FaceDatabase.open(db) as d:
         done = d.info()["faces"]
     assert 20 <= done < ENROLLED
-    rc, out = cli("db", "import", str(db), str(gallery), "--json")
+    rc, out, _ = cli("db", "import", str(db), str(gallery), "--json")
     rep = json.loads(out)
     assert rc == 0 and rep["already_done"] == done and rep["enrolled"] == ENROLLED - done and rep["faces"] == ENROLLED
     with FaceDatabase.open(db) as d:

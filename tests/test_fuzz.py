@@ -1,4 +1,6 @@
-"""Fuzzed input surfaces (issue 15, part 4): every parser of outside data under Hypothesis.
+"""Tests of the parsers of outside data: openface_py.io, eval.lfw, recognize.classify, jobs.batch.
+
+Fuzzed input surfaces (issue 15, part 4): every parser of outside data under Hypothesis.
 
 Each surface has a *check* (one input -> the property holds or AssertionError) and Hypothesis
 *strategies* for its inputs; the tests below run them a bounded number of times (derandomized,

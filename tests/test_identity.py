@@ -1,32 +1,24 @@
-"""Weights are known by content, thresholds belong to weights, caches are keyed by everything
+"""Tests of openface_py.nets.embed (weights identity, thresholds), recognize.gallery, eval.evaluate caches.
+
+Weights are known by content, thresholds belong to weights, caches are keyed by everything
 that changes their contents, and bad arguments exit 2 (issue 13, items 6-10)."""
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import EXAMPLES, ROOT, SAMPLE, shipped_lfw_threshold
+from conftest import EXAMPLES, ROOT, SAMPLE, cli, shipped_lfw_threshold
 
 from openface_py.nets.catalog import NN4_SMALL2_DISTILLED
 from openface_py.nets.embed import find_nn4_small2_distilled, load_embedder
 from openface_py.nets.modelfiles import WEIGHTS_META_KEY
 
 PAIR = [str(EXAMPLES / f) for f in ("lennon-1.jpg", "lennon-2.jpg", "clapton-1.jpg")]
-
-
-def cli(*args, env=None, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "openface_py", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")

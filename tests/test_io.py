@@ -1,4 +1,6 @@
-"""Image loading: every kind of bad or unusual input gives RGB uint8 or a clear ImageLoadError."""
+"""Tests of openface_py.io.
+
+Image loading: every kind of bad or unusual input gives RGB uint8 or a clear ImageLoadError."""
 
 from __future__ import annotations
 

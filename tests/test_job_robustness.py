@@ -1,4 +1,6 @@
-"""Folder jobs under the usual mistakes and accidents (issue 24 items 1-5, issue 23 item 1):
+"""Tests of openface_py.jobs (stream, batch, dbimport, outdir), cli (Ctrl-C).
+
+Folder jobs under the usual mistakes and accidents (issue 24 items 1-5, issue 23 item 1):
 a failed start leaves nothing behind, output folders are never read as input, changed photos are
 redone, a photo that crashes a single-process job is reported on the rerun, Ctrl-C ends a job
 quickly with one line and the rerun resumes, and photos without a person folder are named."""
@@ -15,20 +17,19 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT, SAMPLE
+from conftest import ROOT, SAMPLE, cli
 
 from openface_py.errors import UsageError
 from openface_py.faces.detect import DetectorSpec
 from openface_py.jobs.stream import RUN_JOURNAL, run_folder
 from openface_py.nets.catalog import NN4_SMALL2_DISTILLED
-from openface_py.nets.embed import load_embedder
 
 PEOPLE = ("Tony_Blair", "Colin_Powell")
 
 
 @pytest.fixture(scope="module")
-def embedder():
-    return load_embedder(NN4_SMALL2_DISTILLED, backend="onnx")
+def embedder(onnx_embedder):
+    return onnx_embedder
 
 
 @pytest.fixture()
@@ -305,7 +306,7 @@ def test_ctrl_c_at_random_moments_then_resume(thirty, embedder, tmp_path):
 
     for _ in range(8):
         _check_interrupted(*_interrupt(cmd, rng.uniform(0.2, 4.5)), finished)
-    final = subprocess.run(cmd + ["--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    final = cli(*cmd[3:], "--json")  # the rerun, in this process
     assert final.returncode == 0, final.stderr[-3000:]
     assert json.loads(final.stdout)["aligned_total"] == 30
     entries = [json.loads(x) for x in (out / RUN_JOURNAL).read_text().splitlines() if x.strip()]
@@ -339,7 +340,7 @@ def test_ctrl_c_during_db_import(thirty, tmp_path):
 
     for _ in range(5):
         _check_interrupted(*_interrupt(cmd, rng.uniform(0.2, 4.5)), finished)
-    final = subprocess.run(cmd + ["--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    final = cli(*cmd[3:], "--json")  # the rerun, in this process
     assert final.returncode == 0, final.stderr[-3000:]
     report = json.loads(final.stdout)
     assert (report["people"], report["faces"], report["failed"], report["duplicates"]) == (3, 30, 0, 0)

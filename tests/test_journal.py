@@ -1,4 +1,6 @@
-"""Journals survive torn lines; align resumes after a kill mid-line; output folders are owned and locked."""
+"""Tests of openface_py.jobs.journal, jobs.outdir.
+
+Journals survive torn lines; align resumes after a kill mid-line; output folders are owned and locked."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, SAMPLE
+from conftest import ROOT, SAMPLE, cli
 
 from openface_py.faces.align import openface_spec
 from openface_py.io import TEMP_PREFIX, atomic_write_bytes, load_image
@@ -87,8 +89,7 @@ def test_align_killed_mid_journal_line_ends_like_an_uninterrupted_run(tmp_path):
     r = subprocess.run([sys.executable, "-c", TORN_ALIGN, *args], cwd=ROOT, capture_output=True, timeout=300)
     assert r.returncode == -signal.SIGKILL
     assert not (out / ALIGN_JOURNAL).read_bytes().endswith(b"\n")
-    r = subprocess.run([sys.executable, "-m", "openface_py", *args, "--json"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300)  # fmt: skip
+    r = cli(*args, "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     # 6 journaled + the PNGs workers had finished (whole: written atomically) before the kill

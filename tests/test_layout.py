@@ -1,4 +1,6 @@
-"""The package reads like the pipeline, and imports run one way: no module imports a layer above it
+"""Tests of the package layout: every module of openface_py, ARCHITECTURE.md.
+
+The package reads like the pipeline, and imports run one way: no module imports a layer above it
 (function-level imports included)."""
 
 from __future__ import annotations

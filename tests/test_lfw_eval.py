@@ -1,4 +1,6 @@
-"""LFW evaluation: metric maths on known inputs, the fold logic, and a real LFW subset."""
+"""Tests of openface_py.eval.lfw, eval.evaluate, metrics.
+
+LFW evaluation: metric maths on known inputs, the fold logic, and a real LFW subset."""
 
 from __future__ import annotations
 
@@ -6,9 +8,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import LFW, needs_lfw
+from conftest import LFW, cli, needs_lfw
 from sklearn.metrics import roc_auc_score
-from test_embed_batch import cli
 
 from openface_py.eval.evaluate import evaluate, select_pairs
 from openface_py.eval.protocol import Pair
@@ -82,7 +83,7 @@ def test_lfw_subset_with_dlib(tmp_path):
     Measured: squared L2 0.990 (flip-averaged 0.990), AUC 1.000; no image needed the fallback box.
     (100 pairs of each, 317 images, gave 0.960 / 0.985 / 0.998 but cost make test 26 s more.)"""
     r = cli("lfw", str(LFW), "-o", str(tmp_path), "--model", "dlib-resnet-v1", "--folds", "1,2",
-            "--pairs-per-fold", "50", "--workers", "2", "-q", timeout=900)  # fmt: skip
+            "--pairs-per-fold", "50", "--workers", "2", "-q")  # fmt: skip
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     acc_line = next(line for line in lines if line.startswith("Accuracy: "))
@@ -97,21 +98,20 @@ def test_lfw_subset_with_dlib(tmp_path):
     (cache,) = tmp_path.glob("embeddings-*.npz")
     stamp = cache.stat().st_mtime_ns
     r2 = cli("lfw", str(LFW), "-o", str(tmp_path), "--model", "dlib-resnet-v1", "--folds", "1,2",
-             "--pairs-per-fold", "50", "--metric", "jb", "-q", timeout=120)  # fmt: skip
+             "--pairs-per-fold", "50", "--metric", "jb", "-q")  # fmt: skip
     assert r2.returncode == 0 and "Accuracy: " in r2.stdout
     assert cache.stat().st_mtime_ns == stamp
 
 
-def test_lfw_classify_on_the_sample_people(tmp_path):
+def test_lfw_classify_on_the_sample_people(dlib_embedder, tmp_path):
     """The classification experiment on data/lfw-sample laid out like LFW (10 people x 10 photos):
     5 train / 5 test photos per person, N = 5 and 10, 2 runs; N = 20 is reported as skipped."""
     from conftest import SAMPLE
 
     from openface_py.eval.evaluate import run_lfw_classify
-    from openface_py.nets.embed import load_embedder
 
     rows, skipped = run_lfw_classify(
-        SAMPLE.parent, tmp_path, load_embedder("dlib-resnet-v1"), people_counts=(5, 10, 20),
+        SAMPLE.parent, tmp_path, dlib_embedder, people_counts=(5, 10, 20),
         classifiers=("LinearSvm", "KNN", "JointBayesian"), min_images=10, train_per_person=5, runs=2,
         images=SAMPLE.name, progress=False,
     )  # fmt: skip

@@ -1,4 +1,6 @@
-"""MobileFaceNet reid-0095 (Intel's face-reidentification-retail-0095 in our PyTorch): parity with
+"""Tests of openface_py.nets.mobilefacenet.
+
+MobileFaceNet reid-0095 (Intel's face-reidentification-retail-0095 in our PyTorch): parity with
 OpenVINO's outputs recorded in tests/data/reid0095, the converter, the pinned weights, Intel's
 5-point alignment, the registry entry and an LFW-subset accuracy floor."""
 
@@ -10,7 +12,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import LFW, ROOT, SAMPLE, SHARED, needs_lfw
+from conftest import LFW, ROOT, SAMPLE, SHARED, cli, needs_lfw
 
 from openface_py import store
 from openface_py.errors import WeightsError
@@ -143,10 +145,7 @@ def test_alignment_puts_the_points_on_intels_template(sample_rgb, align_from):
 def test_compare_cli_tells_sample_people_apart():
     photos = [SAMPLE / "Colin_Powell" / f"Colin_Powell_000{i}.jpg" for i in (1, 2)]
     photos.append(SAMPLE / "Tony_Blair" / "Tony_Blair_0001.jpg")
-    r = subprocess.run(
-        [sys.executable, "-m", "openface_py", "compare", "--model", MOBILEFACENET_REID, *map(str, photos)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
-    )  # fmt: skip
+    r = cli("compare", "--model", MOBILEFACENET_REID, *map(str, photos))
     assert r.returncode == 0, r.stderr
     verdicts = [line.strip() for line in r.stdout.splitlines() if "person" in line or "people" in line]
     assert verdicts[0].startswith("+ same person") and all(v.startswith("+ different") for v in verdicts[1:])

@@ -1,4 +1,6 @@
-"""Classifier files cannot run code: skops format with a fixed list of types; pickles are refused."""
+"""Tests of openface_py.recognize.classify (model files).
+
+Classifier files cannot run code: skops format with a fixed list of types; pickles are refused."""
 
 from __future__ import annotations
 
@@ -6,13 +8,11 @@ import hashlib
 import io
 import json
 import os
-import subprocess
-import sys
 import zipfile
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES, cli
 
 from openface_py.recognize.classify import ClassifierError, TrainedModel, convert_pickle, load_model, train_model
 
@@ -59,8 +59,7 @@ def test_crafted_pickle_with_matching_checksum_is_refused_and_runs_nothing(tmp_p
     joblib.dump(Payload(str(marker)), buf)
     bad = tmp_path / "people.pkl"
     _with_checksum(bad, buf.getvalue())
-    r = subprocess.run([sys.executable, "-m", "openface_py", "infer", str(bad), str(EXAMPLES / "adams.jpg"), "-q"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = cli("infer", str(bad), str(EXAMPLES / "adams.jpg"), "-q")  # in this process: nothing may run here either
     assert r.returncode == 1 and "pickle model file" in r.stderr and "--trust-pickle" in r.stderr
     assert not marker.exists()
 
@@ -91,10 +90,10 @@ def test_old_pickle_converts_once_with_trust(tmp_path):
     _with_checksum(old, buf.getvalue())
     with pytest.raises(ClassifierError, match="convert it once"):
         load_model(old)
-    cmd = [sys.executable, "-m", "openface_py", "-q", "models", "convert", str(old), "-o", str(tmp_path / "new.skops")]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    cmd = ["models", "convert", str(old), "-o", str(tmp_path / "new.skops")]
+    r = cli(*cmd)
     assert r.returncode == 2 and "--trust-pickle" in r.stderr  # never unpickled without the flag
-    r = subprocess.run(cmd + ["--trust-pickle"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = cli(*cmd, "--trust-pickle")
     assert r.returncode == 0, r.stderr
     new = load_model(tmp_path / "new.skops")
     assert [p.name for p in new.predict(X)] == [p.name for p in model.predict(X)]

@@ -1,16 +1,16 @@
-"""MTCNN on the real photos in data/: against the original PyTorch port's own output, the shipped
+"""Tests of openface_py.faces.mtcnn.
+
+MTCNN on the real photos in data/: against the original PyTorch port's own output, the shipped
 weights' pins, 5-point alignment, the cascade, and the commands that take ``--detector mtcnn``."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES, ROOT, cli
 
 from openface_py import store
 from openface_py.faces.align import MTCNN5, OpenFaceAligner, align_detection, five_point_destination
@@ -121,17 +121,11 @@ def test_detect_json_and_run_say_how_faces_were_found_and_aligned(tmp_path):
     tilted, _ = _rotated(load_image(EXAMPLES / "lennon-2.jpg"), 50)
     cv2.imwrite(str(photos / "tilted.jpg"), tilted[:, :, ::-1])
     (photos / "frontal.jpg").write_bytes((EXAMPLES / "clapton-2.jpg").read_bytes())
-    cmd = [sys.executable, "-m", "openface_py", "-q"]
-    out = subprocess.run(
-        cmd + ["detect", str(photos / "tilted.jpg"), "--detector", "mtcnn", "--json"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    out = cli("detect", str(photos / "tilted.jpg"), "--detector", "mtcnn", "--json")
+    assert out.returncode == 0, out.stderr
     face = json.loads(out.stdout)[0]["faces"][0]
     assert face["found_by"] == "mtcnn" and len(face["points5"]) == 5
-    run = subprocess.run(
-        cmd + ["run", str(photos), str(tmp_path / "out"), "--detector", "hog-mtcnn", "--workers", "1"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+    run = cli("run", str(photos), str(tmp_path / "out"), "--detector", "hog-mtcnn", "--workers", "1")
     assert run.returncode == 0, run.stderr
     rows = {r["path"]: r for r in json.loads((tmp_path / "out" / "faces.json").read_text())}
     assert set(rows) == {"tilted.jpg", "frontal.jpg"}
@@ -142,11 +136,7 @@ def test_detect_json_and_run_say_how_faces_were_found_and_aligned(tmp_path):
 
     again = run_folder(photos, tmp_path / "out", load_embedder(None), detector="hog-mtcnn", workers=1, progress=False)
     assert again.already_done == 2 and again.aligned == 0
-    hog_opts = subprocess.run(
-        cmd + ["detect", str(photos / "frontal.jpg"), "--min-face", "40"], capture_output=True, text=True
-    )
+    hog_opts = cli("detect", str(photos / "frontal.jpg"), "--min-face", "40")
     assert hog_opts.returncode == 2 and "apply to the mtcnn" in hog_opts.stderr
-    bad = subprocess.run(
-        cmd + ["detect", str(photos / "frontal.jpg"), "--align-from", "mtcnn5"], capture_output=True, text=True
-    )
+    bad = cli("detect", str(photos / "frontal.jpg"), "--align-from", "mtcnn5")
     assert bad.returncode == 2 and "--align-from applies to" in bad.stderr

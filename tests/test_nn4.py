@@ -1,4 +1,6 @@
-"""NN4-small2: architecture facts, weight loaders (pt, t7, CSV) and numeric checks."""
+"""Tests of openface_py.nets.nn4, nets.weights.
+
+NN4-small2: architecture facts, weight loaders (pt, t7, CSV) and numeric checks."""
 
 from __future__ import annotations
 

@@ -1,17 +1,17 @@
-"""`pairs-eval`: the pair-list format (errors with their line), folds, the protocol recomputed
+"""Tests of openface_py.eval.pairs.
+
+`pairs-eval`: the pair-list format (errors with their line), folds, the protocol recomputed
 independently on the real sample photos, and the policy for photos with no face."""
 
 from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
-from conftest import EXAMPLES, SAMPLE
+from conftest import EXAMPLES, SAMPLE, cli
 
 from openface_py.eval.pairs import PairListError, parse_pair_list
 
@@ -120,9 +120,9 @@ def test_pairs_eval_on_the_sample_photos_and_the_miss_policy(tmp_path):
     csv_path = _write(
         tmp_path / "pairs.csv", "path_a,path_b,same,fold\n" + "".join(",".join(map(str, r)) + "\n" for r in rows)
     )
-    cmd = [sys.executable, "-m", "openface_py", "-q", "pairs-eval", str(csv_path), str(root)]
+    cmd = ["pairs-eval", str(csv_path), str(root)]
 
-    out = subprocess.run(cmd + ["-o", str(tmp_path / "fail")], capture_output=True, text=True)
+    out = cli(*cmd, "-o", str(tmp_path / "fail"))
     assert out.returncode == 0, out.stderr
     assert "Faces not found (pairs decided 'different'): 1 of " in out.stdout
     acc_line = next(line for line in out.stdout.splitlines() if line.startswith("Accuracy: "))
@@ -138,16 +138,12 @@ def test_pairs_eval_on_the_sample_photos_and_the_miss_policy(tmp_path):
     assert reps["background.jpg"] is None
     _independent_fold_check(rows, reps, summary)
 
-    whole = subprocess.run(
-        cmd + ["-o", str(tmp_path / "whole"), "--on-miss", "whole-image", "--json"], capture_output=True, text=True
-    )
+    whole = cli(*cmd, "-o", str(tmp_path / "whole"), "--on-miss", "whole-image", "--json")
     assert whole.returncode == 0, whole.stderr
     res = json.loads(whole.stdout)["results"][0]
     assert res["faces_not_found"] == 1 and res["on_miss"] == "whole-image" and res["pairs"] == len(rows)
 
     fine = "".join(",".join(map(str, r)) + "\n" for r in rows[:-1])
     missing = _write(tmp_path / "missing.csv", f"{rows[0][0]},nobody/x.jpg,0,1\n" + fine)
-    bad = subprocess.run(
-        cmd[:-2] + [str(missing), str(root), "-o", str(tmp_path / "m")], capture_output=True, text=True
-    )
+    bad = cli(*cmd[:-2], str(missing), str(root), "-o", str(tmp_path / "m"))
     assert bad.returncode != 0 and "line 1: nobody/x.jpg" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,4 +1,6 @@
-"""parallel.mapped: a worker that dies is reported, never hangs the job; no fork after threads."""
+"""Tests of openface_py.jobs.parallel.
+
+parallel.mapped: a worker that dies is reported, never hangs the job; no fork after threads."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Issue 23, items 1 and 3: no photo's shape or size can crash a process or cost unbounded time or
+"""Tests of openface_py.io (shape and size limits), faces.detect.
+
+Issue 23, items 1 and 3: no photo's shape or size can crash a process or cost unbounded time or
 memory. Photos are generated PNGs (a thin one compresses to a few KB); detectors run for real,
 the crash checks in a subprocess of the command line."""
 

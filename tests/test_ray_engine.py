@@ -1,4 +1,6 @@
-"""`--engine ray` on a local Ray instance (2 CPUs, started and stopped here): the same rows and
+"""Tests of openface_py.jobs.rayengine.
+
+`--engine ray` on a local Ray instance (2 CPUs, started and stopped here): the same rows and
 embeddings as the local engine, bad photos reported alike, a `file://` URL as input, Parquet
 output, resuming after the driver is killed, `lfw`/`db import` through the same pipeline, and
 the message when Ray is not installed."""
@@ -15,12 +17,11 @@ import time
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, ROOT, SAMPLE
+from conftest import EXAMPLES, ROOT, SAMPLE, cli
 
 from openface_py.jobs.engine import EmbedderSpec, Engine
 from openface_py.jobs.stream import RUN_JOURNAL, run_folder
 from openface_py.nets.catalog import NN4_SMALL2_DISTILLED
-from openface_py.nets.embed import load_embedder
 
 ray = pytest.importorskip(
     "ray", reason="the Ray engine's tests need Ray: pip install 'openface-py[ray]' (make test does)"
@@ -43,11 +44,10 @@ def photos(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def local(photos, tmp_path_factory):
+def local(photos, onnx_embedder, tmp_path_factory):
     """The local engine's outputs for the photos: what every Ray run must give."""
     out = tmp_path_factory.mktemp("local")
-    embedder = load_embedder(NN4_SMALL2_DISTILLED, backend="onnx")
-    report = run_folder(photos, out, embedder, workers=2, progress=False)
+    report = run_folder(photos, out, onnx_embedder, workers=2, progress=False)
     return out, report
 
 
@@ -138,7 +138,7 @@ def test_resumes_after_the_driver_is_killed_without_redoing_photos(photos, local
     assert np.abs(reps - ref_reps).max() < 1e-5
 
 
-def test_lfw_and_db_import_share_the_pipeline(photos, ray_instance, tmp_path):
+def test_lfw_and_db_import_share_the_pipeline(photos, ray_instance, onnx_embedder, tmp_path):
     """pairs-eval's photo embedding and db import on Ray give what the local engine gives."""
     from openface_py.eval.lfw import embed_lfw_images
     from openface_py.faces.detect import DetectorSpec
@@ -146,7 +146,7 @@ def test_lfw_and_db_import_share_the_pipeline(photos, ray_instance, tmp_path):
     from openface_py.recognize.facedb import FaceDatabase
 
     names = sorted(p.relative_to(SAMPLE).as_posix() for p in SAMPLE.glob("Colin_Powell/*.jpg"))
-    embedder = load_embedder(NN4_SMALL2_DISTILLED, backend="onnx")
+    embedder = onnx_embedder
     spec = EmbedderSpec.of(NN4_SMALL2_DISTILLED, backend="onnx")
     det = DetectorSpec("hog")
     here = embed_lfw_images(SAMPLE, names, embedder, tmp_path / "a.npz", workers=2, detector=det, progress=False)
@@ -262,22 +262,9 @@ def test_the_cause_is_read_from_a_remote_traceback():
     assert root_cause(RuntimeError("No: traceback here\nsecond line")) == "No: traceback here"
 
 
-NO_RAY = """
-import sys
-sys.modules["ray"] = None  # as if Ray were not installed
-from openface_py.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def test_without_ray_the_engine_says_how_to_install_it(tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-c", NO_RAY, "run", str(SAMPLE), str(tmp_path / "out"), "--engine", "ray"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_without_ray_the_engine_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed (in this process only)
+    r = cli("run", str(SAMPLE), str(tmp_path / "out"), "--engine", "ray")
     assert r.returncode == 2, r.stderr
     assert "pip install 'openface-py[ray]'" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists()

@@ -1,4 +1,6 @@
-"""`openface-py run`: one pass photos -> embeddings; parallel = single-process; resumable; failures reported."""
+"""Tests of openface_py.jobs.stream.
+
+`openface-py run`: one pass photos -> embeddings; parallel = single-process; resumable; failures reported."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, ROOT, SAMPLE, shipped_lfw_threshold
+from conftest import EXAMPLES, ROOT, SAMPLE, cli, shipped_lfw_threshold
 
 from openface_py.faces.detect import DetectorSpec
 from openface_py.io import TEMP_PREFIX
@@ -20,12 +22,11 @@ from openface_py.jobs.journal import read_journal
 from openface_py.jobs.outdir import OutputFolder
 from openface_py.jobs.stream import PARTS, RUN_JOURNAL, run_folder
 from openface_py.nets.catalog import NN4_SMALL2_DISTILLED
-from openface_py.nets.embed import load_embedder
 
 
 @pytest.fixture(scope="module")
-def embedder():
-    return load_embedder(NN4_SMALL2_DISTILLED, backend="onnx")
+def embedder(onnx_embedder):
+    return onnx_embedder
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +126,7 @@ def test_run_resumes_after_kill_without_redoing_work(photos, reference, tmp_path
     proc.wait()
     before = [json.loads(x) for x in journal.read_text().splitlines() if x.strip()]
     assert 8 <= len(before) < 33, "kill the run part-way"
-    r = subprocess.run(cmd + ["--json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = cli(*cmd[3:], "--json")
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["already_done"] == len({e["src"] for e in before})
@@ -164,7 +165,7 @@ def test_kill_mid_journal_line_loses_no_photo(photos, reference, tmp_path):
     raw = (out / RUN_JOURNAL).read_bytes()
     assert not raw.endswith(b"\n")  # the last line really is torn
     finished = set(read_journal(out / RUN_JOURNAL))
-    r = subprocess.run(_run_cmd(photos, out, "--json"), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = cli(*_run_cmd(photos, out, "--json")[3:])
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["already_done"] == len(finished) and report["aligned_total"] == 31

@@ -1,4 +1,6 @@
-"""`openface-py serve`: a real server (uvicorn, a subprocess) on loopback, over a real database of
+"""Tests of openface_py.service.app, cli.serve.
+
+`openface-py serve`: a real server (uvicorn, a subprocess) on loopback, over a real database of
 the sample photos; answers checked against the command line, refusals, overload, concurrent
 enrolments and a kill -9 during enrolments."""
 
@@ -19,14 +21,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import EXAMPLES, ROOT, SAMPLE
-from test_cli_commands import cli
+from conftest import EXAMPLES, HELD_OUT, ROOT, SAMPLE, cli, copy_db
 
 from openface_py.recognize.facedb import FaceDatabase
 from openface_py.service.app import wait_until_up
 
 KEY = "test-key-0123456789"
-HELD_OUT = ("_0009", "_0010")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -63,16 +63,9 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory) -> Path:
-    gallery = tmp_path_factory.mktemp("svc-gallery")
-    for photo in sorted(SAMPLE.glob("*/*.jpg")):
-        if not photo.stem.endswith(HELD_OUT):
-            (gallery / photo.parent.name).mkdir(exist_ok=True)
-            (gallery / photo.parent.name / photo.name).write_bytes(photo.read_bytes())
-    path = tmp_path_factory.mktemp("svc") / "people.db"
-    assert cli("db", "create", str(path))[0] == 0
-    assert cli("db", "import", str(path), str(gallery), "--workers", "2")[0] == 0
-    return path
+def db(sample_db, tmp_path_factory) -> Path:
+    """Photos 1-8 of each sample person imported by ``db import`` (a copy of the session's database)."""
+    return copy_db(sample_db[0], tmp_path_factory.mktemp("svc"))
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +84,7 @@ def test_identify_verify_detect_embed_agree_with_the_command_line(server, db):
     probes = sorted(p for p in SAMPLE.glob("*/*.jpg") if p.stem.endswith(HELD_OUT))[:6] + [
         EXAMPLES / "longoria-cooper.jpg"
     ]
-    rc, out = cli("db", "search", str(db), *map(str, probes), "--json", "--top-k", "2")
+    rc, out, _ = cli("db", "search", str(db), *map(str, probes), "--json", "--top-k", "2")
     expected = {r["path"]: r["faces"] for r in json.loads(out)["results"]}
     with httpx.Client(base_url=server.url, timeout=60) as c:
         for p in probes:

@@ -1,4 +1,6 @@
-"""`openface-py serve` (service/app.py, service/inference.py, service/guard.py) against hostile and
+"""Tests of openface_py.service.guard, service.inference, service.app.
+
+`openface-py serve` (service/app.py, service/inference.py, service/guard.py) against hostile and
 careless clients: photos that crash or stall the face pipeline, idle request bodies, other Host
 names and origins, ambiguous framing, names that look alike. A real server over loopback."""
 
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SAMPLE
+from conftest import SAMPLE, cli
 from test_db_integrity import immutable, small_disk
 from test_service import KEY, Server, no_trace
 
@@ -29,8 +31,6 @@ def home(empty_home):
 @pytest.fixture(scope="module")
 def db(tmp_path_factory) -> Path:
     """A small database: two people, four photos each (fast to import)."""
-    from test_cli_commands import cli
-
     gallery = tmp_path_factory.mktemp("hard-gallery")
     for person in ("Tony_Blair", "Colin_Powell"):
         (gallery / person).mkdir()

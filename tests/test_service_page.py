@@ -1,4 +1,6 @@
-"""The web page at `/`, driven in a real headless Chromium (Selenium + the system's chromedriver)
+"""Tests of openface_py.service (the web page).
+
+The web page at `/`, driven in a real headless Chromium (Selenium + the system's chromedriver)
 against a real server: upload photos and read the names off the page, enroll and delete a person."""
 
 from __future__ import annotations
@@ -7,8 +9,7 @@ import json
 import shutil
 
 import pytest
-from conftest import EXAMPLES, SAMPLE
-from test_cli_commands import cli
+from conftest import EXAMPLES, SAMPLE, cli, copy_db
 from test_service import KEY, Server
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e '.[test]')")
@@ -42,17 +43,9 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    from test_service import HELD_OUT
-
-    gallery = tmp_path_factory.mktemp("page-gallery")
-    for photo in sorted(SAMPLE.glob("*/*.jpg")):
-        if not photo.stem.endswith(HELD_OUT):
-            (gallery / photo.parent.name).mkdir(exist_ok=True)
-            shutil.copy2(photo, gallery / photo.parent.name / photo.name)
-    db = tmp_path_factory.mktemp("page") / "people.db"
-    assert cli("db", "create", str(db))[0] == 0
-    assert cli("db", "import", str(db), str(gallery), "--workers", "2")[0] == 0
+def server(sample_db, tmp_path_factory):
+    """A server over a copy of the session's database of photos 1-8 of each sample person."""
+    db = copy_db(sample_db[0], tmp_path_factory.mktemp("page"))
     s = Server(db)
     s.db = db
     yield s

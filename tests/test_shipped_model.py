@@ -1,4 +1,6 @@
-"""The shipped NN4-small2 weights (models/nn4.small2.distilled-v2.pt): pinned, default, and working."""
+"""Tests of the shipped weights in models/ through openface_py.nets.embed.
+
+The shipped NN4-small2 weights (models/nn4.small2.distilled-v2.pt): pinned, default, and working."""
 
 from __future__ import annotations
 

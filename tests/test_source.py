@@ -1,4 +1,6 @@
-"""Photo folders given as URLs that only fsspec opens: a zip archive read in place.
+"""Tests of openface_py.jobs.source.
+
+Photo folders given as URLs that only fsspec opens: a zip archive read in place.
 
 `run` reads each photo from the archive in its worker, names it by a URL fsspec opens again,
 and gives what the unpacked folder gives; a URL nothing can open is a clear error.

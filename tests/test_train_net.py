@@ -1,4 +1,6 @@
-"""`train-net`: training through the real command line on the aligned sample photos (loss, files,
+"""Tests of openface_py.train.trainer, train.losses, train.data, cli.train.
+
+`train-net`: training through the real command line on the aligned sample photos (loss, files,
 the trained model's identity and threshold), exact resumption after SIGKILL, refusals, the five
 objectives against references written here, the triplet miners against a brute-force search,
 the seeded P x K sampler and person split, and the Siamese verifier with `compare`.
@@ -25,7 +27,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, SAMPLE
+from conftest import ROOT, SAMPLE, cli, cli_process
 
 from openface_py.errors import UsageError
 from openface_py.jobs.batch import ALIGN_META
@@ -57,13 +59,6 @@ FROZEN_PREFIXES = ("conv1.", "bn1.", "conv2.", "bn2.", "conv3.", "bn3.", "incept
 TRAINED_PREFIXES = ("incept3c.", "incept4a.", "incept4e.", "incept5a.", "incept5b.", "ln.")
 
 
-def openface_py(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m openface_py -q ARGS`` in a subprocess (text output captured)."""
-    return subprocess.run(
-        [sys.executable, "-m", "openface_py", "-q", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout
-    )
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
@@ -90,7 +85,7 @@ def trained(aligned_openface, tmp_path_factory):
     """One uninterrupted 2-epoch run through the CLI: (output folder, the process, its wall time)."""
     out = tmp_path_factory.mktemp("train-net") / "run"
     t0 = time.time()
-    r = openface_py("train-net", str(aligned_openface), "-o", str(out), *TRAIN_ARGS)
+    r = cli_process("-q", "train-net", str(aligned_openface), "-o", str(out), *TRAIN_ARGS, timeout=600)
     wall = time.time() - t0
     assert r.returncode == 0, r.stderr
     return out, r, wall
@@ -174,7 +169,7 @@ def test_training_run_files_loss_and_trained_model(trained, aligned_openface, tm
 
     # represent with the trained weights: the output carries the trained model's own identity
     reps_dir = tmp_path / "reps"
-    r = openface_py("represent", str(aligned_openface), str(reps_dir), "--model", str(out / "model.pt"))
+    r = cli("represent", str(aligned_openface), str(reps_dir), "--model", str(out / "model.pt"))
     assert r.returncode == 0, r.stderr
     identity = json.loads((reps_dir / "embeddings.json").read_text())["identity"]
     assert identity == f"nn4.small2@sha256:{sha256(out / 'model.pt')[:16]}|{ALIGNMENT}" == s["identity"]
@@ -238,7 +233,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_weights(trained, aligned_o
     batches, _ = read_log(out)
     assert [(b["epoch"], b["batch"]) for b in batches] == [(1, 0), (1, 1), (2, 0), (2, 1)]
 
-    r = openface_py(*args[1:])
+    r = cli_process(*args, timeout=600)
     assert r.returncode == 0, r.stderr
     a, b = state_dict(out_a / "model.pt"), state_dict(out / "model.pt")
     assert a.keys() == b.keys()
@@ -268,7 +263,7 @@ def test_resume_after_sigkill_gives_the_uninterrupted_weights(trained, aligned_o
 def test_continuing_with_other_settings_or_another_alignment_is_refused(trained, aligned_openface, tmp_path):
     out = trained[0]
     before = {f: sha256(out / f) for f in ("model.pt", "training.json", "checkpoint.pt", "training.jsonl")}
-    r = openface_py("train-net", str(aligned_openface), "-o", str(out), *TRAIN_ARGS, "--lr", "2e-4")
+    r = cli("train-net", str(aligned_openface), "-o", str(out), *TRAIN_ARGS, "--lr", "2e-4")
     assert r.returncode == 2, r.stderr
     assert "other settings" in r.stderr and "lr: 0.0001 -> 0.0002" in r.stderr
     assert {f: sha256(out / f) for f in before} == before  # nothing touched
@@ -280,10 +275,10 @@ def test_continuing_with_other_settings_or_another_alignment_is_refused(trained,
         for f in sorted((SAMPLE / person).glob("*.jpg"))[:2]:
             shutil.copy(f, src / person / f.name)
     chips = tmp_path / "chips"
-    r = openface_py("align", str(src), str(chips), "--model", "dlib-resnet-v1")
+    r = cli("align", str(src), str(chips), "--model", "dlib-resnet-v1")
     assert r.returncode == 0, r.stderr
     assert json.loads((chips / ALIGN_META).read_text())["alignment"]["method"] != "openface-affine"
-    r = openface_py("train-net", str(chips), "-o", str(tmp_path / "run"), *TRAIN_ARGS)
+    r = cli("train-net", str(chips), "-o", str(tmp_path / "run"), *TRAIN_ARGS)
     assert r.returncode == 2, r.stderr
     assert "was aligned as" in r.stderr and ALIGNMENT in r.stderr
     assert not (tmp_path / "run" / "model.pt").exists() and not (tmp_path / "run" / "checkpoint.pt").exists()
@@ -513,9 +508,9 @@ def test_split_people_is_seeded_and_never_puts_a_person_in_both_parts():
 
 def test_siamese_verifier_with_compare(aligned_openface, tmp_path):
     out = tmp_path / "siamese"
-    r = openface_py(
-        "train-net", str(aligned_openface), "-o", str(out), "--loss", "siamese", "--epochs", "1",
-        "--batch-people", "4", "--batch-images", "5", "--val-people", "0.2", "--threads", "1",
+    r = cli_process(
+        "-q", "train-net", str(aligned_openface), "-o", str(out), "--loss", "siamese", "--epochs", "1",
+        "--batch-people", "4", "--batch-images", "5", "--val-people", "0.2", "--threads", "1", timeout=600,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     s = json.loads((out / "training.json").read_text())
@@ -528,7 +523,7 @@ def test_siamese_verifier_with_compare(aligned_openface, tmp_path):
     # two photos of a held-out person (never trained on) and one of the other held-out person
     a, b = s["data"]["held_out_people"]
     photos = [*sorted((SAMPLE / a).glob("*.jpg"))[:2], sorted((SAMPLE / b).glob("*.jpg"))[0]]
-    r = openface_py("compare", "--verifier", str(verifier), *map(str, photos), "--json")
+    r = cli("compare", "--verifier", str(verifier), *map(str, photos), "--json")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["model"] == s["identity"] and res["threshold"] == v["threshold"]
@@ -541,6 +536,6 @@ def test_siamese_verifier_with_compare(aligned_openface, tmp_path):
     assert same > p[photos[1].name, photos[2].name]["p_same"], res
 
     # the verifier belongs to the trained model: another model's embeddings are refused
-    r = openface_py("compare", "--model", PARENT, "--verifier", str(verifier), *map(str, photos[:2]), "--json")
+    r = cli("compare", "--model", PARENT, "--verifier", str(verifier), *map(str, photos[:2]), "--json")
     assert r.returncode != 0 and "trained on embeddings of" in r.stderr
     assert not r.stdout.strip()

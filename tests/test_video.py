@@ -1,16 +1,16 @@
-"""Video: a clip made from sample photos is processed end to end with the right names on the right frames."""
+"""Tests of openface_py.recognize.video.
+
+Video: a clip made from sample photos is processed end to end with the right names on the right frames."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
-from conftest import ROOT, SAMPLE, shipped_lfw_threshold
+from conftest import SAMPLE, cli, shipped_lfw_threshold
 
 from openface_py.faces.detect import DetectorSpec
 from openface_py.io import load_image
@@ -111,17 +111,15 @@ def test_cli_video_with_a_classifier(tmp_path):
         for n in range(1, 9):
             shutil.copy(SAMPLE / person / f"{person}_{n:04d}.jpg", people / person)
 
-    def cli(*a):
-        r = subprocess.run(
-            [sys.executable, "-m", "openface_py", "-q", *a], cwd=ROOT, capture_output=True, text=True, timeout=600
-        )
+    def ok(*a):
+        r = cli(*a)
         assert r.returncode == 0, r.stderr
         return r.stdout
 
-    cli("run", str(people), str(reps))
-    cli("train", str(reps), "-o", str(tmp_path / "knn.pkl"), "--classifier", "KNN")
+    ok("run", str(people), str(reps))
+    ok("train", str(reps), "-o", str(tmp_path / "knn.pkl"), "--classifier", "KNN")
     out = json.loads(
-        cli(
+        ok(
             "video",
             str(clip),
             "--classifier",

@@ -1,4 +1,6 @@
-"""Video: a person replaced by another at the same place (a cut) gets the new person's name
+"""Tests of openface_py.recognize.video.
+
+Video: a person replaced by another at the same place (a cut) gets the new person's name
 (issue 24 item 13). The clip is written here from the sample photos with cv2.VideoWriter: 40
 frames of Blair, then 40 of Powell, then 40 of Clapton, each face tile at the same position."""
 

@@ -1,4 +1,6 @@
-"""A plain (non-editable) install of a wheel built from a clean copy gets the shipped model."""
+"""Tests of packaging (setup.py): the built wheel.
+
+A plain (non-editable) install of a wheel built from a clean copy gets the shipped model."""
 
 from __future__ import annotations
 
