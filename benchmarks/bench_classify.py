@@ -26,7 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from openface_py.recognize.classify import CLASSIFIER_NAMES, make_classifier, train_model  # noqa: E402
+from openface_py.recognize.classifiers import CLASSIFIER_NAMES, make_classifier  # noqa: E402
+from openface_py.recognize.classify import train_model  # noqa: E402
 
 
 def synthetic(n_people: int, photos: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

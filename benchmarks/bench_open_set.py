@@ -115,7 +115,8 @@ def load_settings(which: list[str]) -> dict[str, dict]:
 
 
 def evaluate(model, Xte, yte, Xst) -> dict:
-    from openface_py.recognize.classify import UNKNOWN, expected_calibration_error
+    from openface_py.recognize.classify import UNKNOWN
+    from openface_py.recognize.openset import expected_calibration_error
 
     pk = model.predict(Xte)
     ok_k = np.array([p.name == t for p, t in zip(pk, yte)])

@@ -21,6 +21,15 @@ def platt_sigmoid(z: np.ndarray | float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -500.0, 500.0)))
 
 
+def pairwise_sq_l2(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Squared L2 distance between every row of ``a`` and every row of ``b`` (float64, shape
+    ``(len(a), len(b))``), by |a|^2 + |b|^2 - 2ab, clipped at 0 where rounding makes it negative.
+    The one distance the classifiers, the gallery and the leakage check share."""
+    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(b, dtype=np.float64))
+    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0.0)
+
+
 def best_split_threshold(same: np.ndarray, diff: np.ndarray) -> tuple[float, float]:
     """Threshold t maximising the accuracy of "same if score > t"; returns (t, accuracy).
 

@@ -1,4 +1,4 @@
-"""Tests of openface_py.recognize.classify (open-set threshold, calibration).
+"""Tests of openface_py.recognize.openset and recognize.classify (open-set threshold, calibration).
 
 Honest confidences and unknown people (issue 15, part 3) on real photos.
 
@@ -24,15 +24,9 @@ import numpy as np
 import pytest
 from conftest import EXAMPLES, LFW, SAMPLE, needs_lfw
 
-from openface_py.recognize.classify import (
-    UNKNOWN,
-    ScoreCalibrator,
-    expected_calibration_error,
-    format_prediction,
-    load_model,
-    reliability_bins,
-    train_model,
-)
+from openface_py.recognize.classify import UNKNOWN, format_prediction, train_model
+from openface_py.recognize.modelfile import load_model
+from openface_py.recognize.openset import ScoreCalibrator, expected_calibration_error, reliability_bins
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Tests of openface_py.recognize.classify, recognize.jointbayes, recognize.gallery, cli.people.
+"""Tests of openface_py.recognize.classifiers, recognize.classify, recognize.openset, recognize.jointbayes,
+recognize.gallery, cli.people.
 
 Classifiers, Joint Bayesian, open-set thresholds, model files and the train/infer/compare/identify CLI."""
 
@@ -13,22 +14,22 @@ import pytest
 from conftest import EXAMPLES, LFW, SAMPLE, cli, cli_process, needs_lfw
 from scipy.stats import multivariate_normal
 
+from openface_py.errors import UnknownNameError
 from openface_py.eval.protocol import PairsFormatError, parse_pairs
 from openface_py.faces.detect import DetectorSpec
 from openface_py.io import list_images, load_image
 from openface_py.metrics import best_split_threshold
 from openface_py.pipeline import FacePipeline
-from openface_py.recognize.classify import (
+from openface_py.recognize.classifiers import (
     CLASSIFIER_NAMES,
-    UNKNOWN,
     ClassifierError,
     JointBayesianClassifier,
-    load_model,
     make_classifier,
-    train_model,
 )
+from openface_py.recognize.classify import UNKNOWN, train_model
 from openface_py.recognize.gallery import build_gallery
 from openface_py.recognize.jointbayes import JointBayesian
+from openface_py.recognize.modelfile import load_model
 
 HELD_OUT = ("_0009.png", "_0010.png")
 #: closed-set accuracy on the 19 held-out sample photos, measured with dlib-resnet-v1 embeddings
@@ -210,7 +211,7 @@ def test_bad_training_data(split):
         train_model(reps, list(labels[:99]), "LinearSvm", "m", "id", {})
     with pytest.raises(ClassifierError, match="no embeddings"):
         train_model(np.zeros((0, 128)), [], "LinearSvm", "m", "id", {})
-    with pytest.raises(ClassifierError, match="unknown classifier"):
+    with pytest.raises(UnknownNameError, match="unknown classifier 'Perceptron' \\(choose from LinearSvm, "):
         make_classifier("Perceptron")
 
 

@@ -16,7 +16,8 @@ import pytest
 from conftest import EXAMPLES, SAMPLE, cli
 
 from openface_py.jobs.batch import ALIGN_META
-from openface_py.recognize.classify import UNKNOWN, load_model
+from openface_py.recognize.classify import UNKNOWN
+from openface_py.recognize.modelfile import load_model
 
 HELD_OUT = ("_0009", "_0010")
 HELD_OUT_PHOTOS = sorted(p for p in SAMPLE.glob("*/*.jpg") if p.stem.endswith(HELD_OUT))

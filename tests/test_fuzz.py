@@ -727,7 +727,9 @@ def audited():
 
 
 def check_model_file(data: bytes) -> None:
-    from openface_py.recognize.classify import ClassifierError, TrainedModel, load_model
+    from openface_py.recognize.classifiers import ClassifierError
+    from openface_py.recognize.classify import TrainedModel
+    from openface_py.recognize.modelfile import load_model
 
     d = Path(tempfile.mkdtemp(prefix="openface-py-fuzz-"))
     try:
@@ -747,7 +749,7 @@ def check_model_file(data: bytes) -> None:
 
 def warm_model_loading() -> None:
     """Import everything a normal load touches first, so the audit hook sees only what a file adds."""
-    from openface_py.recognize.classify import load_model
+    from openface_py.recognize.modelfile import load_model
 
     for name in MODEL_CLASSIFIERS:
         d = Path(tempfile.mkdtemp(prefix="openface-py-fuzz-"))

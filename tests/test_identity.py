@@ -52,7 +52,8 @@ def test_weights_are_known_by_content_not_by_name(weights):
     assert c.same_person_threshold == 0.25  # a trained file carries its own
     from openface_py.io import load_image
     from openface_py.pipeline import FacePipeline
-    from openface_py.recognize.classify import ClassifierError, train_model
+    from openface_py.recognize.classifiers import ClassifierError
+    from openface_py.recognize.classify import train_model
 
     faces = [load_image(SAMPLE / p / f"{p}_000{i}.jpg") for p in ("Tony_Blair", "Colin_Powell") for i in (1, 2, 3)]
     pipe = FacePipeline.create(str(weights["a"]))

@@ -1,4 +1,4 @@
-"""Tests of openface_py.recognize.classify (model files).
+"""Tests of openface_py.recognize.modelfile (model files).
 
 Classifier files cannot run code: skops format with a fixed list of types; pickles are refused."""
 
@@ -13,8 +13,11 @@ import zipfile
 import numpy as np
 import pytest
 from conftest import EXAMPLES, cli
+from skops.io import get_untrusted_types
 
-from openface_py.recognize.classify import ClassifierError, TrainedModel, convert_pickle, load_model, train_model
+from openface_py.recognize.classifiers import ClassifierError
+from openface_py.recognize.classify import TrainedModel, train_model
+from openface_py.recognize.modelfile import convert_pickle, load_model
 
 
 def _model(name: str = "LinearSvm") -> TrainedModel:
@@ -100,3 +103,33 @@ def test_old_pickle_converts_once_with_trust(tmp_path):
     (tmp_path / "old.pkl.sha256").unlink()
     with pytest.raises(ClassifierError, match="unverified"):
         convert_pickle(old, tmp_path / "again.skops")
+
+
+def test_a_model_file_written_by_0_2_still_loads_and_answers_as_it_did():
+    """tests/data/model-0.2-LinearSvm.skops was written by openface-py 0.2 before the classifiers,
+    the open-set code and the model files got modules of their own: it names its classes
+    ``openface_py.recognize.classify.SvmClassifier`` and so on. It still loads (those names stay
+    trusted and resolvable), and answers the 8 probes (photos 7-8 of the sample, two of people it
+    never saw) as 0.2 answered them (model-0.2-answers.json, recorded with 0.2's code)."""
+    from conftest import ROOT
+
+    data = ROOT / "tests" / "data"
+    path = data / "model-0.2-LinearSvm.skops"
+    named = set(get_untrusted_types(file=path))
+    assert {"openface_py.recognize.classify.SvmClassifier", "openface_py.recognize.classify.ScoreCalibrator"} <= named
+    assert not any(".classifiers." in n or ".openset." in n for n in named)
+    model = load_model(path)
+    want = json.loads((data / "model-0.2-answers.json").read_text())
+    got = model.predict(np.load(data / "model-0.2-probes.npy"))
+    assert [p.name for p in got] == [w["name"] for w in want]
+    assert [p.best for p in got] == [w["best"] for w in want]
+    np.testing.assert_allclose([p.confidence for p in got], [w["confidence"] for w in want], atol=2e-6)
+    np.testing.assert_allclose([p.score for p in got], [w["score"] for w in want], atol=2e-6)
+    assert sum(p.name == "unknown" for p in got) == 2
+
+
+def test_a_model_saved_now_names_the_classes_where_they_live(tmp_path):
+    model, _ = _model("GMM")
+    named = set(get_untrusted_types(file=model.save(tmp_path / "m.skops")))
+    assert {"openface_py.recognize.classifiers.GmmClassifier", "openface_py.recognize.classify.TrainedModel"} <= named
+    assert "openface_py.recognize.classify.GmmClassifier" not in named

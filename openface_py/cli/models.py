@@ -50,7 +50,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     if args.models_command == "download":
         return _download(args)
     if args.models_command == "convert":
-        from openface_py.recognize.classify import convert_pickle
+        from openface_py.recognize.modelfile import convert_pickle
 
         if not args.trust_pickle:
             raise UsageError(f"{args.old}: loading a pickle runs the code inside it; if you made this file "

@@ -24,7 +24,7 @@ from openface_py.errors import UsageError
 
 def register(add_command) -> None:
     """Add this family's sub-commands (each parser beside its handler's module)."""
-    from openface_py.recognize.classify import CLASSIFIER_NAMES
+    from openface_py.recognize.classifiers import CLASSIFIER_NAMES
 
     p = add_command("train", help="train a classifier on `represent` output (with an unknown-person threshold)")
     p.add_argument("reps_dir", type=Path)
@@ -83,7 +83,8 @@ def register(add_command) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from openface_py.jobs.embeddings import load_embeddings
-    from openface_py.recognize.classify import train_model, write_reliability_plot
+    from openface_py.recognize.classify import train_model
+    from openface_py.recognize.openset import write_reliability_plot
 
     reps, labels, paths, meta = load_embeddings(args.reps_dir)
     model = train_model(
@@ -151,7 +152,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from openface_py.recognize.classify import format_prediction, load_model
+    from openface_py.recognize.classify import format_prediction
+    from openface_py.recognize.modelfile import load_model
 
     model = load_model(args.model_file)
     pipe = pipeline_for(model.embedder_model(args.weights), args)
@@ -196,7 +198,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from openface_py.recognize.classify import ClassifierError, JointBayesianClassifier, load_model
+    from openface_py.recognize.classifiers import ClassifierError, JointBayesianClassifier
+    from openface_py.recognize.modelfile import load_model
 
     if len(args.images) < 2:
         raise UsageError("compare needs two or more images")

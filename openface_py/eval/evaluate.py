@@ -342,7 +342,7 @@ def run_lfw_classify(
     Returns the rows and the values of N that were skipped (too few eligible people)."""
     import time
 
-    from openface_py.recognize.classify import CLASSIFIER_NAMES, make_classifier
+    from openface_py.recognize.classifiers import CLASSIFIER_NAMES, make_classifier
 
     # all of them but the grid search, whose cost grows fastest with the number of people
     classifiers = classifiers or [c for c in CLASSIFIER_NAMES if c != "GridSearchSvm"]

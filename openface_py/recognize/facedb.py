@@ -1100,7 +1100,7 @@ def calibrate_distances(X: np.ndarray, names: Sequence[str]) -> Optional[dict]:
     same, diff = _pair_distances(X, names)
     if len(same) == 0 or len(diff) == 0:
         return None
-    from openface_py.recognize.classify import ScoreCalibrator
+    from openface_py.recognize.openset import ScoreCalibrator
 
     m = min(len(same), len(diff))
     rng = np.random.default_rng(2)

@@ -29,6 +29,7 @@ import numpy as np
 from openface_py import store
 from openface_py.errors import Failure, ImageLoadError, OpenFacePyError
 from openface_py.io import atomic_write_bytes, list_images, load_image
+from openface_py.metrics import pairwise_sq_l2
 from openface_py.pipeline import FacePipeline
 
 log = logging.getLogger(__name__)
@@ -51,9 +52,7 @@ class Gallery:
 
     def nearest(self, probes: np.ndarray) -> tuple[list[str], np.ndarray]:
         """For each probe row: the person with the closest enrolled photo, and that squared L2 distance."""
-        p = np.atleast_2d(np.asarray(probes, dtype=np.float64))
-        g = self.reps.astype(np.float64)
-        d = np.maximum((p * p).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2 * p @ g.T, 0.0)
+        d = pairwise_sq_l2(probes, self.reps)
         best = d.argmin(axis=1)
         return [self.names[i] for i in best], d[np.arange(len(best)), best]
 

@@ -461,7 +461,7 @@ def make_recognizer(
         raise UsageError("give a classifier model file or a gallery folder (one of them)")
     check_options(**{k: options[k] for k in ("scale", "tracker") if k in options})
     if classifier is not None:
-        from openface_py.recognize.classify import load_model
+        from openface_py.recognize.modelfile import load_model
 
         trained = load_model(classifier)
         embedder = load_embedder(trained.embedder_model(model))

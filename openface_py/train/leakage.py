@@ -33,6 +33,7 @@ from typing import Optional
 import numpy as np
 
 from openface_py.io import atomic_write_text
+from openface_py.metrics import pairwise_sq_l2
 from openface_py.train.prepare import LFW_SOURCE, load_shards
 
 log = logging.getLogger(__name__)
@@ -73,12 +74,10 @@ def min_distance(
     """For each row of ``a``: the smallest L2 distance to a row of ``b``, that row's index, and
     the smallest distance to a row of ``b`` in another group than that row's (``groups``: one
     label per row of ``b``, e.g. the person; inf without groups or other groups)."""
-    bd = b.astype(np.float64)
-    b2 = (bd**2).sum(1)
     d1, j1, d2 = np.empty(len(a)), np.empty(len(a), dtype=np.int64), np.full(len(a), np.inf)
     for i in range(0, len(a), chunk):
-        x = a[i : i + chunk].astype(np.float64)
-        dd = np.sqrt(np.maximum((x**2).sum(1)[:, None] + b2[None, :] - 2 * x @ bd.T, 0))
+        x = a[i : i + chunk]
+        dd = np.sqrt(pairwise_sq_l2(x, b))
         j = dd.argmin(1)
         d1[i : i + chunk] = dd[np.arange(len(x)), j]
         j1[i : i + chunk] = j
