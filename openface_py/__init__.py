@@ -42,6 +42,12 @@ _LAZY = {
     "Gallery": "openface_py.recognize.gallery",
     "build_gallery": "openface_py.recognize.gallery",
     "FaceDatabase": "openface_py.recognize.facedb",
+    "enroll_photo": "openface_py.recognize.facedb",
+    "verify": "openface_py.recognize.verify",
+    "Verification": "openface_py.recognize.verify",
+    "DistanceCalibration": "openface_py.recognize.verify",
+    "identify": "openface_py.recognize.gallery",
+    "import_folder": "openface_py.jobs.dbimport",
     "align_folder": "openface_py.jobs.batch",
     "represent_folder": "openface_py.jobs.represent",
     "run_folder": "openface_py.jobs.stream",
@@ -53,13 +59,15 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time they load lazily (_
     from openface_py.faces.detect import DetectorSpec
     from openface_py.io import load_image
     from openface_py.jobs.batch import align_folder
+    from openface_py.jobs.dbimport import import_folder
     from openface_py.jobs.embeddings import load_embeddings
     from openface_py.jobs.represent import represent_folder
     from openface_py.jobs.stream import run_folder
     from openface_py.nets.embed import load_embedder
     from openface_py.pipeline import FacePipeline, FaceResult, PhotoResult
-    from openface_py.recognize.facedb import FaceDatabase
-    from openface_py.recognize.gallery import Gallery, build_gallery
+    from openface_py.recognize.facedb import FaceDatabase, enroll_photo
+    from openface_py.recognize.gallery import Gallery, build_gallery, identify
+    from openface_py.recognize.verify import DistanceCalibration, Verification, verify
 
 
 def __getattr__(name: str):
@@ -94,7 +102,13 @@ __all__ = [
     "load_embedder",
     "Gallery",
     "build_gallery",
+    "identify",
     "FaceDatabase",
+    "enroll_photo",
+    "import_folder",
+    "verify",
+    "Verification",
+    "DistanceCalibration",
     "align_folder",
     "represent_folder",
     "run_folder",

@@ -232,3 +232,12 @@ def shipped_lfw_threshold() -> float:
     folds = json.loads(summary.read_text())["folds"]
     assert len(folds) == 10
     return float(np.mean([f["threshold"] for f in folds]))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Captured output with undecodable file names (the fuzz tests make them: surrogate-escaped
+    bytes) kept as escapes, so pytest-xdist can send the report from its worker (UTF-8 only)."""
+    outcome = yield
+    report = outcome.get_result()
+    report.sections = [(key, text.encode("utf-8", "backslashreplace").decode()) for key, text in report.sections]

@@ -107,10 +107,7 @@ def _create(args: argparse.Namespace) -> int:
 
     model = args.model or best_installed_model()
     emb = load_embedder(model)
-    threshold = args.threshold if args.threshold is not None else emb.same_person_threshold
-    with FaceDatabase.create(args.db, model, emb.identity, threshold, emb.dim, args.learn_threshold) as db:
-        if args.threshold is not None:
-            db.set_threshold(args.threshold)
+    with FaceDatabase.for_embedder(args.db, emb, args.threshold, args.learn_threshold, model) as db:
         info = db.info()
     if args.json:
         print(json.dumps(info, indent=2))

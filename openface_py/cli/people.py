@@ -200,6 +200,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from openface_py.recognize.classifiers import ClassifierError, JointBayesianClassifier
     from openface_py.recognize.modelfile import load_model
+    from openface_py.recognize.verify import PairScorer, verify
 
     if len(args.images) < 2:
         raise UsageError("compare needs two or more images")
@@ -212,16 +213,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"{args.verifier}: --verifier needs a JointBayesian model (train --classifier JointBayesian) "
             "or a Siamese verifier.pt (train-net --loss siamese)"
         )
+    scorer = None
     if siamese is not None:
         pipe = pipeline_for(args.model or str(siamese.model_path(args.verifier)), args)
         siamese.check_identity(pipe.embedder.identity)
         threshold = args.threshold if args.threshold is not None else siamese.threshold
+        scorer = PairScorer.siamese(siamese, threshold)
     elif verifier is not None:
         pipe = pipeline_for(verifier.embedder_model(args.model), args)
         verifier.check_identity(pipe.embedder.identity)
         threshold = args.threshold if args.threshold is not None else verifier.pair_threshold
         if threshold is None:
             raise ClassifierError(f"{args.verifier} has no same/different threshold; pass --threshold")
+        scorer = PairScorer.joint_bayesian(verifier.classifier.jb, threshold)
     else:
         pipe = pipeline_for(args.model, args)
         threshold = args.threshold if args.threshold is not None else pipe.embedder.same_person_threshold
@@ -238,18 +242,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
             if reps[i] is None or reps[j] is None:
                 item["error"] = "; ".join(f"{args.images[k]}: {errors[k]}" for k in (i, j) if reps[k] is None)
             else:
-                d = float(np.sum((reps[i] - reps[j]) ** 2))
-                item["squared_l2"] = round(d, 4)
-                if siamese is not None:
-                    prob = float(siamese.probability(reps[i], reps[j])[0])
-                    item["p_same"] = round(prob, 4)
-                    item["same"] = prob >= threshold
-                elif verifier is not None:
-                    r = float(verifier.classifier.jb.score(reps[i], reps[j])[0])
-                    item["jb_score"] = round(r, 4)
-                    item["same"] = r > threshold
-                else:
-                    item["same"] = None if threshold is None else d < threshold
+                v = verify(reps[i], reps[j], threshold, scorer=scorer)
+                item["squared_l2"] = round(v.distance, 4)
+                if v.method == "siamese":
+                    item["p_same"] = round(v.score, 4)
+                elif v.method == "joint-bayesian":
+                    item["jb_score"] = round(v.score, 4)
+                item["same"] = v.same
             out.append(item)
     if args.json:
         print(json.dumps({"model": pipe.embedder.identity, "threshold": threshold, "pairs": out}, indent=2))
@@ -263,7 +262,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             if "p_same" in item:
                 print(f"  + Siamese P(same person): {item['p_same']:.3f} (same person at or above {threshold:.3f})")
             if "jb_score" in item:
-                print(f"  + Joint Bayesian score: {item['jb_score']:.3f} (same person above {threshold:.3f})")
+                print(f"  + Joint Bayesian score: {item['jb_score']:.3f} (same person at or above {threshold:.3f})")
             if item["same"] is None:
                 print("  + no verdict: uncalibrated weights (no same-person threshold; give --threshold)")
                 continue

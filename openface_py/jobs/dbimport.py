@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +182,7 @@ def _record(db: FaceDatabase, photo, root: Path, known: dict, identity: str, rep
 
 def import_folder(
     db: FaceDatabase,
-    gallery_dir: Path,
+    gallery_dir: os.PathLike | str,
     detector: DetectorSpec | str = DetectorSpec(),
     workers: int = 1,
     retry_failed: bool = False,

@@ -51,9 +51,10 @@ import numpy as np
 
 from openface_py.errors import DatabaseError, OpenFacePyError, UsageError
 from openface_py.io import atomic_output
-from openface_py.metrics import best_split_threshold, platt_sigmoid
+from openface_py.metrics import best_split_threshold
 from openface_py.recognize.classify import UNKNOWN
 from openface_py.recognize.vectorindex import VectorIndex
+from openface_py.recognize.verify import DistanceCalibration, is_same
 
 log = logging.getLogger(__name__)
 
@@ -439,6 +440,29 @@ class FaceDatabase:
         return cls.open(p)
 
     @classmethod
+    def for_embedder(
+        cls,
+        path: os.PathLike | str,
+        embedder,
+        threshold: Optional[float] = None,
+        learn_threshold: bool = False,
+        model: Optional[str] = None,
+    ) -> FaceDatabase:
+        """A new, empty database for a loaded ``embedder`` (``db create``): its calibrated threshold
+        unless ``threshold`` fixes one or ``learn_threshold`` learns it from the enrolled faces.
+        ``model``: how to load the embedder again (default its name; ``db create`` keeps the
+        ``--model`` given, which may be a path)."""
+        t = embedder.same_person_threshold if threshold is None else float(threshold)
+        db = cls.create(path, model or embedder.name, embedder.identity, t, embedder.dim, learn_threshold)
+        if threshold is not None:
+            try:
+                db.set_threshold(threshold)  # recorded as fixed, not as the model's
+            except BaseException:
+                db.close()
+                raise
+        return db
+
+    @classmethod
     def open(cls, path: os.PathLike | str, readonly: bool = False) -> FaceDatabase:
         """Open an existing database (migrating an older schema; refusing a newer one or a foreign file).
 
@@ -531,6 +555,12 @@ class FaceDatabase:
     @_guarded
     def threshold(self) -> Optional[float]:
         return json.loads(self.meta("threshold"))
+
+    @property
+    @_guarded
+    def calibration(self) -> Optional[DistanceCalibration]:
+        """P(same person | distance), fitted on the enrolled pairs; None until there are pairs of both kinds."""
+        return DistanceCalibration.from_json(json.loads(self.meta("calibration")))
 
     @_guarded
     def info(self) -> dict:
@@ -808,7 +838,7 @@ class FaceDatabase:
         for key, value in (
             ("threshold", json.dumps(threshold)),
             ("threshold_source", source),
-            ("calibration", json.dumps(calibration)),
+            ("calibration", json.dumps(None if calibration is None else calibration.to_json())),
         ):
             self.conn.execute("UPDATE meta SET value = ? WHERE key = ?", (value, key))
 
@@ -1005,18 +1035,19 @@ class FaceDatabase:
         threshold = self.threshold if threshold is None else threshold
         if threshold is None:
             raise FaceDatabaseError(f"{self.path} has no same-person threshold yet: give one (--threshold)")
-        cal = json.loads(self.meta("calibration"))
+        cal = self.calibration
         answers = []
         for matches in self.search(probes, top_k=max(1, top_k)):
             if not matches:
                 answers.append(Answer(UNKNOWN, None, None, None, []))
                 continue
             m = matches[0]
+            same = is_same(m.distance, threshold)
             conf = None
             if cal is not None:
-                p_same = platt_sigmoid(cal["a"] * -m.distance + cal["b"])
-                conf = float(p_same if m.distance <= threshold else 1.0 - p_same)
-            name = m.name if m.distance <= threshold else UNKNOWN
+                p_same = cal.p_same(m.distance)
+                conf = float(p_same if same else 1.0 - p_same)
+            name = m.name if same else UNKNOWN
             answers.append(Answer(name, m.name, m.distance, conf, matches[:top_k]))
         return answers
 
@@ -1094,7 +1125,7 @@ def learn_distance_threshold(X: np.ndarray, names: Sequence[str]) -> Optional[tu
     return float(-t), int(len(same))
 
 
-def calibrate_distances(X: np.ndarray, names: Sequence[str]) -> Optional[dict]:
+def calibrate_distances(X: np.ndarray, names: Sequence[str]) -> Optional[DistanceCalibration]:
     """Platt scaling of P(same person | squared distance) on the enrolled pairs (balanced); None
     without at least one pair of each kind."""
     same, diff = _pair_distances(X, names)
@@ -1107,7 +1138,7 @@ def calibrate_distances(X: np.ndarray, names: Sequence[str]) -> Optional[dict]:
     s = np.concatenate([-rng.choice(same, m, replace=False), -rng.choice(diff, m, replace=False)])
     right = np.concatenate([np.ones(m, bool), np.zeros(m, bool)])
     cal = ScoreCalibrator.fit(s, right)
-    return {"a": cal.a, "b": cal.b}
+    return DistanceCalibration(cal.a, cal.b)
 
 
 def photo_faces(pipeline, rgb: np.ndarray, multi: bool = False) -> list[FaceRecord]:

@@ -31,6 +31,7 @@ from openface_py.errors import Failure, ImageLoadError, OpenFacePyError
 from openface_py.io import atomic_write_bytes, list_images, load_image
 from openface_py.metrics import pairwise_sq_l2
 from openface_py.pipeline import FacePipeline
+from openface_py.recognize.verify import is_same
 
 log = logging.getLogger(__name__)
 
@@ -177,4 +178,4 @@ def identify(
 ) -> list[tuple[str, str, float]]:
     """(answer, nearest person, squared distance) per probe; answer is ``unknown`` past the threshold."""
     names, dists = gallery.nearest(probes)
-    return [(n if d <= threshold else unknown, n, float(d)) for n, d in zip(names, dists)]
+    return [(n if is_same(d, threshold) else unknown, n, float(d)) for n, d in zip(names, dists)]

@@ -48,8 +48,8 @@ import numpy as np
 
 from openface_py.errors import DatabaseError, OpenFacePyError, UsageError
 from openface_py.faces.detect import DetectorSpec
-from openface_py.metrics import platt_sigmoid
 from openface_py.recognize.facedb import FaceDatabase, FaceRecord, quote_name, valid_name
+from openface_py.recognize.verify import verify
 from openface_py.service.guard import RequestGuard, default_allowed_hosts
 from openface_py.service.inference import InferencePool, PhotoCrashed, PhotoError, PhotoTimedOut, WorkerSpec
 
@@ -212,14 +212,15 @@ class Service:
             if not faces:
                 raise HttpError(422, f"{what}: no face found")
             reps.append(faces[0]["embedding"])
-        d = float(np.sum((reps[0].astype(np.float64) - reps[1]) ** 2))
         with self.db_lock:
-            threshold = self.db.threshold
-            cal = json.loads(self.db.meta("calibration"))
-        out = {"distance": round(d, 6), "threshold": threshold, "same": None if threshold is None else d <= threshold}
-        p_same = None if cal is None else float(platt_sigmoid(cal["a"] * -d + cal["b"]))
-        out["p_same"] = None if p_same is None else round(p_same, 4)
-        return out
+            threshold, calibration = self.db.threshold, self.db.calibration
+        v = verify(reps[0], reps[1], threshold, calibration)
+        return {
+            "distance": round(v.distance, 6),
+            "threshold": v.threshold,
+            "same": v.same,
+            "p_same": None if v.p_same is None else round(v.p_same, 4),
+        }
 
     def enroll(self, name: str, photos: list[bytes]) -> dict:
         results, added = [], 0
