@@ -154,9 +154,10 @@ class FaceDatabaseError(OpenFacePyError):
 
 @dataclass
 class _Transaction:
-    """A write transaction in progress: its generation; ``cancel`` rolls it back without an error."""
+    """A write transaction in progress: its generation (0 where none is counted, as in a
+    migration); ``cancel`` rolls it back without an error."""
 
-    gen: int
+    gen: int = 0
     cancelled: bool = False
 
     def cancel(self) -> None:
@@ -625,30 +626,17 @@ class FaceDatabase:
         When SQLite fails (a full disk, a read-only file), that error is what leaves here: the
         rollback runs only if a transaction is still open (SQLite ends some itself), and an error
         of the rollback never hides the cause."""
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
+        with _transaction(self.conn) as tx:
             self.conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-            tx = _Transaction(self.generation)
+            tx.gen = self.generation
             self.conn.execute("INSERT OR REPLACE INTO generations VALUES (?, ?)", (tx.gen, uuid.uuid4().hex))
             yield tx
-            self.conn.execute("ROLLBACK" if tx.cancelled else "COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[None]:
         """A read transaction: the queries in the block see one state of the database."""
-        try:
-            self.conn.execute("BEGIN")
+        with _transaction(self.conn, "DEFERRED"):
             yield
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
-
-    def _rollback(self) -> None:
-        _rollback(self.conn)
 
     def _token(self, gen: int) -> Optional[str]:
         row = self.conn.execute("SELECT token FROM generations WHERE gen = ?", (gen,)).fetchone()
@@ -1052,6 +1040,21 @@ class FaceDatabase:
         return answers
 
 
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[_Transaction]:
+    """One transaction: committed when the block ends, rolled back when it raises (``_rollback``)
+    or calls ``cancel``. ``IMMEDIATE`` (writes) takes the write lock at once, so two writers queue
+    instead of one failing at its first write; ``DEFERRED`` (reads) sees one state of the file."""
+    try:
+        conn.execute(f"BEGIN {mode}")
+        tx = _Transaction()
+        yield tx
+        conn.execute("ROLLBACK" if tx.cancelled else "COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+
+
 def _rollback(conn: sqlite3.Connection) -> None:
     """Roll back after an error, if SQLite has not ended the transaction itself (a full disk
     can); a failing rollback is logged, never raised: the caller's error is the one that matters."""
@@ -1068,15 +1071,10 @@ def _migrate(conn: sqlite3.Connection, version: int, path: Path) -> None:
         step = MIGRATIONS.get(version)
         if step is None:
             raise FaceDatabaseError(f"{path}: no migration from schema version {version}")
-        try:
-            conn.execute("BEGIN IMMEDIATE")
+        with _transaction(conn):
             for statement in step:
                 conn.execute(statement)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version + 1),))
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
         log.info("%s: migrated schema %d -> %d", path, version, version + 1)
         version += 1
 
