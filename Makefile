@@ -19,7 +19,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check openface_py tests demos benchmarks setup.py
-	$(PY) -m pytest -q --durations=15 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests
 
 # every test, also those marked slow (`pytest -m slow --co -q tests` lists them): the torch.compile
 # backend against eager (~100 s on 2 cores: Inductor compiles NN4-small2 for three batch shapes)

@@ -68,7 +68,17 @@ setup(
         # --engine ray: Ray Data runs folder jobs on a cluster; pyarrow (which Ray Data brings) reads
         # photos from URLs and writes --format parquet; fsspec opens the URLs pyarrow does not know
         "ray": RAY,
-        "test": ["pytest>=7", "ruff>=0.4", "hypothesis>=6.100", "setuptools>=70.1", "httpx>=0.27", "selenium>=4.20"]
+        # pytest-xdist: `make test` runs the suite on two workers (most of its time is spent waiting on
+        # subprocesses and loopback servers, so two workers halve it on a 2-core machine)
+        "test": [
+            "pytest>=7",
+            "pytest-xdist>=3.5",
+            "ruff>=0.4",
+            "hypothesis>=6.100",
+            "setuptools>=70.1",
+            "httpx>=0.27",
+            "selenium>=4.20",
+        ]
         + RAY,  # the Ray engine's tests run on a local Ray instance in CI
     },
     cmdclass={"build_py": BuildPyWithModels},

@@ -10,11 +10,13 @@ truncation errors, which ``cv2.imread`` hides behind a silent ``None``.
 from __future__ import annotations
 
 import io as _io
+import json
 import os
 import sys
 import tempfile
 import threading
 import warnings
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Iterator, Optional, Union
@@ -360,6 +362,39 @@ def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:
 def atomic_write_text(path: Union[str, os.PathLike], text: str) -> None:
     """Atomically write UTF-8 text (see ``atomic_write_bytes``)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def file_signature(path: Union[str, os.PathLike]) -> Optional[list[int]]:
+    """A file's ``[size, mtime_ns]``, None if it cannot be read. Journals, caches and the database
+    compare it to tell a photo that changed since it was processed from one that did not."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_size, st.st_mtime_ns]
+
+
+#: What ``load_npz`` raises for a missing, truncated or damaged file (or one without the keys asked).
+NPZ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def save_npz(path: Union[str, os.PathLike], **values) -> None:
+    """Write arrays to an ``.npz`` file atomically (see ``atomic_output``); a dict or list value is
+    stored as one JSON string (``load_npz(..., json_keys=...)`` decodes it), so no pickle is needed."""
+    arrays = {k: np.array(json.dumps(v)) if isinstance(v, (dict, list)) else v for k, v in values.items()}
+    with atomic_output(path) as fh:
+        np.savez(fh, **arrays)
+
+
+def load_npz(path: Union[str, os.PathLike], json_keys: tuple[str, ...] = ()) -> dict:
+    """Every entry of an ``.npz`` file read into memory once (each access to a lazily loaded
+    archive decompresses the array again), the ``json_keys`` decoded; pickles are refused.
+    A missing, damaged or incomplete file raises one of ``NPZ_ERRORS``."""
+    with np.load(path, allow_pickle=False) as z:
+        out = {k: np.array(z[k]) for k in z.files}
+    for k in json_keys:
+        out[k] = json.loads(str(out[k]))
+    return out
 
 
 def encode_png(rgb: np.ndarray) -> bytes:

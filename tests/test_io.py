@@ -1,6 +1,7 @@
 """Tests of openface_py.io.
 
-Image loading: every kind of bad or unusual input gives RGB uint8 or a clear ImageLoadError."""
+Image loading: every kind of bad or unusual input gives RGB uint8 or a clear ImageLoadError.
+The .npz files caches and jobs write (save_npz / load_npz) and the photo signature they compare."""
 
 from __future__ import annotations
 
@@ -13,7 +14,17 @@ from conftest import EXAMPLES, SAMPLE
 from PIL import Image
 
 from openface_py.errors import ImageLoadError
-from openface_py.io import atomic_write_bytes, list_images, load_image, to_rgb_uint8
+from openface_py.io import (
+    NPZ_ERRORS,
+    TEMP_PREFIX,
+    atomic_write_bytes,
+    file_signature,
+    list_images,
+    load_image,
+    load_npz,
+    save_npz,
+    to_rgb_uint8,
+)
 
 PHOTO = SAMPLE / "Colin_Powell" / "Colin_Powell_0001.jpg"
 
@@ -140,3 +151,37 @@ def test_list_images_and_atomic_write(tmp_path):
     os.umask(mask)
     assert (tmp_path / "deep" / "f.bin").stat().st_mode & 0o777 == 0o666 & ~mask
     assert len(list_images(EXAMPLES)) == 7
+
+
+def test_npz_round_trip_keeps_arrays_and_json_and_refuses_pickles(tmp_path):
+    path = tmp_path / "cache" / "c.npz"
+    reps = np.arange(12, dtype=np.float32).reshape(3, 4)
+    meta = {"setup": "nn4|hog", "names": ["a/1.jpg", "é/2.jpg"], "stamps": {"a/1.jpg": [1, 2]}}
+    save_npz(path, reps=reps, names=np.array(["x", "y"]), meta=meta, rows=[])
+    got = load_npz(path, json_keys=("meta", "rows"))
+    assert got["meta"] == meta and got["rows"] == []
+    assert got["reps"].dtype == np.float32 and np.array_equal(got["reps"], reps)
+    assert got["names"].tolist() == ["x", "y"]
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(TEMP_PREFIX)]  # no temporary file left
+    # numpy's own reader sees the same file: the format is plain .npz
+    with np.load(path, allow_pickle=False) as z:
+        assert sorted(z.files) == ["meta", "names", "reps", "rows"]
+    np.savez(tmp_path / "p.npz", obj=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError):
+        load_npz(tmp_path / "p.npz")
+    (tmp_path / "half.npz").write_bytes(path.read_bytes()[:100])
+    with pytest.raises(NPZ_ERRORS):
+        load_npz(tmp_path / "half.npz")
+    with pytest.raises(NPZ_ERRORS):
+        load_npz(tmp_path / "missing.npz")
+
+
+def test_file_signature_tells_a_changed_photo(tmp_path):
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(PHOTO.read_bytes())
+    st = photo.stat()
+    assert file_signature(photo) == [st.st_size, st.st_mtime_ns]
+    before = file_signature(photo)
+    os.utime(photo, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    assert file_signature(photo) != before
+    assert file_signature(tmp_path / "gone.jpg") is None

@@ -14,6 +14,7 @@ import numpy as np
 from openface_py.errors import OpenFacePyError
 from openface_py.faces.detect import DetectorSpec
 from openface_py.faces.stage import NO_FACE, FaceStage, FaceStageSpec
+from openface_py.io import file_signature, load_npz, save_npz
 from openface_py.jobs.engine import Engine, PhotoFaces, embed_photos
 from openface_py.jobs.parallel import mapped
 
@@ -108,12 +109,7 @@ def embed_lfw_images(
     both on Ray with ``engine`` (``jobs.engine``; ``embedder`` is then an ``EmbedderSpec``).
     The cache is written every 512 images, so an interrupted run resumes.
     """
-    import io as _io
-    import json
-
     from tqdm import tqdm
-
-    from openface_py.io import atomic_write_bytes
 
     cache_path = Path(cache_path)
     root = Path(image_root)
@@ -125,35 +121,28 @@ def embed_lfw_images(
     status: dict = {}
     root = Path(image_root)
 
-    def stamp(name: str) -> list:
-        st = (root / name).stat()
-        return [st.st_size, st.st_mtime_ns]
-
     stamps: dict = {}
     if cache_path.is_file():
-        with np.load(cache_path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if {k: v for k, v in meta.items() if k not in ("names", "fallbacks", "missed", "stamps")} == setup:
-                # read each array once: every z[...] access decompresses the whole array again
-                reps, reps_flip = np.array(z["reps"]), np.array(z["reps_flip"])
-                old = meta.get("stamps", {})
-                for i, n in enumerate(meta["names"]):
-                    if n in old and (root / n).is_file() and stamp(n) != old[n]:
-                        continue  # the photo changed since it was embedded
-                    have[n], stamps[n] = (reps[i], reps_flip[i]), old.get(n)
-                status = {n: "fallback" for n in meta["fallbacks"]} | {n: "missed" for n in meta.get("missed", [])}
-                status = {n: s for n, s in status.items() if n in have}
+        saved = load_npz(cache_path, json_keys=("meta",))
+        meta, reps, reps_flip = saved["meta"], saved["reps"], saved["reps_flip"]
+        if {k: v for k, v in meta.items() if k not in ("names", "fallbacks", "missed", "stamps")} == setup:
+            old = meta.get("stamps", {})
+            for i, n in enumerate(meta["names"]):
+                now = file_signature(root / n)
+                if n in old and now is not None and now != old[n]:
+                    continue  # the photo changed since it was embedded
+                have[n], stamps[n] = (reps[i], reps_flip[i]), old.get(n)
+            status = {n: "fallback" for n in meta["fallbacks"]} | {n: "missed" for n in meta.get("missed", [])}
+            status = {n: s for n, s in status.items() if n in have}
 
     def save() -> None:
         keys = sorted(have)
-        buf = _io.BytesIO()
-        np.savez(
-            buf,
+        save_npz(
+            cache_path,
             reps=np.stack([have[k][0] for k in keys]),
             reps_flip=np.stack([have[k][1] for k in keys]),
-            meta=np.array(json.dumps({**setup, "names": keys, **_status_lists(status), "stamps": stamps})),
+            meta={**setup, "names": keys, **_status_lists(status), "stamps": stamps},
         )
-        atomic_write_bytes(cache_path, buf.getvalue())
 
     todo = [n for n in dict.fromkeys(names) if n not in have]
     if todo:
@@ -175,7 +164,7 @@ def embed_lfw_images(
                     have[name] = (photo.reps[0], photo.reps[1])
                     if photo.info:
                         status[name] = photo.info
-                stamps[name] = stamp(name)
+                stamps[name] = file_signature(root / name)
                 if done % 512 == 0:
                     save()
         save()
@@ -211,20 +200,16 @@ def align_lfw_images(
     for scoring a network that changes (``train-net --lfw``): aligned once, cached in ``cache_path``.
 
     Returns (faces, mirrored faces, names that fell back to the fixed box)."""
-    import json
-
     from tqdm import tqdm
-
-    from openface_py.io import atomic_output
 
     cache_path = Path(cache_path)
     names = list(dict.fromkeys(names))
     setup = {"image_root": str(Path(image_root).resolve()), "upsample": int(upsample), "alignment": spec.identity}
     if cache_path.is_file():
-        with np.load(cache_path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            if all(meta.get(k) == v for k, v in setup.items()) and meta["names"] == names:
-                return np.array(z["faces"]), np.array(z["faces_flip"]), list(meta["fallbacks"])
+        saved = load_npz(cache_path, json_keys=("meta",))
+        meta = saved["meta"]
+        if all(meta.get(k) == v for k, v in setup.items()) and meta["names"] == names:
+            return saved["faces"], saved["faces_flip"], list(meta["fallbacks"])
     got: dict = {}
     with mapped(_PhotoAligner, (str(image_root), spec, DetectorSpec("hog", upsample)), names, workers) as results:
         for photo in tqdm(results, total=len(names), desc="lfw align", unit="img", disable=not progress):
@@ -232,11 +217,5 @@ def align_lfw_images(
     faces = np.stack([got[n][0] for n in names])
     flips = np.stack([got[n][1] for n in names])
     fallbacks = [n for n in names if got[n][2]]
-    with atomic_output(cache_path) as f:
-        np.savez(
-            f,
-            faces=faces,
-            faces_flip=flips,
-            meta=np.array(json.dumps({**setup, "names": names, "fallbacks": fallbacks})),
-        )
+    save_npz(cache_path, faces=faces, faces_flip=flips, meta={**setup, "names": names, "fallbacks": fallbacks})
     return faces, flips, fallbacks

@@ -25,6 +25,7 @@ from openface_py.io import (
     atomic_write_bytes,
     atomic_write_text,
     encode_png,
+    file_signature,
     list_images,
     load_image,
 )
@@ -197,7 +198,7 @@ def _align(job: AlignJob, out_dir: Path, workers: int, retry_failed: bool, progr
     report = AlignReport(total=len(rels))
     todo: list[tuple[str, str]] = []
     adopted = []  # written (atomically, so whole) by a run killed before it journaled them
-    sigs = {rel.as_posix(): _signature(in_dir / rel) for rel in rels}
+    sigs = {rel.as_posix(): file_signature(in_dir / rel) for rel in rels}
     for rel in rels:
         key, out_rel = rel.as_posix(), names[rel]
         entry = journal.get(key)
@@ -250,12 +251,3 @@ def _align(job: AlignJob, out_dir: Path, workers: int, retry_failed: bool, progr
     report.failures.sort(key=lambda f: f.path)
     atomic_write_text(out_dir / ALIGN_REPORT, json.dumps(report.to_json(), indent=2) + "\n")
     return report
-
-
-def _signature(path: Path) -> Optional[list]:
-    """A photo's ``[size, mtime_ns]`` (``journal.changed`` compares them), None if it cannot be read."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return [st.st_size, st.st_mtime_ns]

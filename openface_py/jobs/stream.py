@@ -18,11 +18,9 @@ same files ``represent`` writes (``reps.csv``, ``labels.csv``, ``reps.npy``, ``l
 
 from __future__ import annotations
 
-import io as _io
 import json
 import logging
 import os
-import zipfile
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional
@@ -32,7 +30,15 @@ import numpy as np
 from openface_py.errors import Failure, OpenFacePyError
 from openface_py.faces.detect import DetectorSpec
 from openface_py.faces.stage import FaceStage, FaceStageSpec, StageResult, guarded
-from openface_py.io import atomic_output, atomic_write_bytes, atomic_write_text, encode_png
+from openface_py.io import (
+    NPZ_ERRORS,
+    atomic_output,
+    atomic_write_bytes,
+    atomic_write_text,
+    encode_png,
+    load_npz,
+    save_npz,
+)
 from openface_py.jobs.batch import AlignReport, output_names, warn_unlabeled
 from openface_py.jobs.embeddings import EMBED_META, write_embeddings
 from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_photos
@@ -96,10 +102,8 @@ class _FaceWorker:
 
 
 def _write_part(out_dir: Path, index: int, rows: list[dict], reps: np.ndarray) -> str:
-    buf = _io.BytesIO()
-    np.savez(buf, reps=reps.astype(np.float32), rows=np.array(json.dumps(rows)))
     name = f"part-{index:06d}.npz"
-    atomic_write_bytes(out_dir / PARTS / name, buf.getvalue())
+    save_npz(out_dir / PARTS / name, reps=reps.astype(np.float32), rows=rows)
     return name
 
 
@@ -199,8 +203,8 @@ def _check_or_write_settings(out_dir: Path, settings: dict) -> None:
 
 
 def _read_part(path: Path) -> tuple[list[dict], np.ndarray]:
-    with np.load(path, allow_pickle=False) as z:
-        rows, reps = json.loads(str(z["rows"])), np.array(z["reps"])
+    saved = load_npz(path, json_keys=("rows",))
+    rows, reps = saved["rows"], saved["reps"]
     if reps.ndim != 2 or len(rows) != reps.shape[0]:
         raise ValueError(f"{len(rows)} rows but embeddings of shape {reps.shape}")
     return rows, reps
@@ -216,7 +220,7 @@ def _usable_parts(out_dir: Path, journal: dict[str, dict]) -> set[str]:
         try:
             _read_part(path)
             usable.add(name)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        except NPZ_ERRORS as exc:
             log.warning("part file %s is unreadable (%s); removing it", path, exc)
             path.unlink()
     return usable
@@ -335,7 +339,7 @@ def _vouched_parts(out_dir: Path) -> Iterator[tuple[list[dict], np.ndarray]]:
     for name in sorted({e["part"] for e in journal.values() if e["status"] == "ok"}):
         try:
             part_rows, part_reps = _read_part(out_dir / PARTS / name)
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        except NPZ_ERRORS as exc:
             # only photos no longer in the input folder can get here (the others were redone)
             log.warning("part file %s is gone or unreadable (%s); its photos are left out", name, exc)
             continue

@@ -17,8 +17,6 @@ ancestor would make the walk endless).
 from __future__ import annotations
 
 import hashlib
-import io as _io
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -28,7 +26,7 @@ import numpy as np
 
 from openface_py import store
 from openface_py.errors import Failure, ImageLoadError, OpenFacePyError
-from openface_py.io import atomic_write_bytes, list_images, load_image
+from openface_py.io import list_images, load_image, load_npz, save_npz
 from openface_py.metrics import pairwise_sq_l2
 from openface_py.pipeline import FacePipeline
 from openface_py.recognize.verify import is_same
@@ -86,9 +84,8 @@ def _read_cache(path: Path, setup: str) -> dict[str, tuple[int, int, np.ndarray]
     if not path.is_file():
         return {}
     try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            reps = z["reps"]
+        saved = load_npz(path, json_keys=("meta",))
+        meta, reps = saved["meta"], saved["reps"]
         if meta.get("setup") != setup:
             return {}
         return {rel: (e["size"], e["mtime_ns"], reps[e["row"]]) for rel, e in meta["entries"].items()}
@@ -166,9 +163,7 @@ def build_gallery(gallery_dir: os.PathLike | str, pipeline: FacePipeline, progre
     if not reps:
         raise OpenFacePyError(f"{root}: no face found in any gallery photo")
     matrix = np.stack(reps)
-    buf = _io.BytesIO()
-    np.savez(buf, reps=matrix, meta=np.array(json.dumps({"setup": setup, "identity": identity, "entries": entries})))
-    atomic_write_bytes(cache_path, buf.getvalue())
+    save_npz(cache_path, reps=matrix, meta={"setup": setup, "identity": identity, "entries": entries})
     log.info("gallery: %d photos of %d people (%d from cache)", len(reps), len(set(names)), reused)
     return Gallery(names, matrix, paths, identity, failures, reused)
 

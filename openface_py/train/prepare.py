@@ -17,7 +17,6 @@ are never trained on.
 from __future__ import annotations
 
 import argparse
-import io as _io
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-from openface_py.io import atomic_write_bytes, iter_chunks, list_images
+from openface_py.io import iter_chunks, list_images, load_npz, save_npz
 from openface_py.jobs.parallel import mapped
 
 log = logging.getLogger(__name__)
@@ -143,8 +142,7 @@ def add_mirror_teacher(cache: Path, source: str, workers: int = 2, keep: Optiona
     done = 0
     bar = tqdm(total=sum(n for _, n in todo), desc=f"{source} (mirrored)", unit="img")
     for f, _ in todo:
-        with np.load(f, allow_pickle=False) as z:
-            data = {k: np.array(z[k]) for k in z.files}
+        data = load_npz(f)
         wanted = _without_mirror(data["names"], data["teacher_flip"], keep)
         with mapped(_MirrorTeacher, (), list(data["chips"][wanted]), workers) as results:
             flips = []
@@ -152,9 +150,7 @@ def add_mirror_teacher(cache: Path, source: str, workers: int = 2, keep: Optiona
                 flips.append(r)
                 bar.update()
         data["teacher_flip"][wanted] = np.stack(flips).astype(np.float32)
-        buf = _io.BytesIO()
-        np.savez(buf, **data)
-        atomic_write_bytes(f, buf.getvalue())
+        save_npz(f, **data)
         done += len(flips)
     bar.close()
     return done
@@ -168,9 +164,8 @@ def write_shard(path: Path, results: list[dict], root: Path) -> dict:
     """Write the successful results of one shard; returns its summary (counts, failures)."""
     ok = [r for r in results if "error" not in r]
     failures = [{"path": os.path.relpath(r["path"], root), "reason": r["error"]} for r in results if "error" in r]
-    buf = _io.BytesIO()
-    np.savez(
-        buf,
+    save_npz(
+        path,
         names=np.array([os.path.relpath(r["path"], root) for r in ok], dtype=str),
         crops=np.stack([r["crop"] for r in ok]) if ok else np.zeros((0, STUDENT_SIZE, STUDENT_SIZE, 3), np.uint8),
         chips=np.stack([r["chip"] for r in ok]) if ok else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8),
@@ -179,9 +174,8 @@ def write_shard(path: Path, results: list[dict], root: Path) -> dict:
             np.stack([r["teacher_flip"] for r in ok]).astype(np.float32) if ok else np.zeros((0, 128), np.float32)
         ),
         detected=np.array([r["detected"] for r in ok], dtype=bool),
-        failures=np.array(json.dumps(failures)),
+        failures=failures,  # stored as one JSON string
     )
-    atomic_write_bytes(path, buf.getvalue())
     return {"ok": len(ok), "failed": len(failures), "fallback": int(sum(not r["detected"] for r in ok))}
 
 
