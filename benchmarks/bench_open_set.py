@@ -1,8 +1,8 @@
 """Open-set recognition and confidence calibration on real photos (issue 15, part 3).
 
-Usage: python benchmarks/bench_open_set.py [--classifiers LinearSvm KNN ...] [--settings sample lfw50]
+Usage: python benchmarks/bench_open_set.py [--model NAME] [--classifiers LinearSvm KNN ...] [--settings sample lfw50]
 
-Settings (embeddings by the default model, ``load_embedder()`` = nn4.small2.distilled-v2):
+Settings (embeddings by ``--model``, default the default model, nn4.small2.distilled-v2 here):
 
 - ``sample``: the 10 people x 10 photos of data/lfw-sample; photos 1-8 of each person enrolled,
   9-10 held out (19 of 20 photos have a face); strangers = one photo each of 300 LFW people
@@ -16,7 +16,7 @@ right only if it is ``unknown``; an enrolled photo's only if it is the right nam
 median confidence of right answers; % strangers rejected; % enrolled held-out photos named
 correctly; closed-set accuracy. The LFW parts need ../shared/datasets/lfw (skipped otherwise).
 
-Embeddings are cached under build/open-set/ (delete it to recompute).
+Embeddings are cached under build/open-set/ (the default model) or build/open-set/MODEL/ (delete it to recompute).
 """
 
 from __future__ import annotations
@@ -42,15 +42,15 @@ N_STRANGERS = 300
 N_LFW_PEOPLE = 50
 
 
-def _embed(name: str, folder: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Embeddings (largest face per photo) of every photo below ``folder``, cached in CACHE/name."""
+def _embed(name: str, folder: Path, model: str | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Embeddings (largest face per photo) of every photo below ``folder``, cached in CACHE[/model]/name."""
     from openface_py.jobs.embeddings import load_embeddings
     from openface_py.jobs.stream import run_folder
     from openface_py.nets.embed import load_embedder
 
-    out = CACHE / name
+    out = (CACHE / model / name) if model else CACHE / name
     if not (out / "reps.npy").is_file():
-        run_folder(folder, out, load_embedder(), workers=0, progress=False)
+        run_folder(folder, out, load_embedder(model), workers=0, progress=False)
     reps, labels, paths, _ = load_embeddings(out)
     return np.asarray(reps, dtype=np.float64), np.asarray(labels), list(paths)
 
@@ -91,23 +91,23 @@ def lfw_choice(seed: int = 0) -> tuple[dict[str, list[Path]], dict[str, list[Pat
     return {n: photos[n][:30] for n in enrolled}, {n: photos[n][:1] for n in strangers}
 
 
-def load_settings(which: list[str]) -> dict[str, dict]:
+def load_settings(which: list[str], model: str | None = None) -> dict[str, dict]:
     """name -> dict(Xtr, ytr, Xte, yte, Xst) (labels as strings)."""
     out = {}
     Xs = None
     have_lfw = LFW_DIR.is_dir()
     if have_lfw:
         enrolled, strangers = lfw_choice()
-        Xs, _, _ = _embed("strangers", _link_folder("strangers", strangers))
+        Xs, _, _ = _embed("strangers", _link_folder("strangers", strangers), model)
     else:
         print(f"LFW not found at {LFW_DIR}: the lfw50 setting and the LFW strangers are skipped")
     if "sample" in which:
-        X, y, paths = _embed("sample", SAMPLE)
+        X, y, paths = _embed("sample", SAMPLE, model)
         num = _rank_in_person(y, paths)
         tr = num <= 8
         out["sample"] = dict(Xtr=X[tr], ytr=y[tr], Xte=X[~tr], yte=y[~tr], Xst=Xs)
     if "lfw50" in which and have_lfw:
-        X, y, paths = _embed("lfw50", _link_folder("lfw50", enrolled))
+        X, y, paths = _embed("lfw50", _link_folder("lfw50", enrolled), model)
         num = _rank_in_person(y, paths)
         tr = num <= 10
         out["lfw50"] = dict(Xtr=X[tr], ytr=y[tr], Xte=X[~tr], yte=y[~tr], Xst=Xs)
@@ -147,6 +147,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--classifiers", nargs="+", default=["LinearSvm", "KNN", "JointBayesian", "GMM"])
     ap.add_argument("--settings", nargs="+", default=["sample", "lfw50"])
+    ap.add_argument("--model", default=None, help="the embedding model (default: the default model)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
     import sklearn
@@ -158,7 +159,11 @@ def main() -> int:
     )
     print("command: " + " ".join([Path(sys.executable).name, *sys.argv]))
     t = time.perf_counter()
-    settings = load_settings(args.settings)
+    from openface_py.nets.embed import resolve_model
+
+    model_name = resolve_model(args.model)
+    print(f"model: {model_name}")
+    settings = load_settings(args.settings, args.model)
     print(f"embeddings ready in {time.perf_counter() - t:.1f} s")
     rows = []
     for sname, d in settings.items():
@@ -173,7 +178,7 @@ def main() -> int:
         )
         for name in args.classifiers:
             t = time.perf_counter()
-            model = train_model(d["Xtr"], list(d["ytr"]), name, "nn4.small2.distilled-v2", "id", {})
+            model = train_model(d["Xtr"], list(d["ytr"]), name, model_name, "id", {})
             train_s = time.perf_counter() - t
             r = evaluate(model, d["Xte"], d["yte"], d["Xst"])
             rej = f"{100 * r['rejected']:7.1f}%" if "rejected" in r else "     n/a"

@@ -1,17 +1,19 @@
 """Pipeline throughput on this machine: embedding backends, align, end-to-end `run`, memory.
 
-Usage: python benchmarks/bench_pipeline.py [--photos DIR] [--limit N] [--skip-compile]
+Usage: python benchmarks/bench_pipeline.py [--photos DIR] [--limit N] [--skip-compile] [--models A B ...]
 
 DIR defaults to LFW's deep-funneled images (../shared/datasets/lfw/deepfunneled, 250x250,
 one face each) when present, else data/lfw-sample. Every figure is printed with the ratio to a
 reference measured in the same run:
 
-* embed: faces/s per backend and batch size; reference = eager PyTorch at the same batch size
-  (and the start-up cost of each backend, cold = empty cache, warm = cached artefacts);
+* embed: faces/s per backend and batch size for each of ``--models`` (the PyTorch networks);
+  reference = eager PyTorch at the same batch size (and the start-up cost of each backend, cold =
+  empty cache, warm = cached artefacts);
 * align: photos/s of ``align_folder`` with 1 and 2 workers; reference = 1 worker;
 * run: photos/s of ``run_folder`` (detect + align + embed, auto backend) with 1 and 2
-  workers; reference = the straightforward single-process eager path (for each photo: decode,
-  HOG upsample 1, align, embed at batch 1);
+  workers for each of ``--models``; reference = the straightforward single-process eager path of
+  the first model (for each photo: decode, HOG upsample 1, align, embed at batch 1), and each
+  model's rate is also given as a ratio to the first model's at the same worker count;
 * video: frames/s of ``VideoRecognizer`` on a 640x480 clip made from the sample photos (one
   face moving, then two), recognition against a gallery included; reference = detecting
   (HOG upsample 1, full frame) and recognising every face on every frame;
@@ -45,7 +47,7 @@ from openface_py.jobs.batch import align_folder  # noqa: E402
 from openface_py.jobs.stream import run_folder  # noqa: E402
 from openface_py.nets import backends  # noqa: E402
 from openface_py.nets.embed import best_installed_model, load_embedder  # noqa: E402
-from openface_py.nets.embedders import NN4Embedder  # noqa: E402
+from openface_py.nets.embedders import MobileFaceNetEmbedder, NN4Embedder  # noqa: E402
 
 LFW_IMAGES = ROOT.parent / "shared" / "datasets" / "lfw" / "deepfunneled"
 
@@ -64,19 +66,23 @@ def subset(src: Path, limit: int) -> Path:
     return dst
 
 
-def bench_embed(faces: np.ndarray, model, names: list[str], repeat: int) -> None:
-    print("\n== embed: aligned 96x96 faces in memory, faces/s (reference: eager at the same batch size)")
-    x = faces.astype(np.float32).transpose(0, 3, 1, 2) / 255
+def bench_embed(faces: np.ndarray, model, names: list[str], repeat: int, label: str, tag: str) -> None:
+    size = faces.shape[1]
+    print(
+        f"\n== embed {label}: aligned {size}x{size} faces in memory, faces/s (reference: eager at the same batch size)"
+    )
+    x = faces.astype(np.float32).transpose(0, 3, 1, 2) * np.float32(model.input_range / 255)
+    shape = (3, size, size)
     for name in names:
         home = Path(tempfile.mkdtemp(prefix="bench-home-"))
         os.environ["OPENFACE_PY_HOME"] = str(home)
-        cold = backends.build(model, name)
-        warm = backends.build(model, name)
+        cold = backends.build(model, name, input_shape=shape, tag=tag)
+        warm = backends.build(model, name, input_shape=shape, tag=tag)
         print(f"{name:8s} start-up: {cold.startup_s:6.2f} s cold (empty cache), {warm.startup_s:6.2f} s warm")
         shutil.rmtree(home, ignore_errors=True)
     refs: dict[int, float] = {}
     for name in names:
-        runner = backends.build(model, name)
+        runner = backends.build(model, name, input_shape=shape, tag=tag)
         for bs in (1, 8, 32, 64):
             n = len(x) if bs > 1 else min(len(x), 64)
 
@@ -197,26 +203,32 @@ def main() -> int:
     ap.add_argument("--no-reference", action="store_true", help="run: skip the slow reference path (memory runs)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="run: worker counts (default 1 2)")
     ap.add_argument("--detector", default="hog-mtcnn", help="run: detector (default hog-mtcnn, as run)")
+    ap.add_argument("--models", nargs="+", default=None, help="embed/run: the models (default: the default model)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print(machine_info())
     photos = subset(args.photos, args.limit)
     n = len(list_images(photos))
-    model_name = best_installed_model()
-    print(f"photos: {n} from {args.photos}; model {model_name}")
+    models = args.models or [best_installed_model()]
+    model_name = models[0]
+    print(f"photos: {n} from {args.photos}; models {', '.join(models)}")
     try:
         if args.only in (None, "embed"):
-            emb = load_embedder(model_name, backend="eager")
-            assert isinstance(emb, NN4Embedder), "the embed figures are for NN4-small2"
-            det, al = HogDetector(upsample=1), make_aligner(openface_spec())
-            faces = []
-            for rel in list_images(photos)[:128]:
-                rgb = load_image(photos / rel)
-                dets = det.detect(rgb)
-                if dets:
-                    faces.append(al.align(rgb, dets[0].box).image)
-            names = [b for b in backends.BACKENDS if not (args.skip_compile and b == "compile")]
-            bench_embed(np.stack(faces), emb.model, names, args.repeat)
+            for name in models:
+                emb = load_embedder(name, backend="eager")
+                if not isinstance(emb, (NN4Embedder, MobileFaceNetEmbedder)):
+                    print(f"\n(embed: {name} is not a PyTorch network, skipped)")
+                    continue
+                det, al = HogDetector(upsample=1), make_aligner(emb.alignment)
+                faces = []
+                for rel in list_images(photos)[:128]:
+                    rgb = load_image(photos / rel)
+                    dets = det.detect(rgb)
+                    if dets:
+                        faces.append(al.align(rgb, dets[0].box).image)
+                names = [b for b in backends.BACKENDS if not (args.skip_compile and b == "compile")]
+                tag = "mobilefacenet" if isinstance(emb, MobileFaceNetEmbedder) else "nn4.small2"
+                bench_embed(np.stack(faces), emb.model, names, args.repeat, name, tag)
         if args.only in (None, "align"):
             print("\n== align_folder (decode + detect upsample 1 + align + PNG), photos/s (reference: 1 worker)")
             ref = None
@@ -237,16 +249,21 @@ def main() -> int:
                 ref = report(
                     "reference: 1 process, HOG up 1, eager, batch 1", n, time.perf_counter() - t, None, "photos"
                 )
-            embedder = load_embedder(model_name, backend="auto")
-            for w in args.workers:
-                out = Path(tempfile.mkdtemp(prefix="bench-run-"))
-                t = time.perf_counter()
-                rep = run_folder(photos, out, embedder, detector=args.detector, workers=w, progress=False)
-                secs = time.perf_counter() - t
-                label = f"run, {w} worker(s), {args.detector}, backend {embedder.backend}"
-                report(label, n, secs, ref, "photos")
-                print(f"    {rep.done_ok_total} embedded, {len(rep.failures)} without a face")
-                shutil.rmtree(out)
+            first: dict[int, float] = {}
+            for name in models:
+                embedder = load_embedder(name, backend="auto")
+                for w in args.workers:
+                    out = Path(tempfile.mkdtemp(prefix="bench-run-"))
+                    t = time.perf_counter()
+                    rep = run_folder(photos, out, embedder, detector=args.detector, workers=w, progress=False)
+                    secs = time.perf_counter() - t
+                    label = f"run {name}, {w} worker(s), {args.detector}, backend {embedder.backend}"
+                    rate = report(label, n, secs, ref, "photos")
+                    if w in first:
+                        print(f"    x{rate / first[w]:.2f} of {models[0]} at {w} worker(s)")
+                    first.setdefault(w, rate)
+                    print(f"    {rep.done_ok_total} embedded, {len(rep.failures)} without a face")
+                    shutil.rmtree(out)
         if args.only in (None, "video"):
             bench_video(ROOT / "data" / "lfw-sample", model_name, args.repeat)
         print(f"\npeak RSS: main process {peak_rss_mb():.0f} MB, largest worker {children_peak_rss_mb():.0f} MB")

@@ -8,21 +8,25 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from openface_py import store
-from openface_py.errors import UnknownNameError, UsageError
-from openface_py.faces.align import openface_spec
+from openface_py.errors import UnknownNameError, UsageError, WeightsError
+from openface_py.faces.align import intel5_spec, openface_spec
 from openface_py.nets import embed
 from openface_py.nets.catalog import (
     DEFAULT_PREFERENCE,
     DLIB_RESNET_V1,
     EMBEDDERS,
+    MOBILEFACENET_REID,
     MODEL_NAMES,
     NN4_SMALL2_DISTILLED,
     NN4_SMALL2_V1,
     SAME_PERSON_THRESHOLDS,
     SQUARED_L2,
 )
+from openface_py.nets.modelfiles import WEIGHTS_META_KEY
+from openface_py.nets.networks import NETWORKS
 from openface_py.registry import Registry
 
 
@@ -45,6 +49,33 @@ def test_entries_are_frozen():
         EMBEDDERS.get(DLIB_RESNET_V1).threshold = 1.0  # type: ignore[misc]
 
 
+def test_each_network_agrees_with_its_models():
+    """A network's pretrained model is a model of that network; every model of a network takes the
+    network's faces and gives its embeddings, and the network class is built with that interface."""
+    for name in NETWORKS:
+        net = NETWORKS.get(name)
+        assert EMBEDDERS.get(net.pretrained).network == name
+        models = [m for m in EMBEDDERS if EMBEDDERS.get(m).network == name]
+        assert models and all(
+            (EMBEDDERS.get(m).alignment, EMBEDDERS.get(m).dim) == (net.alignment, net.dim) for m in models
+        )
+        model = net.build().eval()
+        size = net.alignment.size
+        x = torch.rand(2, 3, size, size) * model.input_range
+        with torch.no_grad():
+            y = model(x)
+            # the blocks run in two parts and then the head: the network's own forward
+            assert torch.allclose(y, model.head(model.features(model.features(x, 0, 2), 2)), atol=1e-6)
+        assert y.shape == (2, net.dim)
+        # the blocks' modules hold parameters; freezing every block leaves the head (and the
+        # final projection, --lr-dense's) trainable
+        in_blocks = {id(p) for i in range(len(net.block_names)) for m in model.block_modules(i) for p in m.parameters()}
+        dense = [p for k, p in model.named_parameters() if k.startswith(net.dense_prefix)]
+        assert all(model.block_modules(i) for i in range(len(net.block_names)))
+        assert dense and not {id(p) for p in dense} & in_blocks and len(in_blocks) < len(list(model.parameters()))
+    assert EMBEDDERS.get(DLIB_RESNET_V1).network is None
+
+
 @pytest.mark.parametrize(
     "lookup",
     [
@@ -62,16 +93,38 @@ def test_an_unknown_name_is_one_error(lookup):
     assert isinstance(caught.value, UsageError) and caught.value.choices == MODEL_NAMES
 
 
-def test_weights_by_path_are_nn4_small2_and_known_by_content(tmp_path):
-    """A copy of the shipped NN4-small2 file is that model; a copy of MobileFaceNet's is not a
-    model given by path (paths load as NN4-small2), as before the table."""
+def test_weights_by_path_are_known_by_content(tmp_path):
+    """A copy of a shipped file is that model (NN4-small2's and MobileFaceNet's alike); other
+    weights are NN4-small2's (a folder, files naming no network) or the network their metadata names."""
     models = store.project_models_dir()
     shutil.copy(models / store.NN4_SMALL2_DISTILLED.filename, tmp_path / "a.pt")
     shutil.copy(models / store.MOBILEFACENET_REID0095.filename, tmp_path / "b.pt")
     assert embed.known_weights(tmp_path / "a.pt") == NN4_SMALL2_DISTILLED
-    assert embed.known_weights(tmp_path / "b.pt") is None
-    assert embed.alignment_for(str(tmp_path / "b.pt")) == openface_spec() and embed.embedding_dim(str(tmp_path)) == 128
+    assert embed.known_weights(tmp_path / "b.pt") == MOBILEFACENET_REID
+    assert (
+        embed.alignment_for(str(tmp_path / "b.pt")) == intel5_spec()
+        and embed.embedding_dim(str(tmp_path / "b.pt")) == 256
+    )
+    assert embed.describe_model(str(tmp_path / "b.pt"))[1:] == (MOBILEFACENET_REID, intel5_spec())
+    assert embed.alignment_for(str(tmp_path)) == openface_spec() and embed.embedding_dim(str(tmp_path)) == 128
     assert embed.same_person_threshold("nn4.small2@sha256:0123456789abcdef") is None
+
+    # MobileFaceNet weights that are no named model's: named by network and digest, loaded as one
+    state = torch.load(str(tmp_path / "b.pt"), map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    state["embedding.weight"] = state["embedding.weight"] * 2.0  # other bytes, same embeddings once normalised
+    torch.save({"state_dict": state, WEIGHTS_META_KEY: {"network": "mobilefacenet"}}, tmp_path / "c.pt")
+    name, shown, spec = embed.describe_model(str(tmp_path / "c.pt"))
+    assert shown.startswith("mobilefacenet@sha256:") and spec == intel5_spec()
+    emb = embed.load_embedder(str(tmp_path / "c.pt"), backend="eager")
+    assert emb.dim == 256 and emb.name == shown and emb.same_person_threshold is None
+    ref = embed.load_embedder(MOBILEFACENET_REID, backend="eager")
+    face = np.random.default_rng(0).integers(0, 256, (2, 128, 128, 3), dtype=np.uint8)
+    assert np.allclose(emb.embed(face), ref.embed(face), atol=1e-5)
+    # a network this version does not know is refused, not loaded as NN4-small2
+    torch.save({"state_dict": state, WEIGHTS_META_KEY: {"network": "resnet-1000"}}, tmp_path / "d.pt")
+    with pytest.raises(WeightsError, match="does not know"):
+        embed.load_embedder(str(tmp_path / "d.pt"))
 
 
 def test_a_new_embedder_is_one_entry(monkeypatch):
@@ -86,7 +139,7 @@ def test_a_new_embedder_is_one_entry(monkeypatch):
         threshold=0.5,
         description="a test entry",
         default_candidate=False,
-        known_by_path=False,
+        network=None,
     )
     table.add(entry.name, entry)
     monkeypatch.setattr(embed, "EMBEDDERS", table)

@@ -18,6 +18,7 @@ from openface_py.faces.align import (
     mean_template,
     minmax_template,
     openface_destination,
+    openface_spec,
     openface_transform,
 )
 from openface_py.faces.detect import BoundingBox, Detection, DetectorSpec, HogDetector, select_faces
@@ -151,6 +152,33 @@ def test_select_faces_largest():
     large = Detection(BoundingBox(50, 50, 99, 99), 0.5)
     assert select_faces([small, large], multi=False) == [large]
     assert select_faces([], multi=False) == []
+
+
+def test_the_central_pick_takes_the_subject_of_a_centred_photo(hog):
+    """A 250x250 photo centred on a face with a larger face in its corner, made from two real
+    photos: ``largest`` takes the corner face, ``central`` the centred one; a face alone is picked
+    by both."""
+    from openface_py.faces.stage import FaceStage, FaceStageSpec, central_face
+
+    a = load_image(sorted((SAMPLE / "Tony_Blair").glob("*.jpg"))[0])
+    b = load_image(sorted((SAMPLE / "Colin_Powell").glob("*.jpg"))[0])
+    canvas = np.full((250, 250, 3), 90, np.uint8)
+    subject = cv2.resize(a[60:190, 60:190], (76, 76), interpolation=cv2.INTER_AREA)  # a face of ~50 px
+    big = cv2.resize(b[50:200, 50:200], (110, 110), interpolation=cv2.INTER_AREA)  # one of ~75 px
+    canvas[87:163, 87:163] = subject
+    canvas[0:110, 0:110] = big  # covers the subject tile's top-left corner (hair), not its face
+    stage = FaceStage(FaceStageSpec(DetectorSpec("hog", upsample=1), openface_spec(), pick="largest"))
+    dets = stage.detector.detect(canvas)
+    assert len(dets) == 2, dets
+    largest = select_faces(dets, multi=False)[0]
+    central = central_face(dets, 250, 250)
+    assert largest.box.area > central.box.area
+    assert central.box.left < 125 < central.box.right and central.box.top < 125 < central.box.bottom  # the subject
+    assert largest.box.right < 110 and largest.box.bottom < 110  # the corner tile's face
+    assert stage.find(canvas).faces[0].box == largest.box
+    assert stage.find(canvas, pick="central").faces[0].box == central.box
+    alone = stage.detector.detect(a)
+    assert central_face(alone, a.shape[1], a.shape[0]) == select_faces(alone, multi=False)[0]
 
 
 def test_adaptive_and_downscaled_detection():

@@ -147,3 +147,42 @@ def test_pairs_eval_on_the_sample_photos_and_the_miss_policy(tmp_path):
     missing = _write(tmp_path / "missing.csv", f"{rows[0][0]},nobody/x.jpg,0,1\n" + fine)
     bad = cli(*cmd[:-2], str(missing), str(root), "-o", str(tmp_path / "m"))
     assert bad.returncode != 0 and "line 1: nobody/x.jpg" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_central_pick_embeds_the_subject_of_a_centred_photo(tmp_path):
+    """A photo centred on Tony Blair with a larger Colin Powell in its corner (made from two sample
+    photos): with ``--pick central`` it is embedded as Blair (near another Blair photo), with the
+    default ``largest`` as Powell; each pick has its own cache and says so in the report."""
+    from openface_py.io import load_npz
+
+    blair = sorted((SAMPLE / "Tony_Blair").glob("*.jpg"))
+    powell = sorted((SAMPLE / "Colin_Powell").glob("*.jpg"))
+    root = tmp_path / "photos"
+    (root / "p").mkdir(parents=True)
+    canvas = np.full((250, 250, 3), 90, np.uint8)
+    canvas[87:163, 87:163] = cv2.resize(
+        cv2.imread(str(blair[0]))[60:190, 60:190], (76, 76), interpolation=cv2.INTER_AREA
+    )
+    canvas[0:110, 0:110] = cv2.resize(
+        cv2.imread(str(powell[0]))[50:200, 50:200], (110, 110), interpolation=cv2.INTER_AREA
+    )
+    cv2.imwrite(str(root / "p" / "composite.png"), canvas)
+    for f in blair[1:5] + powell[1:4]:
+        (root / "p" / f.name).write_bytes(f.read_bytes())
+    b, p = [f"p/{f.name}" for f in blair[1:5]], [f"p/{f.name}" for f in powell[1:4]]
+    rows = [("p/composite.png", b[0], 1, 1), (b[1], p[0], 0, 1), (b[2], b[3], 1, 2), (p[1], p[2], 0, 2)]
+    csv_path = _write(tmp_path / "pairs.csv", "".join(",".join(map(str, r)) + "\n" for r in rows))
+    dist = {}
+    for pick in ("largest", "central"):
+        out = tmp_path / pick
+        r = cli("pairs-eval", str(csv_path), str(root), "-o", str(out), "--pick", pick, "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["results"][0]["pick"] == pick
+        (cache,) = out.glob("embeddings-*.npz")
+        saved = load_npz(cache, json_keys=("meta",))
+        idx = {n: i for i, n in enumerate(saved["meta"]["names"])}
+        reps = saved["reps"]
+        dist[pick] = float(((reps[idx["p/composite.png"]] - reps[idx[b[0]]]) ** 2).sum())
+        far = float(((reps[idx["p/composite.png"]] - reps[idx[p[0]]]) ** 2).sum())
+        assert (dist[pick] < far) == (pick == "central"), (pick, dist[pick], far)
+    assert dist["central"] < dist["largest"]

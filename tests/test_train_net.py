@@ -539,3 +539,85 @@ def test_siamese_verifier_with_compare(aligned_openface, tmp_path):
     r = cli("compare", "--model", PARENT, "--verifier", str(verifier), *map(str, photos[:2]), "--json")
     assert r.returncode != 0 and "trained on embeddings of" in r.stderr
     assert not r.stdout.strip()
+
+
+# ---- 8. MobileFaceNet (--arch mobilefacenet) ---------------------------------------------
+
+MFN = "mobilefacenet-reid-0095"
+MFN_FILE = ROOT / "models" / f"{MFN}.pt"
+MFN_ALIGNMENT = "intel5-similarity/128/5points"
+# --freeze-blocks 3 (the default) keeps MobileFaceNet's stem and its first two bottleneck stages
+# (5 + 1 bottlenecks: blocks.0-5); the third stage on (blocks.6-), the head and the projection train
+MFN_FROZEN_PREFIXES = ("input_", "stem.", "stem_dw.", *(f"blocks.{i}." for i in range(6)))
+MFN_TRAINED_PREFIXES = ("blocks.6.", "blocks.14.", "head.", "gdc.", "embedding.")
+
+
+@pytest.fixture(scope="module")
+def aligned_intel5(tmp_path_factory) -> Path:
+    """data/lfw-sample aligned for MobileFaceNet by the real command (Intel's 5 points, 128x128)."""
+    out = tmp_path_factory.mktemp("aligned128")
+    r = cli("align", str(SAMPLE), str(out), "--model", MFN)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / ALIGN_META).read_text())["alignment"]["method"] == "intel5-similarity"
+    return out
+
+
+def test_mobilefacenet_fine_tuning_and_its_model_everywhere(aligned_intel5, aligned_openface, tmp_path):
+    out = tmp_path / "mfn"
+    r = cli_process("-q", "train-net", str(aligned_intel5), "-o", str(out), "--arch", "mobilefacenet", *TRAIN_ARGS,
+                    timeout=600)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    s = json.loads((out / "training.json").read_text())
+    assert s["settings"]["arch"] == "mobilefacenet" and s["settings"]["init"] == MFN
+    assert s["parent"] == {"init": MFN, "name": MFN, "sha256": sha256(MFN_FILE)}
+    # the shipped model scores the held-out people before training: a strong start
+    assert s["epochs"][0]["val"]["auc"] > 0.95, s["epochs"][0]
+
+    meta = weights_metadata(out / "model.pt")
+    assert meta["network"] == "mobilefacenet" and meta["parent"] == MFN
+    mine, parent = state_dict(out / "model.pt"), state_dict(MFN_FILE)
+    last = torch.load(str(out / "checkpoint.pt"), map_location="cpu", weights_only=True)["model"]  # epoch 2's
+    assert mine.keys() == parent.keys() == last.keys()  # the shipped file's layout: loadable like it
+    for k in mine:
+        if k.startswith(MFN_FROZEN_PREFIXES):
+            assert torch.equal(mine[k], parent[k]) and torch.equal(last[k], parent[k]), k
+    for prefix in MFN_TRAINED_PREFIXES:
+        assert any(not torch.equal(last[k], parent[k]) for k in last if k.startswith(prefix)), prefix
+
+    # the trained file is a MobileFaceNet wherever a model is named: 256-D, its own identity
+    identity = f"mobilefacenet@sha256:{sha256(out / 'model.pt')[:16]}|{MFN_ALIGNMENT}"
+    assert s["identity"] == identity
+    reps_dir = tmp_path / "reps"
+    r = cli("represent", str(aligned_intel5), str(reps_dir), "--model", str(out / "model.pt"))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((reps_dir / "embeddings.json").read_text())["identity"] == identity
+    reps = np.load(reps_dir / "reps.npy")
+    assert reps.shape == (100, 256) and np.allclose(np.linalg.norm(reps, axis=1), 1.0, atol=1e-5)
+    photos = sorted((SAMPLE / SAMPLE_PEOPLE[0]).glob("*.jpg"))[:2]
+    r = cli("compare", "--model", str(out / "model.pt"), *map(str, photos), "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["model"] == identity and res["threshold"] == pytest.approx(meta["same_person_threshold"])
+    # NN4-small2's folder cannot train MobileFaceNet: refused before anything is written
+    r = cli("train-net", str(aligned_openface), "-o", str(tmp_path / "wrong"), "--arch", "mobilefacenet", *TRAIN_ARGS)
+    assert r.returncode == 2 and "was aligned as" in r.stderr and MFN_ALIGNMENT in r.stderr, r.stderr
+    assert not (tmp_path / "wrong" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "args,says",
+    [
+        (("--init", MFN), "--init mobilefacenet-reid-0095 is not a nn4.small2 network (use --arch mobilefacenet"),
+        (("--arch", "mobilefacenet", "--init", PARENT), "is not a mobilefacenet network (use --arch nn4.small2"),
+        (("--arch", "mobilefacenet", "--init", str(PARENT_FILE)), "holds nn4.small2 weights, not mobilefacenet"),
+        (("--init", str(MFN_FILE)), "holds mobilefacenet weights, not nn4.small2 (use --arch mobilefacenet)"),
+        (("--arch", "mobilefacenet", "--freeze-blocks", "6"), "--freeze-blocks must be 0..5 for mobilefacenet"),
+        (("--init", "dlib-resnet-v1"), "train-net trains nn4.small2, mobilefacenet"),
+    ],
+)
+def test_a_network_and_weights_that_do_not_match_are_refused(args, says, tmp_path):
+    out = tmp_path / "run"
+    r = cli("train-net", str(SAMPLE), "-o", str(out), *args)
+    assert r.returncode == 2, r.stderr
+    assert says in r.stderr, r.stderr
+    assert not out.exists()

@@ -74,3 +74,25 @@ def test_compare_gives_the_librarys_answers(reps, empty_home):
         v = verify(a, b, res["threshold"])
         assert pair["squared_l2"] == pytest.approx(v.distance, abs=1e-4) and pair["same"] == v.same
         assert pair["same"] == (pair["image1"].split("-")[0] == pair["image2"].split("-")[0])
+
+
+def test_the_identification_threshold_holds_the_stranger_rate_for_the_gallery_size():
+    """1:N: the threshold at which a stranger against N independent faces is named with chance
+    ``fpir``, checked against the definition 1 - (1 - FAR(t))^N on a curve where FAR(t) is known in
+    closed form (log10 FAR linear in t, which the log-FAR interpolation reproduces exactly)."""
+    from openface_py.recognize.verify import identification_threshold
+
+    def far_of(t: float) -> float:  # 1e-5 at t = 1.0 up to 1e-2 at t = 1.6
+        return 10 ** (-5 + 3 * (t - 1.0) / 0.6)
+
+    curve = [(t, far_of(t)) for t in (1.0, 1.2, 1.4, 1.6)]
+    for n in (10, 100, 1000):
+        t = identification_threshold(1.5, curve, n, fpir=0.01)
+        assert 1.0 < t < 1.5
+        assert 1 - (1 - far_of(t)) ** n == pytest.approx(0.01, rel=1e-6)
+    # a bigger gallery needs a stricter threshold; never looser than the pair threshold
+    assert identification_threshold(1.5, curve, 1000) < identification_threshold(1.5, curve, 10)
+    assert identification_threshold(1.1, curve, 2) == 1.1
+    # beyond the measured points: the nearest one; no curve or one face: the pair threshold
+    assert identification_threshold(1.5, curve, 10**9) == 1.0
+    assert identification_threshold(1.5, (), 100) == 1.5 and identification_threshold(1.5, curve, 1) == 1.5

@@ -28,6 +28,7 @@ def register(add_command) -> None:
     p.add_argument("--flip", action="store_true", help="headline figures with mirror-averaged embeddings")
     p.add_argument("--folds", default=None, help="comma-separated 1-based folds to use (default: all 10)")
     p.add_argument("--pairs-per-fold", type=int, default=None, help="use only the first N pairs of each fold")
+    _add_pick(p)
     add_engine_args(p, "detection/alignment processes of the local engine (default: 1)")
     add_detector_args(p)
     p.add_argument("--json", action="store_true")
@@ -53,6 +54,7 @@ def register(add_command) -> None:
         help="a photo with no face found: fail = its pairs are decided 'different' (default); "
         "whole-image = align the whole photo as the face's box (for face crops)",
     )
+    _add_pick(p)
     add_engine_args(p, "detection/alignment processes of the local engine (default: 1)")
     add_detector_args(p)
     p.add_argument("--json", action="store_true")
@@ -73,6 +75,16 @@ def register(add_command) -> None:
     p.set_defaults(handler=cmd_lfw_classify)
 
 
+def _add_pick(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--pick",
+        choices=("largest", "central"),
+        default="largest",
+        help="the face of a photo with several: largest (OpenFace's; default) or central (size less distance "
+        "from the photo's centre, facenet's rule: photos centred on their subject, as LFW's are)",
+    )
+
+
 def cmd_lfw(args: argparse.Namespace) -> int:
     from openface_py.eval.evaluate import run_lfw
 
@@ -90,6 +102,7 @@ def cmd_lfw(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         detector=detector_spec(args),
         engine=engine,
+        pick=args.pick,
     )
     title = f"LFW {args.images}"
     found = f"Faces not found (central-box fallback): {len(emb.fallbacks)} of {len(emb.names)} images"
@@ -112,6 +125,7 @@ def cmd_pairs_eval(args: argparse.Namespace) -> int:
         folds=args.folds,
         progress=not args.quiet,
         engine=engine,
+        pick=args.pick,
     )
     policy = "pairs decided 'different'" if args.on_miss == "fail" else "whole photo aligned"
     found = f"Faces not found ({policy}): {len(res.not_found)} of {res.photos} photos"

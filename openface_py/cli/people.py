@@ -75,7 +75,14 @@ def register(add_command) -> None:
     p.add_argument("gallery_dir", type=Path, help="gallery folder, or a database file from `db create`")
     p.add_argument("images", nargs="+", type=Path)
     p.add_argument("--model", default=None, help=MODEL_HELP() + " (default: best installed)")
-    p.add_argument("--threshold", type=float, default=None, help="squared-L2 distance above which a face is unknown")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="squared-L2 distance above which a face is unknown (default: the model's same-person threshold, for a "
+        "gallery folder tightened so that a stranger is named at most 1%% of the time given the gallery's size, "
+        "where the model's impostor curve is measured)",
+    )
     add_detector_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_identify)
@@ -272,18 +279,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
+    from openface_py.nets.embed import impostor_far
     from openface_py.recognize.facedb import is_database
     from openface_py.recognize.gallery import build_gallery, identify
+    from openface_py.recognize.verify import identification_threshold
 
     if is_database(args.gallery_dir):
         return _identify_db(args)
     if not args.gallery_dir.is_dir():
         raise UsageError(f"{args.gallery_dir}: neither a gallery folder nor a face database (db create)")
     pipe = pipeline_for(args.model, args)
-    threshold = args.threshold if args.threshold is not None else pipe.embedder.same_person_threshold
-    if threshold is None:
+    threshold = args.threshold
+    if threshold is None and pipe.embedder.same_person_threshold is None:
         raise UsageError(f"{pipe.embedder.name} has no calibrated same-person threshold; give one (--threshold)")
     gallery = build_gallery(args.gallery_dir, pipe, progress=not args.quiet)
+    if threshold is None:
+        # 1:N: the pair threshold tightened for the gallery's size where the model's impostor curve is known
+        threshold = identification_threshold(
+            pipe.embedder.same_person_threshold, impostor_far(pipe.embedder.name), len(gallery.names)
+        )
+        log.info("open-set threshold %.4f for %d gallery faces", threshold, len(gallery.names))
 
     def run(rgb):
         faces = pipe.process(rgb, multi=True)

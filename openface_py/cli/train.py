@@ -1,4 +1,4 @@
-"""`train-net`: learn or fine-tune NN4-small2 on an aligned folder of labeled faces."""
+"""`train-net`: learn or fine-tune NN4-small2 or MobileFaceNet on an aligned folder of labeled faces."""
 
 from __future__ import annotations
 
@@ -12,15 +12,18 @@ from openface_py.cli.common import EXIT_OK
 
 
 def register(add_command) -> None:
+    from openface_py.nets.networks import NETWORKS
     from openface_py.train.losses import LOSSES, MININGS
-    from openface_py.train.trainer import BLOCK_NAMES, NetSettings
+    from openface_py.train.trainer import NetSettings
 
     d = NetSettings(aligned_dir="")
     p = add_command(
         "train-net",
-        help="train or fine-tune NN4-small2 on labeled faces (triplet, center, contrastive, siamese, arcface)",
+        help="train or fine-tune NN4-small2 or MobileFaceNet on labeled faces (triplet, center, contrastive, "
+        "siamese, arcface)",
         description="Learn the embedding from ALIGNED_DIR (the output of `openface-py align`: one sub-folder per "
-        "person). Writes OUT_DIR/model.pt (use it with --model in every command), training.json, training.jsonl, "
+        "person, aligned for the network: `align --model mobilefacenet-reid-0095` for --arch mobilefacenet). "
+        "Writes OUT_DIR/model.pt (use it with --model in every command), training.json, training.jsonl, "
         "training.png; rerun the same command to continue after an interruption.",
     )
     p.add_argument("aligned_dir", type=Path)
@@ -48,16 +51,24 @@ def register(add_command) -> None:
     )
     g = p.add_argument_group("network")
     g.add_argument(
-        "--init",
-        default=d.init,
-        help="starting weights: nn4.small2.distilled-v2 (default), nn4.small2.v1, a weights path, or scratch",
+        "--arch",
+        choices=NETWORKS.names(),
+        default=d.arch,
+        help="the network: nn4.small2 (OpenFace's, 96x96, 128-D; default) or mobilefacenet (Intel's reid-0095, "
+        "128x128, 256-D, far more accurate)",
     )
+    pretrained = ", ".join(f"{NETWORKS.get(n).pretrained} for {n}" for n in NETWORKS)
+    g.add_argument(
+        "--init",
+        default=None,
+        help=f"starting weights: a model name of the network, a weights path, or scratch (default: {pretrained})",
+    )
+    blocks = "; ".join(f"{n}: {', '.join(NETWORKS.get(n).block_names)}" for n in NETWORKS)
     g.add_argument(
         "--freeze-blocks",
         type=int,
         default=None,
-        help=f"leading blocks kept as initialised, of {', '.join(BLOCK_NAMES)} (default: 3 = stem, 3a, 3b from "
-        "pretrained weights; 0 from scratch)",
+        help=f"leading blocks kept as initialised ({blocks}; default: 3 from pretrained weights, 0 from scratch)",
     )
     g.add_argument(
         "--bn",
@@ -120,6 +131,7 @@ def cmd_train_net(args: argparse.Namespace) -> int:
 
     settings = NetSettings(
         aligned_dir=str(args.aligned_dir),
+        arch=args.arch,
         loss=args.loss,
         mining=args.mining,
         margin=args.margin,

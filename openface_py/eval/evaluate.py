@@ -255,11 +255,13 @@ def run_lfw(
     progress: bool = True,
     detector: DetectorSpec = DetectorSpec(),
     engine: Optional[Engine] = None,
+    pick: str = "largest",
 ) -> tuple[LfwResult, LfwResult, LfwEmbeddings]:
     """Embed, score and evaluate; returns (result without flip, result with flip, embeddings).
 
-    Faces are found by ``detector`` (default: HOG at upsample 1, as OpenFace); a photo where it
-    finds none is aligned in LFW's central box (``faces.stage.CENTRAL_BOX``)."""
+    Faces are found by ``detector`` (default: HOG at upsample 1, as OpenFace) and one chosen per
+    photo by ``pick`` (``largest``, as OpenFace; ``central``, ``faces.stage.central_face``); a
+    photo where none is found is aligned in LFW's central box (``faces.stage.CENTRAL_BOX``)."""
     root, out = Path(lfw_dir), Path(out_dir)
     if not (root / "pairs.txt").is_file():
         raise OpenFacePyError(f"{root}: no pairs.txt (expected LFW's view-2 pairs file)")
@@ -273,16 +275,18 @@ def run_lfw(
         root / images,
         names,
         embedder,
-        embedding_cache_path(out, embedder.identity, root / images, detector),
+        embedding_cache_path(out, embedder.identity, root / images, detector, pick=pick),
         workers,
         progress=progress,
         detector=detector,
         engine=engine,
+        pick=pick,
     )
     plain, flipped = evaluate_both(pairs, emb, metric)
     extra = {
         "images": len(names),
         **detector.to_dict(),
+        "pick": pick,
         "no_face_fallbacks": len(emb.fallbacks),
         "fallback_images": emb.fallbacks,
     }

@@ -49,13 +49,16 @@ class LfwEmbeddings:
 
 
 class _PhotoAligner:
-    """Worker-side face stage of one photo (of ``jobs.engine``): its largest face and the mirror
+    """Worker-side face stage of one photo (of ``jobs.engine``): its face (``pick``: the largest, as
+    OpenFace, or the central one, ``faces.stage.central_face``) and the mirror
     image, with ``info`` "" (found) or "fallback" (aligned in the ``on_miss`` box, ``faces.stage.ON_MISS``:
     LFW's central box by default); reason ``MISSED`` when no face is found and ``on_miss`` is "fail"."""
 
-    def __init__(self, root: str, spec, detector: DetectorSpec, on_miss: str = "central-box") -> None:
+    def __init__(
+        self, root: str, spec, detector: DetectorSpec, on_miss: str = "central-box", pick: str = "largest"
+    ) -> None:
         self.root = root
-        self.stage = FaceStage(FaceStageSpec(detector, spec, on_miss=on_miss))
+        self.stage = FaceStage(FaceStageSpec(detector, spec, pick=pick, on_miss=on_miss))
 
     def __call__(self, name: str) -> PhotoFaces:
         from openface_py.io import load_image
@@ -73,18 +76,20 @@ def embedding_cache_path(
     image_root: os.PathLike | str,
     detector: DetectorSpec = DetectorSpec(),
     on_miss: str = "central-box",
+    pick: str = "largest",
 ) -> Path:
     """The embedding cache of one embedder, image folder and detector in an output folder (the
-    identity made file-safe, the image folder as a short hash of its resolved path, a detector
-    other than OpenFace's HOG as a short hash of its settings)."""
+    identity made file-safe, the image folder as a short hash of its resolved path, a detector,
+    miss policy or pick other than OpenFace's as a short hash of its settings)."""
     import hashlib
     import json
 
     safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in identity)
     where = hashlib.sha1(str(Path(image_root).resolve()).encode()).hexdigest()[:10]
     how = ""
-    if detector != DetectorSpec() or on_miss != "central-box":
-        text = json.dumps({**detector.to_dict(), "on_miss": on_miss}, sort_keys=True)
+    if detector != DetectorSpec() or on_miss != "central-box" or pick != "largest":
+        extra = {"on_miss": on_miss} | ({"pick": pick} if pick != "largest" else {})  # older names stay
+        text = json.dumps({**detector.to_dict(), **extra}, sort_keys=True)
         how = f"-{detector.name}-" + hashlib.sha1(text.encode()).hexdigest()[:8]
     return Path(out_dir) / f"embeddings-{safe}-{where}{how}.npz"
 
@@ -100,10 +105,12 @@ def embed_lfw_images(
     detector: DetectorSpec = DetectorSpec(),
     on_miss: str = "central-box",
     engine: Optional[Engine] = None,
+    pick: str = "largest",
 ) -> LfwEmbeddings:
     """Embed ``names`` (paths under ``image_root``) and their mirror images, reusing and extending
-    the cache. The largest face found by ``detector`` (default: HOG at upsample 1, as OpenFace)
-    is aligned; where none is found, ``on_miss`` decides (``ON_MISS``).
+    the cache. The face ``pick`` chooses (the largest, as OpenFace, or ``central``) of those
+    ``detector`` finds (default: HOG at upsample 1, as OpenFace) is aligned; where none is found,
+    ``on_miss`` decides (``ON_MISS``).
 
     Detection and alignment run in ``workers`` processes, embedding in this one, batched; or
     both on Ray with ``engine`` (``jobs.engine``; ``embedder`` is then an ``EmbedderSpec``).
@@ -117,9 +124,10 @@ def embed_lfw_images(
     if detector != DetectorSpec("hog", detector.upsample) or on_miss != "central-box":
         # (older caches lack these keys)
         setup.update(detector.to_dict(), on_miss=on_miss)
+    if pick != "largest":
+        setup["pick"] = pick
     have: dict = {}
     status: dict = {}
-    root = Path(image_root)
 
     stamps: dict = {}
     if cache_path.is_file():
@@ -147,7 +155,7 @@ def embed_lfw_images(
     todo = [n for n in dict.fromkeys(names) if n not in have]
     if todo:
         nan = np.full(embedder.dim, np.nan, dtype=np.float32)
-        args = (str(Path(image_root).resolve()), embedder.alignment, detector, on_miss)  # absolute: Ray's workers
+        args = (str(root.resolve()), embedder.alignment, detector, on_miss, pick)  # absolute: Ray's workers
         engine = engine or Engine("local", workers=max(1, int(workers)))
         with (
             embed_photos(_PhotoAligner, args, todo, embedder, engine, batch_size) as results,

@@ -142,6 +142,7 @@ def run_pairs_eval(
     workers: int = 1,
     progress: bool = True,
     engine: Optional[Engine] = None,
+    pick: str = "largest",
 ) -> PairsEvalResult:
     """Embed the pair list's photos (cached in ``out_dir``), score and evaluate with and without
     mirror averaging, and write the same reports as ``lfw``."""
@@ -161,12 +162,13 @@ def run_pairs_eval(
         root,
         names,
         embedder,
-        embedding_cache_path(out, embedder.identity, root, detector, on_miss),
+        embedding_cache_path(out, embedder.identity, root, detector, on_miss, pick),
         workers,
         progress=progress,
         detector=detector,
         on_miss=on_miss,
         engine=engine,
+        pick=pick,
     )
     plain, flipped = evaluate_both(pairs, emb, metric)
     result = PairsEvalResult(plain, flipped, emb, len(names), on_miss)
@@ -175,6 +177,7 @@ def run_pairs_eval(
         "images": len(names),
         **detector.to_dict(),
         "on_miss": on_miss,
+        "pick": pick,
         "faces_not_found": len(result.not_found),
         "not_found_images": result.not_found,
     }

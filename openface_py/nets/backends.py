@@ -181,18 +181,17 @@ def make_runner(
     threads: Optional[int] = None,
     input_shape: tuple[int, ...] = NN4_INPUT,
     tag: str = "nn4.small2",
-    probe_scale: float = 1.0,
 ) -> Runner:
     """The requested backend, or with ``auto`` the first of ``AUTO_ORDER`` that works here.
 
-    Every non-eager backend is checked against eager on a random batch at start-up; a
-    mismatch above ``STARTUP_TOLERANCE`` counts as a failure. ``probe_scale``: the range of the
-    network's input values (1 for NN4-small2's [0, 1], 255 for MobileFaceNet's 0-255).
+    Every non-eager backend is checked against eager on a random batch at start-up (values in the
+    network's input range, ``model.input_range``: 1 for NN4-small2, 255 for MobileFaceNet); a
+    mismatch above ``STARTUP_TOLERANCE`` counts as a failure.
     """
     if backend != "auto":
         return build(model, backend, device, threads, input_shape, tag)
     reference = _eager(model, torch.device(device))
-    probe = np.random.default_rng(0).random((2, *input_shape), dtype=np.float32) * np.float32(probe_scale)
+    probe = np.random.default_rng(0).random((2, *input_shape), dtype=np.float32) * np.float32(model.input_range)
     expected = reference(probe)
     for name in AUTO_ORDER:
         try:

@@ -21,7 +21,9 @@ Models:
   ``models/REID0095_CARD.md``); Intel's 5-point 128x128 alignment; **256-D** unit vectors, so
   the squared L2 distance is 2 - 2 cos.
 
-Weights given by path instead of a name are NN4-small2's (``PATH_ALIGNMENT``, ``PATH_DIM``).
+Weights given by path instead of a name are known by their content: a copy of a named model's file
+is that model; other weights are the network their metadata names (``networks.py``; NN4-small2
+when they name none).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from openface_py import store
 from openface_py.faces.align import AlignmentSpec, dlib_chip_spec, intel5_spec, openface_spec
 from openface_py.nets.modelfiles import DlibWeights, DownloadedWeights, ShippedWeights, WeightsSource
+from openface_py.nets.networks import MOBILEFACENET, NN4_SMALL2
 from openface_py.registry import Registry
 
 if TYPE_CHECKING:
@@ -64,10 +67,15 @@ class EmbedderEntry:
     install_hint: str = ""
     #: a candidate for the default model, tried in table order (``DEFAULT_PREFERENCE``)
     default_candidate: bool = True
-    #: a weights file given by path that is a copy of this model's file is this model
-    #: (NN4-small2 only: weights given by path are loaded as NN4-small2)
-    known_by_path: bool = False
+    #: the network family (``networks.py``) its weights are for; None for a network the project
+    #: does not build (dlib's ResNet). A weights file given by path that is a copy of this model's
+    #: file is this model; ``train-net`` can start from it.
+    network: Optional[str] = None
     metric: str = SQUARED_L2
+    #: the impostor curve: (squared L2 distance t, fraction of LFW's different-person pairs at or
+    #: below t) points, t ascending (``benchmarks/bench_impostor_far.py``); what ``identify`` sets
+    #: its open-set threshold from (``recognize.verify.identification_threshold``). Empty: not measured.
+    impostor_far: tuple[tuple[float, float], ...] = ()
 
     @property
     def input_size(self) -> int:
@@ -118,7 +126,7 @@ EMBEDDERS.add(
         threshold=0.99,
         description="OpenFace's released weights (Apache-2.0); LFW 0.9292 +- 0.0134 as published",
         install_hint=f"; not installed: 'openface-py models download {NN4_SMALL2_V1}'",
-        known_by_path=True,
+        network=NN4_SMALL2,
     ),
 )
 EMBEDDERS.add(
@@ -132,7 +140,7 @@ EMBEDDERS.add(
         threshold=0.160,  # the mean of its 10 LFW fold thresholds (models/MODEL_CARD.md)
         description="NN4-small2 distilled from dlib's ResNet, shipped with the project; "
         "LFW 0.9465 +- 0.0102 (mirror-averaged 0.9492) measured by `openface-py lfw`",
-        known_by_path=True,
+        network=NN4_SMALL2,
     ),
 )
 EMBEDDERS.add(
@@ -161,6 +169,7 @@ EMBEDDERS.add(
         description="Intel's MobileFaceNet (Apache-2.0), shipped, 256-D; "
         "LFW 0.9883 +- 0.0036 (mirror-averaged 0.9877) measured by `openface-py lfw`",
         default_candidate=False,
+        network=MOBILEFACENET,
     ),
 )
 
@@ -169,6 +178,3 @@ MODEL_NAMES = EMBEDDERS.names()
 DEFAULT_PREFERENCE = tuple(name for name in EMBEDDERS if EMBEDDERS.get(name).default_candidate)
 DEFAULT_MODEL = DEFAULT_PREFERENCE[0]
 SAME_PERSON_THRESHOLDS = {name: EMBEDDERS.get(name).threshold for name in EMBEDDERS}
-#: Weights given by path are NN4-small2's: its alignment and embedding length.
-PATH_ALIGNMENT = openface_spec()
-PATH_DIM = 128

@@ -3,10 +3,11 @@
 The named models are the table in ``catalog.py`` (``MODEL_NAMES``); their classes are in
 ``embedders.py``; both are imported from here as well, the one place callers need.
 
-Anywhere a model is named, a path to NN4-small2 weights (``.pt``, ``.t7`` or a CSV folder)
-works too. A path is identified by the weights' content (SHA-256), never by its file name: a
-copy of a known file *is* that model (name, threshold), and other weights are named
-``nn4.small2@sha256:<first 16 hex digits>``. Each embedder states the alignment it needs and an
+Anywhere a model is named, a path to weights works too: NN4-small2's (``.pt``, ``.t7`` or a CSV
+folder) or a ``.pt`` whose metadata names another network of ``networks.py`` (what ``train-net
+--arch mobilefacenet`` writes). A path is identified by the weights' content (SHA-256), never by
+its file name: a copy of a known file *is* that model (name, threshold), and other weights are
+named ``<network>@sha256:<first 16 hex digits>``. Each embedder states the alignment it needs and an
 ``identity`` string (model and alignment) that is written next to every embedding file, and
 its ``same_person_threshold`` (None: uncalibrated weights, no same/different verdict).
 """
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
-from openface_py.errors import ModelNotInstalledError, UnknownNameError
+from openface_py.errors import ModelNotInstalledError, UnknownNameError, WeightsError
 from openface_py.faces.align import AlignmentSpec
 from openface_py.nets.catalog import (
     DEFAULT_PREFERENCE,
@@ -26,15 +27,15 @@ from openface_py.nets.catalog import (
     MOBILEFACENET_REID,
     NN4_SMALL2_DISTILLED,
     NN4_SMALL2_V1,
-    PATH_ALIGNMENT,
-    PATH_DIM,
     EmbedderEntry,
 )
 from openface_py.nets.embedders import (
     Embedder,
+    MobileFaceNetEmbedder,
     NN4Embedder,
 )
 from openface_py.nets.modelfiles import digest_name, weights_metadata
+from openface_py.nets.networks import DEFAULT_NETWORK, MOBILEFACENET, NETWORKS
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +133,33 @@ def known_weights(path: Union[str, Path]) -> Optional[str]:
         return None
     for name in EMBEDDERS:
         entry = EMBEDDERS.get(name)
-        if entry.known_by_path and entry.weights.holds(p):
+        if entry.network is not None and entry.weights.holds(p):
             return name
     return None
+
+
+def weights_network(path: Union[str, Path]) -> str:
+    """The network (``networks.py``) of the weights at ``path``: a named model's when it is a copy of
+    its file, else what the ``.pt``'s metadata names, else NN4-small2 (``.t7``, CSV folders and
+    files from before networks were named). ``WeightsError`` for a network this version lacks."""
+    known = known_weights(path)
+    if known is not None:
+        return EMBEDDERS.get(known).network
+    network = weights_metadata(path).get("network", DEFAULT_NETWORK)
+    if network not in NETWORKS:
+        raise WeightsError(f"{path}: weights of a network this version does not know ({network!r})")
+    return network
+
+
+def network_state(path: Union[str, Path], network: str) -> dict:
+    """The checked state dict of ``network`` weights at ``path`` (``WeightsError`` when they are not)."""
+    if network == MOBILEFACENET:
+        from openface_py.nets.embedders import load_mobilefacenet_state
+
+        return load_mobilefacenet_state(path)
+    from openface_py.nets.weights import load_weights
+
+    return load_weights(path)
 
 
 def resolve_model(model: Optional[str] = None) -> str:
@@ -150,7 +175,7 @@ def resolve_model(model: Optional[str] = None) -> str:
 def load_embedder(
     model: Optional[str] = None, threads: Optional[int] = None, backend: str = "auto", device: str = "cpu"
 ) -> Embedder:
-    """An embedder by name (``MODEL_NAMES``) or by a path to NN4-small2 weights.
+    """An embedder by name (``MODEL_NAMES``) or by a path to weights (``weights_network`` says whose).
 
     ``backend`` and ``device`` (NN4-small2 and MobileFaceNet): ``auto``, ``eager``, ``compile`` or ``onnx``
     (``backends.py``); a torch device (``cuda`` for a GPU; dlib's ResNet uses dlib's own build).
@@ -166,18 +191,24 @@ def load_embedder(
         entry = EMBEDDERS.get(known)
         return entry.load(entry, p, threads, backend, device)
     threshold = weights_metadata(p).get("same_person_threshold")
-    return NN4Embedder(
-        p,
-        threads=threads,
-        backend=backend,
-        device=device,
-        same_person_threshold=None if threshold is None else float(threshold),
-    )
+    threshold = None if threshold is None else float(threshold)
+    network = weights_network(p)
+    if network == MOBILEFACENET:
+        return MobileFaceNetEmbedder(
+            p,
+            name=digest_name(p, network),
+            threads=threads,
+            backend=backend,
+            device=device,
+            same_person_threshold=threshold,
+        )
+    return NN4Embedder(p, threads=threads, backend=backend, device=device, same_person_threshold=threshold)
 
 
 def describe_model(model: Optional[str] = None) -> tuple[str, str, AlignmentSpec]:
-    """(model as ``load_embedder`` takes it, the embedder's ``name``, its alignment) without loading
-    torch or the weights, so a job's driver can record the identity its workers will give."""
+    """(model as ``load_embedder`` takes it, the embedder's ``name``, its alignment) without building
+    the network (a named model loads nothing; a ``.pt`` path's metadata is read), so a job's driver
+    can record the identity its workers will give."""
     model = resolve_model(model)
     if model in EMBEDDERS:
         entry = EMBEDDERS.get(model)
@@ -185,19 +216,25 @@ def describe_model(model: Optional[str] = None) -> tuple[str, str, AlignmentSpec
         return model, model, entry.alignment
     p = Path(model)
     # an absolute path: workers elsewhere (Ray's) do not share this process's working directory
-    return str(p.resolve()), known_weights(p) or digest_name(p), PATH_ALIGNMENT
+    network = weights_network(p)
+    return str(p.resolve()), known_weights(p) or digest_name(p, network), NETWORKS.get(network).alignment
 
 
 def alignment_for(model: Optional[str]) -> AlignmentSpec:
     """The alignment a model needs, without loading its weights (None: the default model)."""
     name = resolve_model(model)
-    return EMBEDDERS.get(name).alignment if name in EMBEDDERS else PATH_ALIGNMENT
+    return EMBEDDERS.get(name).alignment if name in EMBEDDERS else NETWORKS.get(weights_network(name)).alignment
 
 
 def embedding_dim(model: Optional[str] = None) -> int:
     """Length of a model's embeddings, without loading it (256 for MobileFaceNet, else 128)."""
     name = resolve_model(model)
-    return EMBEDDERS.get(name).dim if name in EMBEDDERS else PATH_DIM
+    return EMBEDDERS.get(name).dim if name in EMBEDDERS else NETWORKS.get(weights_network(name)).dim
+
+
+def impostor_far(model_name: str) -> tuple[tuple[float, float], ...]:
+    """A named model's measured impostor curve (``EmbedderEntry.impostor_far``); () for other weights."""
+    return EMBEDDERS.get(model_name).impostor_far if model_name in EMBEDDERS else ()
 
 
 def same_person_threshold(model_name: str) -> Optional[float]:

@@ -140,7 +140,7 @@ class MobileFaceNetEmbedder(Embedder):
         except RuntimeError as exc:
             raise WeightsError(f"not MobileFaceNet reid-0095 weights: {str(exc).splitlines()[0]}") from exc
         self.runner = make_runner(
-            self.model.eval(), backend, device, threads, (3, INPUT_SIZE, INPUT_SIZE), "mobilefacenet", 255.0
+            self.model.eval(), backend, device, threads, (3, INPUT_SIZE, INPUT_SIZE), "mobilefacenet"
         )
         self.backend = self.runner.name
         self.name = name

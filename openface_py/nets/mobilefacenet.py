@@ -77,7 +77,15 @@ class Bottleneck(nn.Module):
 
 
 class MobileFaceNet(nn.Module):
-    """MobileFaceNet-SE (about 1.1 M parameters): 128x128 RGB 0-255 faces -> 256-D embeddings."""
+    """MobileFaceNet-SE (about 1.1 M parameters): 128x128 RGB 0-255 faces -> 256-D embeddings.
+
+    For training (``nets/networks.py``) it is six blocks: the stem (input normalisation, the first
+    convolution and the depthwise one) and the five bottleneck stages of ``BOTTLENECKS``; the head
+    is the 1x1 convolution to 512, the global depthwise one and the projection to 256.
+    """
+
+    #: its input is RGB in [0, 1] x this, i.e. 0-255 (``nets/networks.py``)
+    input_range = 255.0
 
     def __init__(self, normalize: bool = True) -> None:
         super().__init__()
@@ -94,13 +102,47 @@ class MobileFaceNet(nn.Module):
                 blocks.append(Bottleneck(cin, c, t, s if i == 0 else 1))
                 cin = c
         self.blocks = nn.Sequential(*blocks)
-        self.head = ConvAct(cin, 512, 1)
+        # registered as "head" (the shipped state dict's keys) but reached as ``head_conv``:
+        # ``head`` is the method every trainable network has (``nets/networks.py``)
+        self._modules["head"] = ConvAct(cin, 512, 1)
         self.gdc = ConvAct(512, 512, 8, groups=512, act=False)
         self.embedding = nn.Conv2d(512, EMBEDDING_DIM, 1, bias=False)
 
+    @property
+    def head_conv(self) -> ConvAct:
+        """The 1x1 convolution to 512 channels that starts the head."""
+        return self._modules["head"]
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem_dw(self.stem(x * self.input_scale + self.input_shift))
+
+    def _stages(self) -> list[nn.Sequential]:
+        """The bottlenecks grouped by stage (one ``BOTTLENECKS`` row each), sharing their modules."""
+        out, start = [], 0
+        for _, _, n, _ in BOTTLENECKS:
+            out.append(self.blocks[start : start + n])
+            start += n
+        return out
+
+    def training_blocks(self) -> list:
+        """The network up to the head as callables in order: the stem, then the five stages."""
+        return [self._stem] + self._stages()
+
+    def block_modules(self, i: int) -> list[nn.Module]:
+        """The modules holding training block ``i``'s parameters (what freezing it stops)."""
+        return [self.stem, self.stem_dw] if i == 0 else [self._stages()[i - 1]]
+
+    def features(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Training blocks ``start``..``stop``-1 (all: the 128x8x8 map before the head)."""
+        for block in self.training_blocks()[start:stop]:
+            x = block(x)
+        return x
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The 128x8x8 map -> the embedding (unit length when ``normalize``)."""
+        x = self.embedding(self.gdc(self.head_conv(x))).flatten(1)
+        return F.normalize(x, dim=1) if self.normalize else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, 128, 128) float RGB 0-255 -> (N, 256) (unit length when ``normalize``)."""
-        x = x * self.input_scale + self.input_shift
-        x = self.blocks(self.stem_dw(self.stem(x)))
-        x = self.embedding(self.gdc(self.head(x))).flatten(1)
-        return F.normalize(x, dim=1) if self.normalize else x
+        return self.head(self.features(x))

@@ -148,9 +148,10 @@ def weights_digest(path: Union[str, Path]) -> str:
     return _DIGESTS[key]
 
 
-def digest_name(path: Union[str, Path]) -> str:
-    """The name of NN4-small2 weights no model holds: ``nn4.small2@sha256:<first 16 hex digits>``."""
-    return f"nn4.small2@sha256:{weights_digest(path)[:16]}"
+def digest_name(path: Union[str, Path], network: str = "nn4.small2") -> str:
+    """The name of weights no model holds: ``<network>@sha256:<first 16 hex digits>``
+    (``nn4.small2@sha256:...``, ``mobilefacenet@sha256:...``)."""
+    return f"{network}@sha256:{weights_digest(path)[:16]}"
 
 
 def weights_metadata(path: Union[str, Path]) -> dict:

@@ -169,6 +169,11 @@ class Inception(nn.Module):
 class NN4Small2(nn.Module):
     """OpenFace's nn4.small2.v1 network: (N, 3, 96, 96) RGB in [0, 1] -> (N, 128) unit vectors."""
 
+    #: its input is RGB in [0, 1] x this (``nets/networks.py``)
+    input_range = 1.0
+    #: the stem's modules with parameters or batch-norm statistics
+    STEM_MODULES = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
+
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3)
@@ -197,6 +202,12 @@ class NN4Small2(nn.Module):
     def blocks(self) -> list:
         """The network up to the average pool as a list of callables, in order (see ``features``)."""
         return [self._stem] + [getattr(self, f"incept{cfg.name}") for cfg in NN4_SMALL2_BLOCKS]
+
+    def block_modules(self, i: int) -> list[nn.Module]:
+        """The modules holding block ``i``'s parameters (what freezing block ``i`` stops)."""
+        if i == 0:
+            return [getattr(self, name) for name in self.STEM_MODULES]
+        return [self.blocks()[i]]
 
     def _stem(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

@@ -17,7 +17,7 @@ threshold, and are now one.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -54,6 +54,30 @@ def squared_distance(a: np.ndarray, b: np.ndarray) -> float:
     if diff.size == 0:
         raise ValueError("empty embeddings")
     return float(diff @ diff)
+
+
+#: The chance that `identify` names a stranger which its open-set threshold aims at.
+IDENTIFY_FPIR = 0.01
+
+
+def identification_threshold(
+    threshold: float, impostor_far: Sequence[tuple[float, float]], gallery_faces: int, fpir: float = IDENTIFY_FPIR
+) -> float:
+    """The distance threshold for naming a face against ``gallery_faces`` enrolled faces (1:N).
+
+    A stranger is named when *any* enrolled face is within the threshold, so with a per-pair
+    false-accept rate FAR(t) its chance is 1 - (1 - FAR(t))^N (the false-positive identification
+    rate, FPIR): the pair threshold, right for 1:1, names strangers ever more often as the gallery
+    grows (mobilefacenet-reid-0095 at 1.444: FAR 0.0044, FPIR 36% for 100 faces). This is the
+    threshold at which FPIR = ``fpir``, read off the model's measured impostor curve (``(t, FAR)``
+    points, interpolated in log FAR; beyond the measured points the nearest one), and never looser
+    than ``threshold``. Without a curve (weights not measured), ``threshold`` itself."""
+    if not impostor_far or gallery_faces <= 1:
+        return float(threshold)
+    far = 1.0 - (1.0 - fpir) ** (1.0 / gallery_faces)
+    ts = np.array([t for t, _ in impostor_far], dtype=np.float64)
+    fars = np.log10([f for _, f in impostor_far])
+    return float(min(threshold, np.interp(np.log10(far), fars, ts)))
 
 
 def is_same(distance: float, threshold: Optional[float]) -> Optional[bool]:

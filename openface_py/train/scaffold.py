@@ -1,11 +1,12 @@
 """Training scaffolding shared by ``train-net`` (``trainer.py``) and the distillation (``distill.py``).
 
-Both train NN4-small2 with some leading blocks frozen, Adam parameter groups whose rates follow a
-schedule, a checkpoint written atomically at least every few minutes and at each epoch's end,
-and a JSON-lines log. What is the same in both lives here: which modules and parameters form
-each block, freezing them (and keeping their batch norms in eval mode), the frozen blocks'
-output computed once, batched evaluation, parameter groups with ``base_lr``, the cosine
-schedule, checkpoint save/load, the checkpoint timer and the log line.
+Both train a network of ``nets/networks.py`` (the distillation NN4-small2, ``train-net`` either)
+with some leading blocks frozen, Adam parameter groups whose rates follow a schedule, a checkpoint
+written atomically at least every few minutes and at each epoch's end, and a JSON-lines log. What
+is the same in both lives here: freezing blocks (the network says which modules form each, and
+their batch norms stay in eval mode), the network's input range, the frozen blocks' output
+computed once, batched evaluation, parameter groups with ``base_lr``, the cosine schedule,
+checkpoint save/load, the checkpoint timer and the log line.
 """
 
 from __future__ import annotations
@@ -23,35 +24,17 @@ from torch import nn
 
 from openface_py.errors import OpenFacePyError
 from openface_py.io import atomic_write_bytes
-from openface_py.nets.nn4 import NN4Small2, preprocess
-
-#: Blocks of NN4-small2 in order (``NN4Small2.blocks()``); frozen blocks count from the stem.
-BLOCK_NAMES = ("stem", "3a", "3b", "3c", "4a", "4e", "5a", "5b")
-#: The stem's modules with parameters or batch-norm statistics.
-STEM_MODULES = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
-
+from openface_py.nets.nn4 import preprocess
 
 # ---- blocks and freezing -----------------------------------------------------------------
 
 
-def block_of(name: str) -> Optional[str]:
-    """The block (one of ``BLOCK_NAMES``) a parameter or module name belongs to; None for the head."""
-    top = name.split(".")[0]
-    if top in STEM_MODULES:
-        return "stem"
-    if top.startswith("incept"):
-        return top[len("incept") :]
-    return None
+def frozen_modules(model: nn.Module, blocks: int) -> list[nn.Module]:
+    """The modules of the first ``blocks`` training blocks (``block_modules``, ``nets/networks.py``)."""
+    return [m for i in range(max(blocks, 0)) for m in model.block_modules(i)]
 
 
-def frozen_modules(model: NN4Small2, blocks: int) -> list[nn.Module]:
-    """The modules of the first ``blocks`` blocks (``NN4Small2.blocks``: the stem, then inceptions)."""
-    if blocks <= 0:
-        return []
-    return [getattr(model, name) for name in STEM_MODULES] + list(model.blocks()[1:blocks])
-
-
-def freeze(model: NN4Small2, blocks: int) -> list[nn.Module]:
+def freeze(model: nn.Module, blocks: int) -> list[nn.Module]:
     """Stop the first ``blocks`` blocks learning (no gradients); returns their modules, which
     ``train_mode`` keeps in eval mode."""
     modules = frozen_modules(model, blocks)
@@ -131,15 +114,20 @@ def _each_batch(
         model.train(was)
 
 
-def _inputs(faces: np.ndarray, device: Optional[torch.device], channels_last: bool) -> torch.Tensor:
-    x = preprocess(faces)
+def scale_input(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """Faces in [0, 1] (``preprocess``, then augmented) -> the network's input range."""
+    return x if model.input_range == 1.0 else x * model.input_range
+
+
+def _inputs(model: nn.Module, faces: np.ndarray, device: Optional[torch.device], channels_last: bool) -> torch.Tensor:
+    x = scale_input(preprocess(faces), model)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x if device is None else x.to(device)
 
 
 def frozen_features(
-    model: NN4Small2,
+    model: nn.Module,
     faces: np.ndarray,
     blocks: int,
     device: Optional[torch.device] = None,
@@ -160,7 +148,7 @@ def frozen_features(
         out[0][i : i + len(y)] = y
 
     def step(i: int, j: int) -> torch.Tensor:
-        return model.features(_inputs(faces[i:j], device, channels_last), 0, blocks)
+        return model.features(_inputs(model, faces[i:j], device, channels_last), 0, blocks)
 
     _each_batch(model, len(faces), batch, step, keep, progress)
     return out[0]
@@ -169,21 +157,21 @@ def frozen_features(
 def _embeddings(model: nn.Module, n: int, batch: int, step: Callable[[int, int], torch.Tensor]) -> np.ndarray:
     out: list[np.ndarray] = []
     _each_batch(model, n, batch, step, lambda i, y: out.append(y.cpu().numpy()))
-    return np.concatenate(out) if out else np.zeros((0, 128), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def embed_faces(
-    model: NN4Small2,
+    model: nn.Module,
     faces: np.ndarray,
     device: Optional[torch.device] = None,
     batch: int = 256,
     channels_last: bool = False,
 ) -> np.ndarray:
     """Unit embeddings of uint8 faces (N, S, S, 3) with the model in eval mode."""
-    return _embeddings(model, len(faces), batch, lambda i, j: model(_inputs(faces[i:j], device, channels_last)))
+    return _embeddings(model, len(faces), batch, lambda i, j: model(_inputs(model, faces[i:j], device, channels_last)))
 
 
-def embed_features(model: NN4Small2, feats: torch.Tensor, blocks: int, batch: int = 256) -> np.ndarray:
+def embed_features(model: nn.Module, feats: torch.Tensor, blocks: int, batch: int = 256) -> np.ndarray:
     """Unit embeddings from ``frozen_features`` output (the remaining blocks and the head, eval mode)."""
     return _embeddings(model, len(feats), batch, lambda i, j: model.head(model.features(feats[i:j], blocks)))
 

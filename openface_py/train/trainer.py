@@ -1,4 +1,5 @@
-"""``train-net``: learn or fine-tune NN4-small2 on labeled aligned faces with a metric loss.
+"""``train-net``: learn or fine-tune a network (NN4-small2 or MobileFaceNet, ``nets/networks.py``)
+on labeled aligned faces with a metric loss.
 
 One run = one output folder: ``checkpoint.pt`` (everything needed to continue, written atomically
 at least every ``checkpoint_minutes`` and after each epoch), ``training.jsonl`` (a line per batch
@@ -35,10 +36,10 @@ import numpy as np
 import torch
 
 from openface_py.errors import OpenFacePyError, UsageError
-from openface_py.faces.align import openface_spec
 from openface_py.io import atomic_write_bytes, atomic_write_text
 from openface_py.metrics import auc, best_split_threshold, k_fold_accuracy, roc_curve, val_at_far
-from openface_py.nets.nn4 import NN4Small2, preprocess
+from openface_py.nets.networks import DEFAULT_NETWORK, NETWORKS, Network
+from openface_py.nets.nn4 import preprocess
 from openface_py.train.augment import Augment, augment
 from openface_py.train.data import (
     LabeledFaces,
@@ -52,7 +53,6 @@ from openface_py.train.data import (
 )
 from openface_py.train.losses import MININGS, OBJECTIVES, Objective, make_objective, parent_term
 from openface_py.train.scaffold import (
-    BLOCK_NAMES,
     CheckpointTimer,
     append_record,
     cosine_factor,
@@ -63,6 +63,7 @@ from openface_py.train.scaffold import (
     load_checkpoint,
     param_group,
     save_checkpoint,
+    scale_input,
     scale_rates,
     set_threads,
     split_params,
@@ -92,12 +93,13 @@ class NetSettings:
     """Every setting of a ``train-net`` run (saved in the checkpoint and training.json)."""
 
     aligned_dir: str
+    arch: str = DEFAULT_NETWORK  # a network of nets/networks.py
     loss: str = "triplet"
     mining: str = "semihard"
     margin: Optional[float] = None  # None: the loss's published default
     center_weight: float = 0.1
-    init: str = "nn4.small2.distilled-v2"
-    freeze_blocks: Optional[int] = None  # None: 3 (stem, 3a, 3b) from pretrained weights, 0 from scratch
+    init: Optional[str] = None  # None: the network's pretrained model (Network.pretrained)
+    freeze_blocks: Optional[int] = None  # None: 3 (NN4: stem, 3a, 3b) from pretrained weights, 0 from scratch
     bn: str = "auto"  # fixed | update | auto (fixed for pretrained weights, update from scratch)
     lr: Optional[float] = None  # trained blocks; None: 1e-5 from pretrained weights, 1e-3 from scratch
     lr_dense: Optional[float] = None  # the final linear layer (None: same as lr)
@@ -123,6 +125,7 @@ class NetSettings:
 
     def check(self) -> None:
         loss = OBJECTIVES.get(self.loss)
+        blocks = self.network.block_names
         if self.mining not in MININGS:
             raise UsageError(f"unknown mining {self.mining!r}; one of {', '.join(MININGS)}")
         if self.scratch and self.frozen > 0:
@@ -132,8 +135,10 @@ class NetSettings:
         if self.margin is not None and loss.margin is None:
             takes = [name for name in OBJECTIVES if OBJECTIVES.get(name).margin is not None]
             raise UsageError(f"--margin applies to the {' and '.join(takes)} losses, not {self.loss}")
-        if not 0 <= self.frozen < len(BLOCK_NAMES):
-            raise UsageError(f"--freeze-blocks must be 0..{len(BLOCK_NAMES) - 1} (blocks: {', '.join(BLOCK_NAMES)})")
+        if not 0 <= self.frozen < len(blocks):
+            raise UsageError(
+                f"--freeze-blocks must be 0..{len(blocks) - 1} for {self.arch} (blocks: {', '.join(blocks)})"
+            )
         if self.bn not in ("auto", "fixed", "update"):
             raise UsageError("--bn must be auto, fixed or update")
         if self.schedule not in ("cosine", "constant"):
@@ -146,8 +151,17 @@ class NetSettings:
             raise UsageError("--device cuda: no CUDA GPU is available here (use auto or cpu)")
 
     @property
+    def network(self) -> Network:
+        return NETWORKS.get(self.arch)
+
+    @property
+    def start(self) -> str:
+        """What the run starts from: ``init``, else the network's pretrained model."""
+        return self.network.pretrained if self.init is None else self.init
+
+    @property
     def scratch(self) -> bool:
-        return self.init == SCRATCH
+        return self.start == SCRATCH
 
     @property
     def frozen(self) -> int:
@@ -173,7 +187,10 @@ class NetSettings:
 
     def fingerprint(self) -> dict:
         """The settings that decide the result (what a continuation must share)."""
-        return {k: v for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}
+        out = {k: v for k, v in asdict(self).items() if k not in RESUMABLE_CHANGES}
+        if out["arch"] == DEFAULT_NETWORK:
+            del out["arch"]  # checkpoints written before --arch existed name none: they are NN4-small2's
+        return out
 
 
 @dataclass
@@ -200,52 +217,59 @@ class TrainResult:
 # ---- starting weights --------------------------------------------------------------------
 
 
-def initial_model(init: str, seed: int) -> tuple[NN4Small2, Optional[str], Optional[str]]:
+def initial_model(init: str, network: Network, seed: int) -> tuple[torch.nn.Module, Optional[str], Optional[str]]:
     """(model, parent name, parent SHA-256) for ``--init``: a model name, a weights path or scratch."""
-    from openface_py.nets.weights import build_model
     from openface_py.store import sha256sum
 
-    path = init_weights(init)
+    path = init_weights(init, network)
+    torch.manual_seed(seed)
+    model = network.build()
     if path is None:
-        torch.manual_seed(seed)
-        return NN4Small2(), None, None
-    digest = sha256sum(path) if Path(path).is_file() else None
-    return build_model(path), init, digest
+        return model, None, None
+    from openface_py.nets.embed import network_state
+
+    model.load_state_dict(network_state(path, network.name))
+    return model.eval(), init, sha256sum(path) if Path(path).is_file() else None
 
 
-def init_weights(init: str) -> Optional[Path]:
-    """The weights file ``--init`` names (None for scratch); ``UsageError`` when there is none.
-    Cheap: ``train_net`` checks it before it claims the output folder."""
+def init_weights(init: str, network: Network) -> Optional[Path]:
+    """The weights file ``--init`` names (None for scratch); ``UsageError`` when there is none or
+    it holds another network. Cheap: ``train_net`` checks it before it claims the output folder."""
+    from openface_py.errors import ModelNotInstalledError
     from openface_py.nets import catalog, embed
 
     if init == SCRATCH:
         return None
-    if init == catalog.NN4_SMALL2_DISTILLED:
-        path = embed.find_nn4_small2_distilled()
-        if path is None:
-            raise UsageError(f"{init} is not installed (it ships with openface-py; reinstall the package)")
-    elif init == catalog.NN4_SMALL2_V1:
-        path = embed.find_nn4_small2_v1()
-        if path is None:
-            raise UsageError(embed.nn4_missing_message())
-    elif init == catalog.DLIB_RESNET_V1:
-        raise UsageError(
-            "train-net trains NN4-small2; dlib-resnet-v1 is another network (use --init scratch or NN4 weights)"
-        )
-    else:
-        path = Path(init)
-        if not path.exists():
-            raise UsageError(
-                f"--init {init}: not a model name ({catalog.NN4_SMALL2_DISTILLED}, {catalog.NN4_SMALL2_V1}, "
-                f"{SCRATCH}) nor an existing weights file"
+    if init in catalog.EMBEDDERS:
+        entry = catalog.EMBEDDERS.get(init)
+        if entry.network != network.name:
+            trains = [n for n in catalog.EMBEDDERS if catalog.EMBEDDERS.get(n).network is not None]
+            hint = (
+                f"use --arch {entry.network}"
+                if entry.network
+                else f"train-net trains {', '.join(NETWORKS.names())} ({', '.join(trains)})"
             )
-    return Path(path)
+            raise UsageError(f"--init {init} is not a {network.name} network ({hint}, or --init scratch)")
+        try:
+            return embed.installed_weights(init)
+        except ModelNotInstalledError as exc:
+            raise UsageError(str(exc)) from None
+    path = Path(init)
+    if not path.exists():
+        names = [n for n in catalog.EMBEDDERS if catalog.EMBEDDERS.get(n).network == network.name]
+        raise UsageError(
+            f"--init {init}: not a model name ({', '.join(names + [SCRATCH])}) nor an existing weights file"
+        )
+    held = embed.weights_network(path)
+    if held != network.name:
+        raise UsageError(f"--init {init} holds {held} weights, not {network.name} (use --arch {held})")
+    return path
 
 
-def train_net_groups(model: NN4Small2, objective: Objective, s: NetSettings) -> list[dict]:
-    """Trained blocks at ``lr``, the dense layer at ``lr_dense``, the loss's parameters at ``lr_head``
-    (the frozen blocks, ``scaffold.freeze``, take no gradient and are in none)."""
-    dense, body = split_params(model, lambda name: name.startswith("ln."))
+def train_net_groups(model: torch.nn.Module, objective: Objective, s: NetSettings) -> list[dict]:
+    """Trained blocks at ``lr``, the final projection at ``lr_dense``, the loss's parameters at
+    ``lr_head`` (the frozen blocks, ``scaffold.freeze``, take no gradient and are in none)."""
+    dense, body = split_params(model, lambda name: name.startswith(s.network.dense_prefix))
     lr_dense = s.rate if s.lr_dense is None else s.lr_dense
     groups = [param_group(body, s.rate, "blocks"), param_group(dense, lr_dense, "dense")]
     own = [p for p in objective.parameters() if p.requires_grad]
@@ -290,7 +314,7 @@ class LfwProbe:
     blocks: int = 0
 
     @classmethod
-    def load(cls, lfw_dir: Path, progress: bool) -> LfwProbe:
+    def load(cls, lfw_dir: Path, network: Network, progress: bool) -> LfwProbe:
         from openface_py.eval.lfw import align_lfw_images
         from openface_py.eval.protocol import image_name, parse_pairs
 
@@ -304,14 +328,13 @@ class LfwProbe:
         from openface_py.eval.lfw import embedding_cache_path
         from openface_py.store import cache_dir
 
-        cache = embedding_cache_path(cache_dir() / "lfw-crops", "crops-" + openface_spec().identity, images)
+        spec = network.alignment
+        cache = embedding_cache_path(cache_dir() / "lfw-crops", "crops-" + spec.identity, images)
         cache.parent.mkdir(parents=True, exist_ok=True)
-        faces, flips, _ = align_lfw_images(
-            images, names, openface_spec(), cache, workers=os.cpu_count() or 1, progress=progress
-        )
+        faces, flips, _ = align_lfw_images(images, names, spec, cache, workers=os.cpu_count() or 1, progress=progress)
         return cls(pairs, names, faces, flips)
 
-    def score(self, model: NN4Small2, device: torch.device) -> dict:
+    def score(self, model: torch.nn.Module, device: torch.device) -> dict:
         from openface_py.eval.evaluate import evaluate, score_pairs
         from openface_py.eval.lfw import LfwEmbeddings
 
@@ -371,6 +394,7 @@ def train_net(
     # defaults that depend on --init, resolved so that training.json and the checkpoint show what ran
     settings = dataclasses.replace(
         settings,
+        init=settings.start,
         freeze_blocks=settings.frozen,
         lr=settings.rate,
         parent_weight=settings.keep_parent,
@@ -382,7 +406,7 @@ def train_net(
     # arguments and inputs checked before the folder is claimed (a failed start leaves nothing there)
     if not Path(settings.aligned_dir).is_dir():
         raise UsageError(f"{settings.aligned_dir}: aligned folder not found")
-    init_weights(settings.init)
+    init_weights(settings.start, settings.network)
     with OutputFolder(out, MARKER, "train-net") as folder:
         if not folder.owned:
             atomic_write_text(out / MARKER, json.dumps({"settings": asdict(settings)}, indent=2) + "\n")
@@ -400,14 +424,14 @@ class _Run:
     train: LabeledFaces
     val: Optional[LabeledFaces]  # the held-out people (None when none are held out)
     sampler: PKSampler
-    model: NN4Small2
+    model: torch.nn.Module  # a network of nets/networks.py (s.network)
     parent: Optional[str]  # the starting weights' name and SHA-256 (None from scratch)
     parent_sha: Optional[str]
     fingerprint: dict
     objective: Objective
     optimizer: torch.optim.Optimizer
     frozen: list  # the frozen blocks' modules (kept in eval mode)
-    parent_model: Optional[NN4Small2] = None  # the starting model, when the loss keeps near it
+    parent_model: Optional[torch.nn.Module] = None  # the starting model, when the loss keeps near it
 
     @property
     def blocks(self) -> int:
@@ -463,7 +487,7 @@ def _train(s: NetSettings, out: Path, on_checkpoint) -> TrainResult:
 
 def _build_run(s: NetSettings, out: Path, device: torch.device) -> _Run:
     """Read and split the faces, build the network, the objective and the optimiser."""
-    data = read_labeled_faces(s.aligned_dir, openface_spec())
+    data = read_labeled_faces(s.aligned_dir, s.network.alignment)
     train_people, val_people = split_people(data.people, data.counts(), s.val_people, s.seed)
     train = data.subset(train_people)
     val = data.subset(val_people) if val_people else None
@@ -481,12 +505,12 @@ def _build_run(s: NetSettings, out: Path, device: torch.device) -> _Run:
         0 if val is None else len(val.labels),
     )
 
-    model, parent, parent_sha = initial_model(s.init, s.seed)
+    model, parent, parent_sha = initial_model(s.start, s.network, s.seed)
     data_digest = hashlib.sha256("\n".join(data.paths).encode()).hexdigest()[:16]
     fingerprint = {**s.fingerprint(), "data": data_digest, "parent_sha256": parent_sha}
     model.to(device)
     torch.manual_seed(s.seed)
-    objective = make_objective(s.loss, len(train.people), s.mining, s.margin, s.center_weight).to(device)
+    objective = make_objective(s.loss, len(train.people), s.mining, s.margin, s.center_weight, s.network.dim).to(device)
     parent_model = None
     if s.keep_parent > 0:
         parent_model = copy.deepcopy(model).eval()
@@ -546,7 +570,7 @@ class _Scorer:
         if val is not None:
             pairs = verification_pairs(val.labels, s.seed)
             order = balanced(pairs, s.seed)
-        lfw = LfwProbe.load(Path(s.lfw_dir), s.progress) if s.lfw_dir else None
+        lfw = LfwProbe.load(Path(s.lfw_dir), s.network, s.progress) if s.lfw_dir else None
         # frozen blocks never change: their output for held-out and LFW faces is computed once
         val_feats = frozen_features(run.model, val.faces, blocks, run.device) if blocks and val is not None else None
         if blocks and lfw is not None:
@@ -576,7 +600,7 @@ class _Augmented:
 
     def batch(self, rows: np.ndarray, gen: torch.Generator) -> _Batch:
         run = self.run
-        x = augment(preprocess(run.train.faces[rows]), self.aug, gen).to(run.device)
+        x = scale_input(augment(preprocess(run.train.faces[rows]), self.aug, gen), run.model).to(run.device)
         target = None
         with torch.no_grad():
             feats = run.model.features(x, 0, run.blocks) if run.blocks else x
@@ -817,6 +841,7 @@ def _finish(run: _Run, progress: _Progress, seconds: float) -> TrainResult:
     chosen = history[best_epoch]
     meta = {
         "trained_by": f"openface-py {__version__} train-net",
+        "network": s.arch,
         "loss": s.loss,
         "parent": run.parent,
         "parent_sha256": run.parent_sha,
@@ -828,8 +853,8 @@ def _finish(run: _Run, progress: _Progress, seconds: float) -> TrainResult:
     identity = load_embedder(str(out / MODEL)).identity
     verifier_path = None
     if OBJECTIVES.get(s.loss).verifier:
-        verifier_path = _export_verifier(out, best["objective"], identity, val, best["model"], run.device, s.seed)
-    if val is not None and best_epoch == 0 and s.init != SCRATCH:
+        verifier_path = _export_verifier(out, best["objective"], identity, val, run, best["model"])
+    if val is not None and best_epoch == 0 and not s.scratch:
         trained = max(h["val"]["auc"] for h in history[1:])
         log.warning(
             "no epoch beat the starting weights on the held-out people (AUC %.4f before training, at best %.4f "
@@ -870,21 +895,21 @@ def _describe_device(device: torch.device) -> str:
 
 
 def _export_verifier(
-    out: Path, objective_state: dict, identity: str, val: Optional[LabeledFaces], model_state, device, seed: int
+    out: Path, objective_state: dict, identity: str, val: Optional[LabeledFaces], run: _Run, model_state: dict
 ) -> Path:
     """Save the Siamese head beside model.pt, its P(same) threshold set on the held-out pairs."""
     from openface_py.recognize.siamese import SiameseHead, SiameseVerifier
 
-    head = SiameseHead()
+    head = SiameseHead(run.s.network.dim)
     head.load_state_dict({k[len("head.") :]: v for k, v in objective_state.items() if k.startswith("head.")})
     head.eval()
     verifier = SiameseVerifier(head, identity, MODEL)
     if val is not None:
-        model = NN4Small2()
+        model = run.s.network.build()
         model.load_state_dict(model_state)
-        reps = embed_faces(model.to(device), val.faces, device)
-        pairs = verification_pairs(val.labels, seed)
-        order = balanced(pairs, seed)
+        reps = embed_faces(model.to(run.device), val.faces, run.device)
+        pairs = verification_pairs(val.labels, run.s.seed)
+        order = balanced(pairs, run.s.seed)
         p = verifier.probability(reps[pairs.a[order]], reps[pairs.b[order]])
         t, _ = best_split_threshold(p[pairs.same[order]], p[~pairs.same[order]])
         verifier.threshold = float(t)
