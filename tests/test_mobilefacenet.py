@@ -128,16 +128,23 @@ def test_similarity_transform_recovers_a_known_one():
     assert np.allclose(m[:, :2], rot) and np.allclose(m[:, 2], t)
 
 
-@pytest.mark.parametrize("align_from", ["mtcnn5", "dlib68"])
-def test_alignment_puts_the_points_on_intels_template(sample_rgb, align_from):
-    """MTCNN's 5 points (or the 5 taken from dlib's 68) land near Intel's template at 128x128."""
-    from openface_py.faces.detect import DetectorSpec
+@pytest.mark.parametrize("align_from, used", [("mtcnn5", "mtcnn5"), ("dlib68", "dlib68"), ("auto", "mtcnn5")])
+def test_alignment_puts_the_points_on_intels_template(sample_rgb, align_from, used):
+    """MTCNN's 5 points (or the 5 taken from dlib's 68) land near Intel's template at 128x128;
+    ``auto`` (the default) takes MTCNN's points for this alignment, and dlib's 68 for OpenFace's."""
+    from openface_py.faces.align import OpenFaceAligner
+    from openface_py.faces.detect import MTCNN_ALIGN_DEFAULT, DetectorSpec
 
     det = DetectorSpec("mtcnn", align_from=align_from).make().detect(sample_rgb)[0]
     aligner = Intel5Aligner()
     face = align_detection(aligner, sample_rgb, det)
-    assert face.aligned_from == align_from and face.image.shape == (128, 128, 3)
-    pts = face.landmarks if align_from == "mtcnn5" else five_from_68(face.landmarks)
+    assert face.aligned_from == used and face.image.shape == (128, 128, 3)
+    if align_from == "auto":
+        assert (
+            MTCNN_ALIGN_DEFAULT == "auto"
+            and align_detection(OpenFaceAligner(), sample_rgb, det).aligned_from == "dlib68"
+        )
+    pts = face.landmarks if used == "mtcnn5" else five_from_68(face.landmarks)
     m = similarity_transform(pts, np.array(INTEL5_TEMPLATE) * 128)
     moved = pts @ m[:, :2].T + m[:, 2]
     assert np.abs(moved - np.array(INTEL5_TEMPLATE) * 128).max() < 6.0  # px, a frontal face

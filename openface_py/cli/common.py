@@ -71,7 +71,8 @@ def add_detector_args(
         "--align-from",
         choices=ALIGN_FROM,
         default=None,
-        help="mtcnn: align from its own 5 points or from dlib's 68 landmarks in its box "
+        help="mtcnn: align from its own 5 points or from dlib's 68 landmarks in its box; auto: dlib's 68 for "
+        "NN4-small2's OpenFace alignment, MTCNN's 5 points for MobileFaceNet's (the better of each on LFW) "
         f"(default: {MTCNN_ALIGN_DEFAULT})",
     )
 

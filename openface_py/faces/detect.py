@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence
 
@@ -63,13 +63,14 @@ class Detection:
     """One detected face: its box, the detector's score (HOG margin, MMOD confidence or MTCNN
     probability) and, from MTCNN, its 5 landmarks: ((x, y) of the left eye, right eye, nose tip,
     left and right mouth corner, as seen in the image). ``align_with_points``: the detector was
-    asked to have faces aligned from these 5 points rather than from dlib's 68 (``align_from``).
+    asked to have faces aligned from these 5 points (True) rather than from dlib's 68 (False), or
+    as the alignment prefers (None, ``align_from="auto"``).
     ``raw_box``: MTCNN's own box where ``box`` is that box cut to the photo (alignment uses it)."""
 
     box: BoundingBox
     score: float
     points: Optional[tuple[tuple[float, float], ...]] = None
-    align_with_points: bool = False
+    align_with_points: Optional[bool] = False
     found_by: str = ""
     raw_box: Optional[BoundingBox] = None
 
@@ -263,13 +264,25 @@ class DownscaledDetector:
         return out
 
 
+#: Which landmarks align a face found by MTCNN: its own 5 points, dlib's 68 in its box, or
+#: ``auto``: the better for the alignment (measured on LFW, BENCHMARKS.md): dlib's 68 for OpenFace's
+#: affine (NN4-small2: "Detectors"), MTCNN's 5 points for Intel's 5-point template (MobileFaceNet:
+#: 0.9920 against 0.9883 from 5 of dlib's 68).
+ALIGN_FROM = ("auto", "mtcnn5", "dlib68")
+MTCNN_ALIGN_DEFAULT = "auto"
+#: ``align_from`` as a detection carries it: align from the 5 points (True), from dlib's 68
+#: (False), or as the alignment prefers (None).
+_USE_POINTS = {"mtcnn5": True, "dlib68": False, "auto": None}
+
+
 class MtcnnDetector:
     """MTCNN (``faces/mtcnn.py``): finds turned and tilted faces that HOG misses, with 5 landmarks
     (measured on in-the-wild and rotated photos; profiles not measured here, BENCHMARKS.md).
 
     ``min_face``: the smallest face side searched for, in pixels (cost grows as it shrinks);
     ``thresholds``: P-, R- and O-Net's score thresholds; ``align_from``: ``mtcnn5`` to align
-    faces from MTCNN's own 5 points, ``dlib68`` from dlib's 68 landmarks in MTCNN's box.
+    faces from MTCNN's own 5 points, ``dlib68`` from dlib's 68 landmarks in MTCNN's box, ``auto``
+    as the alignment prefers (``ALIGN_FROM``).
     """
 
     name = "mtcnn"
@@ -278,7 +291,7 @@ class MtcnnDetector:
         self,
         min_face: int = 20,
         thresholds: Sequence[float] = (0.6, 0.7, 0.7),
-        align_from: str = "dlib68",
+        align_from: str = MTCNN_ALIGN_DEFAULT,
         weights: Optional[Path] = None,
     ) -> None:
         from openface_py.faces.mtcnn import Mtcnn
@@ -295,7 +308,7 @@ class MtcnnDetector:
 
     def detect_many(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         """Several photos at once (same-size photos share the P-Net passes)."""
-        use = self.align_from == "mtcnn5"
+        use = _USE_POINTS[self.align_from]
         out = []
         for img, faces in zip(images, self.cascade.detect([_as_dlib_image(im) for im in images])):
             dets = []
@@ -336,10 +349,6 @@ class CascadeDetector:
 
 #: MTCNN's settings when none are given (the paper's released code).
 MTCNN_DEFAULTS = {"min_face": 20, "thresholds": [0.6, 0.7, 0.7]}
-#: Which landmarks align a face found by MTCNN: its own 5 points, or dlib's 68 in its box.
-ALIGN_FROM = ("mtcnn5", "dlib68")
-#: The better of the two for NN4-small2 on LFW (BENCHMARKS.md, "Detectors").
-MTCNN_ALIGN_DEFAULT = "dlib68"
 
 
 @dataclass(frozen=True)
@@ -397,9 +406,10 @@ class DetectorSpec:
     actor, the service and video, and is compared and recorded as it is (``to_dict``, ``key``).
     ``upsample`` applies to dlib's detectors; ``min_face`` (smallest face side searched, pixels),
     ``thresholds`` (P-, R-, O-Net scores) and ``align_from`` (``mtcnn5``: MTCNN's own 5 points,
-    ``dlib68``: dlib's 68 landmarks in its box) to MTCNN. ``max_side``: detect on a copy at most
-    this long (None: the photo's size); ``max_pixels``: the working-size bound (None: the
-    detector's default, ``DetectorKind``; 0: none). Photos within the bounds are detected as they are.
+    ``dlib68``: dlib's 68 landmarks in its box, ``auto``: as the alignment prefers) to MTCNN.
+    ``max_side``: detect on a copy at most this long (None: the photo's size); ``max_pixels``: the
+    working-size bound (None: the detector's default, ``DetectorKind``; 0: none). Photos within the
+    bounds are detected as they are.
     """
 
     name: str = "hog"
@@ -428,6 +438,13 @@ class DetectorSpec:
         object.__setattr__(self, "min_face", int(self.min_face))
         object.__setattr__(self, "thresholds", thresholds)
         object.__setattr__(self, "max_pixels", None if self.max_pixels is None else int(self.max_pixels))
+
+    def resolved(self, prefer_points: bool) -> DetectorSpec:
+        """This spec with ``align_from="auto"`` made concrete for an alignment that prefers MTCNN's
+        5 points (``mtcnn5``) or dlib's 68 (``dlib68``), so that jobs record and compare what ran."""
+        if self.align_from != "auto":
+            return self
+        return replace(self, align_from="mtcnn5" if prefer_points else "dlib68")
 
     @classmethod
     def of(cls, value: DetectorSpec | str | None) -> DetectorSpec:
