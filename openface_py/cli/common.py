@@ -250,6 +250,7 @@ PATH_ARGS: dict[tuple[str, ...], dict[str, str]] = {
     ("align",): {"input_dir": "dir", "output_dir": "out-dir"},
     ("represent",): {"aligned_dir": "dir", "output_dir": "out-dir"},
     ("run",): {"input_dir": "dir|url", "output_dir": "out-dir"},
+    ("cluster",): {"run_dir": "dir", "--output": "out-dir"},
     ("video",): {
         "source": "video",
         "--classifier": "file",
