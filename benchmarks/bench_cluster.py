@@ -15,7 +15,8 @@ face, averaged over faces) and NMI (scikit-learn); unassigned faces count as clu
 Settings: ``--factors`` (of the model's same-person threshold; the default factor first) or
 ``--thresholds``, for each ``--methods``; ``--hdbscan`` adds scikit-learn's HDBSCAN
 (min_cluster_size 2 and 3, no one-photo constraint) for reference. Prints machine info, time per
-setting and the process's peak RSS.
+setting and the process's peak RSS. ``--synthetic N``: instead, N faces (5 per person) drawn from
+``bench_search.FaceModel`` fitted to the loaded embeddings, for time and memory at scale.
 """
 
 from __future__ import annotations
@@ -101,6 +102,16 @@ def load_lfw_cache(path: Path) -> tuple[np.ndarray, list[str], list[str]]:
     return z["reps"].astype(np.float32), people, names
 
 
+def synthetic(x: np.ndarray, people: list[str], n: int) -> tuple[np.ndarray, np.ndarray, None, str]:
+    """``n`` faces of ``n // 5`` people from a Gaussian model of ``x`` (each its own photo)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_search import PER_PERSON, FaceModel
+
+    model = FaceModel(x, np.asarray(people))
+    faces = model.faces(model.centres(n // PER_PERSON, seed=n), PER_PERSON, seed=n + 1)
+    return faces, np.repeat(np.arange(n // PER_PERSON), PER_PERSON), None, f"synthetic {n} ({PER_PERSON} per person)"
+
+
 def machine() -> dict:
     import faiss
     import sklearn
@@ -134,8 +145,13 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=None, help="neighbours per face (default: the module's)")
     ap.add_argument("--min-size", type=int, default=2)
     ap.add_argument("--hdbscan", action="store_true", help="also scikit-learn's HDBSCAN")
+    ap.add_argument("--synthetic", type=int, default=None, help="N synthetic faces modelled on the loaded ones")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logging.getLogger("openface_py.recognize.cluster").setLevel(logging.DEBUG)  # its graph / merge times
 
     info = machine()
     print(json.dumps(info), flush=True)
@@ -147,6 +163,8 @@ def main() -> None:
             ap.error("--npz needs --model")
         x, people, photos = load_lfw_cache(args.npz)
         model, source = args.model, args.npz.name
+    if args.synthetic:
+        x, people, photos, source = synthetic(x, people, args.synthetic)
     same = SAME_PERSON_THRESHOLDS[model]
     data = {"source": source, "model": model, "faces": len(x), "people": len(set(people)), "same_person": same}
     print(json.dumps(data), flush=True)
