@@ -99,6 +99,10 @@ def test_sample_people_are_their_own_clusters(runs):
     # deterministic: the same labels again, and with the faces in another order the same partition
     again = cluster_faces(reps, paths, ClusterSettings(threshold=default_threshold(0.160)))
     assert np.array_equal(found.labels, again.labels)
+    order = np.random.default_rng(0).permutation(len(reps))
+    shuffled = cluster_faces(reps[order], [paths[i] for i in order], found.settings).labels
+    together = found.labels[order][:, None] == found.labels[order][None, :]
+    assert np.array_equal(together, shuffled[:, None] == shuffled[None, :])
     # looser merges people, stricter splits them: the one setting moves the result both ways
     loose = cluster_faces(reps, paths, ClusterSettings(threshold=0.5))
     strict = cluster_faces(reps, paths, ClusterSettings(threshold=0.05))

@@ -17,7 +17,12 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MODEL = 0, 1, 2, 3
 
 
 #: the loggers of the jobs whose per-photo failures the command lists once, at the end
-JOB_LOGGERS = ("openface_py.jobs.stream", "openface_py.jobs.batch", "openface_py.jobs.dbimport")
+JOB_LOGGERS = (
+    "openface_py.jobs.stream",
+    "openface_py.jobs.batch",
+    "openface_py.jobs.dbimport",
+    "openface_py.jobs.clusterjob",
+)
 
 
 class _PhotoFailureFilter(logging.Filter):

@@ -38,7 +38,7 @@ CLUSTERS_CSV = "clusters.csv"
 CLUSTERS_JSON = "clusters.json"
 SHEETS = "sheets"
 #: clusters whose sheets are built together (their photos read once); bounds the memory sheets take
-SHEET_BATCH = 64
+SHEET_BATCH = 32
 
 
 @dataclass

@@ -104,13 +104,9 @@ class Clustering:
         return np.flatnonzero(self.labels == cluster)
 
 
-def cluster_faces(
-    embeddings: np.ndarray, photos: Optional[Sequence] = None, settings: Optional[ClusterSettings] = None
-) -> Clustering:
+def cluster_faces(embeddings: np.ndarray, photos: Optional[Sequence], settings: ClusterSettings) -> Clustering:
     """Group ``embeddings`` (N x D) into people; ``photos``: one photo id per face (faces with
     the same id are never put together; None: each face its own photo)."""
-    if settings is None:
-        raise ValueError("cluster_faces needs settings (ClusterSettings(threshold=default_threshold(...)))")
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be N x D, got shape {x.shape}")
