@@ -161,7 +161,24 @@ def test_settings_refused():
         ClusterSettings(threshold=float("nan"))
     with pytest.raises(ValueError, match="photo ids"):
         cluster_faces(np.eye(3, dtype=np.float32), ["a"], ClusterSettings(threshold=0.1))
+    with pytest.raises(ValueError, match="NaN"):
+        cluster_faces(np.full((3, 2), np.nan, np.float32), None, ClusterSettings(threshold=0.1))
     assert default_threshold(1.0) == DEFAULT_FACTOR
+
+
+def test_small_and_exact_inputs():
+    """No faces, one face, exact duplicates (FAISS may not list a face first among its copies)."""
+    loose = ClusterSettings(threshold=0.5, min_size=1)
+    assert cluster_faces(np.zeros((0, 4), np.float32), None, loose).n_clusters == 0
+    assert cluster_faces(np.ones((1, 4), np.float32) / 2, None, loose).labels.tolist() == [0]
+    same = np.ones((2, 4), np.float32) / 2
+    assert cluster_faces(same, None, loose).labels.tolist() == [0, 0]
+    assert cluster_faces(same, ["p", "p"], loose).labels.tolist() == [0, 1]  # one photo: never together
+    assert cluster_faces(same, ["p", "p"], ClusterSettings(threshold=0.5)).labels.tolist() == [-1, -1]
+    four = np.repeat(np.eye(4, dtype=np.float32), 3, axis=0)  # 4 people x 3 identical faces
+    for method in ("average", "whispers"):
+        got = cluster_faces(four, None, ClusterSettings(threshold=0.5, method=method)).labels
+        assert got.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3], method
 
 
 # --- two faces of one photo ---

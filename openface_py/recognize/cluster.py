@@ -110,6 +110,8 @@ def cluster_faces(embeddings: np.ndarray, photos: Optional[Sequence], settings: 
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be N x D, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("embeddings hold NaN or infinite values")
     n = len(x)
     photo_ids = _photo_ids(photos, n)
     if n == 0:
