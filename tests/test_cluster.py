@@ -38,7 +38,8 @@ score = _bench().score
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, default_home):
     """Two `run` outputs with the default model: the sample photos (largest face each), and with
-    --multi a folder of Eva Longoria and Bradley Cooper's two-face photo beside Tony Blair's 10 photos."""
+    --multi a folder of Eva Longoria and Bradley Cooper's two-face photo beside Tony Blair's 10
+    photos; and that folder."""
     env = {"OPENFACE_PY_HOME": str(default_home)}
     root = tmp_path_factory.mktemp("cluster-runs")
     sample = root / "sample-run"
@@ -51,7 +52,7 @@ def runs(tmp_path_factory, default_home):
     multi = root / "multi-run"
     rc, out, err = cli("run", str(photos), str(multi), "--multi", "--workers", "2", env=env)
     assert rc == 0, err
-    return sample, multi
+    return sample, multi, photos
 
 
 def _read_csv(path):
@@ -300,3 +301,36 @@ def test_cluster_command_errors(runs, tmp_path):
     assert rc == 1 and "rows in faces.json" in err
     rc, out, err = cli("cluster", "--help")
     assert rc == 0 and "--threshold" in out and "stricter" in out
+
+
+def test_parquet_run_clusters_as_the_openface_files(runs, default_home, tmp_path):
+    """`run --format parquet` of the same photos: the same clusters; rows of two models refused."""
+    pq = pytest.importorskip("pyarrow.parquet", reason="needs pyarrow (the ray extra)")
+    import pyarrow as pa
+
+    sample, multi, photos = runs
+    run = tmp_path / "pq-run"
+    env = {"OPENFACE_PY_HOME": str(default_home)}
+    rc, out, err = cli("run", str(photos), str(run), "--multi", "--format", "parquet", "--workers", "2", env=env)
+    assert rc == 0, err
+    for folder, name in ((multi, "from-files"), (run, "from-parquet")):
+        rc, out, err = cli("cluster", str(folder), "-o", str(tmp_path / name), "--threshold", "0.2")
+        assert rc == 0, err
+    _, files = _read_csv(tmp_path / "from-files" / "clusters.csv")
+    _, parquet = _read_csv(tmp_path / "from-parquet" / "clusters.csv")
+
+    def groups(rows):  # the partition, whatever the clusters' numbers (ties are numbered by row order)
+        out = {}
+        for path, face, cluster in rows:
+            out.setdefault(cluster or f"alone {path} {face}", set()).add((path, face))
+        return sorted(sorted(g) for g in out.values())
+
+    assert len(files) == len(parquet) == 12 and groups(files) == groups(parquet)
+    assert len(groups(files)) >= 2  # (two people and a group photo: not one cluster)
+    table = pq.read_table(run / "faces.parquet")
+    ids = table.column("identity").to_pylist()
+    ids[0] = "dlib-resnet-v1|dlib-chip/150"
+    mixed = table.set_column(table.schema.get_field_index("identity"), "identity", pa.array(ids))
+    pq.write_table(mixed, run / "faces.parquet")
+    rc, out, err = cli("cluster", str(run), "-o", str(tmp_path / "mixed"))
+    assert rc == 1 and "more than one model" in err

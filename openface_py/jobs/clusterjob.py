@@ -1,7 +1,8 @@
 """``openface-py cluster``: the faces of a ``run`` output folder grouped into people.
 
 Reads the run's embedding files (``embeddings.load_embeddings``: one model identity, checked
-against ``run.json``) and ``faces.json`` (photo, face index and box of each row), clusters them
+against ``run.json``) and ``faces.json`` (photo, face index and box of each row), or a ``--format
+parquet`` run's ``faces.parquet`` (every row of one model), clusters them
 with ``recognize.cluster`` (two faces of one photo never together) and writes, each file
 atomically, into an output folder it owns (``outdir.OutputFolder``, marker ``clusters.json``):
 
@@ -30,6 +31,8 @@ from openface_py.io import atomic_output, atomic_write_bytes, atomic_write_text,
 from openface_py.jobs import contactsheet
 from openface_py.jobs.embeddings import EMBED_META, load_embeddings
 from openface_py.jobs.outdir import OutputFolder
+from openface_py.jobs.source import INSTALL_HINT
+from openface_py.jobs.stream import PARQUET
 from openface_py.recognize.cluster import DEFAULT_K, DEFAULT_MIN_SIZE, Clustering, ClusterSettings, cluster_faces
 
 log = logging.getLogger(__name__)
@@ -87,11 +90,12 @@ class ClusterReport:
 
 
 def read_run_faces(run_dir: Path) -> RunFaces:
-    """A run output folder's faces; anything else (or a damaged or mixed one) is an ``OpenFacePyError``."""
+    """A run output folder's faces (either ``--format``); anything else, or a damaged or mixed
+    folder, is an ``OpenFacePyError``."""
     run_dir = Path(run_dir)
     if not (run_dir / EMBED_META).is_file():
-        if (run_dir / "faces.parquet").is_file():
-            raise OpenFacePyError(f"{run_dir}: a --format parquet run; cluster reads the openface format's files")
+        if (run_dir / PARQUET).is_file():
+            return _check_identity(run_dir, _read_parquet(run_dir / PARQUET))
         raise OpenFacePyError(f"{run_dir}: not an openface-py run output folder (no {EMBED_META} / faces.json)")
     reps, _, paths, meta = load_embeddings(run_dir)
     faces_path = run_dir / "faces.json"
@@ -109,21 +113,55 @@ def read_run_faces(run_dir: Path) -> RunFaces:
         raise OpenFacePyError(f"{faces_path}: expected a list of {{path, face, box}} rows (damaged file?)")
     if len(rows) != len(reps):
         raise OpenFacePyError(f"{run_dir}: {len(reps)} embeddings but {len(rows)} rows in faces.json (mixed folders?)")
+    faces = RunFaces(
+        reps.astype(np.float32), list(paths), [r["path"] for r in rows], [int(r["face"]) for r in rows],
+        [[int(v) for v in r["box"]] for r in rows], meta["model"], meta["identity"],
+    )  # fmt: skip
+    return _check_identity(run_dir, faces)
+
+
+def _read_parquet(path: Path) -> RunFaces:
+    """``run --format parquet``'s ``faces.parquet``: one model's identity on every row."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise OpenFacePyError(f"{path}: reading a --format parquet run needs pyarrow: {INSTALL_HINT}") from None
+    try:
+        table = pq.read_table(path, columns=["path", "face", "box", "embedding", "identity"])
+        meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+        embeddings = table.column("embedding").combine_chunks()
+        dim = embeddings.type.list_size
+        reps = embeddings.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(table), dim)
+        identities = set(table.column("identity").unique().to_pylist())
+    except (OSError, ValueError, KeyError, AttributeError) as exc:  # pyarrow's errors are OSError / ValueError
+        raise OpenFacePyError(f"{path}: cannot read as a run's faces ({type(exc).__name__}: {exc})") from None
+    identity = meta.get("identity", "")
+    if identities - {identity}:
+        raise OpenFacePyError(
+            f"{path}: rows of {', '.join(sorted(identities | {identity}))}: embeddings of more than one model, "
+            "which cannot be compared"
+        )
+    if not np.isfinite(reps).all():
+        raise OpenFacePyError(f"{path}: NaN or infinite embeddings (damaged file)")
+    paths = table.column("path").to_pylist()
+    boxes = table.column("box").to_pylist()
+    return RunFaces(reps, paths, paths, table.column("face").to_pylist(), boxes, meta.get("model", ""), identity)
+
+
+def _check_identity(run_dir: Path, faces: RunFaces) -> RunFaces:
+    """The model the run recorded (``run.json``) must be the one its embeddings say."""
     run_meta = run_dir / "run.json"
     if run_meta.is_file():
         try:
             ran = json.loads(run_meta.read_text(encoding="utf-8")).get("identity")
         except (OSError, ValueError, AttributeError) as exc:
             raise OpenFacePyError(f"{run_meta}: cannot read ({exc})") from None
-        if ran != meta["identity"]:
+        if ran != faces.identity:
             raise OpenFacePyError(
-                f"{run_dir}: run.json says {ran} but {EMBED_META} says {meta['identity']}: embeddings of "
+                f"{run_dir}: run.json says {ran} but its embeddings say {faces.identity}: embeddings of "
                 "two models in one folder, which cannot be compared"
             )
-    return RunFaces(
-        reps.astype(np.float32), list(paths), [r["path"] for r in rows], [int(r["face"]) for r in rows],
-        [[int(v) for v in r["box"]] for r in rows], meta["model"], meta["identity"],
-    )  # fmt: skip
+    return faces
 
 
 def threshold_for(model: str) -> float:
