@@ -300,7 +300,21 @@ def test_cluster_command_errors(runs, tmp_path):
     rc, out, err = cli("cluster", str(run), "-o", str(tmp_path / "o"))
     assert rc == 1 and "rows in faces.json" in err
     rc, out, err = cli("cluster", "--help")
-    assert rc == 0 and "--threshold" in out and "stricter" in out
+    assert rc == 0 and "--threshold" in out and "stricter" in out and "nn4.small2.distilled-v2 0.12" in out
+
+
+def test_min_face_leaves_small_faces_out(runs, tmp_path):
+    boxes = [r["box"] for r in json.loads((runs[0] / "faces.json").read_text())]
+    sides = [max(b[2] - b[0], b[3] - b[1]) + 1 for b in boxes]
+    floor = sorted(sides)[30]
+    small = [side < floor for side in sides]
+    assert 10 < sum(small) <= 30
+    rc, out, err = cli("cluster", str(runs[0]), "-o", str(tmp_path / "o"), "--min-face", str(floor), "--json")
+    assert rc == 0, err
+    report = json.loads(out)
+    assert report["too_small"] == sum(small) and report["unassigned"] >= sum(small)
+    _, rows = _read_csv(tmp_path / "o" / "clusters.csv")
+    assert all(r[2] == "" for r, s in zip(rows, small) if s)
 
 
 def test_parquet_run_clusters_as_the_openface_files(runs, default_home, tmp_path):

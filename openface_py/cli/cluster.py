@@ -11,7 +11,10 @@ from openface_py.cli.common import EXIT_FAILED, EXIT_OK
 
 def register(add_command) -> None:
     """Add the ``cluster`` command."""
-    from openface_py.recognize.cluster import DEFAULT_FACTOR, DEFAULT_K, DEFAULT_MIN_SIZE
+    from openface_py.nets.catalog import SAME_PERSON_THRESHOLDS
+    from openface_py.recognize.cluster import DEFAULT_FACTOR, DEFAULT_K, DEFAULT_MIN_SIZE, default_threshold
+
+    defaults = ", ".join(f"{m} {default_threshold(t)}" for m, t in SAME_PERSON_THRESHOLDS.items() if t is not None)
 
     p = add_command(
         "cluster",
@@ -19,7 +22,9 @@ def register(add_command) -> None:
         description="Group the faces found by `openface-py run` into people without names: average linkage "
         "on a nearest-neighbour graph; two faces of one photo are never put together.",
     )
-    p.add_argument("run_dir", type=Path, help="an `openface-py run` output folder (reads its reps.npy and faces.json)")
+    p.add_argument(
+        "run_dir", type=Path, help="an `openface-py run` output folder (its reps.npy and faces.json, or faces.parquet)"
+    )
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder (new, empty, or an earlier one)")
     p.add_argument(
         "--threshold",
@@ -27,7 +32,7 @@ def register(add_command) -> None:
         default=None,
         help="stricter / looser: the mean squared L2 distance between two groups' faces at or below which "
         f"they are one person; lower = stricter (more, purer clusters). Default: {DEFAULT_FACTOR} x the "
-        "model's same-person threshold (`openface-py models list`)",
+        f"model's same-person threshold ({defaults})",
     )
     p.add_argument(
         "--min-size",
