@@ -145,6 +145,9 @@ def test_min_size_leaves_small_clusters_unassigned(runs):
     assert cut.unassigned == int(sizes[sizes < 8].sum())
     assert cut.sizes == [s for s in every.sizes if s >= 8]
     assert (cut.labels[every.labels >= len(cut.sizes)] == -1).all()
+    groups = cut.groups()
+    assert [len(g) for g in groups] == cut.sizes
+    assert all(np.array_equal(g, cut.members(c)) for c, g in enumerate(groups))
 
 
 def test_whispers_is_seeded(runs):

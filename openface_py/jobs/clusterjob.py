@@ -221,8 +221,8 @@ def sheet_name(cluster: int) -> str:
 
 def _members(faces: RunFaces, clustering: Clustering) -> list[dict]:
     out = []
-    for c in range(clustering.n_clusters):
-        idx = clustering.members(c).tolist()
+    for c, members in enumerate(clustering.groups()):
+        idx = members.tolist()
         out.append({"cluster": c, "size": len(idx), "sheet": f"{SHEETS}/{sheet_name(c)}",
                     "faces": [{"path": faces.paths[i], "face": faces.faces[i]} for i in idx]})  # fmt: skip
     return out
@@ -244,10 +244,11 @@ def _write_sheets(folder: Path, faces: RunFaces, clustering: Clustering) -> tupl
     photo of a batch read once); returns (sheets written, photos that could not be read)."""
     folder.mkdir(exist_ok=True)
     unreadable: dict[str, str] = {}
-    n = clustering.n_clusters
+    groups = clustering.groups()
+    n = len(groups)
     for start in range(0, n, SHEET_BATCH):
         batch = range(start, min(n, start + SHEET_BATCH))
-        members = {c: clustering.members(c)[: contactsheet.MAX_FACES].tolist() for c in batch}
+        members = {c: groups[c][: contactsheet.MAX_FACES].tolist() for c in batch}
         sheet = {c: contactsheet.blank_sheet(len(m)) for c, m in members.items()}
         by_photo: dict[str, list[tuple[int, int, int]]] = {}
         for c, idx in members.items():
