@@ -96,7 +96,10 @@ def read_run_faces(run_dir: Path) -> RunFaces:
     if not (run_dir / EMBED_META).is_file():
         if (run_dir / PARQUET).is_file():
             return _check_identity(run_dir, _read_parquet(run_dir / PARQUET))
-        raise OpenFacePyError(f"{run_dir}: not an openface-py run output folder (no {EMBED_META} / faces.json)")
+        raise OpenFacePyError(
+            f"{run_dir}: not an openface-py run output folder (no {EMBED_META} / faces.json); for a folder of "
+            f"photos, find and embed their faces first: openface-py run {run_dir} RUN_DIR --multi"
+        )
     reps, _, paths, meta = load_embeddings(run_dir)
     faces_path = run_dir / "faces.json"
     try:
