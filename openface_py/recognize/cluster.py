@@ -239,7 +239,7 @@ def _average_linkage(
 
 
 def _roots(parent: np.ndarray) -> np.ndarray:
-    """Each node's root in a union-find forest (paths compressed in place)."""
+    """Each node's root in a union-find forest (pointer jumping until every node points at its root)."""
     root = parent.copy()
     while True:
         nxt = root[root]
