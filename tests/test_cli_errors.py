@@ -29,6 +29,8 @@ CASES = [
     (["represent", "DIR", "X"], "out-dir", 2),
     (["run", "X", "OUT"], "dir", 2),
     (["run", "DIR", "X"], "out-dir", 2),
+    (["cluster", "X", "-o", "OUT"], "dir", 2),
+    (["cluster", "DIR", "-o", "X"], "out-dir", 2),
     (["video", "X", "--gallery", "DIR"], "file", 2),
     (["video", "PHOTO", "--gallery", "X"], "dir", 2),
     (["video", "PHOTO", "--classifier", "X"], "file", 2),

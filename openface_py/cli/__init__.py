@@ -2,7 +2,7 @@
 
 One module per command family, each holding its sub-commands' options beside their handlers
 (``register`` adds the parsers, ``set_defaults(handler=...)`` ties each to its function):
-``folders`` (align, represent, run), ``photos`` (detect, embed), ``people`` (train, infer,
+``folders`` (align, represent, run), ``cluster``, ``photos`` (detect, embed), ``people`` (train, infer,
 compare, identify), ``video``, ``lfw`` (lfw, lfw-classify), ``train`` (train-net), ``models``,
 ``db`` (the face database), ``serve`` (the HTTP service). A new command family is a new module
 with a ``register`` function, added to ``FAMILIES``.
@@ -25,7 +25,7 @@ import threading
 from typing import Optional, Sequence
 
 from openface_py import __version__
-from openface_py.cli import db, folders, lfw, models, people, photos, serve, train, video
+from openface_py.cli import cluster, db, folders, lfw, models, people, photos, serve, train, video
 from openface_py.cli.common import (
     EXIT_FAILED,
     EXIT_NO_MODEL,
@@ -38,7 +38,7 @@ from openface_py.cli.common import (
 )
 from openface_py.errors import ModelNotInstalledError, OpenFacePyError, UsageError
 
-FAMILIES = (folders, video, photos, people, lfw, train, serve)
+FAMILIES = (folders, cluster, video, photos, people, lfw, train, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

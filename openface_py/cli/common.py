@@ -17,7 +17,12 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_MODEL = 0, 1, 2, 3
 
 
 #: the loggers of the jobs whose per-photo failures the command lists once, at the end
-JOB_LOGGERS = ("openface_py.jobs.stream", "openface_py.jobs.batch", "openface_py.jobs.dbimport")
+JOB_LOGGERS = (
+    "openface_py.jobs.stream",
+    "openface_py.jobs.batch",
+    "openface_py.jobs.dbimport",
+    "openface_py.jobs.clusterjob",
+)
 
 
 class _PhotoFailureFilter(logging.Filter):
@@ -251,6 +256,7 @@ PATH_ARGS: dict[tuple[str, ...], dict[str, str]] = {
     ("align",): {"input_dir": "dir", "output_dir": "out-dir"},
     ("represent",): {"aligned_dir": "dir", "output_dir": "out-dir"},
     ("run",): {"input_dir": "dir|url", "output_dir": "out-dir"},
+    ("cluster",): {"run_dir": "dir", "--output": "out-dir"},
     ("video",): {
         "source": "video",
         "--classifier": "file",
