@@ -215,3 +215,46 @@ def test_identify_names_the_sample_people_and_no_stranger():
         assert [f["name"] for f in faces[photo.name]] == ["unknown"], (photo.name, faces[photo.name])
     for photo in known:
         assert [f["name"] for f in faces[photo.name]] == [photo.parent.name], faces[photo.name]
+
+
+def test_the_model_in_run_train_infer_db_and_video(tmp_path):
+    """mobilefacenet-reid-0095 through the commands that keep embeddings: ``run`` (256-D rows and its
+    identity), ``train`` + ``infer`` (a classifier on them names a person), ``db create/import/search``
+    (a 256-D database finds the right person), and ``video --gallery`` on a clip made of a sample photo."""
+    import cv2
+
+    blair = sorted((SAMPLE / "Tony_Blair").glob("*.jpg"))
+    identity = f"{MOBILEFACENET_REID}|intel5-similarity/128/5points"
+    reps = tmp_path / "reps"
+    r = cli("-q", "run", str(SAMPLE), str(reps), "--model", MOBILEFACENET_REID, "--workers", "1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((reps / "embeddings.json").read_text())["identity"] == identity
+    assert np.load(reps / "reps.npy").shape == (100, 256)
+
+    r = cli("-q", "train", str(reps), "-o", str(tmp_path / "people.skops"), "--no-plot")
+    assert r.returncode == 0, r.stderr
+    r = cli("infer", str(tmp_path / "people.skops"), str(blair[0]), "--model", MOBILEFACENET_REID, "--json")
+    assert r.returncode == 0, r.stderr
+    assert "Tony_Blair" in r.stdout
+
+    db = tmp_path / "people.db"
+    for args in (("db", "create", str(db), "--model", MOBILEFACENET_REID), ("db", "import", str(db), str(SAMPLE))):
+        r = cli("-q", *args)
+        assert r.returncode == 0, r.stderr
+    r = cli("db", "search", str(db), str(blair[1]), "--json")
+    assert r.returncode == 0, r.stderr
+    assert "Tony_Blair" in r.stdout and "Colin_Powell" not in r.stdout
+
+    clip = tmp_path / "clip.mp4"
+    frame = cv2.resize(cv2.imread(str(blair[2])), (500, 500))
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (500, 500))
+    for _ in range(6):
+        writer.write(frame)
+    writer.release()
+    results = tmp_path / "frames.jsonl"
+    r = cli(
+        "-q", "video", str(clip), "--gallery", str(SAMPLE), "--model", MOBILEFACENET_REID, "--results", str(results)
+    )
+    assert r.returncode == 0, r.stderr
+    frames = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(frames) == 6 and all("Tony_Blair" in json.dumps(f) for f in frames), frames[:1]

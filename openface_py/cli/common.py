@@ -234,7 +234,8 @@ def MODEL_HELP() -> str:  # noqa: N802 (reads like the constant it replaces)
     from openface_py.nets.catalog import DEFAULT_PREFERENCE, MODEL_NAMES
 
     return (
-        f"model name ({', '.join(MODEL_NAMES)}) or path to NN4-small2 weights (.pt, .t7, CSV folder); "
+        f"model name ({', '.join(MODEL_NAMES)}) or path to weights (NN4-small2 .pt, .t7 or CSV folder, "
+        "or a train-net model.pt); "
         f"default: the first installed of {', '.join(DEFAULT_PREFERENCE)}"
     )
 
