@@ -117,3 +117,15 @@ def test_embedder_uses_a_backend(aligned_openface, model, home, caplog):
     assert auto.backend == "onnx" and "unavailable" not in caplog.text
     assert backends.onnx_path(auto.model).is_file()
     assert np.abs(auto.embed(crops) - eager).max() < TOLERANCE
+
+
+def test_auto_follows_the_networks_own_order(model, home):
+    """``auto`` tries the network's order when it has one (MobileFaceNet: eager, measured faster
+    than ONNX Runtime for its graph), else ``AUTO_ORDER`` (ONNX Runtime first)."""
+    from openface_py.nets.embed import load_embedder
+    from openface_py.nets.networks import MOBILEFACENET, NETWORKS
+
+    assert backends.make_runner(model, "auto", auto_order=("eager",)).name == "eager"
+    assert backends.make_runner(model, "auto").name == backends.AUTO_ORDER[0] == "onnx"
+    assert NETWORKS.get(MOBILEFACENET).auto_backends == ("eager",)
+    assert load_embedder("mobilefacenet-reid-0095").backend == "eager"

@@ -23,7 +23,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -181,8 +181,10 @@ def make_runner(
     threads: Optional[int] = None,
     input_shape: tuple[int, ...] = NN4_INPUT,
     tag: str = "nn4.small2",
+    auto_order: Optional[Sequence[str]] = None,
 ) -> Runner:
-    """The requested backend, or with ``auto`` the first of ``AUTO_ORDER`` that works here.
+    """The requested backend, or with ``auto`` the first of ``auto_order`` (the network's,
+    ``networks.Network.auto_backends``; None: ``AUTO_ORDER``) that works here.
 
     Every non-eager backend is checked against eager on a random batch at start-up (values in the
     network's input range, ``model.input_range``: 1 for NN4-small2, 255 for MobileFaceNet); a
@@ -193,7 +195,7 @@ def make_runner(
     reference = _eager(model, torch.device(device))
     probe = np.random.default_rng(0).random((2, *input_shape), dtype=np.float32) * np.float32(model.input_range)
     expected = reference(probe)
-    for name in AUTO_ORDER:
+    for name in auto_order or AUTO_ORDER:
         try:
             runner = build(model, name, device, threads, input_shape, tag)
             err = float(np.abs(runner(probe) - expected).max())

@@ -20,6 +20,7 @@ from openface_py.faces.align import AlignmentSpec, dlib_chip_spec, intel5_spec, 
 from openface_py.io import iter_chunks
 from openface_py.nets.catalog import DLIB_RESNET_V1, EMBEDDERS, MOBILEFACENET_REID
 from openface_py.nets.modelfiles import digest_name
+from openface_py.nets.networks import MOBILEFACENET, NETWORKS
 
 
 class Embedder(ABC):
@@ -140,7 +141,13 @@ class MobileFaceNetEmbedder(Embedder):
         except RuntimeError as exc:
             raise WeightsError(f"not MobileFaceNet reid-0095 weights: {str(exc).splitlines()[0]}") from exc
         self.runner = make_runner(
-            self.model.eval(), backend, device, threads, (3, INPUT_SIZE, INPUT_SIZE), "mobilefacenet"
+            self.model.eval(),
+            backend,
+            device,
+            threads,
+            (3, INPUT_SIZE, INPUT_SIZE),
+            MOBILEFACENET,
+            NETWORKS.get(MOBILEFACENET).auto_backends,
         )
         self.backend = self.runner.name
         self.name = name

@@ -16,7 +16,7 @@ input_range``). Reading the table loads nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 from openface_py.faces.align import AlignmentSpec, intel5_spec, openface_spec
 from openface_py.registry import Registry
@@ -45,6 +45,9 @@ class Network:
     dense_prefix: str
     #: the named model ``train-net`` starts from unless ``--init`` says otherwise
     pretrained: str
+    #: the backends ``auto`` tries, in order, when not ``backends.AUTO_ORDER`` (ONNX Runtime first):
+    #: the fastest measured for this network first
+    auto_backends: Optional[tuple[str, ...]] = None
 
 
 def _nn4() -> nn.Module:
@@ -82,5 +85,8 @@ NETWORKS.add(
         block_names=("stem", "stage1", "stage2", "stage3", "stage4", "stage5"),
         dense_prefix="embedding.",
         pretrained="mobilefacenet-reid-0095",
+        # ONNX Runtime runs this graph at a third of NN4-small2's rate (its broadcast PReLU), eager
+        # PyTorch at x1.7-1.9 of that; compile gains 14-33% more for an 11 s start (BENCHMARKS.md)
+        auto_backends=("eager",),
     ),
 )
