@@ -14,6 +14,9 @@ SHIPPED_MODELS = sorted(p.name for p in (HERE / "models").glob("*") if p.suffix 
 
 #: The `ray` extra (--engine ray); see extras_require.
 RAY = ["ray[data]>=2.40", "pyarrow>=14", "fsspec>=2023.1"]
+#: The `openvino` extra: Intel's runtime runs MobileFaceNet's graph 1.4x eager PyTorch and 2.6x ONNX
+#: Runtime on a CPU (BENCHMARKS.md); `--backend auto` uses it for that network when installed.
+OPENVINO = ["openvino>=2024.0"]
 
 
 class BuildPyWithModels(build_py):
@@ -68,6 +71,7 @@ setup(
         # --engine ray: Ray Data runs folder jobs on a cluster; pyarrow (which Ray Data brings) reads
         # photos from URLs and writes --format parquet; fsspec opens the URLs pyarrow does not know
         "ray": RAY,
+        "openvino": OPENVINO,
         # pytest-xdist: `make test` runs the suite on two workers (most of its time is spent waiting on
         # subprocesses and loopback servers, so two workers halve it on a 2-core machine)
         "test": [
@@ -79,7 +83,8 @@ setup(
             "httpx>=0.27",
             "selenium>=4.20",
         ]
-        + RAY,  # the Ray engine's tests run on a local Ray instance in CI
+        + RAY  # the Ray engine's tests run on a local Ray instance in CI
+        + OPENVINO,  # and the OpenVINO backend's against eager
     },
     cmdclass={"build_py": BuildPyWithModels},
     entry_points={"console_scripts": ["openface-py=openface_py.cli:main"]},

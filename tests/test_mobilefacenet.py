@@ -65,13 +65,17 @@ def test_embeddings_equal_openvino_on_recorded_faces(embedder):
     assert sims[~np.eye(len(rows), dtype=bool)].max() < 0.9
 
 
-def test_onnx_backend_matches_openvino(tmp_path, monkeypatch):
-    """The ONNX Runtime backend (exported once per weights into $OPENFACE_PY_HOME/onnx) gives
-    OpenVINO's embeddings too; ``auto`` checks it against eager at start-up."""
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_onnx_and_openvino_backends_match_openvino_on_the_ir(tmp_path, monkeypatch, backend):
+    """The ONNX Runtime and OpenVINO backends (both on our network exported once per weights into
+    $OPENFACE_PY_HOME/onnx) give the embeddings OpenVINO gave on Intel's own IR; ``auto`` checks
+    them against eager at start-up."""
+    if backend == "openvino":
+        pytest.importorskip("openvino", reason="the openvino extra (pip install 'openface-py[openvino]')")
     monkeypatch.setenv("OPENFACE_PY_HOME", str(tmp_path))
     rows = json.loads((REF / "openvino-outputs.json").read_text())
-    emb = load_embedder(MOBILEFACENET_REID, backend="onnx")
-    assert emb.backend == "onnx" and list((tmp_path / "onnx").glob("mobilefacenet-*.onnx"))
+    emb = load_embedder(MOBILEFACENET_REID, backend=backend)
+    assert emb.backend == backend and list((tmp_path / "onnx").glob("mobilefacenet-*.onnx"))
     ours = emb.embed([_load_png(REF / r["crop"]) for r in rows])
     ref = np.array([r["openvino"] for r in rows], dtype=np.float64)
     assert ((ours * ref).sum(axis=1) / np.linalg.norm(ref, axis=1)).min() >= 0.9999

@@ -1,5 +1,5 @@
 """Inference backends for an embedding network (NN4-small2, MobileFaceNet): the same network,
-three ways to run it on a CPU (or GPU). The input shape is the network's (``input_shape``,
+four ways to run it on a CPU (or GPU). The input shape is the network's (``input_shape``,
 (3, 96, 96) for NN4-small2, (3, 128, 128) for MobileFaceNet).
 
 * ``eager``: PyTorch as written, channels-last memory layout, ``inference_mode``.
@@ -8,15 +8,20 @@ three ways to run it on a CPU (or GPU). The input shape is the network's (``inpu
   ``$OPENFACE_PY_HOME/inductor`` so a second process starts faster.
 * ``onnx``: the network exported with ``torch.onnx`` once per weights file (cached as
   ``$OPENFACE_PY_HOME/onnx/<tag>-<sha256 of the weights>.onnx``) and run by ONNX Runtime.
+* ``openvino``: the same ONNX file run by Intel's OpenVINO runtime in float32 (the ``openvino``
+  extra; its CPU plugin would otherwise run bfloat16 where the processor has it, which moves
+  MobileFaceNet's embeddings to cosine 0.999). Measured fastest for MobileFaceNet on a CPU.
 
 ``auto`` takes the first that builds and passes a start-up check against eager on one batch,
-in ``AUTO_ORDER``; any failure (package missing, compiler error, mismatch) logs why and falls
-back to the next, ending with eager.
+in the network's order (``networks.Network.auto_backends``) or ``AUTO_ORDER``; any failure
+(package missing, compiler error, mismatch) logs why and falls back to the next, ending with
+eager. An optional package that is not installed (``OPTIONAL``) is passed over quietly.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import io as _io
 import logging
 import os
@@ -34,7 +39,9 @@ from openface_py.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "compile", "onnx")
+BACKENDS = ("eager", "compile", "onnx", "openvino")
+#: Backends whose package is an extra: ``auto`` skips them without a warning when it is absent.
+OPTIONAL = {"openvino": "openvino"}
 #: Fastest first on a 2-core CPU in a first measurement (ONNX and compile about 2x eager at batch 32);
 #: benchmarks/bench_pipeline.py measures them all.
 AUTO_ORDER = ("onnx", "compile", "eager")
@@ -126,15 +133,21 @@ def export_onnx(model: torch.nn.Module, dest: Path, input_shape: tuple[int, ...]
     return dest
 
 
+def _exported(model: torch.nn.Module, input_shape: tuple[int, ...], tag: str) -> Path:
+    """The network's ONNX file (``onnx_path``), exported the first time."""
+    path = onnx_path(model, tag)
+    if not path.is_file():
+        export_onnx(model, path, input_shape)
+        log.info("exported ONNX model to %s", path)
+    return path
+
+
 def _onnx(
     model: torch.nn.Module, threads: Optional[int], input_shape: tuple[int, ...], tag: str
 ) -> Callable[[np.ndarray], np.ndarray]:
     import onnxruntime as ort
 
-    path = onnx_path(model, tag)
-    if not path.is_file():
-        export_onnx(model, path, input_shape)
-        log.info("exported ONNX model to %s", path)
+    path = _exported(model, input_shape, tag)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = int(threads or torch.get_num_threads())
     opts.inter_op_num_threads = 1
@@ -143,6 +156,23 @@ def _onnx(
 
     def run(x: np.ndarray) -> np.ndarray:
         return session.run(None, {"faces": x})[0]
+
+    return run
+
+
+def _openvino(
+    model: torch.nn.Module, threads: Optional[int], input_shape: tuple[int, ...], tag: str
+) -> Callable[[np.ndarray], np.ndarray]:
+    import openvino as ov
+
+    path = _exported(model, input_shape, tag)
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
+    compiled = ov.Core().compile_model(str(path), "CPU", config)
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return np.array(request.infer({0: x})[output], dtype=np.float32)
 
     return run
 
@@ -166,6 +196,10 @@ def build(
         if dev.type != "cpu":
             raise RuntimeError("the onnx backend runs on the CPU only here")
         run = _onnx(model, threads, tuple(input_shape), tag)
+    elif backend == "openvino":
+        if dev.type != "cpu":
+            raise RuntimeError("the openvino backend runs on the CPU only here")
+        run = _openvino(model, threads, tuple(input_shape), tag)
     else:
         raise UsageError(f"unknown backend {backend!r} (choose from auto, {', '.join(BACKENDS)})")
     runner = Runner(backend, run, 0.0)
@@ -196,6 +230,9 @@ def make_runner(
     probe = np.random.default_rng(0).random((2, *input_shape), dtype=np.float32) * np.float32(model.input_range)
     expected = reference(probe)
     for name in auto_order or AUTO_ORDER:
+        if name in OPTIONAL and importlib.util.find_spec(OPTIONAL[name]) is None:
+            log.debug("backend %s not installed (pip install 'openface-py[%s]')", name, name)
+            continue
         try:
             runner = build(model, name, device, threads, input_shape, tag)
             err = float(np.abs(runner(probe) - expected).max())
