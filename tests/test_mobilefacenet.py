@@ -148,6 +148,10 @@ def test_alignment_puts_the_points_on_intels_template(sample_rgb, align_from, us
             MTCNN_ALIGN_DEFAULT == "auto"
             and align_detection(OpenFaceAligner(), sample_rgb, det).aligned_from == "dlib68"
         )
+        # jobs record the concrete choice; dlib's detectors have none to make
+        spec = DetectorSpec("mtcnn")
+        assert (spec.resolved(True).align_from, spec.resolved(False).align_from) == ("mtcnn5", "dlib68")
+        assert DetectorSpec("hog").resolved(True) == DetectorSpec("hog")
     pts = face.landmarks if used == "mtcnn5" else five_from_68(face.landmarks)
     m = similarity_transform(pts, np.array(INTEL5_TEMPLATE) * 128)
     moved = pts @ m[:, :2].T + m[:, 2]

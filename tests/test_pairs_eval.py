@@ -186,3 +186,9 @@ def test_the_central_pick_embeds_the_subject_of_a_centred_photo(tmp_path):
         far = float(((reps[idx["p/composite.png"]] - reps[idx[p[0]]]) ** 2).sum())
         assert (dist[pick] < far) == (pick == "central"), (pick, dist[pick], far)
     assert dist["central"] < dist["largest"]
+    # a folder job keeps its pick in run.json as multi/skip-multi: central is refused there
+    from openface_py.errors import OpenFacePyError
+    from openface_py.jobs.stream import run_folder
+
+    with pytest.raises(OpenFacePyError, match="central"):
+        run_folder(root, tmp_path / "run", None, pick="central")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -77,7 +78,7 @@ def test_compare_gives_the_librarys_answers(reps, empty_home):
         assert pair["same"] == (people[0] == people[1])
 
 
-def test_the_identification_threshold_holds_the_stranger_rate_for_the_gallery_size():
+def test_the_identification_threshold_holds_the_stranger_rate_for_the_gallery_size(caplog):
     """1:N: the threshold at which a stranger against N independent faces is named with chance
     ``fpir``, checked against the definition 1 - (1 - FAR(t))^N on a curve where FAR(t) is known in
     closed form (log10 FAR linear in t, which the log-FAR interpolation reproduces exactly)."""
@@ -94,6 +95,8 @@ def test_the_identification_threshold_holds_the_stranger_rate_for_the_gallery_si
     # a bigger gallery needs a stricter threshold; never looser than the pair threshold
     assert identification_threshold(1.5, curve, 1000) < identification_threshold(1.5, curve, 10)
     assert identification_threshold(1.1, curve, 2) == 1.1
-    # beyond the measured points: the nearest one; no curve or one face: the pair threshold
-    assert identification_threshold(1.5, curve, 10**9) == 1.0
+    # beyond the measured points: the nearest one, with a warning; no curve or one face: the pair threshold
+    with caplog.at_level(logging.WARNING, logger="openface_py.recognize.verify"):
+        assert identification_threshold(1.5, curve, 10**9) == 1.0
+    assert "strangers are named more often" in caplog.text
     assert identification_threshold(1.5, (), 100) == 1.5 and identification_threshold(1.5, curve, 1) == 1.5

@@ -46,7 +46,7 @@ def register(add_command) -> None:
     p.add_argument("--model", default=None, help=MODEL_HELP())
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--backend", choices=backend_choices(), default="auto", help="NN4-small2 backend (default: auto)")
+    p.add_argument("--backend", choices=backend_choices(), default="auto", help="embedding backend (default: auto)")
     p.set_defaults(handler=cmd_represent)
 
     p = add_command("run", help="detect, align and embed a folder of photos in one pass (parallel, resumable)")
@@ -65,7 +65,7 @@ def register(add_command) -> None:
         "face (path, label, box, score, embedding, identity), for outputs too large for CSV",
     )
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--backend", choices=backend_choices(), default="auto", help="NN4-small2 backend (default: auto)")
+    p.add_argument("--backend", choices=backend_choices(), default="auto", help="embedding backend (default: auto)")
     p.add_argument("--save-aligned", action="store_true", help="also write the aligned faces (OUTPUT_DIR/aligned)")
     p.add_argument("--retry-failed", action="store_true", help="retry photos that failed in an earlier run")
     p.add_argument("--json", action="store_true", help="print the run report as JSON")

@@ -80,8 +80,8 @@ def register(add_command) -> None:
         type=float,
         default=None,
         help="squared-L2 distance above which a face is unknown (default: the model's same-person threshold, for a "
-        "gallery folder tightened so that a stranger is named at most 1%% of the time given the gallery's size, "
-        "where the model's impostor curve is measured)",
+        "gallery folder tightened for the gallery's size so that a stranger is named about 1%% of the time, "
+        "where the model's impostor curve is measured (down to 1e-5 per face, about 1,000 gallery faces))",
     )
     add_detector_args(p)
     p.add_argument("--json", action="store_true")

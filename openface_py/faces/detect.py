@@ -442,8 +442,8 @@ class DetectorSpec:
     def resolved(self, prefer_points: bool) -> DetectorSpec:
         """This spec with ``align_from="auto"`` made concrete for an alignment that prefers MTCNN's
         5 points (``mtcnn5``) or dlib's 68 (``dlib68``), so that jobs record and compare what ran."""
-        if self.align_from != "auto":
-            return self
+        if self.align_from != "auto" or not self.uses_mtcnn:
+            return self  # (dlib's detectors give no points: their specs stay as they are)
         return replace(self, align_from="mtcnn5" if prefer_points else "dlib68")
 
     @classmethod

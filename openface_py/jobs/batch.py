@@ -179,7 +179,7 @@ def align_folder(
     in_dir, out_dir = Path(input_dir), Path(output_dir)
     if not in_dir.is_dir():
         raise OpenFacePyError(f"{in_dir}: input folder not found")
-    if pick == "all":
+    if pick not in ("largest", "only"):  # 'central' is for benchmark photos (lfw, pairs-eval)
         raise OpenFacePyError("align keeps one face per photo: pick 'largest' or 'only'")
     stage = FaceStageSpec(DetectorSpec.of(detector), alignment, pick)
     job = AlignJob(str(in_dir), str(out_dir), stage)

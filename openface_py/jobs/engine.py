@@ -77,7 +77,8 @@ class EmbedderSpec:
 
     @classmethod
     def of(cls, model: Optional[str] = None, backend: str = "auto", threads: Optional[int] = None) -> EmbedderSpec:
-        """The spec of a model by name or weights path, without loading torch or the weights."""
+        """The spec of a model by name or weights path, without building the network (a named model
+        loads nothing; a ``.pt`` path's metadata is read, ``embed.describe_model``)."""
         from openface_py.nets.embed import describe_model, embedding_dim
 
         model, name, alignment = describe_model(model)

@@ -140,6 +140,8 @@ def run_folder(
     (the files ``represent`` writes, plus ``faces.json``) or ``parquet`` (``faces.parquet``, one row
     per face, written part by part: for outputs too large for CSV).
     """
+    if pick == "central":  # recorded as multi/skip_multi, which cannot say it; it is for benchmark photos
+        raise OpenFacePyError("run picks 'all', 'largest' or 'only' faces ('central' is for lfw and pairs-eval)")
     if output_format not in OUTPUT_FORMATS:
         raise OpenFacePyError(f"unknown output format {output_format!r}: one of {', '.join(OUTPUT_FORMATS)}")
     if output_format == "parquet":

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 BACKENDS = ("eager", "compile", "onnx", "openvino")
 #: Backends whose package is an extra: ``auto`` skips them without a warning when it is absent.
 OPTIONAL = {"openvino": "openvino"}
+#: Backends that run on the CPU only: ``auto`` skips them without a warning on another device.
+CPU_ONLY = ("onnx", "openvino")
 #: Fastest first on a 2-core CPU in a first measurement (ONNX and compile about 2x eager at batch 32);
 #: benchmarks/bench_pipeline.py measures them all.
 AUTO_ORDER = ("onnx", "compile", "eager")
@@ -230,6 +232,9 @@ def make_runner(
     probe = np.random.default_rng(0).random((2, *input_shape), dtype=np.float32) * np.float32(model.input_range)
     expected = reference(probe)
     for name in auto_order or AUTO_ORDER:
+        if name in CPU_ONLY and torch.device(device).type != "cpu":
+            log.debug("backend %s runs on the CPU only, not %s", name, device)
+            continue
         if name in OPTIONAL and importlib.util.find_spec(OPTIONAL[name]) is None:
             log.debug("backend %s not installed (pip install 'openface-py[%s]')", name, name)
             continue

@@ -167,7 +167,7 @@ EMBEDDERS.add(
         # vectors squared L2 = 2 - 2 cos, so this is cos >= 1 - threshold / 2
         threshold=1.444,
         description="Intel's MobileFaceNet (Apache-2.0), shipped, 256-D; "
-        "LFW 0.9960 +- 0.0031 with MTCNN's 5 points (0.9883 with HOG + dlib68) measured by `openface-py lfw`",
+        "LFW 0.9960 +- 0.0031 with MTCNN's 5 points and --pick central (0.9883 with HOG + dlib68) by `openface-py lfw`",
         default_candidate=False,
         network=MOBILEFACENET,
         # LFW's 29.6 M different-person pairs of the 7,701 view-2 images, HOG + 5 points from dlib's

@@ -154,9 +154,9 @@ def weights_network(path: Union[str, Path]) -> str:
 def network_state(path: Union[str, Path], network: str) -> dict:
     """The checked state dict of ``network`` weights at ``path`` (``WeightsError`` when they are not)."""
     if network == MOBILEFACENET:
-        from openface_py.nets.embedders import load_mobilefacenet_state
+        from openface_py.nets.embedders import checked_mobilefacenet_state, load_mobilefacenet_state
 
-        return load_mobilefacenet_state(path)
+        return checked_mobilefacenet_state(load_mobilefacenet_state(path))
     from openface_py.nets.weights import load_weights
 
     return load_weights(path)

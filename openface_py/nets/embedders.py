@@ -134,12 +134,9 @@ class MobileFaceNetEmbedder(Embedder):
 
         if threads:
             torch.set_num_threads(int(threads))
-        state = weights if isinstance(weights, dict) else load_mobilefacenet_state(weights)
+        state = checked_mobilefacenet_state(weights if isinstance(weights, dict) else load_mobilefacenet_state(weights))
         self.model = MobileFaceNet()
-        try:
-            self.model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise WeightsError(f"not MobileFaceNet reid-0095 weights: {str(exc).splitlines()[0]}") from exc
+        self.model.load_state_dict(state)
         self.runner = make_runner(
             self.model.eval(),
             backend,
@@ -156,6 +153,17 @@ class MobileFaceNetEmbedder(Embedder):
 
     def _embed_batch(self, faces: list[np.ndarray]) -> np.ndarray:
         return self.runner(np.stack(faces).astype(np.float32).transpose(0, 3, 1, 2))
+
+
+def checked_mobilefacenet_state(state: dict) -> dict:
+    """``state`` when it loads into ``MobileFaceNet`` (every tensor, right shapes); ``WeightsError`` otherwise."""
+    from openface_py.nets.mobilefacenet import MobileFaceNet
+
+    try:
+        MobileFaceNet().load_state_dict(state)
+    except RuntimeError as exc:
+        raise WeightsError(f"not MobileFaceNet weights: {str(exc).splitlines()[0]}") from exc
+    return state
 
 
 def load_mobilefacenet_state(path: Union[str, Path]) -> dict:

@@ -7,8 +7,8 @@ become its input, the blocks ``train-net --freeze-blocks`` counts, its final pro
 path are this table's ``nn4.small2`` unless their ``.pt`` metadata names another network
 (``train-net`` writes ``"network"``), so a fine-tuned MobileFaceNet loads anywhere a model is named.
 
-Both networks expose the same training interface: ``blocks()`` (callables in order),
-``features(x, start, stop)``, ``head(features)`` (unit vectors), ``block_modules(i)`` (the modules
+Both networks expose the same training interface: ``features(x, start, stop)`` (training blocks
+``start``..``stop``-1), ``head(features)`` (unit vectors), ``block_modules(i)`` (the modules
 holding block ``i``'s parameters) and ``input_range`` (the network's input is ``[0, 1] x
 input_range``). Reading the table loads nothing.
 """

@@ -16,12 +16,15 @@ threshold, and are now one.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from openface_py.metrics import platt_sigmoid
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from openface_py.recognize.jointbayes import JointBayesian
@@ -77,6 +80,12 @@ def identification_threshold(
     far = 1.0 - (1.0 - fpir) ** (1.0 / gallery_faces)
     ts = np.array([t for t, _ in impostor_far], dtype=np.float64)
     fars = np.log10([f for _, f in impostor_far])
+    if np.log10(far) < fars.min():
+        log.warning(
+            "a gallery of %d faces needs a false-accept rate of %.1e per face for a %.0f%% chance of naming a "
+            "stranger; the model's impostor curve is measured down to %.0e only, so strangers are named more often",
+            gallery_faces, far, 100 * fpir, 10 ** fars.min(),
+        )  # fmt: skip
     return float(min(threshold, np.interp(np.log10(far), fars, ts)))
 
 

@@ -478,7 +478,13 @@ def make_recognizer(
     limit = threshold if threshold is not None else embedder.same_person_threshold
     if limit is None:  # before the gallery is embedded
         raise UsageError(f"{embedder.name} has no calibrated same-person threshold; give one (--threshold)")
-    # the gallery's photos at their own size, upsampled once as for `identify`
-    photos = replace(options.get("detector", DetectorSpec("hog")), upsample=1)
+    # the gallery's photos at their own size, upsampled once as for `identify`, and aligned from
+    # dlib's 68 landmarks as tracked faces are (a track has a box, no MTCNN points)
+    photos = replace(options.get("detector", DetectorSpec("hog")), upsample=1, align_from="dlib68")
     gallery = build_gallery(gallery_dir, FacePipeline(photos, embedder=embedder), progress=progress)
+    if threshold is None:  # 1:N, as `identify` against a gallery folder
+        from openface_py.nets.embed import impostor_far
+        from openface_py.recognize.verify import identification_threshold
+
+        limit = identification_threshold(limit, impostor_far(embedder.name), len(gallery.names))
     return VideoRecognizer(embedder, gallery_recogniser(gallery, limit), **options)

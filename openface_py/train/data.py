@@ -66,8 +66,9 @@ def read_labeled_faces(aligned_dir: os.PathLike | str, spec: AlignmentSpec) -> L
     have = read_align_meta(root)
     if have is not None and have != spec:
         raise UsageError(
-            f"{root} was aligned as {have.identity} but NN4-small2 needs {spec.identity}; "
-            f"run 'openface-py align INPUT_DIR OUTPUT_DIR' (default alignment) first"
+            f"{root} was aligned as {have.identity} but the network needs {spec.identity}; align the photos "
+            "for it first ('openface-py align INPUT_DIR OUTPUT_DIR', with --model mobilefacenet-reid-0095 "
+            "for MobileFaceNet)"
         )
     if have is None:
         log.warning("%s has no %s: assuming its faces are aligned as %s", root, ALIGN_META, spec.identity)
