@@ -10,6 +10,7 @@ import csv
 import importlib.util
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,19 +272,25 @@ def test_unreadable_photos_are_reported_and_skipped(runs, tmp_path):
     gone = lab["paths"][0]
     lab["paths"][0] = str(tmp_path / "moved-away.jpg")
     (run / "labels.json").write_text(json.dumps(lab))
-    rc, out, err = cli("cluster", str(run), "-o", str(tmp_path / "out"), "--json")
+    rc, out, err = cli("cluster", str(run), "-o", str(tmp_path / "out"), "--json", "--links")
     assert rc == 0, err
     report = json.loads(out)
     assert [u["path"] for u in report["unreadable"]] == [str(tmp_path / "moved-away.jpg")]
     assert gone != report["unreadable"][0]["path"] and report["sheets"] == report["clusters"]
+    # no link to a photo that is not there; every other photo linked once
+    assert report["unlinked"] == [str(tmp_path / "moved-away.jpg")] and report["links"] == 99
 
 
 def test_cluster_command_errors(runs, tmp_path):
     rc, out, err = cli("cluster", str(tmp_path / "missing"), "-o", str(tmp_path / "o"))
     assert rc == 2 and "no such folder" in err
-    rc, out, err = cli("cluster", str(SAMPLE), "-o", str(tmp_path / "o"))
-    assert rc == 1 and "not an openface-py run output folder" in err
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "notes.txt").write_text("no photos here")
+    rc, out, err = cli("cluster", str(tmp_path / "empty"), "-o", str(tmp_path / "o"))
+    assert rc == 1 and "no photos below it" in err
     assert not (tmp_path / "o").exists()
+    rc, out, err = cli("cluster", str(runs[0]), "-o", str(tmp_path / "o"), "--detector", "hog", "--workers", "1")
+    assert rc == 2 and "--detector, --workers: options of a folder of photos" in err
     rc, out, err = cli("cluster", str(runs[0]), "-o", str(tmp_path / "nowhere" / "o"))
     assert rc == 2 and "does not exist" in err
     rc, out, err = cli("cluster", str(runs[0]), "-o", str(SAMPLE))
@@ -351,3 +358,118 @@ def test_parquet_run_clusters_as_the_openface_files(runs, default_home, tmp_path
     pq.write_table(mixed, run / "faces.parquet")
     rc, out, err = cli("cluster", str(run), "-o", str(tmp_path / "mixed"))
     assert rc == 1 and "more than one model" in err
+
+
+# --- a folder of photos, and the folders of links ---
+
+
+def _partition(rows):
+    """clusters.csv's rows as {cluster folder name: photos}, as ``--links`` lays them out."""
+    out = {}
+    for path, _, cluster in rows:
+        out.setdefault(f"cluster-{int(cluster):04d}" if cluster else "unassigned", set()).add(path)
+    return out
+
+
+def _links(people):
+    """people/'s folders as {folder name: the photos their links point at}; every entry a link."""
+    out = {}
+    for folder in sorted(people.iterdir()):
+        entries = list(folder.iterdir())
+        assert all(e.is_symlink() for e in entries), entries
+        out[folder.name] = {str(e.resolve()) for e in entries}
+        assert len(out[folder.name]) == len(entries)  # each photo once
+    return out
+
+
+def test_photo_folder_clusters_as_run_then_cluster(runs, default_home, tmp_path):
+    """`cluster PHOTOS` runs every face of each photo into OUT/run and gives the clusters that
+    `run --multi` then `cluster RUN_DIR` give; --links lays them out as folders of links."""
+    _, multi, photos = runs
+    env = {"OPENFACE_PY_HOME": str(default_home)}
+    out = tmp_path / "out"
+    rc, stdout, err = cli("cluster", str(photos), "-o", str(out), "--workers", "2", "--links", "--json", env=env)
+    assert rc == 0, err
+    report = json.loads(stdout)
+    assert report["run"]["total"] == 11 and report["run"]["aligned"] == 11 and report["faces"] == 12
+    assert json.loads((out / "run" / "run.json").read_text())["multi"] is True  # every face, as --multi
+    rc, _, err = cli("cluster", str(multi), "-o", str(tmp_path / "ref"))
+    assert rc == 0, err
+    assert (out / "clusters.csv").read_text() == (tmp_path / "ref" / "clusters.csv").read_text()
+    reps, _, _, _ = load_embeddings(out / "run")
+    assert np.allclose(reps, load_embeddings(multi)[0], atol=1e-5)
+    # the links: one folder per cluster and one of the unassigned, each photo of their faces once
+    _, rows = _read_csv(out / "clusters.csv")
+    expected = {k: {str(Path(p).resolve()) for p in v} for k, v in _partition(rows).items()}
+    assert _links(out / "people") == expected and report["links"] == sum(len(v) for v in expected.values())
+    assert "unassigned" in expected and len(expected) >= 2  # (the group photo's faces are unassigned)
+
+
+def test_photo_folder_rerun_resumes(runs, default_home, tmp_path):
+    """What a killed first attempt left in OUT/run is resumed, and so is a finished one to which
+    photos were added: only the new photo is embedded."""
+    _, multi, photos = runs
+    env = {"OPENFACE_PY_HOME": str(default_home)}
+    mine, out = tmp_path / "photos", tmp_path / "out"
+    shutil.copytree(photos, mine)  # (copy2: the same sizes and times, so the run's journal vouches for them)
+    shutil.copytree(multi, out / "run", ignore=shutil.ignore_patterns(".openface-py.lock"))
+    rc, stdout, err = cli("cluster", str(mine), "-o", str(out), "--workers", "1", "--json", env=env)
+    assert rc == 0, err
+    report = json.loads(stdout)
+    assert (report["run"]["aligned"], report["run"]["already_done"], report["faces"]) == (0, 11, 12)
+    _, rows = _read_csv(out / "clusters.csv")
+    assert all(r[0].startswith(str(mine)) for r in rows)  # the photos as they are now
+    (mine / "Colin_Powell").mkdir()
+    shutil.copy(SAMPLE / "Colin_Powell" / "Colin_Powell_0001.jpg", mine / "Colin_Powell")
+    rc, stdout, err = cli("cluster", str(mine), "-o", str(out), "--workers", "1", "--json", env=env)
+    assert rc == 0, err
+    report = json.loads(stdout)
+    assert (report["run"]["aligned"], report["run"]["already_done"], report["faces"]) == (1, 11, 13)
+    assert len(_read_csv(out / "clusters.csv")[1]) == 13
+    # a rerun with other detector settings is refused, not mixed into the run
+    rc, stdout, err = cli("cluster", str(mine), "-o", str(out), "--detector", "hog", env=env)
+    assert rc == 1 and "other settings" in err
+    # photos that are all unreadable: each reported, and nothing to cluster
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"not a photo")
+    rc, stdout, err = cli("cluster", str(bad), "-o", str(tmp_path / "bad-out"), "--workers", "1", env=env)
+    assert rc == 1 and "FAILED a.jpg" in err and "no faces to cluster" in err
+    assert "no person label" not in err  # (a flat folder of photos is what cluster expects)
+
+
+def test_links_are_replaced_on_a_rerun(runs, tmp_path):
+    multi = runs[1]
+    out = tmp_path / "out"
+    rc, stdout, err = cli("cluster", str(multi), "-o", str(out), "--links", "--threshold", "4", "--min-size", "1")
+    assert rc == 0, err
+    _, rows = _read_csv(out / "clusters.csv")
+    assert _links(out / "people") == _partition(rows) and len(_partition(rows)) == 2  # everyone, the other face
+    # a killed run's temporary links folder is removed; a stricter rerun swaps in its own folders
+    leftover = out / ".openface-py-tmp.people.999" / "cluster-0000"
+    leftover.mkdir(parents=True)
+    (leftover / "x.jpg").symlink_to(SAMPLE / "Tony_Blair" / "Tony_Blair_0001.jpg")
+    rc, stdout, err = cli("cluster", str(multi), "-o", str(out), "--links", "--json")
+    assert rc == 0, err
+    _, rows = _read_csv(out / "clusters.csv")
+    assert _links(out / "people") == _partition(rows) and json.loads(stdout)["clusters"] == 2
+    assert not leftover.parent.exists() and sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [
+        ".openface-py.lock"
+    ]
+    # a file of the user's in people/: refused, nothing removed
+    (out / "people" / "notes.txt").write_text("mine")
+    rc, stdout, err = cli("cluster", str(multi), "-o", str(out), "--links")
+    assert rc == 1 and "did not make" in err and (out / "people" / "notes.txt").read_text() == "mine"
+    rc, stdout, err = cli("cluster", str(multi), "-o", str(out))  # no --links: people/ is not ours, kept
+    assert rc == 0 and (out / "people" / "notes.txt").is_file()
+    (out / "people" / "notes.txt").unlink()
+    rc, stdout, err = cli("cluster", str(multi), "-o", str(out))  # no --links: our earlier links go
+    assert rc == 0 and not (out / "people").exists()
+
+
+def test_link_names_are_unique_in_a_folder():
+    from openface_py.jobs.clusterjob import _link_name
+
+    used: set[str] = set()
+    names = [_link_name(n, used) for n in ("a.jpg", "b.jpg", "a.jpg", "A.JPG", "a.jpg")]
+    assert names == ["a.jpg", "b.jpg", "a~1.jpg", "A~2.JPG", "a~3.jpg"]

@@ -45,9 +45,14 @@ def quiet_logs(verbose: bool) -> None:
 
 
 def add_detector_args(
-    p: argparse.ArgumentParser, default: str = "hog", choices: Optional[Sequence[str]] = None, upsample: int = 1
+    p: argparse.ArgumentParser,
+    default: str = "hog",
+    choices: Optional[Sequence[str]] = None,
+    upsample: int = 1,
+    min_face_option: str = "--min-face",
 ) -> None:
-    """The options ``detector_spec`` turns into one ``DetectorSpec``."""
+    """The options ``detector_spec`` turns into one ``DetectorSpec``; ``min_face_option``: the
+    spelling of MTCNN's smallest face (``cluster`` has a ``--min-face`` of its own)."""
     from openface_py.faces.detect import ALIGN_FROM, DETECTOR_NAMES, MTCNN_ALIGN_DEFAULT
 
     p.add_argument(
@@ -64,7 +69,14 @@ def add_detector_args(
     p.add_argument(
         "--max-side", type=int, default=None, help="detect on a copy downscaled to this longer side (large photos)"
     )
-    p.add_argument("--min-face", type=int, default=20, help="mtcnn: smallest face side searched for, px (default: 20)")
+    p.add_argument(
+        min_face_option,
+        dest="detect_min_face",
+        type=int,
+        default=20,
+        help="mtcnn: smallest face side searched for, px (default: 20)",
+    )
+    p.set_defaults(min_face_option=min_face_option)
     p.add_argument(
         "--mtcnn-thresholds",
         type=_three_floats,
@@ -148,15 +160,17 @@ def detector_spec(args: argparse.Namespace):
         if getattr(args, "align_from", None):
             raise UsageError("--align-from applies to the mtcnn and hog-mtcnn detectors")
         if (
-            int(args.min_face) != MTCNN_DEFAULTS["min_face"]
+            int(args.detect_min_face) != MTCNN_DEFAULTS["min_face"]
             or list(args.mtcnn_thresholds) != MTCNN_DEFAULTS["thresholds"]
         ):
-            raise UsageError("--min-face and --mtcnn-thresholds apply to the mtcnn and hog-mtcnn detectors")
+            raise UsageError(
+                f"{args.min_face_option} and --mtcnn-thresholds apply to the mtcnn and hog-mtcnn detectors"
+            )
     return DetectorSpec(
         args.detector,
         upsample=int(args.upsample),
         max_side=args.max_side,
-        min_face=int(args.min_face),
+        min_face=int(args.detect_min_face),
         thresholds=tuple(args.mtcnn_thresholds),
         align_from=args.align_from or MTCNN_ALIGN_DEFAULT,
     )

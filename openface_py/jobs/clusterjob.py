@@ -1,6 +1,8 @@
-"""``openface-py cluster``: the faces of a ``run`` output folder grouped into people.
+"""``openface-py cluster``: the faces of a ``run`` output folder, or of a folder of photos, grouped into people.
 
-Reads the run's embedding files (``embeddings.load_embeddings``: one model identity, checked
+A folder of photos (``cluster_photos``) is first run through ``stream.run_folder`` with every face
+of each photo into ``OUT/run/`` (resumable: a rerun continues it, as ``run`` does), then clustered
+as a run output folder. Reads the run's embedding files (``embeddings.load_embeddings``: one model identity, checked
 against ``run.json``) and ``faces.json`` (photo, face index and box of each row), or a ``--format
 parquet`` run's ``faces.parquet`` (every row of one model), clusters them
 with ``recognize.cluster`` (two faces of one photo never together) and writes, each file
@@ -10,6 +12,9 @@ atomically, into an output folder it owns (``outdir.OutputFolder``, marker ``clu
   it; ``face`` its index in the photo as in ``faces.json``; ``cluster`` empty when unassigned);
 - ``sheets/cluster-NNNN.png``: per cluster, largest first, its faces cut from the photos as
   thumbnails in one image (``contactsheet``; at most ``MAX_FACES`` per sheet);
+- ``people/cluster-NNNN/`` and ``people/unassigned/`` (``links``): symbolic links to the photos of
+  each cluster's faces, to browse in a file manager; built in a temporary folder and swapped in
+  whole, and removed on a rerun without ``links``, but only while it holds nothing else;
 - ``clusters.json`` (last, so a complete folder has it): settings, counts, the members of each
   cluster and the photos that could not be read for the sheets.
 """
@@ -20,6 +25,9 @@ import csv
 import io as _io
 import json
 import logging
+import os
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -27,12 +35,22 @@ from typing import Optional
 import numpy as np
 
 from openface_py.errors import Failure, ImageLoadError, OpenFacePyError, UsageError
-from openface_py.io import atomic_output, atomic_write_bytes, atomic_write_text, encode_png, load_image
+from openface_py.faces.detect import DetectorSpec
+from openface_py.io import (
+    TEMP_PREFIX,
+    atomic_output,
+    atomic_write_bytes,
+    atomic_write_text,
+    encode_png,
+    list_images,
+    load_image,
+)
 from openface_py.jobs import contactsheet
+from openface_py.jobs.batch import AlignReport
 from openface_py.jobs.embeddings import EMBED_META, load_embeddings
-from openface_py.jobs.outdir import OutputFolder
+from openface_py.jobs.outdir import OS_LITTER, OutputFolder
 from openface_py.jobs.source import INSTALL_HINT
-from openface_py.jobs.stream import PARQUET
+from openface_py.jobs.stream import PARQUET, RUN_META, run_folder
 from openface_py.recognize.cluster import DEFAULT_K, DEFAULT_MIN_SIZE, Clustering, ClusterSettings, cluster_faces
 
 log = logging.getLogger(__name__)
@@ -40,6 +58,12 @@ log = logging.getLogger(__name__)
 CLUSTERS_CSV = "clusters.csv"
 CLUSTERS_JSON = "clusters.json"
 SHEETS = "sheets"
+#: where ``cluster_photos`` writes the run output of a folder of photos
+RUN_SUBDIR = "run"
+#: the folder of links (``links``): one folder per cluster, and ``UNASSIGNED``
+PEOPLE = "people"
+UNASSIGNED = "unassigned"
+_LINK_FOLDER = re.compile(r"cluster-\d{4,}|" + UNASSIGNED)
 #: clusters whose sheets are built together (their photos read once); bounds the memory sheets take
 SHEET_BATCH = 32
 
@@ -69,6 +93,9 @@ class ClusterReport:
     sheets: int = 0
     too_small: int = 0  # faces left out by the face-size floor
     unreadable: list[Failure] = field(default_factory=list)
+    links: int = 0  # links written under people/
+    unlinked: list[str] = field(default_factory=list)  # photos not found on this machine: no link
+    run: Optional[AlignReport] = None  # the run of a folder of photos (``PhotoRun``)
 
     def to_json(self) -> dict:
         c = self.clustering
@@ -86,7 +113,15 @@ class ClusterReport:
             "separated_same_photo": c.separated,
             "sheets": self.sheets,
             "unreadable": [{"path": f.path, "reason": f.reason} for f in self.unreadable],
+            "links": self.links,
+            "unlinked": self.unlinked,
+            **({"run": self.run.to_json()} if self.run else {}),
         }
+
+
+def is_run_output(folder: Path) -> bool:
+    """Whether ``folder`` holds a run's (or represent's) embedding files rather than photos."""
+    return (Path(folder) / EMBED_META).is_file() or (Path(folder) / PARQUET).is_file()
 
 
 def read_run_faces(run_dir: Path) -> RunFaces:
@@ -97,8 +132,8 @@ def read_run_faces(run_dir: Path) -> RunFaces:
         if (run_dir / PARQUET).is_file():
             return _check_identity(run_dir, _read_parquet(run_dir / PARQUET))
         raise OpenFacePyError(
-            f"{run_dir}: not an openface-py run output folder (no {EMBED_META} / faces.json); for a folder of "
-            f"photos, find and embed their faces first: openface-py run {run_dir} RUN_DIR --multi"
+            f"{run_dir}: not an openface-py run output folder (no {EMBED_META} / faces.json); a folder of "
+            "photos is clustered with cluster_run(..., photos=PhotoRun(...))"
         )
     reps, _, paths, meta = load_embeddings(run_dir)
     faces_path = run_dir / "faces.json"
@@ -179,6 +214,16 @@ def threshold_for(model: str) -> float:
     return default_threshold(same)
 
 
+@dataclass(frozen=True)
+class PhotoRun:
+    """How ``cluster_run`` embeds a folder of photos first (``stream.run_folder``'s settings)."""
+
+    embedder: object  # a loaded ``nets.embedders.Embedder``
+    detector: DetectorSpec
+    workers: int = 0  # 0: one process per core
+    progress: bool = True
+
+
 def cluster_run(
     run_dir: Path,
     out_dir: Path,
@@ -187,35 +232,154 @@ def cluster_run(
     k: int = DEFAULT_K,
     min_face: int = 0,
     sheets: bool = True,
+    links: bool = False,
+    photos: Optional[PhotoRun] = None,
 ) -> ClusterReport:
     """Cluster the faces of ``run_dir`` and write the outputs (module doc) into ``out_dir``.
 
     ``threshold``: mean squared L2 between two groups at or below which they are one person
     (default: ``threshold_for`` the run's model); ``min_face``: faces whose box is smaller (px,
-    its longer side) are not clustered."""
-    faces = read_run_faces(Path(run_dir))
-    settings = ClusterSettings(
-        threshold=threshold_for(faces.model) if threshold is None else float(threshold), min_size=min_size, k=k
-    )
-    side = np.array([max(b[2] - b[0], b[3] - b[1]) + 1 for b in faces.boxes], np.int64).reshape(-1)
-    big = side >= min_face
-    part = cluster_faces(faces.embeddings[big], [p for p, b in zip(faces.photos, big) if b], settings)
-    labels = np.full(len(faces.paths), -1, np.int64)
-    labels[big] = part.labels
-    clustering = Clustering(labels, settings, separated=part.separated, refused=part.refused)
-    report = ClusterReport(
-        clustering, len(labels), len(set(faces.photos)), faces.model, faces.identity, too_small=int((~big).sum())
-    )
+    its longer side) are not clustered; ``links``: also the folder of links, ``people/``.
+    ``photos``: ``run_dir`` is a folder of photos, first run with these settings and every face
+    of each photo into ``out_dir/run`` (resumed when there; the report's ``run``)."""
     out_dir = Path(out_dir)
-    with OutputFolder(out_dir, CLUSTERS_JSON, "cluster"):
+    run_dir = Path(run_dir)
+    if photos is None:
+        faces = read_run_faces(run_dir)
+        claim = OutputFolder(out_dir, CLUSTERS_JSON, "cluster")
+    else:
+        if not list_images(run_dir):
+            raise OpenFacePyError(
+                f"{run_dir}: no photos below it, and not an openface-py run output folder (no {EMBED_META} "
+                f"or {PARQUET}): nothing to cluster"
+            )
+        # a folder holding only the run of a killed first attempt is ours too: its rerun resumes it
+        resumed = (out_dir / RUN_SUBDIR / RUN_META).is_file() and not (out_dir / CLUSTERS_JSON).exists()
+        claim = OutputFolder(out_dir, CLUSTERS_JSON, "cluster", bookkeeping=(RUN_SUBDIR,), owned=resumed)
+    with claim:
+        run = None
+        if photos is not None:
+            run = run_folder(
+                run_dir, out_dir / RUN_SUBDIR, photos.embedder, photos.detector, pick="all",
+                workers=photos.workers, progress=photos.progress, labeled=False,
+            )  # fmt: skip
+            faces = read_run_faces(out_dir / RUN_SUBDIR)
+        settings = ClusterSettings(
+            threshold=threshold_for(faces.model) if threshold is None else float(threshold), min_size=min_size, k=k
+        )
+        people = out_dir / PEOPLE
+        if links and people.exists() and not _own_links(people):
+            raise OpenFacePyError(
+                f"{people} holds files openface-py did not make there; move them out (or the folder away) to "
+                "write the links of the clusters"
+            )
+        side = np.array([max(b[2] - b[0], b[3] - b[1]) + 1 for b in faces.boxes], np.int64).reshape(-1)
+        big = side >= min_face
+        part = cluster_faces(faces.embeddings[big], [p for p, b in zip(faces.photos, big) if b], settings)
+        labels = np.full(len(faces.paths), -1, np.int64)
+        labels[big] = part.labels
+        clustering = Clustering(labels, settings, separated=part.separated, refused=part.refused)
+        report = ClusterReport(
+            clustering, len(labels), len(set(faces.photos)), faces.model, faces.identity,
+            too_small=int((~big).sum()), run=run,
+        )  # fmt: skip
         if sheets:
             report.sheets, report.unreadable = _write_sheets(out_dir / SHEETS, faces, clustering)
         _remove_stale_sheets(out_dir / SHEETS, report.sheets)
+        _remove_link_leftovers(out_dir)
+        if links:
+            report.links, report.unlinked = _write_links(out_dir, faces, clustering)
+        elif people.exists():
+            if _own_links(people):
+                shutil.rmtree(people)  # an earlier run's links, of clusters this run no longer has
+            else:
+                log.warning("%s holds files openface-py did not make: left as it is", people)
         _write_csv(out_dir / CLUSTERS_CSV, faces, labels)
         doc = {**report.to_json(), "members": _members(faces, clustering)}
         atomic_write_text(out_dir / CLUSTERS_JSON, json.dumps(doc, ensure_ascii=False, indent=1) + "\n")
     log.debug("%d faces -> %d clusters, %d unassigned", report.faces, clustering.n_clusters, clustering.unassigned)
     return report
+
+
+def _own_links(folder: Path) -> bool:
+    """Whether ``folder`` holds only what ``_write_links`` makes: cluster folders of symbolic links
+    (and the files file managers leave)."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    for sub in folder.iterdir():
+        if sub.name in OS_LITTER and not sub.is_dir():
+            continue
+        if sub.is_symlink() or not sub.is_dir() or not _LINK_FOLDER.fullmatch(sub.name):
+            return False
+        if any(not (f.is_symlink() or (f.name in OS_LITTER and f.is_file())) for f in sub.iterdir()):
+            return False
+    return True
+
+
+def _remove_link_leftovers(out_dir: Path) -> None:
+    """The temporary links folders a killed run left (ours: named with ``TEMP_PREFIX``)."""
+    for p in out_dir.glob(f"{TEMP_PREFIX}{PEOPLE}.*"):
+        if _own_links(p):
+            shutil.rmtree(p)
+
+
+def _link_name(name: str, used: set[str]) -> str:
+    """``name``, or ``stem~N.ext`` where a folder already has it (compared case-blind, as some file systems do)."""
+    stem, ext = os.path.splitext(name)
+    candidate, n = name, 1
+    while candidate.casefold() in used:
+        candidate = f"{stem}~{n}{ext}"
+        n += 1
+    used.add(candidate.casefold())
+    return candidate
+
+
+def _write_links(out_dir: Path, faces: RunFaces, clustering: Clustering) -> tuple[int, list[str]]:
+    """``people/cluster-NNNN/`` per cluster and ``people/unassigned/``: a link to each photo of
+    their faces, named as the photo (``~N`` added where two share a name). Built in a temporary
+    folder, then swapped for the earlier one. Returns (links made, photos not found: no link)."""
+    tmp = out_dir / f"{TEMP_PREFIX}{PEOPLE}.{os.getpid()}"  # the folder is locked: the name is ours
+    tmp.mkdir()
+    made, missing = 0, {}
+    try:
+        groups = [(f"cluster-{c:04d}", idx) for c, idx in enumerate(clustering.groups())]
+        groups.append((UNASSIGNED, np.flatnonzero(clustering.labels < 0)))
+        for name, idx in groups:
+            if not len(idx):
+                continue
+            folder = tmp / name
+            folder.mkdir()
+            used: set[str] = set()
+            for photo in dict.fromkeys(faces.paths[i] for i in idx.tolist()):  # a photo once per folder
+                target = Path(photo).absolute()
+                if not target.is_file():
+                    missing[photo] = None
+                    continue
+                os.symlink(target, folder / _link_name(target.name, used))
+                made += 1
+        _swap_in(tmp, out_dir / PEOPLE)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for photo in missing:
+        log.warning("%s: %s", photo, "not found on this machine: no link to it")
+    return made, list(missing)
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Put the folder ``new`` at ``target``: the earlier one moved aside, the new one renamed in,
+    then the earlier one removed (a kill in between leaves it to ``_remove_link_leftovers``)."""
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = target.with_name(f"{TEMP_PREFIX}{PEOPLE}.old")
+    os.rename(target, old)
+    try:
+        os.rename(new, target)
+    except OSError:
+        os.rename(old, target)
+        raise
+    shutil.rmtree(old)
 
 
 def sheet_name(cluster: int) -> str:

@@ -52,24 +52,30 @@ class OutputFolder:
     ``owned`` tells whether the marker was there before (a rerun / resume). ``bookkeeping``: names
     of the job's own files and folders (journal, part folder) that mean no work was done while
     they are empty; a fresh claim left by an exception with nothing else in the folder is undone
-    (see the module doc).
+    (see the module doc). ``owned``: the folder is this job's even without its marker (the caller
+    knows an earlier attempt of the job left it, e.g. ``cluster``'s run of a folder of photos).
     """
 
     def __init__(
-        self, path: Union[str, os.PathLike], marker: str, kind: str, bookkeeping: tuple[str, ...] = ()
+        self,
+        path: Union[str, os.PathLike],
+        marker: str,
+        kind: str,
+        bookkeeping: tuple[str, ...] = (),
+        owned: bool = False,
     ) -> None:
         self.path = Path(path)
         self.marker = marker
         self.kind = kind
         self.bookkeeping = tuple(bookkeeping)
-        self.owned = False
+        self.owned = owned
         self.created = False
         self._fd: Optional[int] = None
 
     def __enter__(self) -> OutputFolder:
         self.created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        self.owned = (self.path / self.marker).is_file()
+        self.owned = self.owned or (self.path / self.marker).is_file()
         if not self.owned:
             others = sorted(p.name for p in self.path.iterdir() if not _ignorable(p.name))
             if others:

@@ -122,6 +122,7 @@ def run_folder(
     progress: bool = True,
     engine: Optional[Engine] = None,
     output_format: str = "openface",
+    labeled: bool = True,
 ) -> AlignReport:
     """Detect, align and embed every photo below ``input_dir``; outputs as described in the module doc.
 
@@ -138,7 +139,8 @@ def run_folder(
     faces to ``OUTPUT_DIR/aligned`` (``<photo>.png``, or ``<photo>-K.png`` for each face with
     ``multi``; names never collide, see ``batch.output_names``). ``output_format``: ``openface``
     (the files ``represent`` writes, plus ``faces.json``) or ``parquet`` (``faces.parquet``, one row
-    per face, written part by part: for outputs too large for CSV).
+    per face, written part by part: for outputs too large for CSV). ``labeled``: warn about
+    photos directly in ``input_dir``, which have no person label (False: labels are not wanted).
     """
     if pick == "central":  # recorded as multi/skip_multi, which cannot say it; it is for benchmark photos
         raise OpenFacePyError("run picks 'all', 'largest' or 'only' faces ('central' is for lfw and pairs-eval)")
@@ -160,7 +162,8 @@ def run_folder(
     if source.local:  # this run's folder (with its aligned/) and other jobs' are not photos to embed
         rels = outside_output_folders(source.root, rels, own=[out_dir])
     signatures = {rel: listing[rel] for rel in rels}
-    warn_unlabeled(input_dir, rels)
+    if labeled:
+        warn_unlabeled(input_dir, rels)
     settings = {
         "identity": embedder.identity,
         **detector.to_dict(),
