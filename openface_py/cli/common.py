@@ -72,6 +72,7 @@ def add_detector_args(
     p.add_argument(
         min_face_option,
         dest="detect_min_face",
+        metavar="PX",
         type=int,
         default=20,
         help="mtcnn: smallest face side searched for, px (default: 20)",
