@@ -154,11 +154,24 @@ def digest_name(path: Union[str, Path], network: str = "nn4.small2") -> str:
     return f"{network}@sha256:{weights_digest(path)[:16]}"
 
 
+_METADATA: dict[tuple, dict] = {}
+
+
 def weights_metadata(path: Union[str, Path]) -> dict:
-    """The ``openface_py`` metadata a trained ``.pt`` carries (e.g. ``same_person_threshold``), or {}."""
+    """The ``openface_py`` metadata a trained ``.pt`` carries (e.g. ``same_person_threshold``,
+    ``network``), or {}; read once per file in this process (cached like ``weights_digest``: the
+    callers that name a model, its network and its threshold each ask)."""
     p = Path(path)
     if not p.is_file() or p.suffix not in (".pt", ".pth"):
         return {}
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _METADATA:
+        _METADATA[key] = _read_metadata(p)
+    return dict(_METADATA[key])
+
+
+def _read_metadata(p: Path) -> dict:
     import torch
 
     try:
