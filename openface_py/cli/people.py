@@ -279,10 +279,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_identify(args: argparse.Namespace) -> int:
-    from openface_py.nets.embed import impostor_far
     from openface_py.recognize.facedb import is_database
-    from openface_py.recognize.gallery import build_gallery, identify
-    from openface_py.recognize.verify import identification_threshold
+    from openface_py.recognize.gallery import build_gallery, identify, open_set_threshold
 
     if is_database(args.gallery_dir):
         return _identify_db(args)
@@ -294,11 +292,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
         raise UsageError(f"{pipe.embedder.name} has no calibrated same-person threshold; give one (--threshold)")
     gallery = build_gallery(args.gallery_dir, pipe, progress=not args.quiet)
     if threshold is None:
-        # 1:N: the pair threshold tightened for the gallery's size where the model's impostor curve is known
-        threshold = identification_threshold(
-            pipe.embedder.same_person_threshold, impostor_far(pipe.embedder.name), len(gallery.names)
-        )
-        log.info("open-set threshold %.4f for %d gallery faces", threshold, len(gallery.names))
+        threshold = open_set_threshold(gallery, pipe.embedder)
 
     def run(rgb):
         faces = pipe.process(rgb, multi=True)

@@ -23,7 +23,7 @@ import numpy as np
 from openface_py.errors import OpenFacePyError, UsageError
 from openface_py.eval.lfw import LfwEmbeddings, embed_lfw_images, embedding_cache_path
 from openface_py.eval.protocol import Pair, parse_pairs
-from openface_py.faces.align import prefers_points
+from openface_py.faces.align import detector_for
 from openface_py.faces.detect import DetectorSpec
 from openface_py.io import atomic_write_bytes, atomic_write_text
 from openface_py.jobs.engine import Engine
@@ -264,7 +264,7 @@ def run_lfw(
     photo by ``pick`` (``largest``, as OpenFace; ``central``, ``faces.stage.central_face``); a
     photo where none is found is aligned in LFW's central box (``faces.stage.CENTRAL_BOX``)."""
     root, out = Path(lfw_dir), Path(out_dir)
-    detector = detector.resolved(prefers_points(embedder.alignment))  # caches and reports name what ran
+    detector = detector_for(detector, embedder.alignment)  # caches and reports name what ran
     if not (root / "pairs.txt").is_file():
         raise OpenFacePyError(f"{root}: no pairs.txt (expected LFW's view-2 pairs file)")
     if not (root / images).is_dir():

@@ -27,7 +27,7 @@ from openface_py.errors import OpenFacePyError, UsageError
 from openface_py.eval.evaluate import LfwResult, evaluate_both, write_reports
 from openface_py.eval.lfw import LfwEmbeddings, embed_lfw_images, embedding_cache_path
 from openface_py.eval.protocol import read_utf8
-from openface_py.faces.align import prefers_points
+from openface_py.faces.align import detector_for
 from openface_py.faces.detect import DetectorSpec
 from openface_py.jobs.engine import Engine
 
@@ -149,7 +149,7 @@ def run_pairs_eval(
     mirror averaging, and write the same reports as ``lfw``."""
     if on_miss not in ("fail", "whole-image"):
         raise OpenFacePyError(f"on_miss must be 'fail' or 'whole-image', not {on_miss!r}")
-    detector = detector.resolved(prefers_points(embedder.alignment))  # caches and reports name what ran
+    detector = detector_for(detector, embedder.alignment)  # caches and reports name what ran
     pairs = parse_pair_list(pairs_csv, folds)
     root, out = Path(image_root), Path(out_dir)
     if not root.is_dir():

@@ -35,7 +35,7 @@ import numpy as np
 
 from openface_py import store
 from openface_py.errors import UsageError
-from openface_py.faces.detect import BoundingBox
+from openface_py.faces.detect import BoundingBox, DetectorSpec
 
 #: Landmark index triples used by OpenFace (0-based indices into dlib's 68 points).
 OUTER_EYES_AND_NOSE = (36, 45, 33)
@@ -234,6 +234,12 @@ def prefers_points(spec: AlignmentSpec) -> bool:
     """Whether faces for ``spec`` align better from MTCNN's 5 points than from dlib's 68 (measured
     on LFW: Intel's 5-point template does, OpenFace's affine does not); what ``align_from="auto"`` follows."""
     return spec.method == INTEL5_METHOD
+
+
+def detector_for(detector: DetectorSpec, spec: AlignmentSpec) -> DetectorSpec:
+    """``detector`` as a face stage aligning for ``spec`` runs it (``align_from="auto"`` made
+    concrete), so that jobs, caches and reports record what ran."""
+    return detector.resolved(prefers_points(spec))
 
 
 def align_detection(aligner: Aligner, rgb: np.ndarray, det) -> AlignedFace:

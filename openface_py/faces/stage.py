@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from openface_py.errors import ImageLoadError, UsageError
-from openface_py.faces.align import AlignedFace, AlignmentSpec, align_detection, make_aligner, prefers_points
+from openface_py.faces.align import AlignedFace, AlignmentSpec, align_detection, detector_for, make_aligner
 from openface_py.faces.detect import BoundingBox, Detection, DetectorSpec, select_faces
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ class FaceStageSpec:
     def __post_init__(self) -> None:
         _check_pick(self.pick)
         # align_from="auto" made concrete for this alignment: the stage records what it runs
-        object.__setattr__(self, "detector", self.detector.resolved(prefers_points(self.alignment)))
+        object.__setattr__(self, "detector", detector_for(self.detector, self.alignment))
         if self.on_miss not in ON_MISS:
             raise UsageError(f"unknown on_miss {self.on_miss!r} (choose from {', '.join(ON_MISS)})")
 

@@ -28,7 +28,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from openface_py.errors import Failure, OpenFacePyError
-from openface_py.faces.align import prefers_points
+from openface_py.faces.align import detector_for
 from openface_py.faces.detect import DetectorSpec
 from openface_py.faces.stage import FaceStage, FaceStageSpec, StageResult, guarded
 from openface_py.io import (
@@ -151,7 +151,7 @@ def run_folder(
             import pyarrow  # noqa: F401  (checked before any work, not at the end)
         except ImportError:
             raise OpenFacePyError(f"--format parquet needs pyarrow: {INSTALL_HINT}") from None
-    detector = DetectorSpec.of(detector).resolved(prefers_points(embedder.alignment))
+    detector = detector_for(DetectorSpec.of(detector), embedder.alignment)
     engine = engine or Engine("local", workers=workers)
     if engine.name == "local" and workers and not engine.workers:
         engine = replace(engine, workers=workers)

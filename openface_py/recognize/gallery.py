@@ -168,6 +168,18 @@ def build_gallery(gallery_dir: os.PathLike | str, pipeline: FacePipeline, progre
     return Gallery(names, matrix, paths, identity, failures, reused)
 
 
+def open_set_threshold(gallery: Gallery, embedder) -> float:
+    """The distance threshold of a 1:N search of ``gallery`` (``identify``, ``video --gallery``): the
+    embedder's pair threshold tightened for the gallery's size by its measured impostor curve
+    (``verify.identification_threshold``). The embedder must have a pair threshold."""
+    from openface_py.nets.embed import impostor_far
+    from openface_py.recognize.verify import identification_threshold
+
+    t = identification_threshold(embedder.same_person_threshold, impostor_far(embedder.name), len(gallery.names))
+    log.info("open-set threshold %.4f for %d gallery faces", t, len(gallery.names))
+    return t
+
+
 def identify(
     gallery: Gallery, probes: np.ndarray, threshold: float, unknown: str = "unknown"
 ) -> list[tuple[str, str, float]]:

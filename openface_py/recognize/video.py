@@ -472,7 +472,7 @@ def make_recognizer(
             )
         return VideoRecognizer(embedder, classifier_recogniser(trained, threshold), **options)
     from openface_py.pipeline import FacePipeline
-    from openface_py.recognize.gallery import build_gallery
+    from openface_py.recognize.gallery import build_gallery, open_set_threshold
 
     embedder = load_embedder(model)
     limit = threshold if threshold is not None else embedder.same_person_threshold
@@ -483,8 +483,5 @@ def make_recognizer(
     photos = replace(options.get("detector", DetectorSpec("hog")), upsample=1, align_from="dlib68")
     gallery = build_gallery(gallery_dir, FacePipeline(photos, embedder=embedder), progress=progress)
     if threshold is None:  # 1:N, as `identify` against a gallery folder
-        from openface_py.nets.embed import impostor_far
-        from openface_py.recognize.verify import identification_threshold
-
-        limit = identification_threshold(limit, impostor_far(embedder.name), len(gallery.names))
+        limit = open_set_threshold(gallery, embedder)
     return VideoRecognizer(embedder, gallery_recogniser(gallery, limit), **options)
