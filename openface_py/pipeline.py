@@ -3,11 +3,12 @@ used by the CLI, the service, video, galleries and the Python API."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
 
+from openface_py.device import resolve_device
 from openface_py.faces.align import AlignedFace, AlignmentSpec
 from openface_py.faces.detect import BoundingBox, Detector, DetectorSpec
 from openface_py.faces.stage import FaceStage, FaceStageSpec, pick_of
@@ -71,10 +72,14 @@ class FacePipeline:
         detector: DetectorSpec | str | None = None,
         threads: Optional[int] = None,
         backend: str = "auto",
+        device: str = "auto",
     ) -> FacePipeline:
         """A pipeline for a named model or weights path (``nets.embed.load_embedder``; None: the
-        default) and a detector (a ``DetectorSpec`` or a detector's name; None: HOG)."""
-        return cls(detector, embedder=load_embedder(model, threads=threads, backend=backend))
+        default) and a detector (a ``DetectorSpec`` or a detector's name; None: HOG), with MTCNN and
+        the embedder on ``device`` (``auto``: the GPU when torch sees one; ``openface_py.device``)."""
+        where = resolve_device(device)
+        spec = replace(DetectorSpec.of(detector), device=where)
+        return cls(spec, embedder=load_embedder(model, threads=threads, backend=backend, device=where))
 
     @property
     def detector(self) -> Detector:

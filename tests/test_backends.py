@@ -1,6 +1,7 @@
-"""Tests of openface_py.nets.backends.
+"""Tests of openface_py.nets.backends, openface_py.device.
 
-The fast embedding backends give eager's embeddings (max abs difference 1e-5 on unit vectors)."""
+The fast embedding backends give eager's embeddings (max abs difference 1e-5 on unit vectors);
+faces handed over as uint8 give what the float32 path gives; devices resolve or fail with a reason."""
 
 from __future__ import annotations
 
@@ -84,9 +85,10 @@ def test_auto_skips_a_backend_that_does_not_match_eager(offset, chosen, faces, m
     nothing is compiled: a real torch.compile costs ~50 s per batch shape here)."""
     eager = backends._eager
 
-    def faulty(net, device):
-        run = eager(net, device)
-        return lambda x: run(x) + np.float32(offset * backends.STARTUP_TOLERANCE)
+    def faulty(net, device, scale):
+        run, run_uint8 = eager(net, device, scale)
+        bias = np.float32(offset * backends.STARTUP_TOLERANCE)
+        return (lambda x: run(x) + bias), (lambda u8: run_uint8(u8) + bias)
 
     monkeypatch.setattr(backends, "_compiled", faulty)
     monkeypatch.setattr(backends, "AUTO_ORDER", ("compile", "onnx", "eager"))
@@ -138,3 +140,47 @@ def test_auto_follows_the_networks_own_order(model, home, monkeypatch, caplog):
         assert load_embedder("mobilefacenet-reid-0095").backend == "eager"
     assert "openvino not installed" in caplog.text
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize("name", ["eager", "onnx", "openvino"])
+def test_uint8_faces_give_the_float_paths_embeddings(name, faces, model, home):
+    """``Runner.faces`` (uint8 NHWC, converted where the network runs: on the device for torch's
+    backends) gives the embeddings of the float32 NCHW path the start-up check uses, for both
+    input ranges (NN4-small2's [0, 1] and MobileFaceNet's [0, 255])."""
+    from openface_py.nets.mobilefacenet import MobileFaceNet
+
+    if name == "openvino" and importlib.util.find_spec("openvino") is None:
+        pytest.skip("openvino is not installed (pip install 'openface-py[openvino]')")
+    u8 = np.ascontiguousarray((faces * 255).round().astype(np.uint8).transpose(0, 2, 3, 1))
+    runner = backends.build(model, name)
+    exact = runner(u8.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255))  # the earlier host path
+    tol = 0 if name == "eager" else TOLERANCE  # the same kernels on the same floats; others: their own rounding
+    assert np.abs(runner.faces(u8) - exact).max() <= tol
+    assert runner.faces(u8[:3]).shape == (3, 128)
+    torch.manual_seed(0)
+    mfn = MobileFaceNet().eval()
+    big = np.random.default_rng(1).integers(0, 256, (5, 128, 128, 3), dtype=np.uint8)
+    r = backends.build(mfn, name, input_shape=(3, 128, 128), tag="mobilefacenet-test")
+    want = r(big.transpose(0, 3, 1, 2).astype(np.float32))  # MobileFaceNet takes 0-255 as they are
+    assert np.abs(r.faces(big) - want).max() <= max(tol, 1e-6)
+
+
+def test_devices_resolve_or_fail_with_a_reason():
+    from openface_py.device import default_batch, parse_device, resolve_device
+    from openface_py.errors import UsageError
+
+    assert resolve_device("cpu") == "cpu" and parse_device(" CUDA:1 ") == "cuda:1"
+    for bad in ("gpu", "cuda:", "cuda:x", "mps", ""):
+        with pytest.raises(UsageError, match="unknown device"):
+            parse_device(bad)
+    if torch.cuda.is_available():
+        assert resolve_device("auto") == "cuda:0" and default_batch("cuda:0") > default_batch("cpu")
+        with pytest.raises(UsageError, match="sees"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+    else:  # this machine and CI: auto is the CPU, and a GPU asked for is refused with the reason
+        assert resolve_device("auto") == "cpu"
+        for asked in ("cuda", "cuda:0", "cuda:3"):
+            with pytest.raises(UsageError, match="sees no CUDA GPU.*--device cpu"):
+                resolve_device(asked)
+    with pytest.raises(UsageError, match="CPU only"):
+        backends.build(NN4Small2().eval(), "onnx", device="meta")

@@ -14,7 +14,7 @@ PKG = ROOT / "openface_py"
 
 #: Layers from the bottom up; a module may import its own layer and the ones below.
 LAYERS = [
-    {"errors", "registry"},
+    {"errors", "registry", "device"},
     {"io", "metrics"},
     {"store"},
     {"faces"},

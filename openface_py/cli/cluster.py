@@ -101,7 +101,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         from openface_py.nets.embed import load_embedder
 
         detector = detector_spec(args)
-        photos = PhotoRun(load_embedder(args.model), detector, workers=args.workers or 0, progress=not args.quiet)
+        embedder = load_embedder(args.model, device=detector.device)
+        photos = PhotoRun(embedder, detector, workers=args.workers or 0, progress=not args.quiet)
     report = cluster_run(args.run_dir, args.output, **options, photos=photos)
     run = report.run
     if args.json:

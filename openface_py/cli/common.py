@@ -85,6 +85,7 @@ def add_detector_args(
         metavar="P,R,O",
         help="mtcnn: score thresholds of its three stages (default: 0.6,0.7,0.7)",
     )
+    add_device_arg(p)
     p.add_argument(
         "--align-from",
         choices=ALIGN_FROM,
@@ -93,6 +94,41 @@ def add_detector_args(
         "NN4-small2's OpenFace alignment, MTCNN's 5 points for MobileFaceNet's (the better of each on LFW) "
         f"(default: {MTCNN_ALIGN_DEFAULT})",
     )
+
+
+def _device_arg(text: str) -> str:
+    from openface_py.device import parse_device
+
+    try:
+        return parse_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_device_arg(p, what: str = "MTCNN and the PyTorch embedders run") -> None:
+    """``--device auto|cpu|cuda[:N]`` on a parser or argument group (``openface_py.device``)."""
+    p.add_argument(
+        "--device",
+        type=_device_arg,
+        default="auto",
+        metavar="DEVICE",
+        help=f"where {what}: auto (the GPU when torch sees one; default), cpu, cuda or cuda:N (exit 2 when "
+        "torch sees no such GPU); dlib's HOG, CNN, landmarks and ResNet run on the CPU (dlib-bin)",
+    )
+
+
+def device_of(args: argparse.Namespace) -> str:
+    """The command's concrete device (``device.resolve_device``: ``UsageError`` when a GPU asked for is
+    absent). With ``--engine ray`` the face stage runs on the cluster's CPU actors and the embedding
+    where Ray places it (GPU actors on a GPU cluster): ``cpu`` here."""
+    from openface_py.device import resolve_device
+
+    device = resolve_device(getattr(args, "device", "auto"))
+    if getattr(args, "engine", "local") == "ray":
+        if device != "cpu":
+            log.info("--engine ray: the cluster's resources decide where embedding runs (GPU actors where it has GPUs)")
+        return "cpu"
+    return device
 
 
 def add_engine_args(p: argparse.ArgumentParser, workers_help: str) -> None:
@@ -130,15 +166,15 @@ def engine_choice(args: argparse.Namespace, workers_default: int):
     return Engine(args.engine, workers=workers, address=args.ray_address)
 
 
-def embedder_for(model: Optional[str], engine, backend: str = "auto"):
-    """The local engine's loaded embedder (a missing model fails before any work), or for Ray the
-    ``EmbedderSpec`` its actors load."""
+def embedder_for(model: Optional[str], engine, backend: str = "auto", device: str = "cpu"):
+    """The local engine's loaded embedder on ``device`` (a missing model fails before any work), or
+    for Ray the ``EmbedderSpec`` its actors load."""
     from openface_py.jobs.engine import EmbedderSpec
     from openface_py.nets.embed import load_embedder
 
     if engine.name == "ray":
         return EmbedderSpec.of(model, backend)
-    return load_embedder(model, backend=backend)
+    return load_embedder(model, backend=backend, device=device)
 
 
 def _three_floats(text: str) -> tuple[float, float, float]:
@@ -174,6 +210,7 @@ def detector_spec(args: argparse.Namespace):
         min_face=int(args.detect_min_face),
         thresholds=tuple(args.mtcnn_thresholds),
         align_from=args.align_from or MTCNN_ALIGN_DEFAULT,
+        device=device_of(args),
     )
 
 
@@ -225,7 +262,9 @@ def pipeline_for(model_name: Optional[str], args: argparse.Namespace):
     from openface_py.nets.embed import best_installed_model
     from openface_py.pipeline import FacePipeline
 
-    return FacePipeline.create(model_name or best_installed_model(), detector=detector_spec(args))
+    return FacePipeline.create(
+        model_name or best_installed_model(), detector=detector_spec(args), device=device_of(args)
+    )
 
 
 def largest_face_reps(paths: Sequence[Path], pipe) -> tuple[list[Optional[np.ndarray]], list[str]]:

@@ -15,6 +15,7 @@ from openface_py.cli.common import (
     add_detector_args,
     add_engine_args,
     detector_spec,
+    device_of,
     engine_choice,
     log,
     pipeline_for,
@@ -157,6 +158,7 @@ def _import(db, args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         progress=not args.quiet,
         engine=engine_choice(args, workers_default=1),
+        device=device_of(args),
     )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))

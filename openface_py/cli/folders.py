@@ -10,9 +10,11 @@ from openface_py.cli.common import (
     EXIT_OK,
     MODEL_HELP,
     add_detector_args,
+    add_device_arg,
     add_engine_args,
     backend_choices,
     detector_spec,
+    device_of,
     embedder_for,
     engine_choice,
     folder_report,
@@ -44,9 +46,10 @@ def register(add_command) -> None:
     p.add_argument("aligned_dir", type=Path)
     p.add_argument("output_dir", type=Path)
     p.add_argument("--model", default=None, help=MODEL_HELP())
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help="faces per batch (default: 32 on a CPU, 512 on a GPU)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--backend", choices=backend_choices(), default="auto", help="embedding backend (default: auto)")
+    add_device_arg(p)
     p.set_defaults(handler=cmd_represent)
 
     p = add_command("run", help="detect, align and embed a folder of photos in one pass (parallel, resumable)")
@@ -64,7 +67,7 @@ def register(add_command) -> None:
         help="openface: reps.csv, labels.csv, reps.npy, faces.json (default); parquet: faces.parquet, one row per "
         "face (path, label, box, score, embedding, identity), for outputs too large for CSV",
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=None, help="faces per batch (default: 32 on a CPU, 512 on a GPU)")
     p.add_argument("--backend", choices=backend_choices(), default="auto", help="embedding backend (default: auto)")
     p.add_argument("--save-aligned", action="store_true", help="also write the aligned faces (OUTPUT_DIR/aligned)")
     p.add_argument("--retry-failed", action="store_true", help="retry photos that failed in an earlier run")
@@ -103,7 +106,7 @@ def cmd_represent(args: argparse.Namespace) -> int:
     from openface_py.jobs.represent import represent_folder
     from openface_py.nets.embed import load_embedder
 
-    embedder = load_embedder(args.model, threads=args.threads, backend=args.backend)
+    embedder = load_embedder(args.model, threads=args.threads, backend=args.backend, device=device_of(args))
     res = represent_folder(
         args.aligned_dir, args.output_dir, embedder, batch_size=args.batch_size, progress=not args.quiet
     )
@@ -120,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from openface_py.jobs.stream import RUN_REPORT, run_folder
 
     engine = engine_choice(args, workers_default=0)
-    embedder = embedder_for(args.model, engine, args.backend)
+    embedder = embedder_for(args.model, engine, args.backend, device_of(args))
     report = run_folder(
         args.input_dir,
         args.output_dir,

@@ -10,8 +10,10 @@ from openface_py.cli.common import (
     EXIT_OK,
     MODEL_HELP,
     add_detector_args,
+    add_device_arg,
     add_engine_args,
     detector_spec,
+    device_of,
     embedder_for,
     engine_choice,
 )
@@ -72,6 +74,7 @@ def register(add_command) -> None:
     p.add_argument("--runs", type=int, default=5, help="repetitions with other people and photos")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    add_device_arg(p)
     p.set_defaults(handler=cmd_lfw_classify)
 
 
@@ -89,7 +92,7 @@ def cmd_lfw(args: argparse.Namespace) -> int:
     from openface_py.eval.evaluate import run_lfw
 
     engine = engine_choice(args, workers_default=1)
-    embedder = embedder_for(args.model, engine)
+    embedder = embedder_for(args.model, engine, device=device_of(args))
     folds = [int(f) for f in args.folds.split(",")] if args.folds else None
     plain, flipped, emb = run_lfw(
         args.lfw_dir,
@@ -113,7 +116,7 @@ def cmd_pairs_eval(args: argparse.Namespace) -> int:
     from openface_py.eval.pairs import run_pairs_eval
 
     engine = engine_choice(args, workers_default=1)
-    embedder = embedder_for(args.model, engine)
+    embedder = embedder_for(args.model, engine, device=device_of(args))
     res = run_pairs_eval(
         args.pairs_csv,
         args.image_root,
@@ -159,7 +162,7 @@ def cmd_lfw_classify(args: argparse.Namespace) -> int:
     from openface_py.eval.evaluate import run_lfw_classify
     from openface_py.nets.embed import best_installed_model, load_embedder
 
-    embedder = load_embedder(args.model or best_installed_model())
+    embedder = load_embedder(args.model or best_installed_model(), device=device_of(args))
     kwargs = {"classifiers": args.classifiers} if args.classifiers else {}
     rows, skipped = run_lfw_classify(
         args.lfw_dir, args.output, embedder, people_counts=args.people, min_images=args.min_images,

@@ -11,6 +11,7 @@ from openface_py.cli.common import (
     MODEL_HELP,
     add_detector_args,
     detector_spec,
+    device_of,
     per_image,
     print_results,
 )
@@ -66,7 +67,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     from openface_py.pipeline import FacePipeline
 
-    pipe = FacePipeline.create(args.model, detector=detector_spec(args))
+    pipe = FacePipeline.create(args.model, detector=detector_spec(args), device=device_of(args))
 
     def run(rgb):
         photo = pipe.run(rgb, multi=args.multi)

@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from openface_py.cli.common import EXIT_FAILED, EXIT_OK, add_detector_args, detector_spec, log
+from openface_py.cli.common import EXIT_FAILED, EXIT_OK, add_detector_args, detector_spec, device_of, log
 
 
 def register(add_command) -> None:
@@ -97,6 +97,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         protect_all=args.protect_all,
         detector=detector_spec(args),
+        device=device_of(args),
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_pixels=args.max_pixels,
         inference_threads=args.inference_threads,

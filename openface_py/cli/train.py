@@ -8,7 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from openface_py.cli.common import EXIT_OK
+from openface_py.cli.common import EXIT_OK, add_device_arg
 
 
 def register(add_command) -> None:
@@ -114,7 +114,7 @@ def register(add_command) -> None:
         dest="lfw_dir",
         help="LFW folder (pairs.txt + deepfunneled/): 10-fold accuracy after every epoch, monitoring only",
     )
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device)
+    add_device_arg(g, "training and its held-out and LFW scoring run")
     g.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (default: torch's choice)")
     g.add_argument(
         "--checkpoint-minutes",

@@ -12,6 +12,7 @@ from openface_py.cli.common import (
     MODEL_HELP,
     add_detector_args,
     detector_spec,
+    device_of,
 )
 
 
@@ -59,6 +60,7 @@ def cmd_video(args: argparse.Namespace) -> int:
         recognise_every=args.recognise_every,
         tracker=args.tracker,
         detector=detector_spec(args),
+        device=device_of(args),
     )
     summary = process_video(args.source, rec, output=args.output, results_path=args.results)
     if args.json:

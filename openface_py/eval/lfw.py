@@ -100,7 +100,7 @@ def embed_lfw_images(
     embedder,
     cache_path: os.PathLike | str,
     workers: int = 1,
-    batch_size: int = 32,
+    batch_size: Optional[int] = None,
     progress: bool = True,
     detector: DetectorSpec = DetectorSpec(),
     on_miss: str = "central-box",

@@ -7,7 +7,7 @@ import json
 import logging
 import math
 import pickle
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Protocol, Sequence
 
@@ -293,12 +293,13 @@ class MtcnnDetector:
         thresholds: Sequence[float] = (0.6, 0.7, 0.7),
         align_from: str = MTCNN_ALIGN_DEFAULT,
         weights: Optional[Path] = None,
+        device: str = "cpu",
     ) -> None:
         from openface_py.faces.mtcnn import Mtcnn
 
         if align_from not in ALIGN_FROM:
             raise UsageError(f"unknown align_from {align_from!r} (choose from {', '.join(ALIGN_FROM)})")
-        self.cascade = Mtcnn(min_face=min_face, thresholds=thresholds, weights=weights)
+        self.cascade = Mtcnn(min_face=min_face, thresholds=thresholds, weights=weights, device=device)
         self.align_from = align_from
         t = ",".join(f"{v:g}" for v in self.cascade.thresholds)
         self.key = f"mtcnn(min_face={self.cascade.min_face},thresholds={t},align_from={align_from})"
@@ -381,7 +382,9 @@ def _cnn(spec: DetectorSpec) -> Detector:
 
 
 def _mtcnn(spec: DetectorSpec) -> MtcnnDetector:
-    return MtcnnDetector(min_face=spec.min_face, thresholds=spec.thresholds, align_from=spec.align_from)
+    return MtcnnDetector(
+        min_face=spec.min_face, thresholds=spec.thresholds, align_from=spec.align_from, device=spec.device
+    )
 
 
 def _hog_mtcnn(spec: DetectorSpec) -> Detector:
@@ -410,6 +413,10 @@ class DetectorSpec:
     ``max_side``: detect on a copy at most this long (None: the photo's size); ``max_pixels``: the
     working-size bound (None: the detector's default, ``DetectorKind``; 0: none). Photos within the
     bounds are detected as they are.
+
+    ``device``: where MTCNN runs (a concrete ``openface_py.device`` value: ``cpu`` or ``cuda:N``;
+    dlib's detectors run on the CPU). It changes where, not what: it is left out of ``to_dict``,
+    ``key`` and comparisons, so caches and run folders do not depend on it.
     """
 
     name: str = "hog"
@@ -419,6 +426,7 @@ class DetectorSpec:
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     align_from: str = MTCNN_ALIGN_DEFAULT
     max_pixels: Optional[int] = None
+    device: str = field(default="cpu", compare=False)
 
     def __post_init__(self) -> None:
         DETECTORS.get(self.name)  # an unknown name fails here, before any work

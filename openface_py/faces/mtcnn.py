@@ -13,6 +13,9 @@ Weights: the three networks as converted to PyTorch by the ``facenet-pytorch`` p
 (MIT licence; from the MIT-licensed Caffe models of Zhang et al.), stored in one plain state
 dict ``models/mtcnn.pt`` (``models/MTCNN_CARD.md``), pinned by SHA-256.
 
+Device: ``device=`` runs the networks, the pyramid's resizing and the crops there (a GPU); the
+photos move as uint8 bytes, and only the greedy suppression and the results come back to the host.
+
 Coordinates: boxes leave the cascade in the released code's convention (1-based, right and
 bottom inclusive) and are returned 0-based; landmarks are 0-based pixel positions (x, y).
 """
@@ -152,6 +155,7 @@ class Mtcnn:
         factor: float = PYRAMID_FACTOR,
         weights: Optional[Path] = None,
         crop_batch: int = 512,
+        device: str = "cpu",
     ) -> None:
         if min_face < 12:
             raise UsageError("MTCNN's minimum face size is 12 pixels (P-Net's window)")
@@ -161,13 +165,14 @@ class Mtcnn:
             raise UsageError("the pyramid factor must be in [0.1, 1)")
         self.min_face, self.thresholds, self.factor = int(min_face), tuple(float(t) for t in thresholds), float(factor)
         self.crop_batch = int(crop_batch)
+        self.device = torch.device(device)
         state = load_mtcnn_state(weights)
         self.nets = {}
         for name, cls in NETS.items():
             net = cls()
             net.load_state_dict(state[name])
             # channels-last: PyTorch's CPU max-pooling is about 3x faster on it (same results)
-            self.nets[name] = net.eval().to(memory_format=torch.channels_last)
+            self.nets[name] = net.eval().to(self.device).to(memory_format=torch.channels_last)
 
     def scales(self, height: int, width: int) -> list[float]:
         """The pyramid: the first scale maps ``min_face`` to P-Net's 12 pixels, then x ``factor``
@@ -191,7 +196,9 @@ class Mtcnn:
                 raise ValueError(f"expected an RGB uint8 image (H, W, 3), got {arr.dtype} {arr.shape}")
             groups.setdefault(arr.shape[:2], []).append(i)
         for (h, w), idx in groups.items():
-            batch = torch.from_numpy(np.stack([np.asarray(images[i]) for i in idx])).permute(0, 3, 1, 2).float()
+            # uint8 bytes moved to the device, converted there
+            pixels = torch.from_numpy(np.stack([np.asarray(images[i]) for i in idx])).to(self.device)
+            batch = pixels.permute(0, 3, 1, 2).float()
             for k, faces in enumerate(self._cascade(batch, h, w)):
                 results[idx[k]] = faces
         return results
@@ -205,7 +212,7 @@ class Mtcnn:
         if len(boxes):
             boxes, owner, points = self._output(imgs, boxes, owner, h, w)
         out: list[list[MtcnnFace]] = [[] for _ in range(n)]
-        for b, o, p in zip(boxes.tolist(), owner.tolist(), points.numpy()):
+        for b, o, p in zip(boxes.tolist(), owner.tolist(), points.cpu().numpy()):
             # 1-based inclusive (the released code's convention) -> 0-based
             out[o].append(MtcnnFace((b[0] - 1, b[1] - 1, b[2] - 1, b[3] - 1), float(b[4]), p.astype(np.float64)))
         for faces in out:
@@ -235,7 +242,7 @@ class Mtcnn:
             all_boxes.append(b[keep])
             all_owner.append(owner[keep])
         if not all_boxes:
-            return torch.zeros(0, 5), torch.zeros(0, dtype=torch.long)
+            return torch.zeros(0, 5, device=imgs.device), torch.zeros(0, dtype=torch.long, device=imgs.device)
         b, owner = torch.cat(all_boxes), torch.cat(all_owner)
         keep = _nms(b[:, :4], b[:, 4], owner, 0.7, plus_one=False)
         b, owner = b[keep], owner[keep]
@@ -278,7 +285,7 @@ class Mtcnn:
         if not len(crops):
             n_out = 3 if name == "onet" else 2
             widths = (1, 4, 10)[:n_out]
-            return tuple(torch.zeros((0, k) if k > 1 else (0,)) for k in widths)
+            return tuple(torch.zeros((0, k) if k > 1 else (0,), device=crops.device) for k in widths)
         step = self.crop_batch
         parts = [self.nets[name](_normalise(crops[i : i + step])) for i in range(0, len(crops), step)]
         return tuple(torch.cat(t) for t in zip(*parts))
@@ -316,16 +323,17 @@ def _crops(imgs: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor, h: int,
     """Resized crops of the boxes' parts inside the image (as the PyTorch port takes them);
     returns the crops and which boxes had a non-empty part."""
     b = boxes[:, :4].trunc().to(torch.int64).tolist()
+    owners = owner.tolist()  # one copy from the device, not one per box
     crops, ok = [], []
     for k, (x1, y1, x2, y2) in enumerate(b):
         x1, y1, x2, y2 = max(x1, 1), max(y1, 1), min(x2, w), min(y2, h)
         if x2 > x1 - 1 and y2 > y1 - 1:
-            part = imgs[int(owner[k]), :, y1 - 1 : y2, x1 - 1 : x2].unsqueeze(0)
+            part = imgs[owners[k], :, y1 - 1 : y2, x1 - 1 : x2].unsqueeze(0)
             crops.append(F.interpolate(part, size=(size, size), mode="area"))
             ok.append(k)
     if not crops:
-        return torch.zeros(0, 3, size, size), torch.zeros(0, dtype=torch.long)
-    return torch.cat(crops), torch.tensor(ok, dtype=torch.long)
+        return torch.zeros(0, 3, size, size, device=imgs.device), torch.zeros(0, dtype=torch.long, device=imgs.device)
+    return torch.cat(crops), torch.tensor(ok, dtype=torch.long, device=imgs.device)
 
 
 def _nms(
@@ -336,10 +344,10 @@ def _nms(
     Overlap is intersection over union, or over the smaller box (``by_min``, O-Net's last step);
     ``plus_one`` counts the right/bottom pixel in widths (the released code's last step)."""
     if not len(boxes):
-        return torch.zeros(0, dtype=torch.long)
-    b = boxes.double().numpy()
-    s = scores.double().numpy()
-    g = groups.numpy()
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    b = boxes.double().cpu().numpy()  # greedy and sequential: on the host, whatever the device
+    s = scores.double().cpu().numpy()
+    g = groups.cpu().numpy()
     one = 1.0 if plus_one else 0.0
     area = (b[:, 2] - b[:, 0] + one) * (b[:, 3] - b[:, 1] + one)
     keep = []
@@ -360,4 +368,4 @@ def _nms(
             order = rest[overlap <= iou]
     keep_arr = np.array(keep, dtype=np.int64)
     keep_arr = keep_arr[np.argsort(-s[keep_arr], kind="stable")]
-    return torch.from_numpy(keep_arr)
+    return torch.from_numpy(keep_arr).to(boxes.device)

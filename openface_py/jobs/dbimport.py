@@ -15,7 +15,7 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -188,11 +188,14 @@ def import_folder(
     retry_failed: bool = False,
     progress: bool = True,
     engine: Optional[Engine] = None,
+    device: str = "auto",
 ) -> ImportReport:
     """Enroll every new or changed photo of ``gallery_dir`` into ``db`` (see the module's docstring).
 
     ``engine``: detection and alignment in ``workers`` local processes and embedding here
-    (default), or both on Ray (``jobs.engine``)."""
+    (default), or both on Ray (``jobs.engine``). ``device``: where MTCNN and the embedder run
+    locally (``openface_py.device``; Ray places its own)."""
+    from openface_py.device import resolve_device
     from openface_py.nets.embed import load_embedder
 
     root = Path(gallery_dir)
@@ -201,7 +204,8 @@ def import_folder(
     started = time.monotonic()
     engine = engine or Engine("local", workers=max(1, int(workers)))
     # checked once here; Ray's actors check they load the same weights
-    embedder = EmbedderSpec.of(db.model) if engine.name == "ray" else load_embedder(db.model)
+    where = "cpu" if engine.name == "ray" else resolve_device(device)
+    embedder = EmbedderSpec.of(db.model) if engine.name == "ray" else load_embedder(db.model, device=where)
     identity = embedder.identity
     if identity != db.identity:
         raise OpenFacePyError(f"{db.path} holds {db.identity} embeddings, but {db.model} now gives {identity}")
@@ -238,7 +242,7 @@ def import_folder(
         todo.append((rel.as_posix(), st.st_size, st.st_mtime_ns))
     log.info("%d photos, %d done earlier, %d to import", len(rels), report.already_done, len(todo))
 
-    job = ImportJob(str(root.resolve()), DetectorSpec.of(detector))
+    job = ImportJob(str(root.resolve()), replace(DetectorSpec.of(detector), device=where))
     _enroll_all(db, job, root, todo, known, embedder, engine, progress, report)
     # recorded duplicates whose original is no longer enrolled (it changed or went): imported now
     again = [(rel.as_posix(), size, mt) for rel, size, mt in duplicates if not _still_enrolled(db, root, rel)]

@@ -75,6 +75,13 @@ class EmbedderSpec:
     device: str = "cpu"
     dim: int = 128
 
+    @property
+    def batch_size(self) -> int:
+        """Faces per embedding batch on the spec's device (``device.default_batch``)."""
+        from openface_py.device import default_batch
+
+        return default_batch(self.device)
+
     @classmethod
     def of(cls, model: Optional[str] = None, backend: str = "auto", threads: Optional[int] = None) -> EmbedderSpec:
         """The spec of a model by name or weights path, without building the network (a named model
@@ -129,7 +136,7 @@ def embed_photos(
     items: list,
     embedder,
     engine: Engine,
-    batch_size: int = 32,
+    batch_size: Optional[int] = None,
     max_pending: Optional[int] = None,
     progress: bool = False,
     crash_marker: Optional[os.PathLike] = None,
@@ -142,7 +149,9 @@ def embed_photos(
     job goes on; only an engine that cannot run at all (no actor starts) raises.
     ``crash_marker``: where a local single-process run names the photo it is on, so that a
     photo that crashes the process is reported on the rerun (``parallel.mapped``).
+    ``batch_size``: faces per embedding batch (None: the embedder's, by its device).
     """
+    batch_size = batch_size or embedder.batch_size
     if engine.name == "ray":
         from openface_py.jobs.rayengine import ray_embed_photos
 

@@ -44,7 +44,7 @@ def represent_folder(
     aligned_dir: os.PathLike | str,
     output_dir: os.PathLike | str,
     embedder: Embedder,
-    batch_size: int = 32,
+    batch_size: Optional[int] = None,
     progress: bool = True,
 ) -> RepresentResult:
     """Embed every aligned face below ``aligned_dir``; write OpenFace's reps.csv / labels.csv and more.
@@ -52,7 +52,9 @@ def represent_folder(
     Outputs (each written atomically): ``reps.csv`` (one 128-value row per face),
     ``labels.csv`` (``class_index,path``, 1-based, as OpenFace's batch-represent),
     ``reps.npy``, ``labels.json`` and ``embeddings.json`` (model identity and alignment).
+    ``batch_size``: faces per batch (None: the embedder's, by its device).
     """
+    batch_size = batch_size or embedder.batch_size
     a_dir, out_dir = Path(aligned_dir), Path(output_dir)
     if not a_dir.is_dir():
         raise OpenFacePyError(f"{a_dir}: aligned folder not found")

@@ -54,6 +54,8 @@ RUN_JOURNAL = ".openface-py-run.jsonl"
 RUN_IN_PROGRESS = ".openface-py-run.current"  # the photo a single-process run is on (parallel.mapped)
 RUN_REPORT = "run-report.json"
 RUN_META = "run.json"
+#: run.json settings recorded but not compared on a rerun (where it ran, not what it gives)
+UNCOMPARED = ("device",)
 PARTS = ".parts"
 PARQUET = "faces.parquet"
 #: What ``--format`` chooses between: OpenFace's files (``represent``'s, plus faces.json) or Parquet.
@@ -115,7 +117,7 @@ def run_folder(
     detector: DetectorSpec | str = DetectorSpec("hog-mtcnn"),
     pick: str = "largest",
     workers: int = 0,
-    batch_size: int = 32,
+    batch_size: Optional[int] = None,
     max_pending: int = 256,
     save_aligned: bool = False,
     retry_failed: bool = False,
@@ -152,6 +154,7 @@ def run_folder(
         except ImportError:
             raise OpenFacePyError(f"--format parquet needs pyarrow: {INSTALL_HINT}") from None
     detector = detector_for(DetectorSpec.of(detector), embedder.alignment)
+    batch_size = batch_size or embedder.batch_size
     engine = engine or Engine("local", workers=workers)
     if engine.name == "local" and workers and not engine.workers:
         engine = replace(engine, workers=workers)
@@ -169,6 +172,8 @@ def run_folder(
         **detector.to_dict(),
         "multi": pick == "all",
         "skip_multi": pick == "only",
+        # where it ran (not compared: a run resumed on another device gives the same rows)
+        "device": "ray" if engine.name == "ray" else embedder.device,
     }
     with OutputFolder(out_dir, RUN_META, "run", bookkeeping=(RUN_JOURNAL, PARTS)):
         _check_or_write_settings(out_dir, settings)
@@ -199,11 +204,14 @@ def _check_or_write_settings(out_dir: Path, settings: dict) -> None:
     meta_path = out_dir / RUN_META
     if meta_path.is_file():
         old = {"max_side": None, **json.loads(meta_path.read_text(encoding="utf-8"))}
-        if changed := settings_changes(old, settings):
+        compared = {k: v for k, v in settings.items() if k not in UNCOMPARED}
+        if changed := settings_changes({k: v for k, v in old.items() if k not in UNCOMPARED}, compared):
             raise OpenFacePyError(
                 f"{out_dir} holds a run with other settings (was, now: {changed}); use another output folder "
                 "or the earlier settings (e.g. its --detector)"
             )
+        if old != {"max_side": None, **settings}:  # the device of the latest run
+            atomic_write_text(meta_path, json.dumps({**old, **settings}, indent=2) + "\n")
     else:
         atomic_write_text(meta_path, json.dumps(settings, indent=2) + "\n")
 

@@ -15,7 +15,15 @@ four ways to run it on a CPU (or GPU). The input shape is the network's (``input
 ``auto`` takes the first that builds and passes a start-up check against eager on one batch,
 in the network's order (``networks.Network.auto_backends``) or ``AUTO_ORDER``; any failure
 (package missing, compiler error, mismatch) logs why and falls back to the next, ending with
-eager. An optional package that is not installed (``OPTIONAL``) is passed over quietly.
+eager. An optional package that is not installed (``OPTIONAL``) is passed over quietly. On a GPU
+``auto`` is eager: ONNX Runtime and OpenVINO run on the CPU here, and ``torch.compile`` measured
+50.7 s of start-up for +2% on an H200 (issue 28), so it runs only when asked for.
+
+Every runner takes faces two ways: float32 (N, 3, H, W) in the network's input range (``run``,
+the start-up check, training), or as the aligner gives them, uint8 (N, H, W, 3) RGB
+(``Runner.faces``): the torch backends then move the uint8 bytes (a quarter of float32's, from
+pinned memory on a GPU) and convert and scale on the device; the permuted view of NHWC bytes is
+already the channels-last layout the networks run in.
 """
 
 from __future__ import annotations
@@ -42,7 +50,7 @@ log = logging.getLogger(__name__)
 BACKENDS = ("eager", "compile", "onnx", "openvino")
 #: Backends whose package is an extra: ``auto`` skips them without a warning when it is absent.
 OPTIONAL = {"openvino": "openvino"}
-#: Backends that run on the CPU only: ``auto`` skips them without a warning on another device.
+#: Backends that run on the CPU only (asked for on a GPU: a usage error).
 CPU_ONLY = ("onnx", "openvino")
 #: Fastest first on a 2-core CPU in a first measurement (ONNX and compile about 2x eager at batch 32);
 #: benchmarks/bench_pipeline.py measures them all.
@@ -51,16 +59,55 @@ AUTO_ORDER = ("onnx", "compile", "eager")
 STARTUP_TOLERANCE = 1e-4
 
 
+#: On a GPU, ``auto`` runs eager (see the module's docstring).
+GPU_AUTO_ORDER = ("eager",)
+
+
 @dataclass
 class Runner:
-    """A built backend: ``run`` maps (N, *input_shape) float32 faces to (N, dim) float32 embeddings."""
+    """A built backend: ``run`` maps (N, *input_shape) float32 faces to (N, dim) float32 embeddings,
+    ``run_uint8`` (N, H, W, 3) uint8 RGB faces to the same embeddings."""
 
     name: str
     run: Callable[[np.ndarray], np.ndarray]
     startup_s: float
+    run_uint8: Callable[[np.ndarray], np.ndarray]
+    device: str = "cpu"
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self.run(np.ascontiguousarray(x, dtype=np.float32))
+
+    def faces(self, faces: np.ndarray) -> np.ndarray:
+        """Embeddings of aligned uint8 RGB faces (N, H, W, 3), converted where the network runs."""
+        return self.run_uint8(np.ascontiguousarray(faces, dtype=np.uint8))
+
+
+def input_scale(model: torch.nn.Module) -> float:
+    """uint8 pixel -> the network's input: x ``input_range`` / 255 (1/255 for NN4-small2, 1 for MobileFaceNet)."""
+    return float(getattr(model, "input_range", 1.0)) / 255.0
+
+
+def host_uint8(run: Callable[[np.ndarray], np.ndarray], scale: float) -> Callable[[np.ndarray], np.ndarray]:
+    """``run`` (float32 NCHW) fed uint8 NHWC faces converted here (the backends outside torch)."""
+    factor = np.float32(scale)
+
+    def run_uint8(faces: np.ndarray) -> np.ndarray:
+        x = faces.astype(np.float32).transpose(0, 3, 1, 2)
+        return run(np.ascontiguousarray(x * factor if factor != 1 else x))
+
+    return run_uint8
+
+
+def _to_device(faces: np.ndarray, device: torch.device, scale: float) -> torch.Tensor:
+    """uint8 NHWC faces as the network's float32 input on ``device``: bytes moved (pinned on a GPU),
+    converted there; the NCHW view of NHWC memory is channels-last."""
+    t = torch.from_numpy(faces)
+    if device.type == "cuda":
+        t = t.pin_memory().to(device, non_blocking=True)
+    else:
+        t = t.to(device)
+    x = t.permute(0, 3, 1, 2).float()
+    return x * scale if scale != 1.0 else x
 
 
 def state_digest(model: torch.nn.Module) -> str:
@@ -74,7 +121,7 @@ def state_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def _eager(model: torch.nn.Module, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+def _eager(model: torch.nn.Module, device: torch.device, scale: float = 1 / 255) -> tuple[Callable, Callable]:
     net = model.eval().to(device).to(memory_format=torch.channels_last)
 
     def run(x: np.ndarray) -> np.ndarray:
@@ -82,28 +129,38 @@ def _eager(model: torch.nn.Module, device: torch.device) -> Callable[[np.ndarray
             t = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
             return net(t).cpu().numpy()
 
-    return run
+    def run_uint8(faces: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return net(_to_device(faces, device, scale)).cpu().numpy()
+
+    return run, run_uint8
 
 
 def _bucket(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
-def _compiled(model: torch.nn.Module, device: torch.device) -> Callable[[np.ndarray], np.ndarray]:
+def _padded(x: np.ndarray) -> np.ndarray:
+    """``x`` padded with zero rows to a compiled shape (``_bucket``); the extra rows are dropped after."""
+    size = _bucket(len(x))
+    return x if size == len(x) else np.concatenate([x, np.zeros((size - len(x),) + x.shape[1:], x.dtype)])
+
+
+def _compiled(model: torch.nn.Module, device: torch.device, scale: float = 1 / 255) -> tuple[Callable, Callable]:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(store.cache_dir() / "inductor"))
     net = model.eval().to(device).to(memory_format=torch.channels_last)
     compiled = torch.compile(net, dynamic=False)
 
     def run(x: np.ndarray) -> np.ndarray:
-        n = len(x)
-        size = _bucket(n)
-        if size != n:  # pad to a compiled shape; extra rows are dropped
-            x = np.concatenate([x, np.zeros((size - n,) + x.shape[1:], np.float32)])
         with torch.inference_mode():
-            t = torch.from_numpy(x).to(device).contiguous(memory_format=torch.channels_last)
-            return compiled(t)[:n].cpu().numpy()
+            t = torch.from_numpy(_padded(x)).to(device).contiguous(memory_format=torch.channels_last)
+            return compiled(t)[: len(x)].cpu().numpy()
 
-    return run
+    def run_uint8(faces: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return compiled(_to_device(_padded(faces), device, scale))[: len(faces)].cpu().numpy()
+
+    return run, run_uint8
 
 
 NN4_INPUT = (3, 96, 96)
@@ -190,21 +247,19 @@ def build(
     """Build one backend (no fallback); raises if it cannot run here. ``tag`` names cached exports."""
     t0 = time.perf_counter()
     dev = torch.device(device)
+    scale = input_scale(model)
     if backend == "eager":
-        run = _eager(model, dev)
+        run, run_uint8 = _eager(model, dev, scale)
     elif backend == "compile":
-        run = _compiled(model, dev)
-    elif backend == "onnx":
+        run, run_uint8 = _compiled(model, dev, scale)
+    elif backend in CPU_ONLY:
         if dev.type != "cpu":
-            raise RuntimeError("the onnx backend runs on the CPU only here")
-        run = _onnx(model, threads, tuple(input_shape), tag)
-    elif backend == "openvino":
-        if dev.type != "cpu":
-            raise RuntimeError("the openvino backend runs on the CPU only here")
-        run = _openvino(model, threads, tuple(input_shape), tag)
+            raise UsageError(f"the {backend} backend runs on the CPU only here (use --backend eager on {device})")
+        run = (_onnx if backend == "onnx" else _openvino)(model, threads, tuple(input_shape), tag)
+        run_uint8 = host_uint8(run, scale)
     else:
         raise UsageError(f"unknown backend {backend!r} (choose from auto, {', '.join(BACKENDS)})")
-    runner = Runner(backend, run, 0.0)
+    runner = Runner(backend, run, 0.0, run_uint8, str(device))
     runner(np.zeros((1, *input_shape), np.float32))  # first call: compiles / allocates
     runner.startup_s = time.perf_counter() - t0
     return runner
@@ -220,7 +275,7 @@ def make_runner(
     auto_order: Optional[Sequence[str]] = None,
 ) -> Runner:
     """The requested backend, or with ``auto`` the first of ``auto_order`` (the network's,
-    ``networks.Network.auto_backends``; None: ``AUTO_ORDER``) that works here.
+    ``networks.Network.auto_backends``; None: ``AUTO_ORDER``; on a GPU ``GPU_AUTO_ORDER``) that works here.
 
     Every non-eager backend is checked against eager on a random batch at start-up (values in the
     network's input range, ``model.input_range``: 1 for NN4-small2, 255 for MobileFaceNet); a
@@ -228,13 +283,13 @@ def make_runner(
     """
     if backend != "auto":
         return build(model, backend, device, threads, input_shape, tag)
-    reference = _eager(model, torch.device(device))
+    on_cpu = torch.device(device).type == "cpu"
+    if not on_cpu:
+        return build(model, GPU_AUTO_ORDER[0], device, threads, input_shape, tag)
+    reference, _ = _eager(model, torch.device(device), input_scale(model))
     probe = np.random.default_rng(0).random((2, *input_shape), dtype=np.float32) * np.float32(model.input_range)
     expected = reference(probe)
     for name in auto_order or AUTO_ORDER:
-        if name in CPU_ONLY and torch.device(device).type != "cpu":
-            log.debug("backend %s runs on the CPU only, not %s", name, device)
-            continue
         if name in OPTIONAL and importlib.util.find_spec(OPTIONAL[name]) is None:
             log.debug("backend %s not installed (pip install 'openface-py[%s]')", name, name)
             continue

@@ -28,6 +28,7 @@ when they name none).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
@@ -40,6 +41,8 @@ from openface_py.registry import Registry
 
 if TYPE_CHECKING:
     from openface_py.nets.embedders import Embedder
+
+log = logging.getLogger(__name__)
 
 #: The distance every threshold is on: squared L2 between embeddings.
 SQUARED_L2 = "squared-l2"
@@ -92,9 +95,13 @@ def _nn4(entry: EmbedderEntry, path: Path, threads: Optional[int], backend: str,
 
 
 def _dlib_resnet(entry: EmbedderEntry, path: Path, threads: Optional[int], backend: str, device: str) -> Embedder:
-    """dlib's own build: ``threads``, ``backend`` and ``device`` do not apply."""
+    """dlib's own build: ``threads`` and ``backend`` do not apply, nor ``device`` (dlib-bin runs on
+    the CPU; a GPU asked for is checked to exist, then noted in the log)."""
+    from openface_py.device import is_gpu, resolve_device
     from openface_py.nets.embedders import DlibResnetEmbedder
 
+    if is_gpu(resolve_device(device)):
+        log.info("%s runs on the CPU: dlib's installed build (dlib-bin) has no CUDA", entry.name)
     return DlibResnetEmbedder(path)
 
 

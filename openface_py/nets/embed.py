@@ -173,12 +173,13 @@ def resolve_model(model: Optional[str] = None) -> str:
 
 
 def load_embedder(
-    model: Optional[str] = None, threads: Optional[int] = None, backend: str = "auto", device: str = "cpu"
+    model: Optional[str] = None, threads: Optional[int] = None, backend: str = "auto", device: str = "auto"
 ) -> Embedder:
     """An embedder by name (``MODEL_NAMES``) or by a path to weights (``weights_network`` says whose).
 
-    ``backend`` and ``device`` (NN4-small2 and MobileFaceNet): ``auto``, ``eager``, ``compile`` or ``onnx``
-    (``backends.py``); a torch device (``cuda`` for a GPU; dlib's ResNet uses dlib's own build).
+    ``backend`` (NN4-small2 and MobileFaceNet): ``auto``, ``eager``, ``compile``, ``onnx`` or ``openvino``
+    (``backends.py``); ``device``: ``auto`` (the GPU when torch sees one), ``cpu`` or ``cuda[:N]``
+    (``openface_py.device``; dlib's ResNet runs on dlib's own build, the CPU).
     """
     model = resolve_model(model)
     if model in EMBEDDERS:

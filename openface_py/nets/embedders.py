@@ -15,9 +15,9 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from openface_py import store
+from openface_py.device import default_batch, resolve_device
 from openface_py.errors import WeightsError
 from openface_py.faces.align import AlignmentSpec, dlib_chip_spec, intel5_spec, openface_spec
-from openface_py.io import iter_chunks
 from openface_py.nets.catalog import DLIB_RESNET_V1, EMBEDDERS, MOBILEFACENET_REID
 from openface_py.nets.modelfiles import digest_name
 from openface_py.nets.networks import MOBILEFACENET, NETWORKS
@@ -31,29 +31,52 @@ class Embedder(ABC):
     dim: int = 128
     #: squared-L2 distance under which two faces are the same person; None = not calibrated
     same_person_threshold: Optional[float] = None
+    #: where the network runs, concrete (``device.resolve_device``): ``cpu`` or ``cuda:N``
+    device: str = "cpu"
 
     @property
     def identity(self) -> str:
         """Model name + alignment: embeddings with different identities never mix."""
         return f"{self.name}|{self.alignment.identity}"
 
-    def embed(self, faces: Union[np.ndarray, Sequence[np.ndarray]], batch_size: int = 32) -> np.ndarray:
-        """Embed aligned RGB uint8 faces (each ``alignment.size`` square) -> (N, 128) float32."""
-        items = list(faces) if not isinstance(faces, np.ndarray) or faces.ndim == 4 else [faces]
+    @property
+    def batch_size(self) -> int:
+        """Faces per batch when ``embed`` is not told: a few dozen on a CPU, hundreds on a GPU."""
+        return default_batch(self.device)
+
+    def embed(self, faces: Union[np.ndarray, Sequence[np.ndarray]], batch_size: Optional[int] = None) -> np.ndarray:
+        """Embed aligned RGB uint8 faces (each ``alignment.size`` square: a list of them, one, or
+        one (N, S, S, 3) array, which is batched without copying) -> (N, dim) float32,
+        ``batch_size`` faces at a time (None: ``self.batch_size``)."""
         size = self.alignment.size
-        for i, f in enumerate(items):
-            if f.shape != (size, size, 3) or f.dtype != np.uint8:
+        items: Union[np.ndarray, list]
+        if isinstance(faces, np.ndarray) and faces.ndim == 4:
+            if faces.shape[1:] != (size, size, 3) or faces.dtype != np.uint8:
                 raise ValueError(
-                    f"face {i}: expected an aligned RGB uint8 image of shape ({size}, {size}, 3) "
-                    f"for {self.name}, got {f.dtype} {f.shape}"
+                    f"expected aligned RGB uint8 faces of shape (N, {size}, {size}, 3) for {self.name}, "
+                    f"got {faces.dtype} {faces.shape}"
                 )
-        if not items:
+            items = faces
+        else:
+            items = [faces] if isinstance(faces, np.ndarray) else list(faces)
+            for i, f in enumerate(items):
+                if f.shape != (size, size, 3) or f.dtype != np.uint8:
+                    raise ValueError(
+                        f"face {i}: expected an aligned RGB uint8 image of shape ({size}, {size}, 3) "
+                        f"for {self.name}, got {f.dtype} {f.shape}"
+                    )
+        if not len(items):
             return np.zeros((0, self.dim), dtype=np.float32)
-        out = [self._embed_batch(chunk) for chunk in iter_chunks(items, max(1, int(batch_size)))]
+        step = max(1, int(batch_size or self.batch_size))
+        out = []
+        for at in range(0, len(items), step):
+            chunk = items[at : at + step]
+            out.append(self._embed_batch(chunk if isinstance(chunk, np.ndarray) else np.stack(chunk)))
         return np.concatenate(out, axis=0).astype(np.float32, copy=False)
 
     @abstractmethod
-    def _embed_batch(self, faces: list[np.ndarray]) -> np.ndarray: ...
+    def _embed_batch(self, faces: np.ndarray) -> np.ndarray:
+        """(n, S, S, 3) uint8 faces -> (n, dim) embeddings."""
 
 
 class NN4Embedder(Embedder):
@@ -64,7 +87,7 @@ class NN4Embedder(Embedder):
         weights: Union[str, Path, dict],
         name: Optional[str] = None,
         threads: Optional[int] = None,
-        device: str = "cpu",
+        device: str = "auto",
         size: int = 96,
         landmarks: str = "outerEyesAndNose",
         backend: str = "auto",
@@ -84,13 +107,13 @@ class NN4Embedder(Embedder):
             self.model = build_model(path=weights)
             self.name = name or digest_name(weights)
         self.same_person_threshold = same_person_threshold
-        self.runner = make_runner(self.model, backend, device, threads)
+        self.device = resolve_device(device)
+        self.runner = make_runner(self.model, backend, self.device, threads)
         self.backend = self.runner.name
         self.alignment = openface_spec(size, landmarks)
 
-    def _embed_batch(self, faces: list[np.ndarray]) -> np.ndarray:
-        x = np.stack(faces).astype(np.float32).transpose(0, 3, 1, 2) * np.float32(1 / 255)
-        return self.runner(x)
+    def _embed_batch(self, faces: np.ndarray) -> np.ndarray:
+        return self.runner.faces(faces)
 
 
 class DlibResnetEmbedder(Embedder):
@@ -106,7 +129,7 @@ class DlibResnetEmbedder(Embedder):
         self._model = dlib.face_recognition_model_v1(str(path))
         self.alignment = dlib_chip_spec(150, 0.25)
 
-    def _embed_batch(self, faces: list[np.ndarray]) -> np.ndarray:
+    def _embed_batch(self, faces: np.ndarray) -> np.ndarray:
         vecs = self._model.compute_face_descriptor([np.ascontiguousarray(f) for f in faces])
         return np.array([np.array(v) for v in vecs], dtype=np.float32)
 
@@ -123,7 +146,7 @@ class MobileFaceNetEmbedder(Embedder):
         weights: Union[str, Path, dict],
         name: str = MOBILEFACENET_REID,
         threads: Optional[int] = None,
-        device: str = "cpu",
+        device: str = "auto",
         same_person_threshold: Optional[float] = None,
         backend: str = "auto",
     ) -> None:
@@ -137,10 +160,11 @@ class MobileFaceNetEmbedder(Embedder):
         state = checked_mobilefacenet_state(weights if isinstance(weights, dict) else load_mobilefacenet_state(weights))
         self.model = MobileFaceNet()
         self.model.load_state_dict(state)
+        self.device = resolve_device(device)
         self.runner = make_runner(
             self.model.eval(),
             backend,
-            device,
+            self.device,
             threads,
             (3, INPUT_SIZE, INPUT_SIZE),
             MOBILEFACENET,
@@ -151,8 +175,8 @@ class MobileFaceNetEmbedder(Embedder):
         self.same_person_threshold = same_person_threshold
         self.alignment = intel5_spec()
 
-    def _embed_batch(self, faces: list[np.ndarray]) -> np.ndarray:
-        return self.runner(np.stack(faces).astype(np.float32).transpose(0, 3, 1, 2))
+    def _embed_batch(self, faces: np.ndarray) -> np.ndarray:
+        return self.runner.faces(faces)
 
 
 def checked_mobilefacenet_state(state: dict) -> dict:

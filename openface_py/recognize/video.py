@@ -447,16 +447,21 @@ def make_recognizer(
     model: Optional[str] = None,
     threshold: Optional[float] = None,
     progress: bool = False,
+    device: str = "auto",
     **options,
 ) -> VideoRecognizer:
     """A ``VideoRecognizer`` naming faces with a classifier file from ``train`` or a gallery folder.
 
     The embedder is ``model``, else the one the classifier was trained with (weights given by
     path must be given again: ``TrainedModel.embedder_model``).
-    ``options`` go to ``VideoRecognizer`` (scale, detect_every, ...).
+    ``options`` go to ``VideoRecognizer`` (scale, detect_every, ...). ``device``: where MTCNN and
+    the embedder run (``openface_py.device``).
     """
+    from openface_py.device import resolve_device
     from openface_py.nets.embed import load_embedder
 
+    where = resolve_device(device)
+    options["detector"] = replace(options.get("detector", DetectorSpec("hog", upsample=0)), device=where)
     if (classifier is None) == (gallery_dir is None):
         raise UsageError("give a classifier model file or a gallery folder (one of them)")
     check_options(**{k: options[k] for k in ("scale", "tracker") if k in options})
@@ -464,7 +469,7 @@ def make_recognizer(
         from openface_py.recognize.modelfile import load_model
 
         trained = load_model(classifier)
-        embedder = load_embedder(trained.embedder_model(model))
+        embedder = load_embedder(trained.embedder_model(model), device=where)
         if embedder.identity != trained.embedder_identity:
             raise UsageError(
                 f"{classifier} was trained on {trained.embedder_identity}, not {embedder.identity}: give the "
@@ -474,13 +479,13 @@ def make_recognizer(
     from openface_py.pipeline import FacePipeline
     from openface_py.recognize.gallery import build_gallery, open_set_threshold
 
-    embedder = load_embedder(model)
+    embedder = load_embedder(model, device=where)
     limit = threshold if threshold is not None else embedder.same_person_threshold
     if limit is None:  # before the gallery is embedded
         raise UsageError(f"{embedder.name} has no calibrated same-person threshold; give one (--threshold)")
     # the gallery's photos at their own size, upsampled once as for `identify`, and aligned from
     # dlib's 68 landmarks as tracked faces are (a track has a box, no MTCNN points)
-    photos = replace(options.get("detector", DetectorSpec("hog")), upsample=1, align_from="dlib68")
+    photos = replace(options["detector"], upsample=1, align_from="dlib68")
     gallery = build_gallery(gallery_dir, FacePipeline(photos, embedder=embedder), progress=progress)
     if threshold is None:  # 1:N, as `identify` against a gallery folder
         limit = open_set_threshold(gallery, embedder)

@@ -68,6 +68,8 @@ class ServiceSettings:
     api_key: Optional[str] = None
     protect_all: bool = False
     detector: DetectorSpec = DetectorSpec()
+    #: where the inference workers run MTCNN and the embedder (``openface_py.device``)
+    device: str = "auto"
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     inference_threads: int = 2
@@ -113,7 +115,9 @@ class Service:
         self.db = FaceDatabase.open(settings.db)
         self.db_lock = threading.Lock()
         n = max(1, int(settings.inference_threads))
-        spec = WorkerSpec(model=self.db.model, detector=settings.detector, max_pixels=settings.max_pixels)
+        spec = WorkerSpec(
+            model=self.db.model, detector=settings.detector, max_pixels=settings.max_pixels, device=settings.device
+        )
         self.pool = InferencePool(spec, n, timeout_s=settings.inference_timeout_s)
         if self.pool.identity != self.db.identity:
             self.pool.close()

@@ -32,11 +32,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What a worker loads: the model, how faces are found, how photos are decoded."""
+    """What a worker loads: the model, how faces are found, how photos are decoded, and where
+    MTCNN and the embedder run (``openface_py.device``: each worker holds its own copy there)."""
 
     model: str
     detector: DetectorSpec = DetectorSpec()
     max_pixels: int = 40_000_000
+    device: str = "cpu"
 
 
 class PhotoError(Exception):
@@ -112,7 +114,7 @@ def _worker_main(conn, spec: WorkerSpec) -> None:
         from openface_py.io import release_memory
         from openface_py.pipeline import FacePipeline
 
-        pipe = FacePipeline.create(spec.model, detector=spec.detector, threads=1)
+        pipe = FacePipeline.create(spec.model, detector=spec.detector, threads=1, device=spec.device)
     except Exception as exc:  # reported to the server, which refuses to start
         conn.send(("init-error", f"{type(exc).__name__}: {exc}"))
         return

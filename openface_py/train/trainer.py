@@ -35,6 +35,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from openface_py.device import describe_device, resolve_device
 from openface_py.errors import OpenFacePyError, UsageError
 from openface_py.io import atomic_write_bytes, atomic_write_text
 from openface_py.metrics import auc, best_split_threshold, k_fold_accuracy, roc_curve, val_at_far
@@ -145,10 +146,7 @@ class NetSettings:
             raise UsageError("--schedule must be cosine or constant")
         if self.epochs < 1:
             raise UsageError("--epochs must be at least 1")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise UsageError("--device must be auto, cpu or cuda")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise UsageError("--device cuda: no CUDA GPU is available here (use auto or cpu)")
+        resolve_device(self.device)  # an unknown device, or a GPU torch does not see: exit 2 with why
 
     @property
     def network(self) -> Network:
@@ -377,9 +375,8 @@ def _rewrite_log(path: Path, epoch: int, batch: int) -> None:
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """The training device for ``--device`` (``openface_py.device``: auto, cpu, cuda[:N])."""
+    return torch.device(resolve_device(name))
 
 
 def train_net(
@@ -834,7 +831,7 @@ def _finish(run: _Run, progress: _Progress, seconds: float) -> TrainResult:
     """Export the best epoch's weights (``model.pt``, and ``verifier.pt`` for a verifier loss) and
     write ``training.json``."""
     from openface_py import __version__
-    from openface_py.nets.embed import load_embedder
+    from openface_py.nets.embed import describe_model
 
     s, out, val, history, best = run.s, run.out, run.val, progress.history, progress.best
     best_epoch = best["epoch"]
@@ -850,7 +847,8 @@ def _finish(run: _Run, progress: _Progress, seconds: float) -> TrainResult:
     if chosen["val"]:
         meta["same_person_threshold"] = chosen["val"]["threshold"]
     export_weights(out / MODEL, best["model"], meta)
-    identity = load_embedder(str(out / MODEL)).identity
+    _, name, alignment = describe_model(str(out / MODEL))  # named without building a runner for it
+    identity = f"{name}|{alignment.identity}"
     verifier_path = None
     if OBJECTIVES.get(s.loss).verifier:
         verifier_path = _export_verifier(out, best["objective"], identity, val, run, best["model"])
@@ -891,7 +889,7 @@ def _finish(run: _Run, progress: _Progress, seconds: float) -> TrainResult:
 
 
 def _describe_device(device: torch.device) -> str:
-    return str(device) if device.type == "cpu" else f"{device} ({torch.cuda.get_device_name(device)})"
+    return describe_device(str(device))
 
 
 def _export_verifier(
