@@ -107,7 +107,7 @@ def _create(args: argparse.Namespace) -> int:
     from openface_py.recognize.facedb import FaceDatabase
 
     model = args.model or best_installed_model()
-    emb = load_embedder(model)
+    emb = load_embedder(model, device="cpu")  # loaded for its identity, threshold and dim: it embeds nothing here
     with FaceDatabase.for_embedder(args.db, emb, args.threshold, args.learn_threshold, model) as db:
         info = db.info()
     if args.json:
