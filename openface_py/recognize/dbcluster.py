@@ -471,7 +471,12 @@ def attach_faces(db: FaceDatabase, face_ids: Sequence[int], settings: Optional[C
     returns how many joined. The others wait for ``db cluster``."""
     if not len(face_ids):
         return 0
-    settings = settings or cluster_settings(db)
+    if settings is None:
+        try:
+            settings = cluster_settings(db)
+        except UsageError as exc:  # no threshold yet: the faces wait for ``db cluster --threshold``
+            log.info("new faces not joined to anyone: %s", exc)
+            return 0
     joined = 0
     with db.write() as tx:
         wanted = sorted({int(i) for i in face_ids})
