@@ -597,7 +597,9 @@ def _pin_all(db: FaceDatabase, person_id: int) -> None:
 @_guarded
 def move_faces(db: FaceDatabase, face_ids: Iterable[int], ref: Optional[str]) -> str:
     """Move faces to a person or cluster (``ref``), or (``ref`` None) to a new cluster of their
-    own (a split); they are pinned there, and a "not this person" about them is dropped.
+    own (a split); they are pinned there, and a "not this person" about them is dropped. The
+    faces left in the people they came from are pinned too (else a rerun could join them to the
+    moved ones again: a split would not last).
     Refused: faces of enrolled photos, two faces of one photo in one person. Returns the target."""
     with db.write():
         ids = _faces_exist(db, face_ids)
@@ -612,8 +614,16 @@ def move_faces(db: FaceDatabase, face_ids: Iterable[int], ref: Optional[str]) ->
         ).fetchone()
         if clash:
             raise UsageError(f"{target.name} would hold two faces of one photo (photo {clash[0]})")
+        sources = {
+            r[0]
+            for r in db.conn.execute(
+                f"SELECT DISTINCT person_id FROM faces WHERE id IN ({marks}) AND person_id IS NOT NULL", ids
+            )
+        } - {target.id}
         now = time.time()
         db.conn.executemany("UPDATE faces SET person_id = ? WHERE id = ?", [(target.id, i) for i in ids])
+        for pid in sources:  # the faces left behind were looked at too: they stay (a rerun would re-join them)
+            _pin_all(db, pid)
         db.conn.executemany("INSERT OR REPLACE INTO face_pins VALUES (?, ?, ?)", [(i, target.id, now) for i in ids])
         db.conn.executemany(
             "DELETE FROM face_rejections WHERE face_id = ? AND person_id = ?", [(i, target.id) for i in ids]
