@@ -63,7 +63,9 @@ def register(add_command, common) -> None:
     a = action("list", "the people enrolled, with their photo and face counts, then the unnamed clusters")
     a.add_argument("--json", action="store_true")
 
-    a = action("remove", "remove a person with every face enrolled for them")
+    a = action(
+        "remove", "remove a person with every face enrolled for them (faces of unlabeled photos go back to no one)"
+    )
     a.add_argument("name")
 
     a = action("search", "name every face in photos (or unknown), with distance and confidence")

@@ -22,6 +22,12 @@ Every SQLite error (a damaged, read-only, full or locked file) leaves this modul
 ``errors.DatabaseError`` naming the file, with its ``kind``; ``writable`` says beforehand why
 writes would fail. Person names have one form, ``valid_name``, wherever they come in.
 
+Since schema version 3 a photo may have no person (``db import --unlabeled``: every face of it)
+and a face may have none (unassigned); people may be unnamed clusters (``named`` 0, a label such
+as ``cluster:0007`` for a name); and the user's decisions about faces have tables of their own.
+What uses them is ``recognize.dbcluster``. A removed person's faces of unlabeled photos go back to
+unassigned (``ON DELETE SET NULL``); the faces of photos enrolled for them go with the photos.
+
 Decisions: the nearest enrolled face names the person when its squared-L2 distance is within
 the database's threshold (the model's same-person threshold, or one learned from pairs of the
 enrolled people's faces, as ``train`` learns one); else ``unknown``. Confidence is P(same
