@@ -69,6 +69,16 @@ CASES = [
     (["db", "search", "X", "PHOTO"], "file", 2),
     (["db", "search", "DB", "X"], "file", 1),
     (["db", "threshold", "X", "--value", "0.5"], "file", 2),
+    (["db", "cluster", "X"], "file", 2),
+    (["db", "suggest-merges", "X"], "file", 2),
+    (["db", "faces", "X"], "file", 2),
+    (["db", "name", "X", "cluster:1", "Ada"], "file", 2),
+    (["db", "merge", "X", "Ada", "Bo"], "file", 2),
+    (["db", "move", "X", "1", "Ada"], "file", 2),
+    (["db", "split", "X", "1"], "file", 2),
+    (["db", "reject", "X", "1", "Ada"], "file", 2),
+    (["db", "forget", "X", "1"], "file", 2),
+    (["db", "different", "X", "Ada", "Bo"], "file", 2),
 ]
 NO_PATH_INPUT = {("models", "list")}
 

@@ -343,7 +343,9 @@ def test_schema_migration_runs_each_step_in_order(tmp_path, monkeypatch):
         FaceDatabase.open(tmp_path / "m.db")
 
 
-def test_a_version_1_database_is_migrated_and_its_old_index_rebuilt(tmp_path):
+def test_a_version_1_database_is_migrated_and_its_old_index_rebuilt(tmp_path, monkeypatch):
+    # made from today's schema, so version 2's step to 3 has nothing to do (test_dbcluster has it)
+    monkeypatch.setitem(facedb.MIGRATIONS, 2, [])
     X, names = synthetic(5, 2)
     probes = synthetic(5, 1, seed=1)[0]
     with fill(tmp_path / "old.db", X, names) as db:

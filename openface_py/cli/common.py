@@ -300,6 +300,20 @@ def backend_choices() -> tuple[str, ...]:
     return ("auto",) + BACKENDS
 
 
+#: the ``db`` actions about unnamed people and clusters (``cli/db.py``)
+DB_CLUSTER_ACTIONS = (
+    "cluster",
+    "suggest-merges",
+    "faces",
+    "name",
+    "merge",
+    "move",
+    "split",
+    "reject",
+    "forget",
+    "different",
+)
+
 # The paths each command reads or writes, checked before its handler runs (``check_paths``), so
 # that every command answers the same mistake the same way: exit 2 and one line. Keys are the
 # argument as the user writes it (a positional's name, or an option); kinds: "dir" an existing
@@ -332,6 +346,7 @@ PATH_ARGS: dict[tuple[str, ...], dict[str, str]] = {
     ("models", "convert"): {"old": "file", "--output": "out-file"},
     ("db", "create"): {"db": "out-file"},
     **{("db", a): {"db": "file"} for a in ("enroll", "list", "remove", "search", "threshold")},
+    **{("db", a): {"db": "file"} for a in DB_CLUSTER_ACTIONS},
     ("db", "import"): {"db": "file", "gallery_dir": "dir"},
 }
 _DESTS = {"--lfw": "lfw_dir", "model": "model_file"}  # arguments whose dest is not their spelling (infer's MODEL)

@@ -7,6 +7,11 @@ transaction as soon as it is embedded, so a killed import keeps everything commi
 and a rerun does only the rest. Photos are detected and aligned in worker processes and embedded
 here in batches, or all on Ray (``jobs.engine``, shared with ``run``); the database is written by
 this process alone.
+
+``unlabeled``: a folder of photos of anyone (any depth, no person folders): every face of every
+photo is added without a person (``recognize.dbcluster``); a photo without a face is recorded as
+having none, not as failed. The new faces join the person or cluster nearest on average when
+close enough (``dbcluster.attach_faces``), the others wait for ``db cluster``.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ import numpy as np
 from openface_py.errors import Failure, OpenFacePyError, UsageError
 from openface_py.faces.align import AlignmentSpec
 from openface_py.faces.detect import DetectorSpec
-from openface_py.faces.stage import FaceStage, FaceStageSpec
+from openface_py.faces.stage import NO_FACE, FaceStage, FaceStageSpec
 from openface_py.io import list_images, load_image
 from openface_py.jobs.engine import EmbedderSpec, Engine, PhotoFaces, embed_photos
 from openface_py.jobs.outdir import outside_output_folders
 from openface_py.jobs.parallel import interrupts_deferred
+from openface_py.recognize import dbcluster
 from openface_py.recognize.facedb import FaceDatabase, FaceRecord, valid_name
 from openface_py.recognize.gallery import note_top_level, person_of
 
@@ -48,6 +54,10 @@ class ImportReport:
     people: int = 0
     faces: int = 0
     seconds: float = 0.0
+    #: ``unlabeled``: faces added, and of those how many joined a person or cluster
+    faces_added: int = 0
+    joined: int = 0
+    unlabeled: bool = False
 
     def to_json(self) -> dict:
         return {
@@ -61,6 +71,7 @@ class ImportReport:
             "people": self.people,
             "faces": self.faces,
             "seconds": round(self.seconds, 2),
+            **({"faces_added": self.faces_added, "joined": self.joined} if self.unlabeled else {}),
         }
 
 
@@ -70,15 +81,18 @@ class ImportJob:
 
     gallery_dir: str
     detector: DetectorSpec = DetectorSpec()
+    unlabeled: bool = False
 
 
 class _ImportFaces:
     """One worker's face stage (of ``jobs.engine.embed_photos``): the largest face of one gallery
-    photo, with the photo's SHA-256 and the face's box and landmarks."""
+    photo (``unlabeled``: every face, and none is not a failure), with the photo's SHA-256 and
+    the faces' boxes and landmarks."""
 
     def __init__(self, job: ImportJob, spec: AlignmentSpec) -> None:
         self.root = Path(job.gallery_dir)
-        self.stage = FaceStage(FaceStageSpec(job.detector, spec))
+        self.unlabeled = job.unlabeled
+        self.stage = FaceStage(FaceStageSpec(job.detector, spec, pick="all" if job.unlabeled else "largest"))
 
     def __call__(self, item: tuple[str, int, int]) -> PhotoFaces:
         try:
@@ -86,6 +100,8 @@ class _ImportFaces:
         except OSError as exc:
             return PhotoFaces(item, f"cannot read: {exc.strerror or exc}")
         found = self.stage.photo(lambda: load_image(data), item[0])
+        if self.unlabeled and found.reason == NO_FACE:
+            return PhotoFaces(item, "", [], {"sha256": hashlib.sha256(data).hexdigest(), "faces": []})
         if not found.ok:
             return PhotoFaces(item, found.reason)
         info = {
@@ -101,12 +117,18 @@ class _ImportFaces:
 DUPLICATE = "duplicate"
 
 
-def _still_enrolled(db: FaceDatabase, root: Path, rel: Path) -> bool:
-    """Whether the photo a recorded duplicate repeats is still enrolled for the same person."""
+def _still_enrolled(db: FaceDatabase, root: Path, rel: Path, unlabeled: bool = False) -> bool:
+    """Whether the photo a recorded duplicate repeats is still enrolled for the same person
+    (``unlabeled``: still in the database as an unlabeled photo)."""
     try:
         sha = hashlib.sha256((root / rel).read_bytes()).hexdigest()
     except OSError:
         return False
+    if unlabeled:
+        return (
+            db.conn.execute("SELECT 1 FROM photos WHERE sha256 = ? AND person_id IS NULL", (sha,)).fetchone()
+            is not None
+        )
     row = db.conn.execute(
         "SELECT 1 FROM photos p JOIN people q ON q.id = p.person_id WHERE q.name = ? AND p.sha256 = ?",
         (valid_name(person_of(rel)), sha),
@@ -130,6 +152,7 @@ def _enroll_all(
     engine: Engine,
     progress: bool,
     report: ImportReport,
+    new_faces: list[int],
 ) -> None:
     """Detect, align and embed ``todo`` on ``engine`` and commit each photo as it comes back."""
     if not todo:
@@ -145,7 +168,10 @@ def _enroll_all(
     ):
         for photo in results:
             with interrupts_deferred():  # Ctrl-C after this photo's transaction, never inside it
-                _record(db, photo, root, known, identity, report)
+                if job.unlabeled:
+                    _record_unlabeled(db, photo, root, known, identity, report, new_faces)
+                else:
+                    _record(db, photo, root, known, identity, report)
             bar.update(1)
 
 
@@ -180,6 +206,35 @@ def _record(db: FaceDatabase, photo, root: Path, known: dict, identity: str, rep
             report.replaced += int(changed)
 
 
+def _record_unlabeled(
+    db: FaceDatabase, photo, root: Path, known: dict, identity: str, report: ImportReport, new_faces: list[int]
+) -> None:
+    """Commit every face of one unlabeled photo (or its failure); ``new_faces`` gets their ids."""
+    rel, size, mtime_ns = photo.item
+    source = (root / rel).resolve().as_posix()
+    seen = source in known
+    if photo.reason:
+        report.failures.append(Failure(rel, photo.reason))
+        log.warning("%s: %s", rel, photo.reason)
+        if not photo.retry:
+            db.record_failure(source, size, mtime_ns, photo.reason, replace=seen and known[source][2] is None)
+        return
+    faces = [
+        FaceRecord(f["box"], rep, None if f["landmarks"] is None else np.asarray(f["landmarks"]))
+        for f, rep in zip(photo.info["faces"], photo.reps)
+    ]
+    res = dbcluster.add_unlabeled_photo(
+        db, photo.info["sha256"], faces, identity, source=source, size=size, mtime_ns=mtime_ns, replace_source=seen
+    )
+    if res.duplicate:
+        report.duplicates += 1
+        db.record_failure(source, size, mtime_ns, f"{DUPLICATE}: the same photo is already in the database")
+    else:
+        report.enrolled += 1
+        report.replaced += int(seen and not res.unchanged)
+        new_faces.extend(res.face_ids)
+
+
 def import_folder(
     db: FaceDatabase,
     gallery_dir: os.PathLike | str,
@@ -188,9 +243,11 @@ def import_folder(
     retry_failed: bool = False,
     progress: bool = True,
     engine: Optional[Engine] = None,
+    unlabeled: bool = False,
     device: str = "auto",
 ) -> ImportReport:
-    """Enroll every new or changed photo of ``gallery_dir`` into ``db`` (see the module's docstring).
+    """Enroll every new or changed photo of ``gallery_dir`` into ``db`` (see the module's docstring;
+    ``unlabeled``: every face of photos of anyone).
 
     ``engine``: detection and alignment in ``workers`` local processes and embedding here
     (default), or both on Ray (``jobs.engine``). ``device``: where MTCNN and the embedder run
@@ -211,8 +268,9 @@ def import_folder(
         raise OpenFacePyError(f"{db.path} holds {db.identity} embeddings, but {db.model} now gives {identity}")
     known = db.known_sources()
     rels = outside_output_folders(root, list_images(root))  # an align/run output inside is not the gallery
-    report = ImportReport(total=len(rels))
-    note_top_level(root, rels)
+    report = ImportReport(total=len(rels), unlabeled=unlabeled)
+    if not unlabeled:
+        note_top_level(root, rels)
     todo: list[tuple[str, int, int]] = []
     duplicates: list[tuple[Path, int, int]] = []
     for rel in rels:
@@ -223,7 +281,8 @@ def import_folder(
             report.failures.append(Failure(rel.as_posix(), f"cannot read: {exc.strerror or exc}"))
             continue
         try:
-            valid_name(person_of(rel))
+            if not unlabeled:
+                valid_name(person_of(rel))
         except UsageError as exc:
             report.failures.append(Failure(rel.as_posix(), str(exc)))
             continue
@@ -242,13 +301,19 @@ def import_folder(
         todo.append((rel.as_posix(), st.st_size, st.st_mtime_ns))
     log.info("%d photos, %d done earlier, %d to import", len(rels), report.already_done, len(todo))
 
-    job = ImportJob(str(root.resolve()), replace(DetectorSpec.of(detector), device=where))
-    _enroll_all(db, job, root, todo, known, embedder, engine, progress, report)
+    job = ImportJob(str(root.resolve()), replace(DetectorSpec.of(detector), device=where), unlabeled)
+    new_faces: list[int] = []
+    _enroll_all(db, job, root, todo, known, embedder, engine, progress, report, new_faces)
     # recorded duplicates whose original is no longer enrolled (it changed or went): imported now
-    again = [(rel.as_posix(), size, mt) for rel, size, mt in duplicates if not _still_enrolled(db, root, rel)]
+    again = [
+        (rel.as_posix(), size, mt) for rel, size, mt in duplicates if not _still_enrolled(db, root, rel, unlabeled)
+    ]
     report.already_done += len(duplicates) - len(again)
-    _enroll_all(db, job, root, again, known, embedder, engine, progress, report)
+    _enroll_all(db, job, root, again, known, embedder, engine, progress, report, new_faces)
+    report.faces_added = len(new_faces)
     with interrupts_deferred():
+        if new_faces:
+            report.joined = dbcluster.attach_faces(db, new_faces)
         db.sync_index()
         db.save_index()
     info = db.info()

@@ -11,7 +11,10 @@ is kept as ``method="whispers"`` for comparison.
 
 Constraints: two faces of one photo never share a cluster (a merge that would join them is never
 made; with Chinese Whispers the faces farther from their cluster's mean are unassigned), and
-clusters smaller than ``min_size`` are left unassigned (label -1). Labels are numbered from the
+clusters smaller than ``min_size`` are left unassigned (label -1). Average linkage also takes
+groups of faces that start as one cluster (``groups``: the people a face database already has)
+and tokens per face that keep faces apart like a shared photo does (``apart``: two such people,
+a face the user said is not that person), as ``recognize.dbcluster`` needs. Labels are numbered from the
 largest cluster down (ties: the cluster holding the earliest face). Deterministic: exact search
 below ``vectorindex.APPROX_MIN`` faces, ties broken by index, Chinese Whispers seeded.
 
@@ -25,7 +28,7 @@ import heapq
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -110,9 +113,20 @@ class Clustering:
         return [order[starts[c] : starts[c + 1]] for c in range(self.n_clusters)]
 
 
-def cluster_faces(embeddings: np.ndarray, photos: Optional[Sequence], settings: ClusterSettings) -> Clustering:
+def cluster_faces(
+    embeddings: np.ndarray,
+    photos: Optional[Sequence],
+    settings: ClusterSettings,
+    groups: Optional[Sequence[int]] = None,
+    apart: Optional[Sequence[Iterable]] = None,
+) -> Clustering:
     """Group ``embeddings`` (N x D) into people; ``photos``: one photo id per face (faces with
-    the same id are never put together; None: each face its own photo)."""
+    the same id are never put together; None: each face its own photo).
+
+    Average linkage only: ``groups``, a group id per face (negative: none), makes the faces of
+    each group one cluster from the start (they stay together); ``apart``, tokens per face (any
+    hashable values), never puts together faces whose tokens meet (checked on merges, not
+    inside a starting group)."""
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be N x D, got shape {x.shape}")
@@ -120,6 +134,10 @@ def cluster_faces(embeddings: np.ndarray, photos: Optional[Sequence], settings: 
         raise ValueError("embeddings hold NaN or infinite values")
     n = len(x)
     photo_ids = _photo_ids(photos, n)
+    if (groups is not None or apart is not None) and settings.method != "average":
+        raise ValueError("starting groups and apart tokens need method 'average'")
+    if groups is not None and len(groups) != n or apart is not None and len(apart) != n:
+        raise ValueError(f"groups and apart need one entry per face ({n})")
     if n == 0:
         return Clustering(np.zeros(0, np.int64), settings)
     start = time.perf_counter()
@@ -127,7 +145,7 @@ def cluster_faces(embeddings: np.ndarray, photos: Optional[Sequence], settings: 
     graph_s = time.perf_counter() - start
     separated = refused = 0
     if settings.method == "average":
-        roots, refused = _average_linkage(x, nbrs, dists, photo_ids, settings.threshold)
+        roots, refused = _average_linkage(x, nbrs, dists, photo_ids, settings.threshold, groups, apart)
     else:
         roots = _chinese_whispers(nbrs, dists, settings.threshold, settings.seed)
         roots, separated = _one_face_per_photo(x, roots, photo_ids)
@@ -178,9 +196,17 @@ def _edges(nbrs: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray,
 
 
 def _average_linkage(
-    x: np.ndarray, nbrs: np.ndarray, dists: np.ndarray, photo: np.ndarray, threshold: float
+    x: np.ndarray,
+    nbrs: np.ndarray,
+    dists: np.ndarray,
+    photo: np.ndarray,
+    threshold: float,
+    groups: Optional[Sequence[int]] = None,
+    apart: Optional[Sequence[Iterable]] = None,
 ) -> tuple[np.ndarray, int]:
-    """Average linkage over the graph's candidate pairs: (each face's group root, merges refused)."""
+    """Average linkage over the graph's candidate pairs: (each face's group root, merges refused).
+
+    ``groups`` and ``apart``: see ``cluster_faces``."""
     n = len(x)
     sums = x.astype(np.float64)
     sqn = np.einsum("ij,ij->i", sums, sums)
@@ -194,8 +220,14 @@ def _average_linkage(
         adjacent[j].add(i)
     # photos with more than one face: the only ones a merge can conflict on
     counts = np.bincount(photo)
-    shared = {i: {int(photo[i])} for i in np.flatnonzero(counts[photo] > 1).tolist()}
-    heap = [(float(dd), i, j, 0, 0) for i, j, dd in zip(a.tolist(), b.tolist(), d.tolist()) if dd <= threshold]
+    shared: dict[int, set] = {i: {int(photo[i])} for i in np.flatnonzero(counts[photo] > 1).tolist()}
+    for i, tokens in enumerate(apart or ()):
+        if tokens:
+            shared.setdefault(i, set()).update(("apart", t) for t in tokens)
+    if groups is None:
+        heap = [(float(dd), i, j, 0, 0) for i, j, dd in zip(a.tolist(), b.tolist(), d.tolist()) if dd <= threshold]
+    else:
+        heap = _start_groups(np.asarray(groups), parent, sums, sqn, size, shared, adjacent, threshold)
     heapq.heapify(heap)
     refused = 0
     while heap:
@@ -236,6 +268,45 @@ def _average_linkage(
                     lo, hi = (i, c) if i < c else (c, i)
                     heapq.heappush(heap, (m, lo, hi, int(version[lo]), int(version[hi])))
     return _roots(parent), refused
+
+
+def _start_groups(
+    groups: np.ndarray,
+    parent: np.ndarray,
+    sums: np.ndarray,
+    sqn: np.ndarray,
+    size: np.ndarray,
+    shared: dict[int, set],
+    adjacent: list[set[int]],
+    threshold: float,
+) -> list[tuple]:
+    """Join each starting group into one node (its first face; in place) and return the heap of
+    candidate merges between the nodes left, at their exact average distances."""
+    for g in np.unique(groups[groups >= 0]).tolist():
+        members = np.flatnonzero(groups == g).tolist()
+        root = members[0]
+        for j in members[1:]:
+            parent[j] = root
+            sums[root] += sums[j]
+            sqn[root] += sqn[j]
+            size[root] += size[j]
+            if j in shared:
+                shared.setdefault(root, set()).update(shared.pop(j))
+            for c in adjacent[j]:
+                adjacent[c].discard(j)
+                adjacent[c].add(root)
+            adjacent[root] |= adjacent[j]
+            adjacent[j] = set()
+        adjacent[root] -= set(members)
+    heap = []
+    for i in np.flatnonzero(parent == np.arange(len(parent))).tolist():
+        for c in adjacent[i]:
+            if i < c:
+                cross = float(sums[i] @ sums[c]) / (size[i] * size[c])
+                m = sqn[i] / size[i] + sqn[c] / size[c] - 2.0 * cross
+                if m <= threshold:
+                    heap.append((float(m), i, c, 0, 0))
+    return heap
 
 
 def _roots(parent: np.ndarray) -> np.ndarray:

@@ -22,6 +22,12 @@ Every SQLite error (a damaged, read-only, full or locked file) leaves this modul
 ``errors.DatabaseError`` naming the file, with its ``kind``; ``writable`` says beforehand why
 writes would fail. Person names have one form, ``valid_name``, wherever they come in.
 
+Since schema version 3 a photo may have no person (``db import --unlabeled``: every face of it)
+and a face may have none (unassigned); people may be unnamed clusters (``named`` 0, a label such
+as ``cluster:0007`` for a name); and the user's decisions about faces have tables of their own.
+What uses them is ``recognize.dbcluster``. A removed person's faces of unlabeled photos go back to
+unassigned (``ON DELETE SET NULL``); the faces of photos enrolled for them go with the photos.
+
 Decisions: the nearest enrolled face names the person when its squared-L2 distance is within
 the database's threshold (the model's same-person threshold, or one learned from pairs of the
 enrolled people's faces, as ``train`` learns one); else ``unknown``. Confidence is P(same
@@ -58,7 +64,7 @@ from openface_py.recognize.verify import DistanceCalibration, is_same
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: index file: magic, SHA-256 of everything after it, header length, JSON header, FAISS bytes
 INDEX_MAGIC = b"OFPYFDX2"
 #: index files of the first format (no checksum): rebuilt once
@@ -88,44 +94,80 @@ NAME_SCRIPT_MIXES = (
     frozenset({"LATIN", "HAN", "HANGUL"}),
 )
 
-_SCHEMA = """
-CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE people(
+_PHOTOS_TABLE = """CREATE TABLE {name}(
     id INTEGER PRIMARY KEY,
-    name TEXT NOT NULL UNIQUE,
-    created REAL NOT NULL,
-    metadata TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE photos(
-    id INTEGER PRIMARY KEY,
-    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    person_id INTEGER REFERENCES people(id) ON DELETE CASCADE,
     sha256 TEXT NOT NULL,
     source TEXT,
     size INTEGER,
     mtime_ns INTEGER,
     added REAL NOT NULL,
     UNIQUE(person_id, sha256)
-);
-CREATE INDEX photos_source ON photos(source);
-CREATE TABLE faces(
+)"""
+_FACES_TABLE = """CREATE TABLE {name}(
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     photo_id INTEGER NOT NULL REFERENCES photos(id) ON DELETE CASCADE,
-    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    person_id INTEGER REFERENCES people(id) ON DELETE SET NULL,
     box TEXT NOT NULL,
     landmarks TEXT,
     embedding BLOB NOT NULL,
     identity TEXT NOT NULL,
     added REAL NOT NULL,
     gen INTEGER NOT NULL
-);
-CREATE INDEX faces_person ON faces(person_id);
-CREATE INDEX faces_gen ON faces(gen);
-CREATE TABLE removed_faces(face_id INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
-CREATE INDEX removed_gen ON removed_faces(gen);
-CREATE TRIGGER face_removed AFTER DELETE ON faces BEGIN
+)"""
+#: what version 3 added: indexes of the rebuilt photos and faces tables, the trigger, the
+#: tables of the user's decisions about faces (``recognize.dbcluster``)
+_V3_STATEMENTS = [
+    "CREATE INDEX photos_source ON photos(source)",
+    "CREATE UNIQUE INDEX photos_unlabeled ON photos(sha256) WHERE person_id IS NULL",
+    "CREATE INDEX faces_person ON faces(person_id)",
+    "CREATE INDEX faces_gen ON faces(gen)",
+    "CREATE INDEX faces_photo ON faces(photo_id)",
+    """CREATE TRIGGER face_removed AFTER DELETE ON faces BEGIN
     INSERT OR REPLACE INTO removed_faces VALUES
         (old.id, (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'generation'));
-END;
+END""",
+    """CREATE TABLE face_pins(
+    face_id INTEGER PRIMARY KEY REFERENCES faces(id) ON DELETE CASCADE,
+    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    added REAL NOT NULL
+)""",
+    "CREATE INDEX face_pins_person ON face_pins(person_id)",
+    """CREATE TABLE face_rejections(
+    face_id INTEGER NOT NULL REFERENCES faces(id) ON DELETE CASCADE,
+    person_id INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    added REAL NOT NULL,
+    PRIMARY KEY(face_id, person_id)
+)""",
+    "CREATE INDEX face_rejections_person ON face_rejections(person_id)",
+    """CREATE TABLE different_people(
+    a INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    b INTEGER NOT NULL REFERENCES people(id) ON DELETE CASCADE,
+    added REAL NOT NULL,
+    PRIMARY KEY(a, b)
+)""",
+    "CREATE TABLE forgotten_faces(sha256 TEXT NOT NULL, box TEXT NOT NULL, added REAL NOT NULL,"
+    " PRIMARY KEY(sha256, box))",
+]
+
+# Version 3: a photo without a person (``db import --unlabeled``: every face, people unknown),
+# faces without a person (unassigned; a removed person's faces of such photos go back to
+# unassigned), people who are unnamed clusters (``named`` 0, a label for a name), the user's
+# decisions (faces pinned to a person, "this face is not X", "these two are different people",
+# faces removed for good).
+_SCHEMA = f"""
+CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE people(
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    metadata TEXT NOT NULL DEFAULT '{{}}',
+    named INTEGER NOT NULL DEFAULT 1
+);
+{_PHOTOS_TABLE.format(name="photos")};
+{_FACES_TABLE.format(name="faces")};
+CREATE TABLE removed_faces(face_id INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
+CREATE INDEX removed_gen ON removed_faces(gen);
 CREATE TABLE generations(gen INTEGER PRIMARY KEY, token TEXT NOT NULL);
 CREATE TABLE import_failures(
     source TEXT PRIMARY KEY,
@@ -134,6 +176,7 @@ CREATE TABLE import_failures(
     reason TEXT NOT NULL,
     gen INTEGER NOT NULL
 );
+{";".join(_V3_STATEMENTS)};
 """
 
 #: schema migrations: MIGRATIONS[v] takes a database from version v to v + 1 (inside one transaction)
@@ -144,6 +187,27 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE TABLE generations(gen INTEGER PRIMARY KEY, token TEXT NOT NULL)",
         "INSERT INTO generations SELECT CAST(value AS INTEGER), lower(hex(randomblob(16))) FROM meta"
         " WHERE key = 'generation'",
+    ],
+    # 2 -> 3: photos and faces may have no person (SQLite cannot drop NOT NULL: both tables are
+    # rebuilt with their ids, the faces' AUTOINCREMENT counter kept, indexes and trigger made
+    # again; foreign keys are off during migrations), unnamed clusters, the decision tables
+    2: [
+        "ALTER TABLE people ADD COLUMN named INTEGER NOT NULL DEFAULT 1",
+        "CREATE TEMP TABLE face_seq AS SELECT seq FROM sqlite_sequence WHERE name = 'faces'",
+        _PHOTOS_TABLE.format(name="photos_v3"),
+        "INSERT INTO photos_v3 SELECT id, person_id, sha256, source, size, mtime_ns, added FROM photos",
+        _FACES_TABLE.format(name="faces_v3"),
+        "INSERT INTO faces_v3 SELECT id, photo_id, person_id, box, landmarks, embedding, identity, added, gen"
+        " FROM faces",
+        "DROP TABLE faces",
+        "DROP TABLE photos",
+        "ALTER TABLE photos_v3 RENAME TO photos",
+        "ALTER TABLE faces_v3 RENAME TO faces",
+        "DELETE FROM sqlite_sequence WHERE name IN ('faces', 'faces_v3')",
+        "INSERT INTO sqlite_sequence(name, seq) SELECT 'faces', max(coalesce((SELECT MAX(seq) FROM face_seq), 0),"
+        " coalesce((SELECT MAX(id) FROM faces), 0))",
+        "DROP TABLE face_seq",
+        *_V3_STATEMENTS,
     ],
 }
 
@@ -182,10 +246,13 @@ class EnrollResult:
 
 @dataclass
 class PersonInfo:
+    """A person (``named``) or an unnamed cluster (its label for a name, ``recognize.dbcluster``)."""
+
     name: str
     photos: int
     faces: int
     created: float
+    named: bool = True
 
 
 @dataclass
@@ -197,22 +264,29 @@ class Match:
 
 @dataclass
 class Answer:
-    """The decision for one probe face: the name (or ``unknown``), the nearest person and the top-k people."""
+    """The decision for one probe face: the name (or ``unknown``), the nearest person and the top-k people.
+
+    A face nearest an unnamed cluster (``recognize.dbcluster``) within the threshold is
+    ``unknown`` with that cluster's label in ``cluster``: seen before, not yet named."""
 
     name: str
     nearest: Optional[str]
     distance: Optional[float]
     confidence: Optional[float]
     candidates: list[Match] = field(default_factory=list)
+    cluster: Optional[str] = None
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "name": self.name,
             "nearest": self.nearest,
             "distance": None if self.distance is None else round(self.distance, 4),
             "confidence": None if self.confidence is None else round(self.confidence, 4),
             "candidates": [{"name": m.name, "distance": round(m.distance, 4)} for m in self.candidates],
         }
+        if self.cluster is not None:
+            out["cluster"] = self.cluster
+        return out
 
 
 def quote_name(name: object) -> str:
@@ -367,6 +441,8 @@ class FaceDatabase:
         #: the index file on disk was refused: the rebuilt index replaces it
         self._replace_file = False
         self._names: dict[int, str] = {}
+        #: the labels of unnamed clusters among ``_names``
+        self._unnamed: set[str] = set()
 
     # ---------------------------------------------------------------- opening
     @staticmethod
@@ -566,8 +642,10 @@ class FaceDatabase:
     @_guarded
     def info(self) -> dict:
         """What the database holds and how it decides (for ``db list --json`` and ``/health``)."""
-        people, photos, faces = self.conn.execute(
-            "SELECT (SELECT COUNT(*) FROM people), (SELECT COUNT(*) FROM photos), (SELECT COUNT(*) FROM faces)"
+        people, clusters, photos, faces, unassigned = self.conn.execute(
+            "SELECT (SELECT COUNT(*) FROM people WHERE named), (SELECT COUNT(*) FROM people WHERE NOT named),"
+            " (SELECT COUNT(*) FROM photos), (SELECT COUNT(*) FROM faces),"
+            " (SELECT COUNT(*) FROM faces WHERE person_id IS NULL)"
         ).fetchone()
         return {
             "path": str(self.path),
@@ -575,8 +653,10 @@ class FaceDatabase:
             "identity": self.identity,
             "schema_version": SCHEMA_VERSION,
             "people": people,
+            "clusters": clusters,
             "photos": photos,
             "faces": faces,
+            "unassigned": unassigned,
             "threshold": self.threshold,
             "threshold_source": self.meta("threshold_source"),
             "calibrated": json.loads(self.meta("calibration")) is not None,
@@ -586,11 +666,16 @@ class FaceDatabase:
 
     @_guarded
     def people(self) -> list[PersonInfo]:
+        """The named people by name, then the unnamed clusters, largest first. ``photos``: the
+        photos enrolled for a person plus the unlabeled photos their faces come from."""
         rows = self.conn.execute(
-            "SELECT p.name, p.created, (SELECT COUNT(*) FROM photos WHERE person_id = p.id),"
-            " (SELECT COUNT(*) FROM faces WHERE person_id = p.id) FROM people p ORDER BY p.name"
+            "SELECT p.name, p.created, p.named, (SELECT COUNT(DISTINCT photo_id) FROM faces WHERE person_id = p.id)"
+            " + (SELECT COUNT(*) FROM photos h WHERE h.person_id = p.id"
+            " AND NOT EXISTS (SELECT 1 FROM faces f WHERE f.photo_id = h.id AND f.person_id = p.id)),"
+            " (SELECT COUNT(*) FROM faces WHERE person_id = p.id) AS n FROM people p"
+            " ORDER BY p.named DESC, CASE WHEN p.named THEN 0 ELSE -n END, p.name"
         ).fetchall()
-        return [PersonInfo(name, photos, faces, created) for name, created, photos, faces in rows]
+        return [PersonInfo(name, photos, faces, created, bool(named)) for name, created, named, photos, faces in rows]
 
     @_guarded
     def known_sources(self) -> dict[str, tuple[int, int, Optional[str]]]:
@@ -604,10 +689,11 @@ class FaceDatabase:
         return out
 
     @_guarded
-    def embeddings(self) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """(face ids, N x dim embeddings, person names) of every enrolled face."""
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray, list[Optional[str]]]:
+        """(face ids, N x dim embeddings, person names) of every face (a cluster's label for its
+        name, None for an unassigned face)."""
         rows = self.conn.execute(
-            "SELECT f.id, f.embedding, p.name FROM faces f JOIN people p ON p.id = f.person_id ORDER BY f.id"
+            "SELECT f.id, f.embedding, p.name FROM faces f LEFT JOIN people p ON p.id = f.person_id ORDER BY f.id"
         ).fetchall()
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         return ids, _vectors((r[1] for r in rows), self.dim), [r[2] for r in rows]
@@ -631,6 +717,10 @@ class FaceDatabase:
             tx.gen = self.generation
             self.conn.execute("INSERT OR REPLACE INTO generations VALUES (?, ?)", (tx.gen, uuid.uuid4().hex))
             yield tx
+
+    def write(self) -> contextlib.AbstractContextManager[_Transaction]:
+        """``_write`` for the modules of this layer that change the database (``recognize.dbcluster``)."""
+        return self._write()
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[None]:
@@ -775,25 +865,30 @@ class FaceDatabase:
         contents (a fixed hash order, not random()): up to ``DECISION_PEOPLE`` people with two or
         more faces (``DECISION_PER_PERSON`` faces each) plus as many faces of anyone, each face once."""
         shuffle = "(({col} * 2654435761) % 4294967296)"  # Knuth's multiplicative hash: a fixed shuffle
+        # only faces the user named: enrolled for a person, or put in a named person by the user
+        # (faces a clustering or an import assigned were chosen by the threshold itself)
+        named = (
+            "JOIN people p ON p.id = f.person_id AND p.named WHERE (EXISTS (SELECT 1 FROM photos h"
+            " WHERE h.id = f.photo_id AND h.person_id IS NOT NULL) OR EXISTS (SELECT 1 FROM face_pins g"
+            " WHERE g.face_id = f.id AND g.person_id = f.person_id))"
+        )
         multi = [
             r[0]
             for r in self.conn.execute(
-                "SELECT person_id FROM faces GROUP BY person_id HAVING COUNT(*) >= 2"
-                f" ORDER BY {shuffle.format(col='person_id')} LIMIT ?",
+                f"SELECT f.person_id FROM faces f {named} GROUP BY f.person_id HAVING COUNT(*) >= 2"
+                f" ORDER BY {shuffle.format(col='f.person_id')} LIMIT ?",
                 (DECISION_PEOPLE,),
             )
         ]
         rows: dict[int, tuple[bytes, str]] = {}
         for pid in multi:
             for fid, emb, name in self.conn.execute(
-                "SELECT f.id, f.embedding, p.name FROM faces f JOIN people p ON p.id = f.person_id"
-                " WHERE f.person_id = ? ORDER BY f.id LIMIT ?",
+                f"SELECT f.id, f.embedding, p.name FROM faces f {named} AND f.person_id = ? ORDER BY f.id LIMIT ?",
                 (pid, DECISION_PER_PERSON),
             ):
                 rows[fid] = (emb, name)
         for fid, emb, name in self.conn.execute(
-            "SELECT f.id, f.embedding, p.name FROM faces f JOIN people p ON p.id = f.person_id"
-            f" ORDER BY {shuffle.format(col='f.id')} LIMIT ?",
+            f"SELECT f.id, f.embedding, p.name FROM faces f {named} ORDER BY {shuffle.format(col='f.id')} LIMIT ?",
             (max(len(rows), 200),),
         ):
             rows.setdefault(fid, (emb, name))
@@ -983,18 +1078,20 @@ class FaceDatabase:
         for chunk in range(0, len(missing), 500):
             part = missing[chunk : chunk + 500]
             rows = self.conn.execute(
-                f"SELECT f.id, p.name FROM faces f JOIN people p ON p.id = f.person_id"
+                f"SELECT f.id, p.name, p.named FROM faces f JOIN people p ON p.id = f.person_id"
                 f" WHERE f.id IN ({','.join('?' * len(part))})",
                 part,
             ).fetchall()
-            self._names.update(rows)
+            self._names.update((fid, name) for fid, name, _ in rows)
+            self._unnamed.update(name for _, name, named in rows if not named)
         return self._names
 
     @_guarded
     def search(self, probes: np.ndarray, top_k: int = 1) -> list[list[Match]]:
         """For each probe: the ``top_k`` nearest *people* (each at the distance of their nearest face)."""
         index = self.sync_index()
-        self._names.clear()  # names may have changed (a person removed and a name reused)
+        self._names.clear()  # names may have changed (a person removed and a name reused, a cluster named)
+        self._unnamed.clear()
         probes = np.atleast_2d(np.asarray(probes, dtype=np.float32))
         out: list[list[Match]] = [[] for _ in probes]
         todo = np.arange(len(probes))
@@ -1035,8 +1132,9 @@ class FaceDatabase:
             if cal is not None:
                 p_same = cal.p_same(m.distance)
                 conf = float(p_same if same else 1.0 - p_same)
-            name = m.name if same else UNKNOWN
-            answers.append(Answer(name, m.name, m.distance, conf, matches[:top_k]))
+            cluster = m.name if same and m.name in self._unnamed else None
+            name = m.name if same and cluster is None else UNKNOWN
+            answers.append(Answer(name, m.name, m.distance, conf, matches[:top_k], cluster))
         return answers
 
 
@@ -1066,17 +1164,27 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 def _migrate(conn: sqlite3.Connection, version: int, path: Path) -> None:
-    """Bring a database from ``version`` to ``SCHEMA_VERSION``, one step per transaction."""
-    while version < SCHEMA_VERSION:
-        step = MIGRATIONS.get(version)
-        if step is None:
-            raise FaceDatabaseError(f"{path}: no migration from schema version {version}")
-        with _transaction(conn):
-            for statement in step:
-                conn.execute(statement)
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version + 1),))
-        log.info("%s: migrated schema %d -> %d", path, version, version + 1)
-        version += 1
+    """Bring a database from ``version`` to ``SCHEMA_VERSION``, one step per transaction.
+
+    Foreign keys are off meanwhile (a step may rebuild a table: dropping the old one must not
+    cascade) and checked before each step commits."""
+    conn.execute("PRAGMA foreign_keys=OFF")
+    try:
+        while version < SCHEMA_VERSION:
+            step = MIGRATIONS.get(version)
+            if step is None:
+                raise FaceDatabaseError(f"{path}: no migration from schema version {version}")
+            with _transaction(conn):
+                for statement in step:
+                    conn.execute(statement)
+                broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise FaceDatabaseError(f"{path}: migration to version {version + 1} broke references {broken[:3]}")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version + 1),))
+            log.info("%s: migrated schema %d -> %d", path, version, version + 1)
+            version += 1
+    finally:
+        conn.execute("PRAGMA foreign_keys=ON")
 
 
 def _pair_distances(X: np.ndarray, names: Sequence[str], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

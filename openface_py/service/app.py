@@ -564,7 +564,7 @@ def create_app(settings: ServiceSettings):
                 return s.db.people()
 
         rows = await asyncio.to_thread(read)
-        return {"people": [{"name": p.name, "photos": p.photos, "faces": p.faces} for p in rows]}
+        return {"people": [{"name": p.name, "photos": p.photos, "faces": p.faces} for p in rows if p.named]}
 
     @app.post(
         "/v1/people/{name}/faces",
