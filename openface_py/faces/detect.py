@@ -14,7 +14,7 @@ from typing import Callable, Optional, Protocol, Sequence
 import numpy as np
 
 from openface_py import store
-from openface_py.errors import UsageError
+from openface_py.errors import ModelNotInstalledError, UsageError
 from openface_py.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -301,8 +301,13 @@ class MtcnnDetector:
             raise UsageError(f"unknown align_from {align_from!r} (choose from {', '.join(ALIGN_FROM)})")
         self.cascade = Mtcnn(min_face=min_face, thresholds=thresholds, weights=weights, device=device)
         self.align_from = align_from
-        t = ",".join(f"{v:g}" for v in self.cascade.thresholds)
-        self.key = f"mtcnn(min_face={self.cascade.min_face},thresholds={t},align_from={align_from})"
+        self.key = self.key_of(self.cascade.min_face, self.cascade.thresholds, align_from)
+
+    @staticmethod
+    def key_of(min_face: int, thresholds: Sequence[float], align_from: str) -> str:
+        """The ``key`` of an MTCNN detector with these settings, without building it."""
+        t = ",".join(f"{float(v):g}" for v in thresholds)
+        return f"mtcnn(min_face={int(min_face)},thresholds={t},align_from={align_from})"
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         return self.detect_many([rgb])[0]
@@ -330,13 +335,21 @@ class CascadeDetector:
     """A fast frontal detector first; MTCNN only on photos where it finds nothing.
 
     Frontal photos keep HOG's speed; turned, tilted and small faces, which HOG misses, are
-    found by MTCNN. Each detection says which detector found it (``found_by``).
+    found by MTCNN. Each detection says which detector found it (``found_by``). MTCNN is built
+    the first time HOG finds nothing (``make_fallback``): a worker or Ray actor whose photos all
+    show frontal faces never imports torch nor loads MTCNN (2-3 s of start-up each).
     """
 
-    def __init__(self, first: Detector, fallback: MtcnnDetector) -> None:
-        self.first, self.fallback = first, fallback
+    def __init__(self, first: Detector, make_fallback: Callable[[], MtcnnDetector], fallback_key: str) -> None:
+        self.first, self._make_fallback, self._fallback = first, make_fallback, None
         self.name = "hog-mtcnn" if first.name == "hog-adaptive" else f"{first.name}-mtcnn"  # as --detector names it
-        self.key = f"cascade({first.key},{fallback.key})"
+        self.key = f"cascade({first.key},{fallback_key})"
+
+    @property
+    def fallback(self) -> MtcnnDetector:
+        if self._fallback is None:
+            self._fallback = self._make_fallback()
+        return self._fallback
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         found = self.first.detect(rgb)
@@ -388,7 +401,11 @@ def _mtcnn(spec: DetectorSpec) -> MtcnnDetector:
 
 
 def _hog_mtcnn(spec: DetectorSpec) -> Detector:
-    return CascadeDetector(AdaptiveHogDetector(upsample=spec.upsample), _mtcnn(spec))
+    weights = store.project_models_dir() / store.MTCNN_WEIGHTS.filename
+    if not weights.is_file():  # missing weights fail here, at start, though MTCNN is built on first use
+        raise ModelNotInstalledError(f"MTCNN weights not found at {weights} (they ship with the package; reinstall it)")
+    key = MtcnnDetector.key_of(spec.min_face, spec.thresholds, spec.align_from)
+    return CascadeDetector(AdaptiveHogDetector(upsample=spec.upsample), lambda: _mtcnn(spec), key)
 
 
 #: Every detector by the name ``--detector`` takes; a new detector is one entry here.
@@ -432,6 +449,8 @@ class DetectorSpec:
         DETECTORS.get(self.name)  # an unknown name fails here, before any work
         if int(self.upsample) < 0:
             raise UsageError("upsample must be >= 0")
+        if int(self.min_face) < 12:
+            raise UsageError("MTCNN's minimum face size is 12 pixels (P-Net's window)")
         if self.max_side is not None and 0 < int(self.max_side) < 32:
             raise UsageError("max_side must be at least 32 pixels")
         if self.max_pixels and int(self.max_pixels) < 32 * 32:
