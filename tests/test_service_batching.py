@@ -52,8 +52,9 @@ def random_faces(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
 
 
-def together(fns: list) -> list:
-    """Run each function in its own thread, released at once; what each returned or raised."""
+def together(fns: list, timeout: float = 60) -> list:
+    """Run each function in its own thread, released at once; what each returned or raised (None:
+    still running after ``timeout`` seconds)."""
     out: list = [None] * len(fns)
     start = threading.Barrier(len(fns))
 
@@ -68,7 +69,7 @@ def together(fns: list) -> list:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(timeout)
     return out
 
 
@@ -164,10 +165,19 @@ def db(sample_db, tmp_path_factory) -> Path:
 
 def test_the_service_answers_the_same_with_batching_on(db, tmp_path):
     batched_db = copy_db(db, tmp_path / "batched")
-    plain, batched = Server(db, "--inference-threads", "2"), None
+    started = together(
+        [
+            lambda: Server(db, "--inference-threads", "2"),
+            lambda: Server(batched_db, "--inference-threads", "2", "--embed-batching", "on"),
+        ],
+        timeout=240,
+    )
+    plain, batched = started
     try:
-        batched = Server(batched_db, "--inference-threads", "2", "--embed-batching", "on")
-        probes = sorted(p for p in SAMPLE.glob("*/*.jpg") if p.stem.endswith(HELD_OUT))[:4] + [
+        for s in started:
+            if not isinstance(s, Server):
+                raise RuntimeError(f"a server did not start: {s!r}")
+        probes = sorted(p for p in SAMPLE.glob("*/*.jpg") if p.stem.endswith(HELD_OUT))[:2] + [
             EXAMPLES / "longoria-cooper.jpg"
         ]
         with httpx.Client(base_url=plain.url, timeout=60) as a, httpx.Client(base_url=batched.url, timeout=60) as b:
@@ -217,6 +227,6 @@ def test_the_service_answers_the_same_with_batching_on(db, tmp_path):
         assert emb["mean_batch"] == pytest.approx(emb["faces"] / emb["batches"], abs=0.01)
         assert health["inference"]["ready"] == 2 and health["faces"] == 82
     finally:
-        plain.stop()
-        if batched is not None:
-            batched.stop()
+        for s in started:
+            if isinstance(s, Server):
+                s.stop()

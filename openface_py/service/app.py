@@ -55,7 +55,7 @@ from openface_py.faces.detect import DetectorSpec
 from openface_py.nets.embed import load_embedder
 from openface_py.recognize.facedb import FaceDatabase, FaceRecord, quote_name, valid_name
 from openface_py.recognize.verify import verify
-from openface_py.service.batcher import EmbedBatcher
+from openface_py.service.batcher import DEFAULT_WINDOW_S, EmbedBatcher
 from openface_py.service.guard import RequestGuard, default_allowed_hosts
 from openface_py.service.inference import InferencePool, PhotoCrashed, PhotoError, PhotoTimedOut, WorkerSpec
 
@@ -79,6 +79,8 @@ class ServiceSettings:
     #: one embedder in the server process embeds the faces the workers aligned, concurrent requests
     #: batched together (``service.batcher``); None: on when ``device`` is a GPU
     embed_batching: Optional[bool] = None
+    #: how long a batch waits for more requests after its first (milliseconds)
+    embed_window_ms: float = DEFAULT_WINDOW_S * 1e3
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     inference_threads: int = 2
@@ -138,15 +140,17 @@ class Service:
         self.batcher: Optional[EmbedBatcher] = None
         try:
             if batching:
-                # a CPU gets the cores the workers would have embedded with; a GPU needs few
-                threads = None if is_gpu(self.device) else n
+                # on a CPU one thread: the workers' detection holds the cores, and an ONNX Runtime
+                # pool of several would spin-wait on them between batches
+                threads = None if is_gpu(self.device) else 1
                 embedder = load_embedder(self.db.model, threads=threads, device=self.device)
                 if self.pool.identity != embedder.alignment.identity:
                     raise OpenFacePyError(
                         f"the workers align for {self.pool.identity}; {embedder.name} needs "
                         f"{embedder.alignment.identity}"
                     )
-                self.batcher = EmbedBatcher(embedder, max_batch=default_batch(self.device))
+                window = settings.embed_window_ms / 1e3
+                self.batcher = EmbedBatcher(embedder, max_batch=default_batch(self.device), window_s=window)
             #: the identity of the embeddings this server makes (the database's, checked here)
             self.identity = self.pool.identity if self.batcher is None else self.batcher.embedder.identity
             if self.identity != self.db.identity:
