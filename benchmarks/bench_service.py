@@ -7,6 +7,13 @@ The server is a subprocess over a database of data/lfw-sample (100 faces of 10 p
 LFW-size photos (250x250 deep-funneled LFW photos with --lfw, else the sample's). Each level runs
 for ``--seconds`` or ``--max-requests``, whichever comes first. The load generator (threads with
 httpx) shares the 2 cores with the server, as any client on the same machine would.
+
+``--embed-batching off,on`` measures every setup both ways (the inference workers embedding their
+own faces, or one embedder in the server process batching concurrent requests: serve's default on
+a GPU); ``--device`` is passed to the server. On a GPU machine:
+
+    python benchmarks/bench_service.py --device cuda --embed-batching off,on --setups threads4 \
+        --enrolments 0 --out benchmarks/results/service-gpu.json
 """
 
 from __future__ import annotations
@@ -105,6 +112,25 @@ def load(url: str, photos: list[bytes], clients: int, seconds: float, max_reques
     }
 
 
+def embedding_stats(url: str) -> dict:
+    """The server's ``/v1/health`` ``embedding`` section (the batcher's counts when batching is on)."""
+    import httpx
+
+    with httpx.Client(base_url=url) as c:
+        return c.get("/v1/health").json().get("embedding", {})
+
+
+def level_stats(before: dict, after: dict) -> dict:
+    """Where embeddings ran during one level: the device, and with batching the batches made in it
+    (with --workers 2, those of the server process that answered /v1/health)."""
+    out = {"batching": after.get("batching"), "device": after.get("device")}
+    if after.get("batching"):
+        batches = after["batches"] - before["batches"]
+        faces = after["faces"] - before["faces"]
+        out.update(batches=batches, faces=faces, mean_batch=round(faces / batches, 2) if batches else None)
+    return out
+
+
 def enrolments(url: str, photos: list[bytes], n: int, clients: int) -> dict:
     import httpx
 
@@ -156,6 +182,12 @@ def main() -> None:
     ap.add_argument("--max-requests", type=int, default=2000)
     ap.add_argument("--enrolments", type=int, default=1000)
     ap.add_argument("--setups", default="workers2,threads2,workers1", help="server setups to measure")
+    ap.add_argument(
+        "--embed-batching",
+        default="auto",
+        help="serve's --embed-batching for each setup, comma-separated (off,on: both; auto: on for a GPU)",
+    )
+    ap.add_argument("--device", default=None, help="serve's --device (default: the server's, auto)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     if args.lfw is not None:
@@ -167,7 +199,11 @@ def main() -> None:
         "workers1": ["--workers", "1", "--inference-threads", "1"],
         "threads2": ["--workers", "1", "--inference-threads", "2"],
         "workers2": ["--workers", "2", "--inference-threads", "1"],
+        "threads4": ["--workers", "1", "--inference-threads", "4"],
     }
+    modes = args.embed_batching.split(",")
+    runs = [(name, mode) for name in args.setups.split(",") for mode in modes]
+    extra = ["--device", args.device] if args.device else []
     info = {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
@@ -183,19 +219,23 @@ def main() -> None:
         base = Path(tmp) / "base.db"
         assert cli(["-q", "db", "create", str(base)]) == 0
         assert cli(["-q", "db", "import", str(base), str(ROOT / "data" / "lfw-sample"), "--workers", "2"]) == 0
-        for name in args.setups.split(","):
-            db = Path(tmp) / f"{name}.db"
+        for name, mode in runs:
+            first = (name, mode) == runs[0]
+            db = Path(tmp) / f"{name}-{mode}.db"
             db.write_bytes(base.read_bytes())
-            proc, url = start(db, setups[name] + ["--max-queue", "64"])
+            server_args = setups[name] + ["--embed-batching", mode] + extra
+            proc, url = start(db, server_args + ["--max-queue", "64"])
             try:
                 load(url, photos[:10], 2, 3.0, 20)  # warm-up
                 for clients in [int(c) for c in args.clients.split(",")]:
-                    row = {"setup": name, "server_args": setups[name], **load(url, photos, clients, args.seconds,
-                                                                             args.max_requests)}  # fmt: skip
+                    before = embedding_stats(url)
+                    row = {"setup": name, "embed_batching": mode, "server_args": server_args,
+                           **load(url, photos, clients, args.seconds, args.max_requests)}  # fmt: skip
                     row["server_rss_mb"] = tree_rss_mb(proc.pid)  # server + inference workers, after the level
+                    row["embedding"] = level_stats(before, embedding_stats(url))
                     print(json.dumps(row), flush=True)
                     rows.append(row)
-                if name == args.setups.split(",")[0] and args.enrolments:
+                if first and args.enrolments:
                     e = enrolments(url, photos, args.enrolments, 32)
                     e["setup"] = name
                     print(json.dumps(e), flush=True)
@@ -203,7 +243,7 @@ def main() -> None:
             finally:
                 proc.terminate()
                 proc.wait(60)
-            if name == args.setups.split(",")[0] and args.enrolments:
+            if first and args.enrolments:
                 from openface_py.recognize.facedb import FaceDatabase
 
                 with FaceDatabase.open(db) as d:

@@ -12,7 +12,7 @@ from openface_py.device import resolve_device
 from openface_py.faces.align import AlignedFace, AlignmentSpec
 from openface_py.faces.detect import BoundingBox, Detector, DetectorSpec
 from openface_py.faces.stage import FaceStage, FaceStageSpec, pick_of
-from openface_py.nets.embed import load_embedder
+from openface_py.nets.embed import alignment_for, load_embedder
 from openface_py.nets.embedders import Embedder
 
 
@@ -73,12 +73,17 @@ class FacePipeline:
         threads: Optional[int] = None,
         backend: str = "auto",
         device: str = "auto",
+        embed: bool = True,
     ) -> FacePipeline:
         """A pipeline for a named model or weights path (``nets.embed.load_embedder``; None: the
         default) and a detector (a ``DetectorSpec`` or a detector's name; None: HOG), with MTCNN and
-        the embedder on ``device`` (``auto``: the GPU when torch sees one; ``openface_py.device``)."""
+        the embedder on ``device`` (``auto``: the GPU when torch sees one; ``openface_py.device``).
+        ``embed=False``: no embedder, only the model's alignment (faces come out aligned for it, and
+        are embedded elsewhere: the service's shared embedder)."""
         where = resolve_device(device)
         spec = replace(DetectorSpec.of(detector), device=where)
+        if not embed:
+            return cls(spec, alignment=alignment_for(model))
         return cls(spec, embedder=load_embedder(model, threads=threads, backend=backend, device=where))
 
     @property

@@ -67,6 +67,14 @@ def register(add_command) -> None:
         help="a web origin (https://app.example) whose pages may call the API from a browser (repeat); "
         "other cross-origin browser requests are refused",
     )
+    p.add_argument(
+        "--embed-batching",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="on: the inference workers detect and align, and one embedder in the server process embeds "
+        "the faces of concurrent requests in shared batches; off: each worker embeds its own "
+        "(default auto: on when --device is a GPU)",
+    )
     add_detector_args(p)
     p.set_defaults(handler=cmd_serve)
 
@@ -98,6 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         protect_all=args.protect_all,
         detector=detector_spec(args),
         device=device_of(args),
+        embed_batching={"auto": None, "on": True, "off": False}[args.embed_batching],
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
         max_pixels=args.max_pixels,
         inference_threads=args.inference_threads,

@@ -7,9 +7,12 @@ JSON. Design points:
 - Photos are decoded, detected and embedded in ``inference_threads`` worker processes
   (``service.inference``), each with its own models, loaded once at start-up: a photo that
   crashes native code or runs past ``inference_timeout_s`` costs a worker (replaced in the
-  background) and gets a 422, never the server. Admission is bounded: at most ``max_queue``
-  requests are running or waiting for a worker; one more is answered 503 with ``Retry-After``
-  at once (no unbounded backlog).
+  background) and gets a 422, never the server. With ``embed_batching`` (the default on a GPU)
+  the workers only decode, detect and align; the server process holds one embedder on the device
+  and embeds the aligned faces of concurrent requests in shared batches (``service.batcher``):
+  fixed-size uint8 faces, which no photo can turn into a crash. Admission is bounded: at most
+  ``max_queue`` requests are running or waiting for a worker; one more is answered 503 with
+  ``Retry-After`` at once (no unbounded backlog).
 - Requests are bounded (``Content-Length`` required, at most ``max_upload_bytes``; photos at
   most ``max_pixels``). Bodies are read against a budget of ``max_buffered_bytes`` (claimed
   from ``Content-Length`` before reading) and a deadline (``body_timeout_s`` without a byte, a
@@ -46,10 +49,13 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from openface_py.device import default_batch, is_gpu, resolve_device
 from openface_py.errors import DatabaseError, OpenFacePyError, UsageError
 from openface_py.faces.detect import DetectorSpec
+from openface_py.nets.embed import load_embedder
 from openface_py.recognize.facedb import FaceDatabase, FaceRecord, quote_name, valid_name
 from openface_py.recognize.verify import verify
+from openface_py.service.batcher import DEFAULT_WINDOW_S, EmbedBatcher
 from openface_py.service.guard import RequestGuard, default_allowed_hosts
 from openface_py.service.inference import InferencePool, PhotoCrashed, PhotoError, PhotoTimedOut, WorkerSpec
 
@@ -68,8 +74,13 @@ class ServiceSettings:
     api_key: Optional[str] = None
     protect_all: bool = False
     detector: DetectorSpec = DetectorSpec()
-    #: where the inference workers run MTCNN and the embedder (``openface_py.device``)
+    #: where MTCNN (in the inference workers) and the embedder run (``openface_py.device``)
     device: str = "auto"
+    #: one embedder in the server process embeds the faces the workers aligned, concurrent requests
+    #: batched together (``service.batcher``); None: on when ``device`` is a GPU
+    embed_batching: Optional[bool] = None
+    #: how long a batch waits for more requests after its first (milliseconds)
+    embed_window_ms: float = DEFAULT_WINDOW_S * 1e3
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 40_000_000
     inference_threads: int = 2
@@ -115,15 +126,42 @@ class Service:
         self.db = FaceDatabase.open(settings.db)
         self.db_lock = threading.Lock()
         n = max(1, int(settings.inference_threads))
+        self.device = resolve_device(settings.device)
+        batching = is_gpu(self.device) if settings.embed_batching is None else bool(settings.embed_batching)
         spec = WorkerSpec(
-            model=self.db.model, detector=settings.detector, max_pixels=settings.max_pixels, device=settings.device
+            model=self.db.model,
+            detector=settings.detector,
+            max_pixels=settings.max_pixels,
+            device=self.device,
+            embed=not batching,
         )
         self.pool = InferencePool(spec, n, timeout_s=settings.inference_timeout_s)
-        if self.pool.identity != self.db.identity:
+        #: the shared embedder (None: each worker embeds its own faces)
+        self.batcher: Optional[EmbedBatcher] = None
+        try:
+            if batching:
+                # on a CPU one thread: the workers' detection holds the cores, and an ONNX Runtime
+                # pool of several would spin-wait on them between batches
+                threads = None if is_gpu(self.device) else 1
+                embedder = load_embedder(self.db.model, threads=threads, device=self.device)
+                if self.pool.identity != embedder.alignment.identity:
+                    raise OpenFacePyError(
+                        f"the workers align for {self.pool.identity}; {embedder.name} needs "
+                        f"{embedder.alignment.identity}"
+                    )
+                window = settings.embed_window_ms / 1e3
+                self.batcher = EmbedBatcher(embedder, max_batch=default_batch(self.device), window_s=window)
+            #: the identity of the embeddings this server makes (the database's, checked here)
+            self.identity = self.pool.identity if self.batcher is None else self.batcher.embedder.identity
+            if self.identity != self.db.identity:
+                raise OpenFacePyError(
+                    f"{self.db.model} now gives {self.identity}; {settings.db} holds {self.db.identity}"
+                )
+        except BaseException:
             self.pool.close()
-            raise OpenFacePyError(
-                f"{self.db.model} now gives {self.pool.identity}; {settings.db} holds {self.db.identity}"
-            )
+            if self.batcher is not None:
+                self.batcher.close()
+            raise
         self.executor = ThreadPoolExecutor(n, thread_name_prefix="inference")
         self.pending = 0
         self.buffered = 0
@@ -137,6 +175,8 @@ class Service:
     def close(self) -> None:
         self.executor.shutdown(wait=True)
         self.pool.close()
+        if self.batcher is not None:
+            self.batcher.close()
         with self.db_lock:
             self.save_index()
             self.db.close()
@@ -195,7 +235,14 @@ class Service:
             raise HttpError(422, f"{what}: {exc}; it is refused") from None
 
     def faces(self, data: bytes, multi: bool = True, what: str = "photo") -> list[dict]:
-        return self.infer("faces", data, multi, what=what)
+        """The faces of a photo with their embeddings: from the worker, or with batching the
+        worker's aligned faces embedded by the shared embedder."""
+        faces = self.infer("faces", data, multi, what=what)
+        if self.batcher is not None and faces:
+            aligned = np.stack([f.pop("aligned") for f in faces])
+            for f, rep in zip(faces, self.batcher.embed(aligned, timeout=self.settings.inference_timeout_s)):
+                f["embedding"] = rep
+        return faces
 
     def identify(self, data: bytes, top_k: int) -> dict:
         faces = self.faces(data)
@@ -239,7 +286,7 @@ class Service:
                 continue
             records = [FaceRecord(f["box"], np.asarray(f["embedding"], np.float32), f["landmarks"]) for f in faces]
             with self.db_lock:
-                res = self.db.enroll(name, hashlib.sha256(data).hexdigest(), records, self.pool.identity)
+                res = self.db.enroll(name, hashlib.sha256(data).hexdigest(), records, self.identity)
                 self.dirty = True
             added += res.added_faces
             results.append({"index": k, "status": "duplicate" if res.duplicate else "enrolled"})
@@ -500,6 +547,7 @@ def create_app(settings: ServiceSettings):
             "queue": {"pending": s.pending, "limit": settings.max_queue},
             "receiving_bytes": s.buffered,
             "inference": s.pool.stats.to_json(),
+            "embedding": s.batcher.stats.to_json() if s.batcher else {"batching": False, "device": s.device},
             "writes_enabled": bool(settings.api_key) and unwritable is None,
             "writes_disabled_because": ("no API key" if not settings.api_key else unwritable),
         }
@@ -524,7 +572,7 @@ def create_app(settings: ServiceSettings):
         async with svc().slot():
             faces = await svc().run(svc().faces, data)
         return {
-            "model": svc().pool.identity,
+            "model": svc().identity,
             "faces": [
                 {"box": f["box"], "score": round(f["score"], 4), "aligned_from": f["aligned_from"],
                  "embedding": [round(float(v), 7) for v in f["embedding"]]}

@@ -8,9 +8,11 @@ the other workers keep serving meanwhile.
 
 Each worker holds one ``FacePipeline`` built from a ``WorkerSpec`` (one thread of torch). The
 server hands it a photo's bytes and gets plain results back (boxes, landmarks, embeddings):
-the bytes are decoded in the worker, so the server process never decodes a photo either. A
-worker whose memory grew past ``max_rss_mb`` after a photo is recycled, so a process that met
-one huge photo does not hold the memory for good.
+the bytes are decoded in the worker, so the server process never decodes a photo either. With
+``WorkerSpec.embed`` off the workers hold no embedder and give the aligned faces instead (uint8
+arrays of the model's alignment): the server embeds them with one shared model on the GPU
+(``service.batcher``). A worker whose memory grew past ``max_rss_mb`` after a photo is
+recycled, so a process that met one huge photo does not hold the memory for good.
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What a worker loads: the model, how faces are found, how photos are decoded, and where
-    MTCNN and the embedder run (``openface_py.device``: each worker holds its own copy there)."""
+    """What a worker loads: the model, how faces are found, how photos are decoded, where MTCNN
+    and the embedder run (``openface_py.device``: each worker holds its own copy there), and
+    whether it embeds (``embed``) or gives the aligned faces for the server to embed."""
 
     model: str
     detector: DetectorSpec = DetectorSpec()
     max_pixels: int = 40_000_000
     device: str = "cpu"
+    embed: bool = True
 
 
 class PhotoError(Exception):
@@ -75,6 +79,7 @@ def _faces(pipe, data: bytes, spec: WorkerSpec, multi: bool) -> list[dict]:
             "landmarks": f.landmarks,
             "embedding": f.embedding,
             "aligned_from": f.aligned_from,
+            **({} if spec.embed else {"aligned": f.aligned}),
         }
         for f in pipe.process(rgb, multi=multi)
     ]
@@ -114,12 +119,14 @@ def _worker_main(conn, spec: WorkerSpec) -> None:
         from openface_py.io import release_memory
         from openface_py.pipeline import FacePipeline
 
-        pipe = FacePipeline.create(spec.model, detector=spec.detector, threads=1, device=spec.device)
+        pipe = FacePipeline.create(spec.model, detector=spec.detector, threads=1, device=spec.device, embed=spec.embed)
     except Exception as exc:  # reported to the server, which refuses to start
         conn.send(("init-error", f"{type(exc).__name__}: {exc}"))
         return
     baseline = _rss_mb()
-    conn.send(("ready", {"identity": pipe.embedder.identity, "rss_mb": baseline}))
+    # what its answers depend on: the embedder's identity, or without one the alignment's
+    identity = pipe.embedder.identity if pipe.embedder is not None else pipe.stage.spec.alignment.identity
+    conn.send(("ready", {"identity": identity, "rss_mb": baseline}))
     while True:
         try:
             msg = conn.recv()
@@ -159,7 +166,7 @@ class _Worker:
         self.baseline_mb = 0.0
 
     def wait_ready(self, timeout: float) -> str:
-        """Wait for the models to load; the embedder's identity."""
+        """Wait for the models to load; the embedder's identity (without one: the alignment's)."""
         if not self.conn.poll(timeout):
             self.kill()
             raise WorkerStartError(f"an inference worker did not start within {timeout:.0f} s")
@@ -232,7 +239,8 @@ class PoolStats:
 
 class InferencePool:
     """``workers`` processes, each with its own pipeline; ``call`` is blocking and thread-safe
-    (one caller per worker at a time: callers wait for an idle one)."""
+    (one caller per worker at a time: callers wait for an idle one). ``identity``: what every
+    worker loaded (the embedder's identity; with ``spec.embed`` off, the alignment's)."""
 
     def __init__(
         self,
