@@ -274,6 +274,23 @@ def test_a_forgotten_face_stays_forgotten_when_its_photo_comes_back(tmp_path):
         assert np.array_equal(np.sort(d.sync_index().ids()), ids)  # the index follows every removal
 
 
+def test_an_unlabeled_import_never_takes_a_persons_enrolled_photo(tmp_path):
+    """A photo enrolled for a person by the labeled import, then touched, then met again by an
+    unlabeled import of the folder above: the person keeps the photo and its face."""
+    gallery = tmp_path / "gallery"
+    (gallery / "Colin_Powell").mkdir(parents=True)
+    photo = gallery / "Colin_Powell" / "Colin_Powell_0001.jpg"
+    shutil.copy2(SAMPLE / "Colin_Powell" / photo.name, photo)
+    db = tmp_path / "people.db"
+    assert cli("db", "create", str(db), "--model", MODEL).returncode == 0
+    run("import", str(db), str(gallery))
+    enrolled = faces(db, "Colin_Powell")
+    assert len(enrolled) == 1
+    os.utime(photo, ns=(photo.stat().st_atime_ns, photo.stat().st_mtime_ns + 10**9))
+    run("import", str(db), str(gallery), "--unlabeled")
+    assert faces(db, "Colin_Powell") == enrolled
+
+
 def facedb_iou(a, b) -> float:
     from openface_py.recognize.dbcluster import _iou
 

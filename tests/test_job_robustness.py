@@ -72,7 +72,8 @@ def _with_broken_mtcnn_weights(tmp_path) -> dict:
 
 def test_failed_start_leaves_nothing_behind(photos, embedder, tmp_path):
     """A bad setting is refused where it is made (the DetectorSpec), before any folder is claimed;
-    a worker that fails to start (weights it cannot load) leaves nothing either."""
+    a worker that fails to start (MTCNN's weights it cannot load; the mtcnn detector loads them at
+    start, the hog-mtcnn cascade when HOG first finds nothing) leaves nothing either."""
     out = tmp_path / "r"
     with pytest.raises(UsageError, match="max_side"):
         run_folder(photos, out, embedder, detector=DetectorSpec("hog-mtcnn", max_side=8), workers=1, progress=False)
@@ -83,7 +84,7 @@ def test_failed_start_leaves_nothing_behind(photos, embedder, tmp_path):
     code = (
         "import sys; from openface_py.jobs.stream import run_folder; from openface_py.nets.embed import load_embedder\n"
         "if __name__ == '__main__':\n"
-        "    try: run_folder(sys.argv[1], sys.argv[2], load_embedder(None), workers=2, progress=False)\n"
+        "    try: run_folder(sys.argv[1], sys.argv[2], load_embedder(None), 'mtcnn', workers=2, progress=False)\n"
         "    except Exception as exc: print(type(exc).__name__, exc); sys.exit(1)\n"
     )
     done = subprocess.run([sys.executable, "-c", code, str(photos), str(kept)], cwd=ROOT, env=broken,

@@ -210,7 +210,8 @@ def detector_spec(args: argparse.Namespace):
         min_face=int(args.detect_min_face),
         thresholds=tuple(args.mtcnn_thresholds),
         align_from=args.align_from or MTCNN_ALIGN_DEFAULT,
-        device=device_of(args),
+        # dlib's detectors run on the CPU: no device to resolve (nor torch to import) for them
+        device=device_of(args) if DETECTORS.get(args.detector).mtcnn else "cpu",
     )
 
 

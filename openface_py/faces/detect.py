@@ -14,6 +14,7 @@ from typing import Callable, Optional, Protocol, Sequence
 import numpy as np
 
 from openface_py import store
+from openface_py.device import is_gpu, parse_device, resolve_device
 from openface_py.errors import ModelNotInstalledError, UsageError
 from openface_py.registry import Registry
 
@@ -395,17 +396,22 @@ def _cnn(spec: DetectorSpec) -> Detector:
 
 
 def _mtcnn(spec: DetectorSpec) -> MtcnnDetector:
-    return MtcnnDetector(
-        min_face=spec.min_face, thresholds=spec.thresholds, align_from=spec.align_from, device=spec.device
-    )
+    where = resolve_device(spec.device)
+    return MtcnnDetector(min_face=spec.min_face, thresholds=spec.thresholds, align_from=spec.align_from, device=where)
 
 
 def _hog_mtcnn(spec: DetectorSpec) -> Detector:
+    # missing or damaged weights fail here, at start, though MTCNN is built on first use
     weights = store.project_models_dir() / store.MTCNN_WEIGHTS.filename
-    if not weights.is_file():  # missing weights fail here, at start, though MTCNN is built on first use
+    if not weights.is_file():
         raise ModelNotInstalledError(f"MTCNN weights not found at {weights} (they ship with the package; reinstall it)")
+    if store.sha256sum(weights) != store.MTCNN_WEIGHTS.sha256:
+        raise ModelNotInstalledError(f"{weights}: SHA-256 differs from the pinned {store.MTCNN_WEIGHTS.sha256}")
     key = MtcnnDetector.key_of(spec.min_face, spec.thresholds, spec.align_from)
-    return CascadeDetector(AdaptiveHogDetector(upsample=spec.upsample), lambda: _mtcnn(spec), key)
+    cascade = CascadeDetector(AdaptiveHogDetector(upsample=spec.upsample), lambda: _mtcnn(spec), key)
+    if spec.device != "cpu" and is_gpu(resolve_device(spec.device)):
+        cascade.fallback  # noqa: B018  (on a GPU built now: a device that cannot hold it fails at start, not per photo)
+    return cascade
 
 
 #: Every detector by the name ``--detector`` takes; a new detector is one entry here.
@@ -431,9 +437,9 @@ class DetectorSpec:
     working-size bound (None: the detector's default, ``DetectorKind``; 0: none). Photos within the
     bounds are detected as they are.
 
-    ``device``: where MTCNN runs (a concrete ``openface_py.device`` value: ``cpu`` or ``cuda:N``;
-    dlib's detectors run on the CPU). It changes where, not what: it is left out of ``to_dict``,
-    ``key`` and comparisons, so caches and run folders do not depend on it.
+    ``device``: where MTCNN runs (``openface_py.device``: ``auto``, ``cpu``, ``cuda[:N]``, made
+    concrete when MTCNN is built; dlib's detectors run on the CPU). It changes where, not what: it
+    is left out of ``to_dict``, ``key`` and comparisons, so caches and run folders do not depend on it.
     """
 
     name: str = "hog"
@@ -443,7 +449,7 @@ class DetectorSpec:
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
     align_from: str = MTCNN_ALIGN_DEFAULT
     max_pixels: Optional[int] = None
-    device: str = field(default="cpu", compare=False)
+    device: str = field(default="auto", compare=False)
 
     def __post_init__(self) -> None:
         DETECTORS.get(self.name)  # an unknown name fails here, before any work
@@ -451,6 +457,7 @@ class DetectorSpec:
             raise UsageError("upsample must be >= 0")
         if int(self.min_face) < 12:
             raise UsageError("MTCNN's minimum face size is 12 pixels (P-Net's window)")
+        object.__setattr__(self, "device", parse_device(self.device))
         if self.max_side is not None and 0 < int(self.max_side) < 32:
             raise UsageError("max_side must be at least 32 pixels")
         if self.max_pixels and int(self.max_pixels) < 32 * 32:

@@ -282,8 +282,11 @@ def _start_groups(
 ) -> list[tuple]:
     """Join each starting group into one node (its first face; in place) and return the heap of
     candidate merges between the nodes left, at their exact average distances."""
-    for g in np.unique(groups[groups >= 0]).tolist():
-        members = np.flatnonzero(groups == g).tolist()
+    started = np.flatnonzero(groups >= 0)
+    order = started[np.argsort(groups[started], kind="stable")]  # by group, faces in index order
+    cuts = np.flatnonzero(np.diff(groups[order])) + 1
+    for block in np.split(order, cuts) if len(order) else []:
+        members = block.tolist()
         root = members[0]
         for j in members[1:]:
             parent[j] = root

@@ -423,7 +423,8 @@ def add_unlabeled_photo(
             if same:
                 db.conn.execute("UPDATE photos SET size = ?, mtime_ns = ? WHERE id = ?", (size, mtime_ns, same[0]))
                 return UnlabeledResult([], unchanged=True)
-            db.conn.execute("DELETE FROM photos WHERE source = ?", (source,))
+            # only the file's unlabeled rows: a photo enrolled for a person from the same file stays theirs
+            db.conn.execute("DELETE FROM photos WHERE source = ? AND person_id IS NULL", (source,))
         if db.conn.execute("SELECT 1 FROM photos WHERE sha256 = ? AND person_id IS NULL", (sha256,)).fetchone():
             tx.cancel()
             return UnlabeledResult([], duplicate=True)
@@ -433,6 +434,15 @@ def add_unlabeled_photo(
         ).lastrowid
         gone = [
             json.loads(r[0]) for r in db.conn.execute("SELECT box FROM forgotten_faces WHERE sha256 = ?", (sha256,))
+        ]
+        # the same photo enrolled for a person: its enrolled faces are there already (not added twice)
+        gone += [
+            json.loads(r[0])
+            for r in db.conn.execute(
+                "SELECT f.box FROM faces f JOIN photos h ON h.id = f.photo_id"
+                " WHERE h.sha256 = ? AND h.person_id IS NOT NULL",
+                (sha256,),
+            )
         ]
         kept = [f for f in faces if not any(_iou(f.box, box) >= FORGOTTEN_IOU for box in gone)]
         ids = []
@@ -569,6 +579,16 @@ def _merge(db: FaceDatabase, into: PersonRef, other: PersonRef) -> None:
         raise UsageError(f"{into.name} and {other.name} both have a face of one photo: two different people")
     _pin_all(db, other.id)
     _pin_all(db, into.id)
+    # "this face is not B" about a face of A (or the other way round) contradicts "A and B are one
+    # person": the merge is the later decision, so those rejections go (the faces stay where they are)
+    dropped = db.conn.execute(
+        "DELETE FROM face_rejections WHERE (person_id = ? AND face_id IN (SELECT id FROM faces WHERE person_id = ?))"
+        " OR (person_id = ? AND face_id IN (SELECT id FROM faces WHERE person_id = ?))",
+        (other.id, into.id, into.id, other.id),
+    ).rowcount
+    if dropped:
+        log.info("merging %s into %s: %d earlier rejections between them no longer hold", quote_name(other.name),
+                 quote_name(into.name), dropped)  # fmt: skip
     db.conn.execute("UPDATE face_pins SET person_id = ? WHERE person_id = ?", (into.id, other.id))
     db.conn.execute("UPDATE faces SET person_id = ? WHERE person_id = ?", (into.id, other.id))
     db.conn.execute("UPDATE OR IGNORE photos SET person_id = ? WHERE person_id = ?", (into.id, other.id))
@@ -659,6 +679,7 @@ def forget_faces(db: FaceDatabase, face_ids: Iterable[int]) -> int:
     content and box so that importing the photo again does not add them back."""
     with db.write():
         ids = _faces_exist(db, face_ids)
+        _labeled(db, ids)  # an enrolled photo's face goes with its photo (``db remove``), not alone
         now = time.time()
         db.conn.execute(
             f"INSERT OR IGNORE INTO forgotten_faces SELECT h.sha256, f.box, ? FROM faces f JOIN photos h"

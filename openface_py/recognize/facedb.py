@@ -1175,10 +1175,16 @@ def _migrate(conn: sqlite3.Connection, version: int, path: Path) -> None:
             if step is None:
                 raise FaceDatabaseError(f"{path}: no migration from schema version {version}")
             with _transaction(conn):
+                # another process may have migrated since this one read the version: read it again
+                now = int(conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+                if now != version:
+                    version = now
+                    continue
+                before = conn.execute("PRAGMA foreign_key_check").fetchall()
                 for statement in step:
                     conn.execute(statement)
                 broken = conn.execute("PRAGMA foreign_key_check").fetchall()
-                if broken:
+                if len(broken) > len(before):
                     raise FaceDatabaseError(f"{path}: migration to version {version + 1} broke references {broken[:3]}")
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version + 1),))
             log.info("%s: migrated schema %d -> %d", path, version, version + 1)

@@ -55,7 +55,7 @@ from openface_py.faces.detect import DetectorSpec
 from openface_py.nets.embed import load_embedder
 from openface_py.recognize.facedb import FaceDatabase, FaceRecord, quote_name, valid_name
 from openface_py.recognize.verify import verify
-from openface_py.service.batcher import DEFAULT_WINDOW_S, EmbedBatcher
+from openface_py.service.batcher import DEFAULT_WINDOW_S, BatcherClosed, EmbedBatcher
 from openface_py.service.guard import RequestGuard, default_allowed_hosts
 from openface_py.service.inference import InferencePool, PhotoCrashed, PhotoError, PhotoTimedOut, WorkerSpec
 
@@ -240,7 +240,15 @@ class Service:
         faces = self.infer("faces", data, multi, what=what)
         if self.batcher is not None and faces:
             aligned = np.stack([f.pop("aligned") for f in faces])
-            for f, rep in zip(faces, self.batcher.embed(aligned, timeout=self.settings.inference_timeout_s)):
+            try:
+                reps = self.batcher.embed(aligned, timeout=self.settings.inference_timeout_s)
+            except TimeoutError:
+                raise HttpError(503, "embedding is busy: try again", {"Retry-After": "1"}) from None
+            except BatcherClosed:
+                raise HttpError(503, "the server is stopping", {"Retry-After": "5"}) from None
+            except Exception as exc:  # the device failed (out of memory, ...), not the photo
+                raise HttpError(503, f"embedding failed ({type(exc).__name__}: {exc})", {"Retry-After": "1"}) from None
+            for f, rep in zip(faces, reps):
                 f["embedding"] = rep
         return faces
 

@@ -109,7 +109,11 @@ class EmbedBatcher:
             if self._closed:
                 raise BatcherClosed("the embedding batcher is closed")
             self._queue.put(request)
-        return request.future.result(timeout)
+        try:
+            return request.future.result(timeout)
+        except TimeoutError:
+            request.future.cancel()  # not embedded later for nobody (when its batch has not started)
+            raise
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop: requests still queued fail with ``BatcherClosed`` at once, a batch being embedded
@@ -156,13 +160,17 @@ class EmbedBatcher:
                     break
                 batch.append(item)
                 n += len(item.faces)
-            self._run(batch, n)
+            self._run(batch)
             if stop:
                 return
 
-    def _run(self, batch: list[_Request], n: int) -> None:
-        faces = batch[0].faces if len(batch) == 1 else np.concatenate([r.faces for r in batch])
+    def _run(self, batch: list[_Request]) -> None:
+        batch = [r for r in batch if r.future.set_running_or_notify_cancel()]  # callers that gave up: skipped
+        if not batch:
+            return
+        n = sum(len(r.faces) for r in batch)
         try:
+            faces = batch[0].faces if len(batch) == 1 else np.concatenate([r.faces for r in batch])
             reps = self.embedder.embed(faces, batch_size=self.max_batch)
         except Exception as exc:  # every caller of this batch gets it; the next batch is served
             log.exception("embedding a batch of %d faces failed", n)
