@@ -123,12 +123,12 @@ def device_of(args: argparse.Namespace) -> str:
     where Ray places it (GPU actors on a GPU cluster): ``cpu`` here."""
     from openface_py.device import resolve_device
 
-    device = resolve_device(getattr(args, "device", "auto"))
-    if getattr(args, "engine", "local") == "ray":
-        if device != "cpu":
+    asked = getattr(args, "device", "auto")
+    if getattr(args, "engine", "local") == "ray":  # not resolved here: the driver may have no GPU, the cluster may
+        if asked != "auto":
             log.info("--engine ray: the cluster's resources decide where embedding runs (GPU actors where it has GPUs)")
         return "cpu"
-    return device
+    return resolve_device(asked)
 
 
 def add_engine_args(p: argparse.ArgumentParser, workers_help: str) -> None:
