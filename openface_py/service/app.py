@@ -1,8 +1,10 @@
 """The HTTP service (``openface-py serve``): FastAPI over a face database.
 
-JSON API under ``/v1`` (detect, embed, verify, identify, people, enroll, delete, health), the
-OpenAPI docs at ``/docs``, a web page at ``/``. Photos come as multipart uploads or base64 in
-JSON. Design points:
+JSON API under ``/v1`` (detect, embed, verify, identify, people, enroll, delete, health; for
+organising a photo collection: unnamed clusters, a person's faces, face thumbnails, and name,
+merge, reject, forget over ``recognize.dbcluster``), the OpenAPI docs at ``/docs``, a web page
+at ``/`` (with a People view of those). Photos come as multipart uploads or base64 in JSON.
+Design points:
 
 - Photos are decoded, detected and embedded in ``inference_threads`` worker processes
   (``service.inference``), each with its own models, loaded once at start-up: a photo that
@@ -21,7 +23,7 @@ JSON. Design points:
   answered 500 without details: clients never see a stack trace.
 - ``service.guard`` refuses other Host names (DNS rebinding), cross-origin browser requests
   and ambiguous framing before any route runs. The API docs at ``/docs`` need no internet.
-- Writes (enroll, delete) need the API key (``X-API-Key`` or ``Authorization: Bearer``,
+- Writes (enroll, delete, the people actions) need the API key (``X-API-Key`` or ``Authorization: Bearer``,
   compared in constant time); without a configured key they are refused. ``protect_all``
   puts every endpoint but the page and ``/v1/health`` behind the key. Names are validated and
   nothing a client sends becomes a file path.
