@@ -183,3 +183,10 @@ def test_writes_need_the_key_and_change_what_search_answers(client):
     assert c.get("/v1/people").json()["people"] == [{"name": "Colin Powell", "photos": 5, "faces": 5}]
     assert list(clusters(c)) == [chavez]
     assert "no person or cluster" in detail(c.get(f"/v1/people/{blair}/faces"), 404)
+
+    # a face of a photo uploaded to the API has no file to crop from
+    photo = (SAMPLE / "Hugo_Chavez" / "Hugo_Chavez_0009.jpg").read_bytes()
+    assert c.post("/v1/people/Hugo Chavez/faces", files={"photos": photo}, headers=auth).status_code == 201
+    uploaded = c.get("/v1/people/Hugo Chavez/faces").json()["faces"]
+    assert [f["source"] for f in uploaded] == [None]
+    assert "uploaded" in detail(c.get(f"/v1/faces/{uploaded[0]['id']}/thumbnail"), 404)
