@@ -192,6 +192,28 @@ def sample_db(sample_gallery, default_home, tmp_path_factory) -> tuple[Path, dic
     return db, json.loads(out)
 
 
+#: the people of ``clustered_db`` and how many photos of each (clusters of different sizes)
+CLUSTERED = {"Colin_Powell": 4, "Hugo_Chavez": 3, "Tony_Blair": 2}
+
+
+@pytest.fixture(scope="session")
+def clustered_db(default_home, tmp_path_factory) -> tuple[Path, Path]:
+    """(database, photo folder): ``CLUSTERED``'s sample photos imported by ``db import --unlabeled``
+    with MobileFaceNet and grouped by ``db cluster`` into one unnamed cluster per person. The
+    photos stay where they are (the database reads them back). Read-only: ``copy_db`` it."""
+    library = tmp_path_factory.mktemp("clustered-library")
+    for person, n in CLUSTERED.items():
+        for i in range(1, n + 1):
+            shutil.copy2(SAMPLE / person / f"{person}_{i:04d}.jpg", library)
+    db = tmp_path_factory.mktemp("clustered-db") / "photos.db"
+    env = {"OPENFACE_PY_HOME": str(default_home)}
+    assert cli("db", "create", str(db), "--model", "mobilefacenet-reid-0095", env=env).returncode == 0
+    for args in (("import", str(db), str(library), "--unlabeled"), ("cluster", str(db))):
+        rc, _, err = cli("db", *args, env=env)
+        assert rc == 0, err
+    return db, library
+
+
 def copy_db(db: Path, folder: Path) -> Path:
     """A copy of a face database and the files beside it that belong to it (its index) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)

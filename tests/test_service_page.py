@@ -1,15 +1,18 @@
 """Tests of openface_py.service (the web page).
 
 The web page at `/`, driven in a real headless Chromium (Selenium + the system's chromedriver)
-against a real server: upload photos and read the names off the page, enroll and delete a person."""
+against a real server: upload photos and read the names off the page, enroll and delete a person;
+the People view over a clustered collection: cards largest first with thumbnails, name a
+cluster, remove a wrong face, merge two (each checked through the API)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 
+import httpx
 import pytest
-from conftest import EXAMPLES, SAMPLE, cli, copy_db
+from conftest import CLUSTERED, EXAMPLES, SAMPLE, cli, copy_db
 from test_service import KEY, Server
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (pip install -e '.[test]')")
@@ -104,3 +107,64 @@ def test_page_names_people_enrolls_and_deletes(browser, server):
     wait(browser, lambda d: d.switch_to.alert).accept()
     wait(browser, lambda d: not d.find_elements(By.CSS_SELECTOR, 'li.person[data-name="Amy Adams"]'))
     assert names_after_upload(browser, EXAMPLES / "adams.jpg") == ["unknown"]
+
+
+@pytest.fixture(scope="module")
+def collection(clustered_db, tmp_path_factory):
+    """A server over a copy of the clustered database (one unnamed cluster per person)."""
+    s = Server(copy_db(clustered_db[0], tmp_path_factory.mktemp("page-people")))
+    yield s
+    s.stop()
+
+
+def cards(driver) -> list[tuple[str, str, int]]:
+    """(name or label, named, faces shown) of each card of the People view, in order."""
+    rows = driver.execute_script(
+        "return [...document.querySelectorAll('#cards .card')].map((c) =>"
+        " [c.dataset.name, c.dataset.named, c.querySelectorAll('.thumb').length])"
+    )
+    return [tuple(r) for r in rows]
+
+
+def test_people_view_names_removes_and_merges(browser, collection):
+    from selenium.webdriver.common.by import By
+
+    api = httpx.Client(base_url=collection.url, timeout=60)
+    browser.get(collection.url + "/")
+    wait(browser, lambda d: len(cards(d)) == len(CLUSTERED))
+    shown = cards(browser)
+    assert [n for _, _, n in shown] == sorted(CLUSTERED.values(), reverse=True)  # largest first
+    assert all(named == "false" and name.startswith("cluster:") for name, named, _ in shown)
+    # every thumbnail loaded: a 96 px crop of its photo
+    sizes = "return [...document.querySelectorAll('#cards .thumb img')].map((i) => i.complete && i.naturalWidth)"
+    wait(browser, lambda d: d.execute_script(sizes) == [96] * sum(CLUSTERED.values()))
+
+    def card(name: str):
+        return browser.find_element(By.CSS_SELECTOR, f'#cards .card[data-name="{name}"]')
+
+    # name the largest cluster: refused without the key, then a person
+    largest, smallest = shown[0][0], shown[-1][0]
+    card(largest).find_element(By.CLASS_NAME, "name-input").send_keys("Colin Powell")
+    card(largest).find_element(By.CLASS_NAME, "name-button").click()
+    wait(browser, lambda d: "401" in d.find_element(By.ID, "cards-error").text)
+    browser.find_element(By.ID, "api-key").send_keys(KEY)
+    card(largest).find_element(By.CLASS_NAME, "name-button").click()
+    wait(browser, lambda d: ("Colin Powell", "true", 4) in cards(d))
+    assert api.get("/v1/people").json()["people"] == [{"name": "Colin Powell", "photos": 4, "faces": 4}]
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, 'li.person[data-name="Colin Powell"]'))
+
+    # remove a wrong face (x on its thumbnail): it leaves the cluster
+    face = card(smallest).find_element(By.CLASS_NAME, "thumb")
+    face_id = int(face.get_attribute("data-face"))
+    face.find_element(By.CLASS_NAME, "remove").click()
+    wait(browser, lambda d: (smallest, "false", 1) in cards(d))
+    assert face_id not in [f["id"] for f in api.get(f"/v1/people/{smallest}/faces").json()["faces"]]
+
+    # merge two selected cards: the named one keeps its name
+    for name in ("Colin Powell", smallest):
+        card(name).find_element(By.CLASS_NAME, "select").click()
+    browser.find_element(By.ID, "merge").click()
+    wait(browser, lambda d: ("Colin Powell", "true", 5) in cards(d) and len(cards(d)) == len(CLUSTERED) - 1)
+    assert api.get("/v1/people").json()["people"] == [{"name": "Colin Powell", "photos": 5, "faces": 5}]
+    assert browser.find_element(By.ID, "cards-error").text == ""
+    api.close()

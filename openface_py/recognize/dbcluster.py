@@ -230,6 +230,32 @@ def list_faces(db: FaceDatabase, ref: Optional[str] = None, unassigned: bool = F
     return [FaceInfo(i, name, bool(named), src, json.loads(box), bool(pin)) for i, name, named, src, box, pin in rows]
 
 
+@dataclass(frozen=True)
+class FacePhoto:
+    """Where a face was found: its photo's path when imported from a file (None: enrolled from
+    bytes), the SHA-256 of the photo's content as imported, the face's box in it, and its
+    person or cluster now (None: unassigned)."""
+
+    face_id: int
+    source: Optional[str]
+    sha256: str
+    box: tuple[int, ...]
+    person: Optional[str]
+
+
+@_guarded
+def face_photo(db: FaceDatabase, face_id: int) -> FacePhoto:
+    """The photo a face comes from (``NotFoundError`` when there is no such face)."""
+    row = db.conn.execute(
+        "SELECT h.source, h.sha256, f.box, p.name FROM faces f JOIN photos h ON h.id = f.photo_id"
+        " LEFT JOIN people p ON p.id = f.person_id WHERE f.id = ?",
+        (int(face_id),),
+    ).fetchone()
+    if row is None:
+        raise NotFoundError(f"{db.path}: no face {int(face_id)}")
+    return FacePhoto(int(face_id), row[0], row[1], tuple(int(v) for v in json.loads(row[2])), row[3])
+
+
 # ------------------------------------------------------------------ settings
 def cluster_settings(
     db: FaceDatabase, threshold: Optional[float] = None, min_size: Optional[int] = None

@@ -1,8 +1,10 @@
 """The HTTP service (``openface-py serve``): FastAPI over a face database.
 
-JSON API under ``/v1`` (detect, embed, verify, identify, people, enroll, delete, health), the
-OpenAPI docs at ``/docs``, a web page at ``/``. Photos come as multipart uploads or base64 in
-JSON. Design points:
+JSON API under ``/v1`` (detect, embed, verify, identify, people, enroll, delete, health; for
+organising a photo collection: unnamed clusters, a person's faces, face thumbnails, and name,
+merge, reject, forget over ``recognize.dbcluster``), the OpenAPI docs at ``/docs``, a web page
+at ``/`` (with a People view of those). Photos come as multipart uploads or base64 in JSON.
+Design points:
 
 - Photos are decoded, detected and embedded in ``inference_threads`` worker processes
   (``service.inference``), each with its own models, loaded once at start-up: a photo that
@@ -21,7 +23,7 @@ JSON. Design points:
   answered 500 without details: clients never see a stack trace.
 - ``service.guard`` refuses other Host names (DNS rebinding), cross-origin browser requests
   and ambiguous framing before any route runs. The API docs at ``/docs`` need no internet.
-- Writes (enroll, delete) need the API key (``X-API-Key`` or ``Authorization: Bearer``,
+- Writes (enroll, delete, the people actions) need the API key (``X-API-Key`` or ``Authorization: Bearer``,
   compared in constant time); without a configured key they are refused. ``protect_all``
   puts every endpoint but the page and ``/v1/health`` behind the key. Names are validated and
   nothing a client sends becomes a file path.
@@ -41,18 +43,23 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from importlib import resources
-from typing import Any, Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from openface_py.device import default_batch, is_gpu, resolve_device
-from openface_py.errors import DatabaseError, OpenFacePyError, UsageError
+from openface_py.errors import DatabaseError, ImageLoadError, OpenFacePyError, UsageError
 from openface_py.faces.detect import DetectorSpec
+from openface_py.io import load_image
 from openface_py.nets.embed import load_embedder
+from openface_py.recognize import dbcluster
+from openface_py.recognize.dbcluster import NotFoundError
 from openface_py.recognize.facedb import FaceDatabase, FaceRecord, quote_name, valid_name
 from openface_py.recognize.verify import verify
 from openface_py.service.batcher import DEFAULT_WINDOW_S, BatcherClosed, EmbedBatcher
@@ -64,6 +71,18 @@ log = logging.getLogger(__name__)
 API_KEY_ENV = "OPENFACE_PY_API_KEY"
 #: photos (files or base64 strings) accepted in one request
 MAX_PHOTOS = 64
+#: the largest JSON body of the people actions (name, merge, reject)
+MAX_JSON_BODY = 16 * 1024
+#: face thumbnails: the default and allowed sizes (pixels, square), the largest photo file read
+#: for one, how many are kept in memory
+THUMB_SIZE = 96
+THUMB_SIZES = (32, 256)
+MAX_PHOTO_FILE = 256 * 1024 * 1024
+THUMB_CACHE = 2048
+#: faces listed per request at most
+MAX_FACES_LISTED = 1000
+#: face ids are SQLite rowids
+MAX_FACE_ID = 2**63 - 1
 
 
 @dataclass
@@ -167,6 +186,9 @@ class Service:
         self.buffered = 0
         self.pending_lock = threading.Lock()
         self.dirty = False
+        #: face thumbnails by (face id, photo content, box, size): a face id is never reused
+        self.thumbs: OrderedDict[tuple, bytes] = OrderedDict()
+        self.thumbs_lock = threading.Lock()
         with self.db_lock:
             self.db.sync_index()
             if self.db.writable() is None:
@@ -300,6 +322,76 @@ class Service:
             results.append({"index": k, "status": "duplicate" if res.duplicate else "enrolled"})
         return {"name": name, "added_faces": added, "photos": results}
 
+    def thumbnail(self, face_id: int, size: int) -> bytes:
+        """A ``size`` x ``size`` JPEG of a face, cropped from its photo's file as imported: the
+        file is decoded only when its content is the one imported (the same bytes the import
+        decoded), with ``max_pixels``; a missing or changed file is a 404 with the reason."""
+        with self.db_lock:
+            where = dbcluster.face_photo(self.db, face_id)
+        key = (where.face_id, where.sha256, where.box, size)
+        with self.thumbs_lock:
+            if key in self.thumbs:
+                self.thumbs.move_to_end(key)
+                return self.thumbs[key]
+        what = f"face {face_id}"
+        if where.source is None:
+            raise HttpError(404, f"{what}: its photo was uploaded, not imported from a file; there is no file to crop")
+        path = Path(where.source)
+        try:
+            if not path.is_file():
+                raise HttpError(404, f"{what}: its photo {where.source} is no longer there")
+            if path.stat().st_size > MAX_PHOTO_FILE:
+                raise HttpError(404, f"{what}: its photo {where.source} is over {MAX_PHOTO_FILE} bytes now")
+            data = path.read_bytes()
+        except OSError as exc:
+            raise HttpError(404, f"{what}: its photo {where.source} cannot be read ({exc.strerror or exc})") from None
+        if hashlib.sha256(data).hexdigest() != where.sha256:
+            raise HttpError(404, f"{what}: its photo {where.source} changed since it was imported")
+        try:
+            rgb = load_image(data, max_pixels=self.settings.max_pixels)
+        except ImageLoadError as exc:
+            raise HttpError(404, f"{what}: its photo {where.source} cannot be decoded ({exc})") from None
+        jpeg = encode_jpeg(face_crop(rgb, where.box, size))
+        with self.thumbs_lock:
+            self.thumbs[key] = jpeg
+            while len(self.thumbs) > THUMB_CACHE:
+                self.thumbs.popitem(last=False)
+        return jpeg
+
+
+def checked_face_id(face_id: int) -> int:
+    """A face id from a path, 404 when no face can have it (SQLite would overflow)."""
+    if not 1 <= face_id <= MAX_FACE_ID:
+        raise HttpError(404, f"no face {face_id}")
+    return face_id
+
+
+def face_crop(rgb: np.ndarray, box: Sequence[int], size: int, margin: float = 0.3) -> np.ndarray:
+    """A ``size`` x ``size`` crop around a face box (``margin`` of the box's larger side on
+    each side), moved inside the photo rather than cut by its edges."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    left, top, right, bottom = (float(v) for v in box[:4])
+    side = max(right - left, bottom - top, 1.0) * (1 + 2 * margin)
+    side = int(round(min(side, w, h)))
+    cx, cy = (left + right) / 2, (top + bottom) / 2
+    x0 = int(round(min(max(cx - side / 2, 0), w - side)))
+    y0 = int(round(min(max(cy - side / 2, 0), h - side)))
+    crop = Image.fromarray(np.ascontiguousarray(rgb[y0 : y0 + side, x0 : x0 + side]))
+    return np.asarray(crop.resize((size, size), Image.Resampling.LANCZOS))
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 85) -> bytes:
+    """An RGB uint8 array as JPEG bytes."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(rgb).save(out, format="JPEG", quality=quality)
+    return out.getvalue()
+
 
 # ---------------------------------------------------------------- request parsing
 
@@ -341,6 +433,44 @@ async def read_body(request, n: int, idle_s: float, min_rate: float) -> bytes:
         if got > n:
             raise HttpError(400, "request body longer than its Content-Length", {"Connection": "close"})
     return b"".join(chunks)
+
+
+async def json_fields(service: Service, request, fields: dict[str, bool]) -> dict[str, str]:
+    """The string fields of a small JSON object body (``fields``: name -> required): 415 for
+    another content type, 413 over ``MAX_JSON_BODY``, 400 for malformed JSON, 422 for a
+    missing required field or one that is not a string."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise HttpError(415, f"send a JSON object with {', '.join(fields)} (application/json)")
+    declared_length(request, MAX_JSON_BODY)
+    settings = service.settings
+    async with service.reading(request) as n:
+        body = await read_body(request, n, settings.body_timeout_s, settings.min_body_rate)
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise HttpError(400, "malformed JSON body") from None
+    if not isinstance(obj, dict):
+        raise HttpError(422, f"expected a JSON object with {', '.join(fields)}")
+    out = {}
+    for f, required in fields.items():
+        v = obj.get(f)
+        if v is None:
+            if required:
+                raise HttpError(422, f"missing {f}")
+            continue
+        if not isinstance(v, str):
+            raise HttpError(422, f"{f}: expected a string")
+        out[f] = v
+    return out
+
+
+def _json_body(fields: dict[str, bool]) -> dict:
+    """OpenAPI request body for ``json_fields`` (name -> required)."""
+    props = {f: {"type": "string"} for f in fields}
+    required = [f for f, r in fields.items() if r]
+    schema = {"type": "object", "properties": props, "required": required}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _b64(value: Any, field: str) -> bytes:
@@ -430,7 +560,7 @@ def create_app(settings: ServiceSettings):
     """The FastAPI app for ``settings`` (models are loaded when the app starts, not here)."""
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
     from openface_py import __version__
@@ -517,6 +647,10 @@ def create_app(settings: ServiceSettings):
     @app.exception_handler(UsageError)
     async def usage_error(request, exc):
         return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(request, exc):
+        return JSONResponse({"detail": str(exc)}, status_code=404)
 
     @app.exception_handler(DatabaseError)
     async def database_error(request, exc: DatabaseError):
@@ -610,17 +744,124 @@ def create_app(settings: ServiceSettings):
         async with svc().slot():
             return await svc().run(svc().identify, data, top_k)
 
-    @app.get("/v1/people", summary="the enrolled people")
-    async def people(request: Request):
+    @app.get("/v1/people", summary="the named people (by name); with clusters=true also the unnamed clusters")
+    async def people(request: Request, clusters: bool = False):
         check_key(request, write=False)
         s = svc()
 
-        def read() -> list:
+        def read() -> tuple[list, dict]:
             with s.db_lock:
-                return s.db.people()
+                return s.db.people(), (s.db.info() if clusters else {})
 
-        rows = await asyncio.to_thread(read)
-        return {"people": [{"name": p.name, "photos": p.photos, "faces": p.faces} for p in rows if p.named]}
+        rows, info = await asyncio.to_thread(read)
+        out: dict[str, Any] = {
+            "people": [{"name": p.name, "photos": p.photos, "faces": p.faces} for p in rows if p.named]
+        }
+        if clusters:  # largest first (``FaceDatabase.people``)
+            out["clusters"] = [{"label": p.name, "photos": p.photos, "faces": p.faces} for p in rows if not p.named]
+            out["unassigned_faces"] = info["unassigned"]
+        return out
+
+    @app.get("/v1/people/{ref}/faces", summary="the faces of a person or cluster (ids, boxes, photo files)")
+    async def person_faces(ref: str, request: Request, limit: int = MAX_FACES_LISTED):
+        check_key(request, write=False)
+        if not 1 <= limit <= MAX_FACES_LISTED:
+            raise HttpError(422, f"limit must be between 1 and {MAX_FACES_LISTED}")
+        s = svc()
+
+        def read() -> tuple[dbcluster.PersonRef, list]:
+            with s.db_lock:
+                return dbcluster.find(s.db, ref), dbcluster.list_faces(s.db, ref)
+
+        who, faces = await asyncio.to_thread(read)
+        return {
+            "name": who.name,
+            "named": who.named,
+            "total": len(faces),
+            "faces": [{"id": f.id, "box": f.box, "source": f.source, "pinned": f.pinned} for f in faces[:limit]],
+        }
+
+    @app.get(
+        "/v1/faces/{face_id}/thumbnail",
+        summary="a square JPEG of a face, cropped from its photo's file",
+        response_class=Response,
+        responses={200: {"content": {"image/jpeg": {}}}},
+    )
+    async def thumbnail(face_id: int, request: Request, size: int = THUMB_SIZE):
+        check_key(request, write=False)
+        if not THUMB_SIZES[0] <= size <= THUMB_SIZES[1]:
+            raise HttpError(422, f"size must be between {THUMB_SIZES[0]} and {THUMB_SIZES[1]}")
+        async with svc().slot():
+            jpeg = await svc().run(svc().thumbnail, checked_face_id(face_id), size)
+        # a face id is never reused, and the crop is made only from the photo as imported
+        return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    async def write(fn: Callable[..., Any], *args) -> Any:
+        """A people action in the database lock (one transaction of ``dbcluster``); the index
+        catches up with it (``save_index``, and every search syncs it)."""
+        s = svc()
+
+        def work():
+            with s.db_lock:
+                out = fn(s.db, *args)
+                s.dirty = True
+            return out
+
+        async with s.slot():
+            return await asyncio.to_thread(work)
+
+    @app.post(
+        "/v1/people/{ref}/name",
+        summary="name a cluster (or rename a person); a name someone has merges the two; needs the API key",
+        openapi_extra=_json_body({"name": True}),
+    )
+    async def name_person(ref: str, request: Request):
+        check_key(request, write=True)
+        check_writable()
+        name = valid_name((await json_fields(svc(), request, {"name": True}))["name"])
+
+        def rename(db: FaceDatabase) -> dict:
+            return {"was": dbcluster.find(db, ref).name, "name": dbcluster.name_person(db, ref, name)}
+
+        return await write(rename)
+
+    @app.post(
+        "/v1/people/merge",
+        summary="one person of two (b's faces into a; a named one keeps its name); needs the API key",
+        openapi_extra=_json_body({"a": True, "b": True}),
+    )
+    async def merge_people(request: Request):
+        check_key(request, write=True)
+        check_writable()
+        got = await json_fields(svc(), request, {"a": True, "b": True})
+        return {"name": await write(dbcluster.merge_people, got["a"], got["b"])}
+
+    @app.delete("/v1/faces/{face_id}", summary="remove a face for good (not imported again); needs the API key")
+    async def forget_face(face_id: int, request: Request):
+        check_key(request, write=True)
+        check_writable()
+        return {"forgotten": await write(dbcluster.forget_faces, [checked_face_id(face_id)])}
+
+    @app.post(
+        "/v1/faces/{face_id}/reject",
+        summary="this face is not PERSON (default: its person now): it leaves and never goes back; needs the API key",
+        openapi_extra=_json_body({"person": False}),
+    )
+    async def reject_face(face_id: int, request: Request):
+        check_key(request, write=True)
+        check_writable()
+        checked_face_id(face_id)
+        person = (await json_fields(svc(), request, {"person": False})).get("person")
+
+        def reject(db: FaceDatabase) -> dict:
+            ref = person
+            if ref is None:
+                ref = dbcluster.face_photo(db, face_id).person
+                if ref is None:
+                    raise HttpError(422, f"face {face_id} belongs to no one: say which person it is not")
+            return {"person": dbcluster.find(db, ref).name, "left": dbcluster.reject_faces(db, [face_id], ref)}
+
+        return await write(reject)
 
     @app.post(
         "/v1/people/{name}/faces",
