@@ -46,11 +46,12 @@ import numpy as np
 from openface_py.errors import OpenFacePyError, UsageError
 from openface_py.recognize.cluster import DEFAULT_MIN_SIZE, ClusterSettings, cluster_faces, default_threshold
 from openface_py.recognize.facedb import (
+    INSERT_FACE,
     FaceDatabase,
     FaceRecord,
-    _blob,
     _guarded,
     _vectors,
+    face_row,
     quote_name,
     valid_name,
 )
@@ -435,10 +436,7 @@ def add_unlabeled_photo(
     """Add every face of one unlabeled photo, with no person, in one transaction (faces the user
     removed for good are left out). ``replace_source``: the file was imported before; unchanged
     content keeps its faces (and the decisions about them), changed content replaces them."""
-    db._check_identity(identity)
-    for f in faces:
-        if np.asarray(f.embedding).shape != (db.dim,) or not np.all(np.isfinite(f.embedding)):
-            raise ValueError(f"embedding of shape {np.asarray(f.embedding).shape}: expected ({db.dim},), finite")
+    db._check_faces(faces, identity)
     now = time.time()
     with db.write() as tx:
         if replace_source and source is not None:
@@ -471,23 +469,7 @@ def add_unlabeled_photo(
             )
         ]
         kept = [f for f in faces if not any(_iou(f.box, box) >= FORGOTTEN_IOU for box in gone)]
-        ids = []
-        for f in kept:
-            ids.append(
-                db.conn.execute(
-                    "INSERT INTO faces(photo_id, person_id, box, landmarks, embedding, identity, added, gen)"
-                    " VALUES (?,NULL,?,?,?,?,?,?)",
-                    (
-                        photo_id,
-                        json.dumps([int(v) for v in f.box]),
-                        None if f.landmarks is None else json.dumps(np.round(np.asarray(f.landmarks), 2).tolist()),
-                        _blob(f.embedding),
-                        identity,
-                        now,
-                        tx.gen,
-                    ),
-                ).lastrowid
-            )
+        ids = [db.conn.execute(INSERT_FACE, face_row(photo_id, None, f, identity, now, tx.gen)).lastrowid for f in kept]
     return UnlabeledResult(ids, forgotten=len(faces) - len(kept))
 
 

@@ -371,6 +371,18 @@ def _guarded(method):
     return wrapper
 
 
+INSERT_FACE = (
+    "INSERT INTO faces(photo_id, person_id, box, landmarks, embedding, identity, added, gen) VALUES (?,?,?,?,?,?,?,?)"
+)
+
+
+def face_row(photo_id: int, person_id: Optional[int], face: FaceRecord, identity: str, added: float, gen: int) -> tuple:
+    """``INSERT_FACE``'s values for one face (``person_id`` None: a face of nobody yet)."""
+    landmarks = None if face.landmarks is None else json.dumps(np.round(np.asarray(face.landmarks), 2).tolist())
+    box = json.dumps([int(v) for v in face.box])
+    return (photo_id, person_id, box, landmarks, _blob(face.embedding), identity, added, gen)
+
+
 def _blob(vec: np.ndarray) -> bytes:
     return np.ascontiguousarray(vec, dtype="<f4").tobytes()
 
@@ -738,6 +750,13 @@ class FaceDatabase:
                 f"{self.path} holds {self.identity} embeddings; refusing {identity} (one database per model)"
             )
 
+    def _check_faces(self, faces: Sequence[FaceRecord], identity: str) -> None:
+        """Faces this database can hold: its model's identity, finite embeddings of its dimension."""
+        self._check_identity(identity)
+        for f in faces:
+            if np.asarray(f.embedding).shape != (self.dim,) or not np.all(np.isfinite(f.embedding)):
+                raise ValueError(f"embedding of shape {np.asarray(f.embedding).shape}: expected ({self.dim},), finite")
+
     @_guarded
     def enroll(
         self,
@@ -757,10 +776,7 @@ class FaceDatabase:
         source file enrolled (``db import`` of a changed photo).
         """
         name = valid_name(name)
-        self._check_identity(identity)
-        for f in faces:
-            if np.asarray(f.embedding).shape != (self.dim,) or not np.all(np.isfinite(f.embedding)):
-                raise ValueError(f"embedding of shape {np.asarray(f.embedding).shape}: expected ({self.dim},), finite")
+        self._check_faces(faces, identity)
         now = time.time()
         with self._write() as tx:
             if replace_source and source is not None:
@@ -775,23 +791,7 @@ class FaceDatabase:
             if cur.rowcount == 0:
                 return EnrollResult(name, 0, True)
             photo_id = cur.lastrowid
-            self.conn.executemany(
-                "INSERT INTO faces(photo_id, person_id, box, landmarks, embedding, identity, added, gen)"
-                " VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    (
-                        photo_id,
-                        person_id,
-                        json.dumps([int(v) for v in f.box]),
-                        None if f.landmarks is None else json.dumps(np.round(np.asarray(f.landmarks), 2).tolist()),
-                        _blob(f.embedding),
-                        identity,
-                        now,
-                        tx.gen,
-                    )
-                    for f in faces
-                ],
-            )
+            self.conn.executemany(INSERT_FACE, [face_row(photo_id, person_id, f, identity, now, tx.gen) for f in faces])
             self._refresh_decisions()
         return EnrollResult(name, len(faces), False)
 
