@@ -291,6 +291,34 @@ def test_the_ctrl_c_exit_leaves_no_semaphore_for_the_tracker_to_report():
     assert done.stderr.strip() == "ERROR openface_py: interrupted; rerun the same command to resume", done.stderr
 
 
+def test_ctrl_c_while_a_worker_starts_stops_that_worker_too():
+    """Ctrl-C that lands inside a worker's start (launched, not yet recorded by the pool; seen in
+    CI as a traceback from the orphaned worker, which unpickled the semaphores the job's exit had
+    removed): the start completes, the interrupt follows, and the pool stops that worker too.
+    The signal is sent from inside multiprocessing's launch, so the moment is exact."""
+    code = (
+        "import operator, os, signal, sys\n"
+        "from multiprocessing import popen_spawn_posix\n"
+        "from openface_py.cli import _Interrupt\n"
+        "from openface_py.jobs.parallel import mapped\n"
+        "launch = popen_spawn_posix.Popen._launch\n"
+        "def _launch(self, process_obj):\n"
+        "    launch(self, process_obj)\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "popen_spawn_posix.Popen._launch = _launch\n"
+        "signal.signal(signal.SIGINT, _Interrupt().handle)\n"
+        "try:\n"
+        "    with mapped(operator.itemgetter, (0,), ['ab', 'cd', 'ef'], workers=2) as results:\n"
+        "        print(list(results))\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.stderr.write('stopped\\n')\n"
+        "    sys.exit(130)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, (done.returncode, done.stdout, done.stderr)
+    assert done.stderr.strip() == "stopped", done.stderr
+
+
 def test_ctrl_c_at_random_moments_then_resume(thirty, embedder, tmp_path):
     """Ctrl-C at random moments of `run --workers 2` (start-up included): exit 130 within 2 s with
     one line, and the final rerun ends with what an uninterrupted run writes, no photo done twice."""

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Optional, Sequence
 
 from openface_py import __version__
@@ -130,8 +131,26 @@ class _Interrupt:
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
+        _stop_children()
         _release_semaphores()
         os._exit(130)
+
+
+def _stop_children(timeout: float = 0.3) -> None:
+    """Stop this process's worker processes before their semaphores go: a worker still starting
+    would otherwise fail to unpickle them and print a traceback after the interrupted line."""
+    process = sys.modules.get("multiprocessing.process")
+    if process is None:
+        return
+    children = process.active_children()
+    for child in children:
+        try:
+            child.terminate()
+        except OSError:
+            pass
+    deadline = time.monotonic() + timeout
+    for child in children:
+        child.join(max(0.0, deadline - time.monotonic()))
 
 
 def _release_semaphores() -> None:

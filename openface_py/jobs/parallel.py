@@ -110,12 +110,29 @@ class _WorkerProcess(SpawnProcess):
     """A spawned worker that never sees SIGINT (see the module doc)."""
 
     def start(self) -> None:
-        with _sigint_blocked():
+        # Blocked: the child inherits the mask. Deferred: the block alone does not stop the
+        # job's own KeyboardInterrupt (another thread takes the signal and the main thread raises
+        # it), and one raised half-way through a start leaves a child launched but known to no
+        # one: nobody stops it, the job's exit removes the pool's semaphores, and the child then
+        # dies printing a traceback as it unpickles them (seen in CI).
+        with interrupts_deferred(), _sigint_blocked():
             super().start()
 
 
 class _WorkerContext(SpawnContext):
-    Process = _WorkerProcess
+    """Spawn, with workers deaf to Ctrl-C; remembers every worker it made, so that a pool is
+    stopped whole even when an interrupt came between a worker's start and the executor's
+    record of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.made: list[_WorkerProcess] = []
+
+    def Process(self, *args: Any, **kwargs: Any) -> _WorkerProcess:  # noqa: N802 - multiprocessing's name
+        self.made = [p for p in self.made if p._popen is None or p.exitcode is None]
+        proc = _WorkerProcess(*args, **kwargs)
+        self.made.append(proc)
+        return proc
 
 
 @contextmanager
@@ -314,6 +331,7 @@ class _Pool:
         if ex is None:
             return
         procs = list((getattr(ex, "_processes", None) or {}).values())
+        procs += [p for p in self.ctx.made if p._popen is not None and p not in procs]
         manager = getattr(ex, "_executor_manager_thread", None)
         results = getattr(ex, "_result_queue", None)
         ex.shutdown(wait=False, cancel_futures=True)
