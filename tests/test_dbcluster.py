@@ -175,6 +175,53 @@ def test_names_are_kept_new_photos_join_and_search_says_which_cluster(db, tmp_pa
     assert f"unknown ({chavez})" in ok("search", str(db), str(probes[1]))
 
 
+def test_cluster_holds_no_lock_while_grouping_and_redoes_what_was_written_meanwhile(db, monkeypatch):
+    """`db cluster` groups a snapshot with no lock held: another connection names a cluster and
+    moves a face while it groups (with a 1 s busy timeout: a held lock would refuse them); the
+    grouping is then redone on the new state (nothing written meanwhile is lost). The last
+    attempt groups inside the write, and there a writer is held back."""
+    from openface_py.errors import DatabaseError
+    from openface_py.recognize import dbcluster
+
+    run("cluster", str(db))
+    by = clusters_by_person(db)
+    stray = main_faces(db)["Colin_Powell"][0]
+    calls: list[str] = []
+    real = dbcluster.cluster_faces
+
+    def grouping_while_another_writes(*args, **kwargs):
+        other = FaceDatabase.open(db)
+        other.conn.execute("PRAGMA busy_timeout=1000")
+        try:
+            if len(calls) == 0:
+                dbcluster.name_person(other, by["Tony_Blair"], "Tony Blair")
+                calls.append("named")
+            elif len(calls) == 1:
+                dbcluster.move_faces(other, [stray], by["Hugo_Chavez"])
+                calls.append("moved")
+            else:
+                with pytest.raises(DatabaseError, match="locked"):
+                    dbcluster.name_person(other, by["Ariel_Sharon"], "Ariel Sharon")
+                calls.append("held back")
+        finally:
+            other.close()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dbcluster, "cluster_faces", grouping_while_another_writes)
+    with FaceDatabase.open(db) as mine:
+        res = dbcluster.cluster_database(mine)
+    assert calls == ["named", "moved", "held back"] and res.attempts == dbcluster.CLUSTER_ATTEMPTS
+    where = person_of_faces(db)
+    assert where[stray] == by["Hugo_Chavez"]  # the move made meanwhile stands (a pin)
+    assert {where[i] for i in main_faces(db)["Tony_Blair"]} == {"Tony Blair"}
+    assert "Ariel Sharon" not in set(where.values())
+    assert_one_face_per_photo(db)
+    monkeypatch.setattr(dbcluster, "cluster_faces", real)
+    with FaceDatabase.open(db) as mine:  # undisturbed: one grouping, nothing changes
+        again = dbcluster.cluster_database(mine)
+    assert again.attempts == 1 and again.new == 0 and person_of_faces(db) == where
+
+
 def test_naming_a_few_helps_assign_the_rest(db):
     # strict: Powell's photos in several pieces; name the largest; the default threshold then
     # adds the rest of his faces to him instead of making clusters of them

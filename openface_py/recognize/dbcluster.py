@@ -126,6 +126,8 @@ class DbClustering:
     joined: dict[str, int] = field(default_factory=dict)
     unassigned: int = 0
     seconds: float = 0.0
+    #: groupings it took (more than 1: the database was written meanwhile, ``CLUSTER_ATTEMPTS``)
+    attempts: int = 1
 
     def to_json(self) -> dict:
         return {
@@ -138,6 +140,7 @@ class DbClustering:
             "joined": self.joined,
             "unassigned": self.unassigned,
             "seconds": round(self.seconds, 2),
+            "attempts": self.attempts,
         }
 
 
@@ -305,59 +308,97 @@ def _drop_empty_clusters(db: FaceDatabase) -> int:
 
 
 # ------------------------------------------------------------------ clustering
+#: ``db cluster`` groups a snapshot of the database with no lock held and then writes the result
+#: in one short transaction, if nothing was written meanwhile (the generation tells); otherwise it
+#: starts again. The last attempt groups inside the write transaction, so a database written to
+#: without pause (a busy service) still gets clustered, holding the writers back for that run only.
+CLUSTER_ATTEMPTS = 3
+
+
+@dataclass
+class _Snapshot:
+    """The faces and decisions ``cluster_database`` groups, as of generation ``gen``."""
+
+    gen: int
+    rows: list
+    named: dict
+    person: list
+    photo: np.ndarray
+    X: np.ndarray
+    fixed: np.ndarray
+    groups: np.ndarray
+    apart: list
+
+
+def _read_snapshot(db: FaceDatabase) -> _Snapshot:
+    """What the clustering needs (inside a transaction, so the queries see one state)."""
+    rows = db.conn.execute("SELECT id, photo_id, person_id, embedding FROM faces ORDER BY id").fetchall()
+    named = {pid: bool(n) for pid, n in db.conn.execute("SELECT id, named FROM people")}
+    decided = {
+        r[0] for r in db.conn.execute("SELECT person_id FROM face_pins UNION SELECT person_id FROM face_rejections")
+    }
+    index_of = {r[0]: k for k, r in enumerate(rows)}
+    person = [r[2] for r in rows]
+    fixed = np.array([p is not None and (named.get(p, False) or p in decided) for p in person], bool)
+    apart: list[set] = [{"fixed"} if f else set() for f in fixed]  # two fixed groups never merge
+    rejected_from = set()
+    for face_id, pid in db.conn.execute("SELECT face_id, person_id FROM face_rejections"):
+        if face_id in index_of:
+            apart[index_of[face_id]].add(("not", pid))
+            rejected_from.add(pid)
+    for k in np.flatnonzero(fixed).tolist():
+        if person[k] in rejected_from:
+            apart[k].add(("not", person[k]))
+    return _Snapshot(
+        gen=db.generation,
+        rows=rows,
+        named=named,
+        person=person,
+        photo=np.array([r[1] for r in rows], np.int64),
+        X=_vectors((r[3] for r in rows), db.dim),
+        fixed=fixed,
+        groups=np.array([p if f else -1 for p, f in zip(person, fixed)], np.int64),
+        apart=apart,
+    )
+
+
+def _group(snap: _Snapshot, settings: ClusterSettings) -> list[np.ndarray]:
+    """The snapshot's faces grouped (the expensive part: no database access)."""
+    if not snap.rows:
+        return []
+    return cluster_faces(snap.X, snap.photo, replace(settings, min_size=1), snap.groups, snap.apart).groups()
+
+
 @_guarded
 def cluster_database(
     db: FaceDatabase, threshold: Optional[float] = None, min_size: Optional[int] = None
 ) -> DbClustering:
     """``db cluster``: group the faces not fixed by a name or a decision (see the module's
-    docstring), in one transaction. ``threshold``/``min_size`` given are remembered for later
-    runs and for ``attach_faces``."""
+    docstring) and write the result in one transaction; the grouping itself holds no lock
+    (``CLUSTER_ATTEMPTS``), so imports, enrolments and searches go on meanwhile.
+    ``threshold``/``min_size`` given are remembered for later runs and for ``attach_faces``."""
     started = time.monotonic()
     settings = cluster_settings(db, threshold, min_size)
-    with db.write():
-        stored = _stored_settings(db)
-        if threshold is not None:
-            stored["threshold"] = float(threshold)
-        if min_size is not None:
-            stored["min_size"] = int(min_size)
-        db.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (META_SETTINGS, json.dumps(stored)))
-        rows = db.conn.execute("SELECT id, photo_id, person_id, embedding FROM faces ORDER BY id").fetchall()
-        named = {pid: bool(n) for pid, n in db.conn.execute("SELECT id, named FROM people")}
-        decided = {
-            r[0] for r in db.conn.execute("SELECT person_id FROM face_pins UNION SELECT person_id FROM face_rejections")
-        }
-        n = len(rows)
-        index_of = {r[0]: k for k, r in enumerate(rows)}
-        person = [r[2] for r in rows]
-        photo = np.array([r[1] for r in rows], np.int64)
-        X = _vectors((r[3] for r in rows), db.dim)
-        fixed = np.array([p is not None and (named.get(p, False) or p in decided) for p in person], bool)
-        groups = np.array([p if f else -1 for p, f in zip(person, fixed)], np.int64)
-        apart: list[set] = [{"fixed"} if f else set() for f in fixed]  # two fixed groups never merge
-        rejected_from = set()
-        for face_id, pid in db.conn.execute("SELECT face_id, person_id FROM face_rejections"):
-            if face_id in index_of:
-                apart[index_of[face_id]].add(("not", pid))
-                rejected_from.add(pid)
-        for k in np.flatnonzero(fixed).tolist():
-            if person[k] in rejected_from:
-                apart[k].add(("not", person[k]))
-        result = DbClustering(settings, free=int(n - fixed.sum()), clusters=[])
-        if n:
-            clustering = cluster_faces(X, photo, replace(settings, min_size=1), groups, apart)
-            target = _targets(db, clustering.groups(), fixed, person, named, settings.min_size, result)
-            changed = [(t, rows[k][0]) for k, t in enumerate(target) if t != person[k]]
-            db.conn.executemany("UPDATE faces SET person_id = ? WHERE id = ?", changed)
-        result.dissolved = _drop_empty_clusters(db)
-        db._refresh_decisions()
-        result.clusters = [
-            (name, count)
-            for name, count in db.conn.execute(
-                "SELECT p.name, COUNT(f.id) AS c FROM people p JOIN faces f ON f.person_id = p.id WHERE NOT p.named"
-                " GROUP BY p.id ORDER BY c DESC, p.name"
-            )
-        ]
-        result.unassigned = db.conn.execute("SELECT COUNT(*) FROM faces WHERE person_id IS NULL").fetchone()[0]
+    for attempt in range(1, CLUSTER_ATTEMPTS + 1):
+        locked = attempt == CLUSTER_ATTEMPTS
+        if not locked:
+            with db.snapshot():
+                snap = _read_snapshot(db)
+            grouped = _group(snap, settings)
+        with db.write() as tx:
+            if locked:
+                snap = _read_snapshot(db)
+                grouped = _group(snap, settings)
+            elif tx.gen != snap.gen + 1:
+                log.info(
+                    "db cluster: the database was written while grouping (generation %d -> %d); grouping again%s",
+                    snap.gen, tx.gen - 1, " with writers held back" if attempt + 1 == CLUSTER_ATTEMPTS else "",
+                )  # fmt: skip
+                tx.cancel()
+                continue
+            result = _write_clustering(db, snap, grouped, settings, threshold, min_size)
+        break
+    result.attempts = attempt
     result.seconds = time.monotonic() - started
     log.info(
         "db cluster: %d free faces -> %d clusters (%d new, %d kept, %d dissolved), %d joined named people,"
@@ -365,6 +406,39 @@ def cluster_database(
         result.free, len(result.clusters), result.new, result.kept, result.dissolved,
         sum(result.joined.values()), result.unassigned,
     )  # fmt: skip
+    return result
+
+
+def _write_clustering(
+    db: FaceDatabase,
+    snap: _Snapshot,
+    grouped: list[np.ndarray],
+    settings: ClusterSettings,
+    threshold: Optional[float],
+    min_size: Optional[int],
+) -> DbClustering:
+    """Write a grouping of ``snap`` (inside the write transaction, the database still at ``snap``)."""
+    stored = _stored_settings(db)
+    if threshold is not None:
+        stored["threshold"] = float(threshold)
+    if min_size is not None:
+        stored["min_size"] = int(min_size)
+    db.conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (META_SETTINGS, json.dumps(stored)))
+    result = DbClustering(settings, free=int(len(snap.rows) - snap.fixed.sum()), clusters=[])
+    if snap.rows:
+        target = _targets(db, grouped, snap.fixed, snap.person, snap.named, settings.min_size, result)
+        changed = [(t, snap.rows[k][0]) for k, t in enumerate(target) if t != snap.person[k]]
+        db.conn.executemany("UPDATE faces SET person_id = ? WHERE id = ?", changed)
+    result.dissolved = _drop_empty_clusters(db)
+    db._refresh_decisions()
+    result.clusters = [
+        (name, count)
+        for name, count in db.conn.execute(
+            "SELECT p.name, COUNT(f.id) AS c FROM people p JOIN faces f ON f.person_id = p.id WHERE NOT p.named"
+            " GROUP BY p.id ORDER BY c DESC, p.name"
+        )
+    ]
+    result.unassigned = db.conn.execute("SELECT COUNT(*) FROM faces WHERE person_id IS NULL").fetchone()[0]
     return result
 
 

@@ -734,6 +734,10 @@ class FaceDatabase:
         """``_write`` for the modules of this layer that change the database (``recognize.dbcluster``)."""
         return self._write()
 
+    def snapshot(self) -> contextlib.AbstractContextManager[None]:
+        """``_snapshot`` for the modules of this layer that read the database in several queries."""
+        return self._snapshot()
+
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[None]:
         """A read transaction: the queries in the block see one state of the database."""
